@@ -1,0 +1,9 @@
+//! Ferry's core: the glossary's types and the pure decision logic built on them.
+//!
+//! Nothing here does I/O, reads a clock, sleeps or spawns: callers pass `now` in and act on
+//! the decisions that come out. That is what lets the job model and the policies be tested by
+//! transcripts and seeded simulation.
+
+pub mod resource;
+
+pub use resource::ResourceType;

@@ -1,0 +1,1 @@
+//! Indexing a folder tree as a photo library: scan, classify, group, read metadata, watch.

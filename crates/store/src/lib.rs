@@ -1,0 +1,10 @@
+//! Ferry's durable state: one SQLite database (WAL, `synchronous=FULL`) in the state directory.
+//!
+//! Every change is one SQLite transaction, committed before the caller acts on it, so a
+//! `kill -9` at any moment leaves the previous or the next consistent state, never a mix.
+
+mod db;
+pub mod library;
+mod schema;
+
+pub use db::{Store, StoreError};
