@@ -6,4 +6,4 @@
 
 pub mod resource;
 
-pub use resource::ResourceType;
+pub use resource::{Gps, ResourceMetadata, ResourceType};
