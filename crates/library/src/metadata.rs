@@ -91,6 +91,15 @@ fn read_inner(parser: &mut MediaParser, path: &Path, content_type: &str) -> Meta
         if let Some(id) = keys.content_identifier {
             out.metadata.content_identifier = Some(id);
         }
+        let m = &mut out.metadata;
+        m.make = m.make.take().or(keys.make.filter(|s| !s.trim().is_empty()));
+        m.model = m
+            .model
+            .take()
+            .or(keys.model.filter(|s| !s.trim().is_empty()));
+        if m.gps.is_none() {
+            m.gps = keys.location_iso6709.as_deref().and_then(parse_iso6709);
+        }
         if let Some(date) = keys.creation_date
             && let Some((local, off)) = parse_iso_datetime(&date)
         {
@@ -256,6 +265,29 @@ pub fn parse_iso_datetime(s: &str) -> Option<(String, Option<i32>)> {
     Some((local, off))
 }
 
+/// ISO 6709 decimal degrees, as QuickTime stores them: `+43.6959+007.2714+012.000/`.
+pub fn parse_iso6709(s: &str) -> Option<Gps> {
+    let s = s.trim().trim_end_matches('/');
+    let mut parts: Vec<f64> = Vec::new();
+    let mut start = 0;
+    for (i, c) in s.char_indices().skip(1) {
+        if c == '+' || c == '-' {
+            parts.push(s[start..i].parse().ok()?);
+            start = i;
+        }
+    }
+    parts.push(s.get(start..)?.parse().ok()?);
+    let (lat, lon) = (*parts.first()?, *parts.get(1)?);
+    if !(-90.0..=90.0).contains(&lat) || !(-180.0..=180.0).contains(&lon) {
+        return None;
+    }
+    Some(Gps {
+        latitude: lat,
+        longitude: lon,
+        altitude_m: parts.get(2).copied().filter(|a| a.is_finite()),
+    })
+}
+
 /// Apple's MakerNote: `"Apple iOS\0"`, version, `"MM"`, then a big-endian IFD whose offsets
 /// count from the MakerNote's start. Tag 0x0011 is the Live Photo content identifier.
 pub fn apple_content_identifier(note: &[u8]) -> Option<String> {
@@ -310,6 +342,9 @@ pub fn apple_content_identifier(note: &[u8]) -> Option<String> {
 pub struct QuickTimeKeys {
     pub content_identifier: Option<String>,
     pub creation_date: Option<String>,
+    pub make: Option<String>,
+    pub model: Option<String>,
+    pub location_iso6709: Option<String>,
 }
 
 const MAX_META_BYTES: u64 = 1 << 20;
@@ -449,6 +484,9 @@ fn parse_meta_children(body: &[u8]) -> QuickTimeKeys {
         match name.as_str() {
             "com.apple.quicktime.content.identifier" => out.content_identifier = Some(value),
             "com.apple.quicktime.creationdate" => out.creation_date = Some(value),
+            "com.apple.quicktime.make" => out.make = Some(value),
+            "com.apple.quicktime.location.ISO6709" => out.location_iso6709 = Some(value),
+            "com.apple.quicktime.model" => out.model = Some(value),
             _ => {}
         }
     }
@@ -618,6 +656,23 @@ mod tests {
             let _ = apple_content_identifier(&note[..cut]);
         }
         assert_eq!(apple_content_identifier(b"Canon"), None);
+    }
+
+    #[test]
+    fn iso6709() {
+        let g = parse_iso6709("+43.6959+007.2714+012.000/").unwrap();
+        assert_eq!(
+            (g.latitude, g.longitude, g.altitude_m),
+            (43.6959, 7.2714, Some(12.0))
+        );
+        let g = parse_iso6709("-33.8688-151.2093/").unwrap();
+        assert_eq!(
+            (g.latitude, g.longitude, g.altitude_m),
+            (-33.8688, -151.2093, None)
+        );
+        assert_eq!(parse_iso6709("+91.0+000.0/"), None);
+        assert_eq!(parse_iso6709("garbage"), None);
+        assert_eq!(parse_iso6709(""), None);
     }
 
     #[test]
