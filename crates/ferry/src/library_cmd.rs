@@ -24,6 +24,16 @@ pub enum LibraryCommand {
         /// Print progress events as JSON lines before the report (implies --json).
         #[arg(long)]
         events: bool,
+        /// Resources per committed batch (smaller: less work redone after a crash).
+        #[arg(long, default_value_t = 2000, hide = true)]
+        batch_resources: usize,
+    },
+    /// Scan DIR, then keep the index in step with it as files arrive, change or go.
+    Watch {
+        dir: PathBuf,
+        /// Print one JSON line per scan.
+        #[arg(long)]
+        json: bool,
     },
     /// List indexed assets.
     Ls {
@@ -60,9 +70,20 @@ fn open_store(state_dir: &Path) -> anyhow::Result<Store> {
 pub fn run(state_dir: &Path, cmd: LibraryCommand) -> anyhow::Result<ExitCode> {
     let mut store = open_store(state_dir)?;
     match cmd {
-        LibraryCommand::Scan { dir, json, events } => {
-            scan(&mut store, state_dir, &dir, json || events, events)
+        LibraryCommand::Scan {
+            dir,
+            json,
+            events,
+            batch_resources,
+        } => {
+            let opts = ScanOptions {
+                exclude: vec![state_dir.to_owned()],
+                batch_max_resources: batch_resources.max(1),
+                ..ScanOptions::default()
+            };
+            scan(&mut store, &opts, &dir, json || events, events)
         }
+        LibraryCommand::Watch { dir, json } => watch(&mut store, state_dir, &dir, json),
         LibraryCommand::Ls {
             json,
             limit,
@@ -75,15 +96,11 @@ pub fn run(state_dir: &Path, cmd: LibraryCommand) -> anyhow::Result<ExitCode> {
 
 fn scan(
     store: &mut Store,
-    state_dir: &Path,
+    opts: &ScanOptions,
     dir: &Path,
     json: bool,
     events: bool,
 ) -> anyhow::Result<ExitCode> {
-    let opts = ScanOptions {
-        exclude: vec![state_dir.to_owned()],
-        ..ScanOptions::default()
-    };
     let bar = (!json && std::io::stderr().is_terminal()).then(|| {
         let bar = ProgressBar::new(0);
         bar.set_style(
@@ -119,7 +136,7 @@ fn scan(
             }
         }
     };
-    let result = ferry_library::scan(store, &[dir.to_owned()], &opts, &mut on_event);
+    let result = ferry_library::scan(store, &[dir.to_owned()], opts, &mut on_event);
     if let Some(bar) = &bar {
         bar.finish_and_clear();
     }
@@ -141,6 +158,48 @@ fn scan(
         print_report(store, &report)?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn watch(store: &mut Store, state_dir: &Path, dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let opts = ferry_library::WatchOptions {
+        scan: ScanOptions {
+            exclude: vec![state_dir.to_owned()],
+            ..ScanOptions::default()
+        },
+        ..Default::default()
+    };
+    let mut on_scan = |cause: ferry_library::ScanCause, r: &ScanReport| {
+        if json {
+            let line = serde_json::json!({"event": "scan", "cause": cause, "report": r});
+            if json_line(&line).is_err() {
+                return std::ops::ControlFlow::Break(());
+            }
+        } else {
+            println!(
+                "{cause:?}: new {} · modified {} · moved {} · deleted {} · unchanged {} ({} ms) → {}",
+                r.new_resources,
+                r.modified_resources,
+                r.moved_resources,
+                r.deleted_resources,
+                r.unchanged_resources,
+                r.elapsed_ms,
+                r.change_token
+            );
+        }
+        std::ops::ControlFlow::Continue(())
+    };
+    match ferry_library::watch(store, &[dir.to_owned()], &opts, &mut |_| {}, &mut on_scan) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(ferry_library::WatchError::Scan(
+            e @ (ScanError::RootNotFound(_)
+            | ScanError::RootNotADirectory(_)
+            | ScanError::RootUnreadable { .. }),
+        )) => {
+            eprintln!("ferry: {e}");
+            Ok(ExitCode::from(EXIT_BAD_INPUT))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn print_report(store: &Store, r: &ScanReport) -> anyhow::Result<()> {

@@ -10,3 +10,6 @@ pub mod metadata;
 pub mod scan;
 
 pub use scan::{Issue, IssueReason, ScanError, ScanEvent, ScanOptions, ScanReport, scan};
+pub mod watch;
+
+pub use watch::{ScanCause, WatchError, WatchOptions, watch};
