@@ -305,12 +305,14 @@ pub fn scan(
         .collect();
     let mut disappeared: HashMap<[u8; 32], Vec<ResourceRecord>> = HashMap::new();
     let (mut unchanged_files, mut unchanged_bytes) = (0u64, 0u64);
+    let mut unchanged: HashSet<PathBuf> = HashSet::new();
     for root in &roots {
         for r in store.resources_under(root)? {
             match seen.get(r.path.as_path()) {
                 Some(Some(obs)) if obs.same_stat(&r) => {
                     unchanged_files += 1;
                     unchanged_bytes += r.size;
+                    unchanged.insert(r.path);
                 }
                 Some(_) => {}
                 None if incomplete.iter().any(|d| r.path.starts_with(d)) => {}
@@ -332,36 +334,93 @@ pub fn scan(
         opts.threads
     };
     let mut claimed_assets: HashSet<String> = HashSet::new();
+    // Every file to read, in folder order: one reader pool runs ahead across folders while
+    // this thread writes each folder as soon as all of its files are read.
+    let mut expected: Vec<usize> = vec![0; folders.len()];
+    let mut jobs: Vec<(usize, FileObs)> = Vec::new();
+    for (fi, folder) in folders.iter().enumerate() {
+        for obs in &folder.files {
+            if !unchanged.contains(&obs.path) {
+                expected[fi] += 1;
+                jobs.push((fi, obs.clone()));
+            }
+        }
+    }
+    drop(unchanged);
     let mut writer = store.index_writer()?;
     let mut batch_written = 0u64;
     let mut batch_started = Instant::now();
-    for folder in &folders {
-        batch_written += index_folder(
-            &mut writer,
-            folder,
-            threads,
-            &mut disappeared,
-            &mut claimed_assets,
-            &mut report,
-            &mut progress,
-            limit,
-            on_event,
-        )?;
-        if batch_written as usize >= opts.batch_max_resources
-            || batch_started.elapsed().as_millis() as u64 >= opts.batch_max_ms
-        {
-            crate::failpoint::hit("scan.before_commit");
-            let token = writer.commit(now_ms(), opts.history)?;
-            crate::failpoint::hit("scan.after_commit");
-            on_event(&ScanEvent::Committed {
-                token,
-                resources_written: batch_written,
+    let queue = std::sync::Mutex::new(jobs.into_iter());
+    let outcome: Result<(), ScanError> = std::thread::scope(|s| {
+        let (tx, rx) = mpsc::channel::<(usize, ReadResult)>();
+        for _ in 0..threads {
+            let tx = tx.clone();
+            let queue = &queue;
+            s.spawn(move || {
+                let mut buf = vec![0u8; READ_BUF];
+                let mut reader = MetadataReader::new();
+                loop {
+                    let next = queue.lock().map(|mut q| q.next()).unwrap_or(None);
+                    let Some((fi, obs)) = next else { break };
+                    if tx
+                        .send((fi, read_file(obs, &mut buf, &mut reader)))
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
             });
-            batch_written = 0;
-            batch_started = Instant::now();
-            writer = store.index_writer()?;
         }
-    }
+        drop(tx);
+        let mut arrived: HashMap<usize, Vec<ReadResult>> = HashMap::new();
+        let result = (|| {
+            for (fi, folder) in folders.iter().enumerate() {
+                while arrived.get(&fi).map_or(0, Vec::len) < expected[fi] {
+                    let Ok((got, res)) = rx.recv() else { break };
+                    progress.files_done += 1;
+                    progress.bytes_done += match &res {
+                        Ok(f) => f.obs.size,
+                        Err((obs, _, _)) => obs.size,
+                    };
+                    on_event(&progress.event());
+                    arrived.entry(got).or_default().push(res);
+                }
+                let read = arrived.remove(&fi).unwrap_or_default();
+                batch_written += index_folder(
+                    &mut writer,
+                    folder,
+                    read,
+                    &mut disappeared,
+                    &mut claimed_assets,
+                    &mut report,
+                    limit,
+                )?;
+                if batch_written as usize >= opts.batch_max_resources
+                    || batch_started.elapsed().as_millis() as u64 >= opts.batch_max_ms
+                {
+                    crate::failpoint::hit("scan.before_commit");
+                    let token = writer.commit_in_place(now_ms(), opts.history)?;
+                    crate::failpoint::hit("scan.after_commit");
+                    on_event(&ScanEvent::Committed {
+                        token,
+                        resources_written: batch_written,
+                    });
+                    batch_written = 0;
+                    batch_started = Instant::now();
+                }
+            }
+            Ok(())
+        })();
+        // On an error, stop the readers early: drain the queue so they find nothing more.
+        if result.is_err()
+            && let Ok(mut q) = queue.lock()
+        {
+            q.by_ref().for_each(drop);
+        }
+        drop(rx);
+        result
+    });
+    outcome?;
 
     // 5. What did not reappear is gone.
     for records in disappeared.values() {
@@ -523,6 +582,8 @@ fn sniff_kind(path: &Path) -> Option<FileKind> {
     classify::kind_from_content_type(classify::sniff(&head[..n])?)
 }
 
+type ReadResult = Result<ReadFile, (FileObs, IssueReason, String)>;
+
 /// A file read: its hash, sniffed type and metadata.
 struct ReadFile {
     obs: FileObs,
@@ -610,46 +671,6 @@ fn read_file(
     ))
 }
 
-/// Reads `files` on `threads` threads, reporting each as it finishes.
-fn read_files(
-    files: Vec<FileObs>,
-    threads: usize,
-    on_done: &mut dyn FnMut(Result<ReadFile, (FileObs, IssueReason, String)>),
-) {
-    let threads = threads.min(files.len()).max(1);
-    if threads == 1 {
-        let mut buf = vec![0u8; READ_BUF];
-        let mut reader = MetadataReader::new();
-        for f in files {
-            on_done(read_file(f, &mut buf, &mut reader));
-        }
-        return;
-    }
-    let queue = std::sync::Mutex::new(files.into_iter());
-    let (tx, rx) = mpsc::channel();
-    std::thread::scope(|s| {
-        for _ in 0..threads {
-            let tx = tx.clone();
-            let queue = &queue;
-            s.spawn(move || {
-                let mut buf = vec![0u8; READ_BUF];
-                let mut reader = MetadataReader::new();
-                loop {
-                    let next = queue.lock().map(|mut q| q.next()).unwrap_or(None);
-                    let Some(f) = next else { break };
-                    if tx.send(read_file(f, &mut buf, &mut reader)).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-        drop(tx);
-        for r in rx {
-            on_done(r);
-        }
-    });
-}
-
 /// One file of the folder after reading, before grouping.
 struct Current {
     record: ResourceRecord,
@@ -661,13 +682,11 @@ struct Current {
 fn index_folder(
     writer: &mut IndexWriter<'_>,
     folder: &FolderObs,
-    threads: usize,
+    results: Vec<ReadResult>,
     disappeared: &mut HashMap<[u8; 32], Vec<ResourceRecord>>,
     claimed_assets: &mut HashSet<String>,
     report: &mut ScanReport,
-    progress: &mut Progress,
     limit: usize,
-    on_event: &mut dyn FnMut(&ScanEvent),
 ) -> Result<u64, ScanError> {
     let now = now_ms();
     let mut existing: HashMap<PathBuf, ResourceRecord> = writer
@@ -677,22 +696,29 @@ fn index_folder(
         .map(|r| (r.path.clone(), r))
         .collect();
     let mut current: Vec<Current> = Vec::new();
-    let mut to_read: Vec<FileObs> = Vec::new();
+    let mut read: Vec<ReadFile> = Vec::new();
+    for res in results {
+        match res {
+            Ok(f) => read.push(f),
+            Err((obs, reason, detail)) => report.issue(limit, &obs.path, reason, detail),
+        }
+    }
+    let read_paths: HashSet<PathBuf> = read.iter().map(|f| f.obs.path.clone()).collect();
     for obs in &folder.files {
         match existing.remove(&obs.path) {
-            Some(r) if obs.same_stat(&r) => {
+            Some(r) if obs.same_stat(&r) && !read_paths.contains(&obs.path) => {
                 report.unchanged_resources += 1;
                 current.push(Current {
                     previous_asset: Some(r.asset_id.clone()),
                     record: r,
                 });
             }
+            // Modified (its prior record is needed below), or a file that failed to read:
+            // its entry stays as it is until it can be read.
             Some(r) => {
-                // Put back: it is the "modified" prior of this file.
                 existing.insert(r.path.clone(), r);
-                to_read.push(obs.clone());
             }
-            None => to_read.push(obs.clone()),
+            None => {}
         }
     }
     // Present but unreadable now: keep their entries as they are.
@@ -705,21 +731,6 @@ fn index_folder(
         }
     }
 
-    let mut read: Vec<ReadFile> = Vec::new();
-    read_files(to_read, threads, &mut |res| {
-        match res {
-            Ok(f) => {
-                progress.bytes_done += f.obs.size;
-                read.push(f);
-            }
-            Err((obs, reason, detail)) => {
-                progress.bytes_done += obs.size;
-                report.issue(limit, &obs.path, reason, detail);
-            }
-        }
-        progress.files_done += 1;
-        on_event(&progress.event());
-    });
     read.sort_by(|a, b| a.obs.path.cmp(&b.obs.path));
 
     for f in read {
@@ -759,6 +770,15 @@ fn index_folder(
             },
             previous_asset,
         });
+    }
+    // Files whose read failed this time keep their entries (and place in the grouping).
+    for obs in &folder.files {
+        if let Some(r) = existing.remove(&obs.path) {
+            current.push(Current {
+                previous_asset: Some(r.asset_id.clone()),
+                record: r,
+            });
+        }
     }
     current.sort_by(|a, b| a.record.path.cmp(&b.record.path));
 
