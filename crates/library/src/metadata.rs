@@ -38,10 +38,26 @@ impl MetadataReader {
 
     /// Reads what metadata `path` holds; `content_type` is the sniffed type.
     pub fn read(&mut self, path: &Path, content_type: &str) -> MetadataOutcome {
+        self.read_with_head(path, content_type, None)
+    }
+
+    /// Like [`MetadataReader::read`], given the file's first bytes already read (all of it when
+    /// `head.1` says so): a JPEG's metadata lies in its first segments, so the file need not be
+    /// opened again. Other formats, whose metadata may sit at the end, read the file.
+    pub fn read_with_head(
+        &mut self,
+        path: &Path,
+        content_type: &str,
+        head: Option<(&[u8], bool)>,
+    ) -> MetadataOutcome {
         let parser = &mut self.parser;
         // nom-exif is third-party code fed untrusted bytes: contain a panic to this one file.
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            read_inner(parser, path, content_type)
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match head {
+            Some((bytes, whole)) if whole || content_type == "image/jpeg" => {
+                read_image_in_memory(parser, bytes, content_type)
+                    .unwrap_or_else(|| read_inner(parser, path, content_type))
+            }
+            _ => read_inner(parser, path, content_type),
         }));
         match result {
             Ok(outcome) => outcome,
@@ -54,6 +70,33 @@ impl MetadataReader {
             }
         }
     }
+}
+
+/// Images only, from memory; `None` when the bytes in hand are not enough (read the file).
+fn read_image_in_memory(
+    parser: &mut MediaParser,
+    bytes: &[u8],
+    content_type: &str,
+) -> Option<MetadataOutcome> {
+    if !content_type.starts_with("image/") {
+        return None;
+    }
+    let mut out = MetadataOutcome::default();
+    // A seekable cursor, not nom-exif's memory mode: that copies the buffer over and over.
+    match MediaSource::seekable(io::Cursor::new(bytes)) {
+        Ok(ms) if ms.kind() == MediaKind::Image => match parser.parse_exif(ms) {
+            Ok(iter) => apply_exif(&mut out.metadata, &iter.into()),
+            Err(nom_exif::Error::ExifNotFound) => {}
+            Err(_) => return None,
+        },
+        Ok(_) => return None,
+        Err(nom_exif::Error::UnsupportedFormat) | Err(nom_exif::Error::ExifNotFound) => {}
+        Err(_) => return None,
+    }
+    let (w, h) = dimensions_from(&mut io::Cursor::new(bytes), content_type).ok()??;
+    out.metadata.width = Some(w);
+    out.metadata.height = Some(h);
+    Some(out)
 }
 
 fn read_inner(parser: &mut MediaParser, path: &Path, content_type: &str) -> MetadataOutcome {
@@ -495,9 +538,15 @@ fn parse_meta_children(body: &[u8]) -> QuickTimeKeys {
 
 /// Width and height from an image's own header (the truth, where EXIF may be stale).
 pub fn image_dimensions(path: &Path, content_type: &str) -> io::Result<Option<(u32, u32)>> {
-    let mut f = BufReader::new(File::open(path)?);
+    dimensions_from(&mut BufReader::new(File::open(path)?), content_type)
+}
+
+fn dimensions_from<R: Read + Seek>(
+    f: &mut R,
+    content_type: &str,
+) -> io::Result<Option<(u32, u32)>> {
     let mut head = [0u8; 32];
-    let n = read_up_to(&mut f, &mut head)?;
+    let n = read_up_to(f, &mut head)?;
     let head = &head[..n];
     let le16 = |b: &[u8], o: usize| b.get(o..o + 2).map(|s| u16::from_le_bytes([s[0], s[1]]));
     let be32 = |b: &[u8], o: usize| {
@@ -533,11 +582,11 @@ pub fn image_dimensions(path: &Path, content_type: &str) -> io::Result<Option<(u
         },
         "image/jpeg" => {
             f.seek(SeekFrom::Start(2))?;
-            jpeg_sof(&mut f)?
+            jpeg_sof(f)?
         }
         "image/heic" | "image/heif" | "image/avif" => {
             f.seek(SeekFrom::Start(0))?;
-            heif_ispe(&mut f)?
+            heif_ispe(f)?
         }
         _ => None,
     }

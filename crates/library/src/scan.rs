@@ -594,6 +594,8 @@ struct ReadFile {
 }
 
 const READ_BUF: usize = 256 * 1024;
+/// How much of a file's start is kept for sniffing and in-memory metadata parsing.
+const HEAD_KEEP: usize = 256 * 1024;
 const STABLE_ATTEMPTS: usize = 3;
 
 /// Hashes a file, taking it only if it did not change while being read.
@@ -615,7 +617,9 @@ fn read_file(
             Err(e) => return Err((obs, IssueReason::Unreadable, e.to_string())),
         };
         let mut hasher = blake3::Hasher::new();
-        let mut head: Vec<u8> = Vec::new();
+        // The first bytes are kept: type sniffing and (for JPEGs) metadata read them from
+        // memory instead of opening the file again.
+        let mut head: Vec<u8> = Vec::with_capacity((before.len() as usize).min(HEAD_KEEP));
         let mut total = 0u64;
         loop {
             let n = match f.read(buf) {
@@ -624,8 +628,8 @@ fn read_file(
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err((obs, IssueReason::Unreadable, e.to_string())),
             };
-            if head.len() < classify::SNIFF_LEN {
-                let take = (classify::SNIFF_LEN - head.len()).min(n);
+            if head.len() < HEAD_KEEP {
+                let take = (HEAD_KEEP - head.len()).min(n);
                 head.extend_from_slice(&buf[..take]);
             }
             hasher.update(&buf[..n]);
@@ -653,7 +657,8 @@ fn read_file(
             let content_type = classify::sniff(&head)
                 .unwrap_or_else(|| classify::fallback_content_type(obs.kind, &obs.name))
                 .to_owned();
-            let read = meta_reader.read(&obs.path, &content_type);
+            let whole = head.len() as u64 == total;
+            let read = meta_reader.read_with_head(&obs.path, &content_type, Some((&head, whole)));
             return Ok(ReadFile {
                 obs,
                 blake3: *hasher.finalize().as_bytes(),
