@@ -18,7 +18,7 @@ use crate::classify::{self, FileKind};
 use crate::group::{GroupInput, group_folder};
 use crate::metadata::MetadataReader;
 use ferry_core::{ResourceMetadata, ResourceType};
-use ferry_store::library::{HistoryLimits, IndexWriter, ResourceRecord};
+use ferry_store::library::{HistoryLimits, IndexWriter, ResourceRecord, ResourceStat};
 use ferry_store::{Store, StoreError};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -208,7 +208,7 @@ impl FileObs {
         }
     }
 
-    fn same_stat(&self, r: &ResourceRecord) -> bool {
+    fn same_stat(&self, r: &ResourceStat) -> bool {
         self.dev == r.dev && self.ino == r.ino && self.size == r.size && self.mtime_ns == r.mtime_ns
     }
 }
@@ -303,13 +303,20 @@ pub fn scan(
                 .chain(f.kept_paths.iter().map(|p| (p.as_path(), None)))
         })
         .collect();
-    let mut disappeared: HashMap<[u8; 32], Vec<ResourceRecord>> = HashMap::new();
+    let mut disappeared: HashMap<[u8; 32], Vec<ResourceStat>> = HashMap::new();
+    // Per folder: how many resources the index has there, and how many of those are unchanged.
+    // A folder where the two match its files, with nothing to read, is left as it is.
+    let mut indexed_per_dir: HashMap<PathBuf, (usize, usize)> = HashMap::new();
     let (mut unchanged_files, mut unchanged_bytes) = (0u64, 0u64);
     let mut unchanged: HashSet<PathBuf> = HashSet::new();
     for root in &roots {
-        for r in store.resources_under(root)? {
+        for r in store.resource_stats_under(root)? {
+            let dir = r.path.parent().map(Path::to_owned).unwrap_or_default();
+            let counts = indexed_per_dir.entry(dir).or_default();
+            counts.0 += 1;
             match seen.get(r.path.as_path()) {
                 Some(Some(obs)) if obs.same_stat(&r) => {
+                    counts.1 += 1;
                     unchanged_files += 1;
                     unchanged_bytes += r.size;
                     unchanged.insert(r.path);
@@ -386,6 +393,15 @@ pub fn scan(
                     arrived.entry(got).or_default().push(res);
                 }
                 let read = arrived.remove(&fi).unwrap_or_default();
+                let untouched = read.is_empty()
+                    && folder.kept_paths.is_empty()
+                    && indexed_per_dir
+                        .get(&folder.dir)
+                        .is_some_and(|&(n, u)| n == u && u == folder.files.len());
+                if untouched {
+                    report.unchanged_resources += folder.files.len() as u64;
+                    continue;
+                }
                 batch_written += index_folder(
                     &mut writer,
                     folder,
@@ -679,6 +695,8 @@ fn read_file(
 /// One file of the folder after reading, before grouping.
 struct Current {
     record: ResourceRecord,
+    /// Its id was made by this scan: insert without looking for an old row.
+    is_new: bool,
     /// The asset it belonged to before this scan (kept if the grouping allows).
     previous_asset: Option<String>,
 }
@@ -688,7 +706,7 @@ fn index_folder(
     writer: &mut IndexWriter<'_>,
     folder: &FolderObs,
     results: Vec<ReadResult>,
-    disappeared: &mut HashMap<[u8; 32], Vec<ResourceRecord>>,
+    disappeared: &mut HashMap<[u8; 32], Vec<ResourceStat>>,
     claimed_assets: &mut HashSet<String>,
     report: &mut ScanReport,
     limit: usize,
@@ -711,11 +729,18 @@ fn index_folder(
     let read_paths: HashSet<PathBuf> = read.iter().map(|f| f.obs.path.clone()).collect();
     for obs in &folder.files {
         match existing.remove(&obs.path) {
-            Some(r) if obs.same_stat(&r) && !read_paths.contains(&obs.path) => {
+            Some(r)
+                if obs.dev == r.dev
+                    && obs.ino == r.ino
+                    && obs.size == r.size
+                    && obs.mtime_ns == r.mtime_ns
+                    && !read_paths.contains(&obs.path) =>
+            {
                 report.unchanged_resources += 1;
                 current.push(Current {
                     previous_asset: Some(r.asset_id.clone()),
                     record: r,
+                    is_new: false,
                 });
             }
             // Modified (its prior record is needed below), or a file that failed to read:
@@ -732,6 +757,7 @@ fn index_folder(
             current.push(Current {
                 previous_asset: Some(r.asset_id.clone()),
                 record: r,
+                is_new: false,
             });
         }
     }
@@ -759,6 +785,7 @@ fn index_folder(
             (uuid::Uuid::now_v7().to_string(), None)
         };
         current.push(Current {
+            is_new: previous_asset.is_none(),
             record: ResourceRecord {
                 id,
                 asset_id: String::new(),
@@ -782,6 +809,7 @@ fn index_folder(
             current.push(Current {
                 previous_asset: Some(r.asset_id.clone()),
                 record: r,
+                is_new: false,
             });
         }
     }
@@ -819,19 +847,31 @@ fn index_folder(
         }
         let mut ranked: Vec<(&str, usize)> = votes.into_iter().collect();
         ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-        let asset_id = ranked
+        let kept = ranked
             .iter()
             .map(|(a, _)| a.to_string())
-            .find(|a| !claimed_assets.contains(a))
-            .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+            .find(|a| !claimed_assets.contains(a));
+        let asset_id = match kept {
+            Some(id) => {
+                writer.put_asset(&id, &folder.dir, now)?;
+                id
+            }
+            None => {
+                let id = uuid::Uuid::now_v7().to_string();
+                writer.insert_asset(&id, &folder.dir, now)?;
+                id
+            }
+        };
         claimed_assets.insert(asset_id.clone());
-        writer.put_asset(&asset_id, &folder.dir, now)?;
         for (i, t) in g.members {
             let c = &current[i];
             let mut r = c.record.clone();
             r.asset_id = asset_id.clone();
             r.resource_type = t;
-            if r != c.record || c.previous_asset.as_deref() != Some(asset_id.as_str()) {
+            if c.is_new {
+                writer.insert_resource(&r, now)?;
+                written += 1;
+            } else if r != c.record || c.previous_asset.as_deref() != Some(asset_id.as_str()) {
                 writer.put_resource(&r, now)?;
                 written += 1;
             }
@@ -841,10 +881,10 @@ fn index_folder(
 }
 
 fn take_disappeared(
-    disappeared: &mut HashMap<[u8; 32], Vec<ResourceRecord>>,
+    disappeared: &mut HashMap<[u8; 32], Vec<ResourceStat>>,
     blake3: &[u8; 32],
     size: u64,
-) -> Option<ResourceRecord> {
+) -> Option<ResourceStat> {
     let list = disappeared.get_mut(blake3)?;
     let pos = list.iter().position(|r| r.size == size)?;
     Some(list.swap_remove(pos))

@@ -48,6 +48,19 @@ pub fn hex(bytes: &[u8]) -> String {
         })
 }
 
+/// A resource's identity and file stat, without its metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResourceStat {
+    pub id: String,
+    pub asset_id: String,
+    pub path: PathBuf,
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub blake3: [u8; 32],
+}
+
 /// One asset: what a person sees as one photo or video.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AssetRecord {
@@ -338,6 +351,30 @@ impl Store {
         )
     }
 
+    /// The identity and stat of every resource at or below `dir`: what a rescan needs to
+    /// tell unchanged files from the rest, without reading whole records.
+    pub fn resource_stats_under(&self, dir: &Path) -> Result<Vec<ResourceStat>, StoreError> {
+        let (lo, hi) = prefix_range(dir);
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, asset_id, path, dev, ino, size, mtime_ns, blake3 FROM resources \
+             WHERE path > ?1 AND path < ?2",
+        )?;
+        let rows = stmt.query_map(params![lo, hi], |row| {
+            let hash: Vec<u8> = row.get(7)?;
+            Ok(ResourceStat {
+                id: row.get(0)?,
+                asset_id: row.get(1)?,
+                path: bytes_path(row.get(2)?),
+                dev: row.get::<_, i64>(3)? as u64,
+                ino: row.get::<_, i64>(4)? as u64,
+                size: row.get::<_, i64>(5)? as u64,
+                mtime_ns: row.get(6)?,
+                blake3: <[u8; 32]>::try_from(hash.as_slice()).unwrap_or([0; 32]),
+            })
+        })?;
+        rows.map(|r| r.map_err(StoreError::from)).collect()
+    }
+
     pub fn resources_of_asset(&self, asset_id: &str) -> Result<Vec<ResourceRecord>, StoreError> {
         self.collect_resources(
             &format!(
@@ -447,6 +484,23 @@ impl IndexWriter<'_> {
         self.store
     }
 
+    /// Creates an asset whose id was just made (fails if it exists: ids are never reused).
+    pub fn insert_asset(&mut self, id: &str, dir: &Path, now_ms: i64) -> Result<(), StoreError> {
+        self.store.exec(
+            "INSERT INTO assets (id, dir, created_ms, updated_ms) VALUES (?1, ?2, ?3, ?3)",
+            params![id, path_bytes(dir), now_ms],
+        )?;
+        self.note(id, ChangeKind::Inserted);
+        Ok(())
+    }
+
+    /// Adds a resource whose id was just made (fails if it exists).
+    pub fn insert_resource(&mut self, r: &ResourceRecord, now_ms: i64) -> Result<(), StoreError> {
+        self.write_resource(r)?;
+        self.note(&r.asset_id, ChangeKind::Updated);
+        self.touch_asset(&r.asset_id, now_ms)
+    }
+
     /// Creates the asset, or moves it to `dir`.
     pub fn put_asset(&mut self, id: &str, dir: &Path, now_ms: i64) -> Result<(), StoreError> {
         let existing = self.store.asset(id)?;
@@ -474,6 +528,31 @@ impl IndexWriter<'_> {
     /// it left, only when something a client can see changed (not a bare re-stat).
     pub fn put_resource(&mut self, r: &ResourceRecord, now_ms: i64) -> Result<(), StoreError> {
         let old = self.store.resource(r.id.as_str())?;
+        self.write_resource(r)?;
+        match old {
+            None => self.note(&r.asset_id.clone(), ChangeKind::Updated),
+            Some(old) => {
+                let visible = old.asset_id != r.asset_id
+                    || old.resource_type != r.resource_type
+                    || old.path != r.path
+                    || old.blake3 != r.blake3
+                    || old.size != r.size
+                    || old.metadata != r.metadata
+                    || old.content_type != r.content_type;
+                if visible {
+                    self.note(&r.asset_id.clone(), ChangeKind::Updated);
+                    if old.asset_id != r.asset_id {
+                        self.note(&old.asset_id, ChangeKind::Updated);
+                        self.touched_assets.push(old.asset_id);
+                    }
+                }
+            }
+        }
+        self.touch_asset(&r.asset_id, now_ms)?;
+        Ok(())
+    }
+
+    fn write_resource(&mut self, r: &ResourceRecord) -> Result<(), StoreError> {
         let meta = serde_json::to_string(&r.metadata)
             .map_err(|e| StoreError::Corrupt(format!("metadata: {e}")))?;
         let dir = r.path.parent().unwrap_or(Path::new("/"));
@@ -502,26 +581,6 @@ impl IndexWriter<'_> {
                 r.indexed_ms,
             ],
         )?;
-        match old {
-            None => self.note(&r.asset_id.clone(), ChangeKind::Updated),
-            Some(old) => {
-                let visible = old.asset_id != r.asset_id
-                    || old.resource_type != r.resource_type
-                    || old.path != r.path
-                    || old.blake3 != r.blake3
-                    || old.size != r.size
-                    || old.metadata != r.metadata
-                    || old.content_type != r.content_type;
-                if visible {
-                    self.note(&r.asset_id.clone(), ChangeKind::Updated);
-                    if old.asset_id != r.asset_id {
-                        self.note(&old.asset_id, ChangeKind::Updated);
-                        self.touched_assets.push(old.asset_id);
-                    }
-                }
-            }
-        }
-        self.touch_asset(&r.asset_id, now_ms)?;
         Ok(())
     }
 
