@@ -5,5 +5,6 @@
 //! transcripts and seeded simulation.
 
 pub mod resource;
+pub mod retry;
 
 pub use resource::{Gps, ResourceMetadata, ResourceType};
