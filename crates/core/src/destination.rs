@@ -166,7 +166,11 @@ impl Url {
         if self.host == "localhost" {
             return true;
         }
-        if let Some(v6) = self.host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        if let Some(v6) = self
+            .host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+        {
             return v6.parse::<Ipv6Addr>().is_ok_and(|a| a.is_loopback());
         }
         self.host.parse::<Ipv4Addr>().is_ok_and(|a| a.is_loopback())
@@ -474,7 +478,10 @@ mod tests {
             d("X-A", "a\r\nInjected: 1"),
             Err(DestinationError::HeaderValue(_))
         ));
-        assert!(matches!(d("X A", "1"), Err(DestinationError::HeaderName(_))));
+        assert!(matches!(
+            d("X A", "1"),
+            Err(DestinationError::HeaderName(_))
+        ));
         assert!(matches!(d("", "1"), Err(DestinationError::HeaderName(_))));
     }
 
