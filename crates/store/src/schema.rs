@@ -47,4 +47,34 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (token, asset_id)
     ) STRICT, WITHOUT ROWID;
     "#,
+    // 2: upload jobs, their receipts, and each extension's job settings.
+    r#"
+    CREATE TABLE extensions (
+        id TEXT PRIMARY KEY,
+        job_limit INTEGER NOT NULL,
+        max_retries INTEGER NOT NULL,
+        bases TEXT NOT NULL
+    ) STRICT;
+    -- `body` is the whole job as JSON; the other columns copy the fields queries filter on.
+    CREATE TABLE jobs (
+        id BLOB PRIMARY KEY,
+        extension TEXT NOT NULL,
+        state TEXT NOT NULL,
+        acknowledged INTEGER NOT NULL,
+        created_ms INTEGER NOT NULL,
+        content_hash BLOB NOT NULL,
+        body TEXT NOT NULL
+    ) STRICT, WITHOUT ROWID;
+    -- Fetch by action and the limit count read only this index's range for one extension.
+    CREATE INDEX jobs_by_action ON jobs(extension, acknowledged, state, created_ms);
+    CREATE TABLE receipts (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        job_id BLOB NOT NULL UNIQUE,
+        extension TEXT NOT NULL,
+        content_hash BLOB NOT NULL,
+        acknowledged_ms INTEGER NOT NULL,
+        body TEXT NOT NULL
+    ) STRICT;
+    CREATE INDEX receipts_by_hash ON receipts(content_hash);
+    "#,
 ];
