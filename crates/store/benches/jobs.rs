@@ -54,23 +54,24 @@ fn main() {
     let mut commits = 0u64;
     let mut transitions = 0u64;
     let mut now_ms = 1_000_000_000i64;
+    // Time per phase, to see which commits cost what.
+    let mut phase = [Duration::ZERO; 4];
     for batch in 0..JOBS / BATCH {
         let range = batch * BATCH..(batch + 1) * BATCH;
         let ids: Vec<Uuid> = range.clone().map(|n| Uuid::from_u128(n + 1)).collect();
         now_ms += 1;
         let creates: Vec<TxItem> = range.clone().map(new_job).collect();
+        let t = Instant::now();
         store.transaction(ext, &creates, now_ms).expect("create");
+        phase[0] += t.elapsed();
         let starts: Vec<TransferEvent> = ids
             .iter()
             .map(|&job| TransferEvent::Start { job })
             .collect();
-        assert!(
-            store
-                .record(&starts, now_ms)
-                .expect("start")
-                .iter()
-                .all(Result::is_ok)
-        );
+        let t = Instant::now();
+        let results = store.record(&starts, now_ms);
+        phase[1] += t.elapsed();
+        assert!(results.expect("start").iter().all(Result::is_ok));
         let finishes: Vec<TransferEvent> = range
             .clone()
             .zip(&ids)
@@ -79,15 +80,14 @@ fn main() {
                 outcome: ok(n),
             })
             .collect();
-        assert!(
-            store
-                .record(&finishes, now_ms)
-                .expect("finish")
-                .iter()
-                .all(Result::is_ok)
-        );
+        let t = Instant::now();
+        let results = store.record(&finishes, now_ms);
+        phase[2] += t.elapsed();
+        assert!(results.expect("finish").iter().all(Result::is_ok));
         let acks: Vec<TxItem> = ids.iter().map(|&job| TxItem::Acknowledge { job }).collect();
+        let t = Instant::now();
         store.transaction(ext, &acks, now_ms).expect("ack");
+        phase[3] += t.elapsed();
         commits += 4;
         transitions += 4 * BATCH as u64;
     }
@@ -98,6 +98,15 @@ fn main() {
         batched.as_secs_f64(),
         transitions as f64 / batched.as_secs_f64(),
         commits as f64 / batched.as_secs_f64()
+    );
+
+    let per_commit = |d: Duration| d.as_secs_f64() * 1e3 / (JOBS / BATCH) as f64;
+    println!(
+        "  ms per commit of {BATCH}: create {:.2}, start {:.2}, finish {:.2}, acknowledge {:.2}",
+        per_commit(phase[0]),
+        per_commit(phase[1]),
+        per_commit(phase[2]),
+        per_commit(phase[3])
     );
 
     // 2. Unbatched: one commit per transition, as a lone upload would cause.
