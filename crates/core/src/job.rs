@@ -295,7 +295,10 @@ pub struct Receipt {
 }
 
 impl Receipt {
-    fn of(job: &Job, now_ms: i64) -> Receipt {
+    /// The receipt of a job let go of at `acknowledged_ms`. A job never changes after that
+    /// (no transition applies to an acknowledged job), so a store may keep the final job and
+    /// rebuild the receipt from it.
+    pub fn of(job: &Job, acknowledged_ms: i64) -> Receipt {
         Receipt {
             job_id: job.id,
             extension: job.extension.clone(),
@@ -308,7 +311,7 @@ impl Receipt {
             error: job.error.clone(),
             created_ms: job.created_ms,
             finished_ms: job.finished_ms,
-            acknowledged_ms: now_ms,
+            acknowledged_ms,
         }
     }
 }

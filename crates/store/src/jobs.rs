@@ -308,19 +308,114 @@ impl JobStore for MemoryJobStore {
 }
 
 // ---------------------------------------------------------------------------------------------
-// SQLite. Jobs are rows whose `body` is the job as JSON; the other columns copy what queries
-// filter on and are written from the same `Job` value, so they cannot drift apart.
+// SQLite. A job is split over two rows (see migration 2): its spec, written once, and its
+// live state, written on each transition. Both are encoded from and decoded to the same
+// `Job`, so the columns queries filter on cannot drift from the job they describe.
+
+/// What the extension asked for; changes only when a retry brings a new destination.
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Spec {
+    extension: String,
+    resource_id: String,
+    content_hash: ContentHash,
+    destination: ferry_core::Destination,
+    metadata: std::collections::BTreeMap<String, String>,
+    created_ms: i64,
+}
+
+/// What transitions change, besides the `state` and `acknowledged` columns.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Live {
+    retries: u32,
+    updated_ms: i64,
+    finished_ms: Option<i64>,
+    attempts: Vec<ferry_core::Attempt>,
+    status: Option<u16>,
+    response_headers: Vec<(String, String)>,
+    error: Option<ferry_core::ErrorCode>,
+}
+
+fn spec_of(j: &Job) -> Spec {
+    Spec {
+        extension: j.extension.clone(),
+        resource_id: j.resource_id.clone(),
+        content_hash: j.content_hash,
+        destination: j.destination.clone(),
+        metadata: j.metadata.clone(),
+        created_ms: j.created_ms,
+    }
+}
+
+fn live_of(j: &Job) -> Live {
+    Live {
+        retries: j.retries,
+        updated_ms: j.updated_ms,
+        finished_ms: j.finished_ms,
+        attempts: j.attempts.clone(),
+        status: j.status,
+        response_headers: j.response_headers.clone(),
+        error: j.error.clone(),
+    }
+}
 
 fn corrupt(e: impl std::fmt::Display) -> JobStoreError {
     JobStoreError::Corrupt(e.to_string())
 }
 
-fn decode_job(body: &str) -> Result<Job, JobStoreError> {
-    serde_json::from_str(body).map_err(corrupt)
-}
-
 fn encode<T: serde::Serialize>(value: &T) -> Result<String, JobStoreError> {
     serde_json::to_string(value).map_err(corrupt)
+}
+
+/// The columns every job query selects, in the order [`JobRow::read`] expects.
+const JOB_COLUMNS: &str = "j.id, j.state, j.acknowledged, j.live, s.body";
+const JOB_FROM: &str = "jobs j JOIN job_specs s ON s.id = j.id";
+
+/// One job's columns as read, decoded outside rusqlite's row callback so decode errors keep
+/// their own type.
+struct JobRow {
+    id: Vec<u8>,
+    state: String,
+    acknowledged: bool,
+    live: String,
+    spec: String,
+}
+
+impl JobRow {
+    fn read(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<JobRow> {
+        Ok(JobRow {
+            id: r.get(first)?,
+            state: r.get(first + 1)?,
+            acknowledged: r.get(first + 2)?,
+            live: r.get(first + 3)?,
+            spec: r.get(first + 4)?,
+        })
+    }
+
+    fn decode(self) -> Result<Job, JobStoreError> {
+        let id = Uuid::from_slice(&self.id).map_err(corrupt)?;
+        let state = JobState::from_name(&self.state)
+            .ok_or_else(|| corrupt(format!("job {id} has state {:?}", self.state)))?;
+        let spec: Spec = serde_json::from_str(&self.spec).map_err(corrupt)?;
+        let live: Live = serde_json::from_str(&self.live).map_err(corrupt)?;
+        Ok(Job {
+            id,
+            extension: spec.extension,
+            resource_id: spec.resource_id,
+            content_hash: spec.content_hash,
+            destination: spec.destination,
+            metadata: spec.metadata,
+            state,
+            acknowledged: self.acknowledged,
+            retries: live.retries,
+            created_ms: spec.created_ms,
+            updated_ms: live.updated_ms,
+            finished_ms: live.finished_ms,
+            attempts: live.attempts,
+            status: live.status,
+            response_headers: live.response_headers,
+            error: live.error,
+        })
+    }
 }
 
 fn load_policy(
@@ -360,11 +455,12 @@ fn save_policy(
 }
 
 fn load_job(conn: &rusqlite::Connection, id: Uuid) -> Result<Option<Job>, JobStoreError> {
-    let body: Option<String> = conn
-        .prepare_cached("SELECT body FROM jobs WHERE id = ?1")?
-        .query_row([&id.as_bytes()[..]], |r| r.get(0))
+    let sql = format!("SELECT {JOB_COLUMNS} FROM {JOB_FROM} WHERE j.id = ?1");
+    let row = conn
+        .prepare_cached(&sql)?
+        .query_row([&id.as_bytes()[..]], |r| JobRow::read(r, 0))
         .optional()?;
-    body.map(|b| decode_job(&b)).transpose()
+    row.map(JobRow::decode).transpose()
 }
 
 fn count_unacknowledged(
@@ -379,32 +475,41 @@ fn count_unacknowledged(
     u32::try_from(n).map_err(corrupt)
 }
 
-fn write_job(tx: &Transaction<'_>, job: &Job, insert: bool) -> Result<(), JobStoreError> {
-    let body = encode(job)?;
-    let changed = if insert {
-        tx.prepare_cached(
-            "INSERT INTO jobs (id, extension, state, acknowledged, created_ms, content_hash, body)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        )?
-        .execute(params![
-            &job.id.as_bytes()[..],
-            job.extension,
-            job.state.as_str(),
-            job.acknowledged,
-            job.created_ms,
-            &job.content_hash.0[..],
-            body
-        ])?
-    } else {
-        tx.prepare_cached("UPDATE jobs SET state = ?2, acknowledged = ?3, body = ?4 WHERE id = ?1")?
+/// Writes a job's new state; `before` is the state the decision was made from (`None` for a
+/// create). The spec row is rewritten only if the spec changed.
+fn write_job(tx: &Transaction<'_>, job: &Job, before: Option<&Job>) -> Result<(), JobStoreError> {
+    let id = &job.id.as_bytes()[..];
+    let live = encode(&live_of(job))?;
+    let spec = spec_of(job);
+    let changed = match before {
+        None => {
+            tx.prepare_cached("INSERT INTO job_specs (id, body) VALUES (?1, ?2)")?
+                .execute(params![id, encode(&spec)?])?;
+            tx.prepare_cached(
+                "INSERT INTO jobs (id, extension, state, acknowledged, created_ms, live)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
             .execute(params![
-                &job.id.as_bytes()[..],
+                id,
+                job.extension,
                 job.state.as_str(),
                 job.acknowledged,
-                body
+                job.created_ms,
+                live
             ])?
+        }
+        Some(before) => {
+            if spec_of(before) != spec {
+                tx.prepare_cached("UPDATE job_specs SET body = ?2 WHERE id = ?1")?
+                    .execute(params![id, encode(&spec)?])?;
+            }
+            tx.prepare_cached(
+                "UPDATE jobs SET state = ?2, acknowledged = ?3, live = ?4 WHERE id = ?1",
+            )?
+            .execute(params![id, job.state.as_str(), job.acknowledged, live])?
+        }
     };
-    // Both sides of the write: the plan was made from rows this transaction read.
+    // Both sides of the write: the decision was made from rows this transaction read.
     if changed != 1 {
         return Err(JobStoreError::Corrupt(format!(
             "writing job {} touched {changed} rows",
@@ -414,21 +519,37 @@ fn write_job(tx: &Transaction<'_>, job: &Job, insert: bool) -> Result<(), JobSto
     Ok(())
 }
 
-fn write_all(tx: &Transaction<'_>, writes: Vec<JobWrite>) -> Result<Vec<Job>, JobStoreError> {
+fn write_all(
+    tx: &Transaction<'_>,
+    writes: Vec<JobWrite>,
+    before: &HashMap<Uuid, Job>,
+) -> Result<Vec<Job>, JobStoreError> {
     let mut out = Vec::with_capacity(writes.len());
     for w in writes {
-        write_job(tx, &w.job, w.insert)?;
+        let prior =
+            if w.insert {
+                None
+            } else {
+                Some(before.get(&w.job.id).ok_or_else(|| {
+                    corrupt(format!("update of job {} that was not read", w.job.id))
+                })?)
+            };
+        write_job(tx, &w.job, prior)?;
         if let Some(r) = &w.receipt {
+            // Only the pointer is stored; check now that the job's final rows rebuild it.
+            if *r != Receipt::of(&w.job, r.acknowledged_ms) {
+                return Err(corrupt(format!(
+                    "receipt of job {} does not match it",
+                    r.job_id
+                )));
+            }
             tx.prepare_cached(
-                "INSERT INTO receipts (job_id, extension, content_hash, acknowledged_ms, body)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO receipts (job_id, content_hash, acknowledged_ms) VALUES (?1, ?2, ?3)",
             )?
             .execute(params![
                 &r.job_id.as_bytes()[..],
-                r.extension,
                 &r.content_hash.0[..],
-                r.acknowledged_ms,
-                encode(r)?
+                r.acknowledged_ms
             ])?;
         }
         out.push(w.job);
@@ -440,22 +561,27 @@ fn collect_jobs(
     stmt: &mut rusqlite::CachedStatement<'_>,
     params: impl rusqlite::Params,
 ) -> Result<Vec<Job>, JobStoreError> {
-    let bodies = stmt.query_map(params, |r| r.get::<_, String>(0))?;
+    let rows = stmt.query_map(params, |r| JobRow::read(r, 0))?;
     let mut out = Vec::new();
-    for b in bodies {
-        out.push(decode_job(&b?)?);
+    for row in rows {
+        out.push(row?.decode()?);
     }
     Ok(out)
 }
+
+const RECEIPT_SELECT: &str =
+    "SELECT r.acknowledged_ms, j.id, j.state, j.acknowledged, j.live, s.body
+     FROM receipts r JOIN jobs j ON j.id = r.job_id JOIN job_specs s ON s.id = r.job_id";
 
 fn collect_receipts(
     stmt: &mut rusqlite::CachedStatement<'_>,
     params: impl rusqlite::Params,
 ) -> Result<Vec<Receipt>, JobStoreError> {
-    let bodies = stmt.query_map(params, |r| r.get::<_, String>(0))?;
+    let rows = stmt.query_map(params, |r| Ok((r.get::<_, i64>(0)?, JobRow::read(r, 1)?)))?;
     let mut out = Vec::new();
-    for b in bodies {
-        out.push(serde_json::from_str(&b?).map_err(corrupt)?);
+    for row in rows {
+        let (acknowledged_ms, job) = row?;
+        out.push(Receipt::of(&job.decode()?, acknowledged_ms));
     }
     Ok(out)
 }
@@ -525,7 +651,7 @@ impl JobStore for Store {
         let policy = load_policy(&tx, extension)?;
         // A rejection drops `tx`, which rolls back: nothing was written anyway.
         let writes = plan_transaction(&view, items, &policy, now_ms)?;
-        let out = write_all(&tx, writes)?;
+        let out = write_all(&tx, writes, &jobs)?;
         tx.commit()?;
         Ok(out)
     }
@@ -536,10 +662,11 @@ impl JobStore for Store {
         // Every job any action returns is unacknowledged (registered and pending ones always
         // are), so the query reads only the unacknowledged part of the index.
         let states = action.states();
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT body FROM jobs WHERE extension = ?1 AND acknowledged = 0
-             AND state IN (?2, ?3) ORDER BY created_ms, id",
-        )?;
+        let sql = format!(
+            "SELECT {JOB_COLUMNS} FROM {JOB_FROM} WHERE j.extension = ?1 AND j.acknowledged = 0
+             AND j.state IN (?2, ?3) ORDER BY j.created_ms, j.id"
+        );
+        let mut stmt = self.conn.prepare_cached(&sql)?;
         let second = states.get(1).unwrap_or(&states[0]);
         let mut out = collect_jobs(
             &mut stmt,
@@ -562,7 +689,7 @@ impl JobStore for Store {
             let current = load_job(&tx, e.job_id())?;
             match apply_event(current.as_ref(), e, now_ms) {
                 Ok(next) => {
-                    write_job(&tx, &next, false)?;
+                    write_job(&tx, &next, current.as_ref())?;
                     out.push(Ok(next));
                 }
                 Err(refused) => out.push(Err(refused)),
@@ -577,11 +704,12 @@ impl JobStore for Store {
     }
 
     fn jobs(&self, filter: &JobFilter) -> Result<Vec<Job>, JobStoreError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT body FROM jobs WHERE (?1 IS NULL OR extension = ?1)
-             AND (?2 IS NULL OR state = ?2) AND (?3 IS NULL OR acknowledged = ?3)
-             AND (?4 IS NULL OR id > ?4) ORDER BY id LIMIT ?5",
-        )?;
+        let sql = format!(
+            "SELECT {JOB_COLUMNS} FROM {JOB_FROM} WHERE (?1 IS NULL OR j.extension = ?1)
+             AND (?2 IS NULL OR j.state = ?2) AND (?3 IS NULL OR j.acknowledged = ?3)
+             AND (?4 IS NULL OR j.id > ?4) ORDER BY j.id LIMIT ?5"
+        );
+        let mut stmt = self.conn.prepare_cached(&sql)?;
         collect_jobs(
             &mut stmt,
             params![
@@ -595,16 +723,14 @@ impl JobStore for Store {
     }
 
     fn receipts(&self, limit: usize, offset: usize) -> Result<Vec<Receipt>, JobStoreError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT body FROM receipts ORDER BY seq DESC LIMIT ?1 OFFSET ?2")?;
+        let sql = format!("{RECEIPT_SELECT} ORDER BY r.seq DESC LIMIT ?1 OFFSET ?2");
+        let mut stmt = self.conn.prepare_cached(&sql)?;
         collect_receipts(&mut stmt, params![to_i64(limit), to_i64(offset)])
     }
 
     fn receipts_for_hash(&self, hash: &ContentHash) -> Result<Vec<Receipt>, JobStoreError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT body FROM receipts WHERE content_hash = ?1 ORDER BY seq DESC",
-        )?;
+        let sql = format!("{RECEIPT_SELECT} WHERE r.content_hash = ?1 ORDER BY r.seq DESC");
+        let mut stmt = self.conn.prepare_cached(&sql)?;
         collect_receipts(&mut stmt, [&hash.0[..]])
     }
 
@@ -617,13 +743,17 @@ impl JobStore for Store {
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let mine = {
-            let mut stmt = tx.prepare_cached(
-                "SELECT body FROM jobs WHERE extension = ?1 AND acknowledged = 0
-                 AND state IN ('registered', 'pending') ORDER BY created_ms, id",
-            )?;
+            let sql = format!(
+                "SELECT {JOB_COLUMNS} FROM {JOB_FROM} WHERE j.extension = ?1
+                 AND j.acknowledged = 0 AND j.state IN ('registered', 'pending')
+                 ORDER BY j.created_ms, j.id"
+            );
+            let mut stmt = tx.prepare_cached(&sql)?;
             collect_jobs(&mut stmt, [extension])?
         };
-        let out = write_all(&tx, plan_cancel_all(&mine, now_ms))?;
+        let writes = plan_cancel_all(&mine, now_ms);
+        let before: HashMap<Uuid, Job> = mine.into_iter().map(|j| (j.id, j)).collect();
+        let out = write_all(&tx, writes, &before)?;
         tx.commit()?;
         Ok(out)
     }
