@@ -792,3 +792,52 @@ pub fn referenced_ids(items: &[TxItem]) -> Vec<Uuid> {
         .filter(|id| seen.insert(*id))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_names_are_stable_and_unknown_codes_survive() {
+        for (code, name) in ErrorCode::NAMES.iter() {
+            assert_eq!(serde_json::to_string(code).unwrap(), format!("\"{name}\""));
+        }
+        let unknown: ErrorCode = serde_json::from_str("\"quota_exceeded\"").unwrap();
+        assert_eq!(unknown, ErrorCode::Other("quota_exceeded".into()));
+        assert_eq!(
+            serde_json::to_string(&unknown).unwrap(),
+            "\"quota_exceeded\""
+        );
+        assert_eq!(
+            serde_json::to_string(&JobState::Succeeded).unwrap(),
+            "\"succeeded\""
+        );
+        assert_eq!(
+            serde_json::to_string(&Action::Acknowledge).unwrap(),
+            "\"acknowledge\""
+        );
+    }
+
+    #[test]
+    fn content_hash_hex_round_trips_and_rejects_junk() {
+        let h = ContentHash(std::array::from_fn(|i| i as u8 * 7));
+        assert_eq!(ContentHash::from_hex(&h.to_hex()), Some(h));
+        assert_eq!(ContentHash::from_hex(&h.to_hex().to_uppercase()), Some(h));
+        assert_eq!(ContentHash::from_hex("abc"), None);
+        assert_eq!(ContentHash::from_hex(&"zz".repeat(32)), None);
+        assert_eq!(ContentHash::from_hex(&"\u{e9}".repeat(32)), None);
+    }
+
+    #[test]
+    fn response_headers_are_bounded() {
+        let many: Vec<(String, String)> = (0..100)
+            .map(|i| (format!("X-H{i}"), "v".repeat(400)))
+            .collect();
+        let kept = bounded_headers(&many);
+        assert!(kept.len() < 64 && !kept.is_empty());
+        assert!(
+            kept.iter().map(|(n, v)| n.len() + v.len()).sum::<usize>() <= MAX_RESPONSE_HEADER_BYTES
+        );
+        assert_eq!(kept[0].0, "x-h0");
+    }
+}

@@ -7,7 +7,20 @@
 //!
 //! Durability (SQLite): every method that changes state runs one SQLite transaction and commits
 //! it (WAL, `synchronous=FULL`) before returning, so a caller never acts on a transition that a
-//! crash could take back, and a crash mid-call leaves the state before the call.
+//! crash could take back, and a crash mid-call leaves the state before the call. The write
+//! path of one change:
+//!
+//! 1. `BEGIN IMMEDIATE`: take the write lock before reading, so the view cannot go stale.
+//! 2. Read the rows the change names (and the extension's count and policy).
+//! 3. Ask `ferry_core::job` for the decision; a rejection rolls back, having written nothing.
+//! 4. Write the job rows (spec only if it changed, live state always) and receipt pointers.
+//! 5. `COMMIT`: SQLite appends the pages to the WAL and fsyncs it. This is the only fsync the
+//!    caller waits for; once it returns the change survives `kill -9` and power loss.
+//! 6. Later, a checkpoint copies WAL pages into the database file (SQLite fsyncs the WAL
+//!    before and the database after), off the caller's path.
+//!
+//! Batching: [`JobStore::transaction`] takes many items and [`JobStore::record`] many transfer
+//! events per commit, so a burst of small uploads costs one fsync, not one per transition.
 
 use crate::db::{Store, StoreError};
 use ferry_core::UrlBase;
