@@ -374,6 +374,19 @@ fn limit_is_judged_on_the_whole_transaction() {
         > ok: b cancelled acked (receipt: cancelled); count 1
         tx create d /u/d
         > rejected limit_exceeded: item 0 (d): the transaction would hold 2 jobs, over the limit of 1
+        # A retry takes its slot again: over a lowered limit it is refused until others go.
+        start c
+        > c pending
+        finish c fail 500 server_error
+        > c failed status=500 error=server_error
+        limit 2
+        tx create d /u/d
+        > ok: d registered; count 2
+        limit 1
+        tx retry c
+        > rejected limit_exceeded: item 0 (c): the transaction would hold 2 jobs, over the limit of 1
+        tx retry c ; cancel d
+        > ok: c registered retries=1, d cancelled acked (receipt: cancelled); count 1
         ",
     );
 }

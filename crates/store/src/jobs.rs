@@ -771,3 +771,62 @@ impl JobStore for Store {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::MIGRATIONS;
+
+    fn plan(store: &Store, sql: &str) -> String {
+        let mut stmt = store
+            .conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .unwrap();
+        let rows = stmt
+            .query_map(params!["ext", "failed", "failed"], |r| {
+                r.get::<_, String>(3)
+            })
+            .unwrap();
+        rows.map(Result::unwrap).collect::<Vec<_>>().join("; ")
+    }
+
+    /// Fetch and the limit count must stay index range scans: a full scan over 100k jobs is
+    /// what the 5 ms fetch budget forbids.
+    #[test]
+    fn fetch_and_count_read_the_action_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("ferry.db")).unwrap();
+        let fetch = format!(
+            "SELECT {JOB_COLUMNS} FROM {JOB_FROM} WHERE j.extension = ?1 AND j.acknowledged = 0
+             AND j.state IN (?2, ?3) ORDER BY j.created_ms, j.id"
+        );
+        let p = plan(&store, &fetch);
+        assert!(p.contains("USING INDEX jobs_by_action"), "{p}");
+        assert!(!p.contains("SCAN j"), "{p}");
+        let count = "SELECT COUNT(*) FROM jobs WHERE extension = ?1 AND acknowledged = 0 \
+                     AND ?2 = ?3";
+        let p = plan(&store, count);
+        assert!(p.contains("USING COVERING INDEX jobs_by_action"), "{p}");
+    }
+
+    /// A store made before jobs existed (schema 1) gains the job tables on open.
+    #[test]
+    fn schema_1_store_upgrades() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        {
+            let conn = rusqlite::Connection::open(&path).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+        }
+        let mut store = Store::open(&path).unwrap();
+        let version: i64 = store
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, MIGRATIONS.len() as i64);
+        store.set_job_limit("ext", 3).unwrap();
+        assert_eq!(store.policy("ext").unwrap().job_limit, 3);
+        assert_eq!(store.unacknowledged_count("ext").unwrap(), 0);
+    }
+}
