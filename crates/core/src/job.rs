@@ -575,11 +575,13 @@ pub fn plan_transaction(
                     ));
                 }
                 let mut next = job.clone();
-                if let Some(d) = destination {
-                    next.destination = d
-                        .validate(&policy.bases)
-                        .map_err(|e| reject(index, e.into()))?;
-                }
+                // The old destination is checked again too: the user may have narrowed the
+                // bases since the job was created, and a retry is a new request to send.
+                next.destination = destination
+                    .as_ref()
+                    .unwrap_or(&job.destination)
+                    .validate(&policy.bases)
+                    .map_err(|e| reject(index, e.into()))?;
                 // A failed, unacknowledged job already holds a slot; re-queueing keeps it
                 // (the limit is re-checked below, so a lowered limit is honoured).
                 takers.push(index);

@@ -210,6 +210,10 @@ impl Driver {
                 self.policy.job_limit = n.parse().unwrap();
                 vec![]
             }
+            ["bases", list @ ..] => {
+                self.policy.bases = list.iter().map(|b| UrlBase::parse(b).unwrap()).collect();
+                vec![]
+            }
             ["max_retries", n] => {
                 self.policy.max_retries = n.parse().unwrap();
                 vec![]
@@ -342,6 +346,11 @@ fn failure_retry_once_then_only_acknowledge() {
         max_retries 2
         fetch retry
         > [a]
+        # Narrowed consent applies to a retry's old destination too.
+        bases https://up.example/u/other/
+        tx retry a
+        > rejected bad_destination: item 0 (a): bad destination: URL \"https://up.example/u/elsewhere/a.jpg\" lies outside every destination base the extension declared
+        bases https://up.example/u/
         tx ack a
         > ok: a failed acked retries=1 error=network_lost (receipt: failed); count 0
         tx retry a

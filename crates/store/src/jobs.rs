@@ -133,7 +133,10 @@ pub trait JobStore {
         single(self.record(&[TransferEvent::Finish { job, outcome }], now_ms)?)
     }
 
+    /// Ferry's own view of a job, acknowledged or not; extensions see jobs only through
+    /// [`JobStore::fetch`].
     fn job(&self, id: Uuid) -> Result<Option<Job>, JobStoreError>;
+    /// Ferry's own listing (history, recovery of `pending` jobs after a restart), by id.
     fn jobs(&self, filter: &JobFilter) -> Result<Vec<Job>, JobStoreError>;
     /// Receipts, newest first.
     fn receipts(&self, limit: usize, offset: usize) -> Result<Vec<Receipt>, JobStoreError>;
