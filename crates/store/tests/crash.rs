@@ -226,6 +226,14 @@ fn kill_9_loses_nothing_and_applies_nothing_twice() {
                 last_reported = Some(n);
                 seen += 1;
                 if seen == kill_after_lines && !killed {
+                    // Move the kill a random distance into the next step (its reads, its
+                    // writes, its fsync), so kills do not all land right after a print.
+                    // This randomises timing; nothing waits on it for correctness.
+                    let delay = std::time::Duration::from_micros(rng.next() % 3_000);
+                    let t = std::time::Instant::now();
+                    while t.elapsed() < delay {
+                        std::hint::spin_loop();
+                    }
                     child.kill().unwrap(); // SIGKILL
                     killed = true;
                 }
