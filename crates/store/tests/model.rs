@@ -525,8 +525,10 @@ fn run(ops: &[Op], path: &Path) {
 }
 
 proptest! {
+    // Every step commits with fsync, so cases cost real disk time on a shared machine;
+    // PROPTEST_CASES=2000 runs a longer search.
     #![proptest_config(ProptestConfig {
-        cases: 256,
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(128),
         ..ProptestConfig::default()
     })]
 
