@@ -145,6 +145,12 @@ impl Url {
         if !percent_escapes_ok(path) || !query.as_deref().is_none_or(percent_escapes_ok) {
             return Err(bad("bad percent escape"));
         }
+        // Encoded slashes and backslashes hide segment boundaries from the base check that
+        // a server's decoding would reveal.
+        let lower_path = path.to_ascii_lowercase();
+        if lower_path.contains("%2f") || lower_path.contains("%5c") {
+            return Err(bad("path has an encoded slash or backslash"));
+        }
         // Dot segments would let a URL climb out of its base once a server normalises it.
         if path.split('/').any(|seg| {
             let s = seg.to_ascii_lowercase().replace("%2e", ".");
@@ -414,6 +420,10 @@ mod tests {
         ));
         assert!(matches!(
             ok("https://photos.example.com/u/alice/%2E%2e/bob"),
+            Err(DestinationError::MalformedUrl { .. })
+        ));
+        assert!(matches!(
+            ok("https://photos.example.com/u/alice/%2e%2E%2Fbob"),
             Err(DestinationError::MalformedUrl { .. })
         ));
         assert!(matches!(

@@ -25,6 +25,10 @@ fn really_inside(url: &str) -> bool {
         return false;
     }
     let path = rest.split('?').next().unwrap_or("");
+    let lower = path.to_ascii_lowercase();
+    if lower.contains("%2f") || lower.contains("%5c") {
+        return false;
+    }
     let under = path == "/u/alice" || path.starts_with("/u/alice/");
     let climbs = path.split('/').any(|seg| {
         matches!(
@@ -47,7 +51,7 @@ proptest! {
 
     #[test]
     fn accepted_urls_lie_inside_the_base(
-        url in "(https|HTTPS|http|ftp)://(up\\.example|UP\\.Example|evil\\.example|up\\.example\\.evil|up\\.example@evil)(:443|:8443|:|)(/u/alice|/u/alicex|/u|/U/alice|)(/|/\\.\\.|/%2[eE]%2e|/\\.|/x|\\?q=/\\.\\.|#f)*"
+        url in "(https|HTTPS|http|ftp)://(up\\.example|UP\\.Example|evil\\.example|up\\.example\\.evil|up\\.example@evil)(:443|:8443|:|)(/u/alice|/u/alicex|/u|/U/alice|)(/|/\\.\\.|/%2[eE]%2e|%2[fF]\\.\\.|/%5c|/\\.|/x|\\?q=/\\.\\.|#f)*"
     ) {
         let base = [UrlBase::parse(BASE).unwrap()];
         let accepted = Destination::new(Method::Put, url.clone()).validate(&base).is_ok();
