@@ -4,7 +4,15 @@
 //! the decisions that come out. That is what lets the job model and the policies be tested by
 //! transcripts and seeded simulation.
 
+pub mod destination;
+pub mod job;
 pub mod resource;
 pub mod retry;
 
+pub use destination::{Destination, DestinationError, Method, UrlBase};
+pub use job::{
+    Action, Attempt, ContentHash, ErrorCode, ExtensionPolicy, Job, JobState, JobWrite, NewJob,
+    Outcome, Receipt, Rejection, TransactionError, TransferEvent, TransitionError, TxItem, TxView,
+    apply_event, plan_cancel_all, plan_transaction,
+};
 pub use resource::{Gps, ResourceMetadata, ResourceType};
