@@ -153,11 +153,14 @@ pub enum ErrorCode {
     ResourceChanged,
     ResourceMissing,
     DestinationRefused,
+    /// The server's answers made no sense (garbage, contradictory limits, success without
+    /// the bytes).
+    BadResponse,
     Other(String),
 }
 
 impl ErrorCode {
-    const NAMES: [(ErrorCode, &'static str); 7] = [
+    const NAMES: [(ErrorCode, &'static str); 8] = [
         (ErrorCode::NetworkLost, "network_lost"),
         (ErrorCode::TimedOut, "timed_out"),
         (ErrorCode::ServerError, "server_error"),
@@ -165,6 +168,7 @@ impl ErrorCode {
         (ErrorCode::ResourceChanged, "resource_changed"),
         (ErrorCode::ResourceMissing, "resource_missing"),
         (ErrorCode::DestinationRefused, "destination_refused"),
+        (ErrorCode::BadResponse, "bad_response"),
     ];
 
     pub fn as_str(&self) -> &str {

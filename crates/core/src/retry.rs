@@ -5,6 +5,7 @@
 //! Exponential backoff with full jitter (AWS's "Exponential Backoff and Jitter"); a server's
 //! `Retry-After` is a floor, never shortened by jitter.
 
+use crate::job::ErrorCode;
 use serde::{Deserialize, Serialize};
 
 /// What went wrong with one attempt, as the transfer saw it. Classified here, once, so no
@@ -38,26 +39,12 @@ pub enum Failure {
 }
 
 /// What the caller does next.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     /// Try again at this time (ms since the epoch).
     RetryAt(i64),
     /// The budget is spent, or the failure is permanent: the job fails with this code.
-    Fail(FailureCode),
-}
-
-/// The stable error codes a failed job exposes (SPEC.md, "Jobs").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FailureCode {
-    NetworkLost,
-    TimedOut,
-    ServerError,
-    ClientError,
-    ResourceChanged,
-    ResourceMissing,
-    DestinationRefused,
-    BadResponse,
+    Fail(ErrorCode),
 }
 
 impl Failure {
@@ -79,19 +66,19 @@ impl Failure {
     }
 
     /// The code a job that ends on this failure carries.
-    pub fn code(self) -> FailureCode {
+    pub fn code(self) -> ErrorCode {
         match self {
-            Failure::ConnectFailed | Failure::ConnectionLost => FailureCode::NetworkLost,
-            Failure::TimedOut => FailureCode::TimedOut,
-            Failure::Http { status, .. } if status >= 500 => FailureCode::ServerError,
-            Failure::Http { status: 408, .. } => FailureCode::TimedOut,
+            Failure::ConnectFailed | Failure::ConnectionLost => ErrorCode::NetworkLost,
+            Failure::TimedOut => ErrorCode::TimedOut,
+            Failure::Http { status, .. } if status >= 500 => ErrorCode::ServerError,
+            Failure::Http { status: 408, .. } => ErrorCode::TimedOut,
             Failure::Http { .. } | Failure::OffsetMismatch | Failure::Locked => {
-                FailureCode::ClientError
+                ErrorCode::ClientError
             }
-            Failure::BadResponse => FailureCode::BadResponse,
-            Failure::RedirectRefused => FailureCode::DestinationRefused,
-            Failure::ResourceChanged => FailureCode::ResourceChanged,
-            Failure::ResourceMissing => FailureCode::ResourceMissing,
+            Failure::BadResponse => ErrorCode::BadResponse,
+            Failure::RedirectRefused => ErrorCode::DestinationRefused,
+            Failure::ResourceChanged => ErrorCode::ResourceChanged,
+            Failure::ResourceMissing => ErrorCode::ResourceMissing,
         }
     }
 
@@ -234,10 +221,10 @@ mod tests {
         }
         for s in [400, 401, 403, 404, 410, 413, 415, 460] {
             assert!(!http(s).is_transient(), "{s}");
-            assert_eq!(http(s).code(), FailureCode::ClientError);
+            assert_eq!(http(s).code(), ErrorCode::ClientError);
         }
-        assert_eq!(http(503).code(), FailureCode::ServerError);
-        assert_eq!(Failure::ConnectionLost.code(), FailureCode::NetworkLost);
+        assert_eq!(http(503).code(), ErrorCode::ServerError);
+        assert_eq!(Failure::ConnectionLost.code(), ErrorCode::NetworkLost);
         assert!(!Failure::ResourceChanged.is_transient());
     }
 
@@ -288,7 +275,7 @@ mod tests {
         let mut s = AttemptState::default();
         assert_eq!(
             p.on_failure(&mut s, http(403), 10, 0.9),
-            Verdict::Fail(FailureCode::ClientError)
+            Verdict::Fail(ErrorCode::ClientError)
         );
         let mut s = AttemptState::default();
         let ra = Failure::Http {
@@ -321,7 +308,7 @@ mod tests {
         ));
         assert_eq!(
             p.on_failure(&mut s, Failure::TimedOut, 2_000, 0.0),
-            Verdict::Fail(FailureCode::TimedOut)
+            Verdict::Fail(ErrorCode::TimedOut)
         );
     }
 
