@@ -473,7 +473,7 @@ fn children(body: &[u8]) -> impl Iterator<Item = ([u8; 4], &[u8])> {
     })
 }
 
-fn parse_meta(body: &[u8]) -> QuickTimeKeys {
+pub fn parse_meta(body: &[u8]) -> QuickTimeKeys {
     // QuickTime's `meta` has no version/flags word; ISO BMFF's does. Try both.
     let mut out = parse_meta_children(body);
     if out == QuickTimeKeys::default() && body.len() > 4 {
@@ -541,7 +541,7 @@ pub fn image_dimensions(path: &Path, content_type: &str) -> io::Result<Option<(u
     dimensions_from(&mut BufReader::new(File::open(path)?), content_type)
 }
 
-fn dimensions_from<R: Read + Seek>(
+pub fn dimensions_from<R: Read + Seek>(
     f: &mut R,
     content_type: &str,
 ) -> io::Result<Option<(u32, u32)>> {
