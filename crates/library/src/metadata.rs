@@ -210,23 +210,23 @@ fn apply_exif(meta: &mut ResourceMetadata, exif: &Exif) {
     };
     meta.width = dim(ExifTag::ExifImageWidth, ExifTag::ImageWidth);
     meta.height = dim(ExifTag::ExifImageHeight, ExifTag::ImageHeight);
-    if let Some(gps) = exif.gps_info()
-        && let (Some(lat), Some(lon)) = (gps.latitude_decimal(), gps.longitude_decimal())
-        && lat.is_finite()
-        && lon.is_finite()
-    {
-        meta.gps = Some(Gps {
-            latitude: lat,
-            longitude: lon,
-            altitude_m: gps.altitude_meters().filter(|a| a.is_finite()),
-        });
-    }
+    meta.gps = exif.gps_info().and_then(gps_of);
     // nom-exif hands the MakerNote over as undefined bytes or as a byte array.
     if let Some(EntryValue::Undefined(note) | EntryValue::U8Array(note)) =
         exif.get(ExifTag::MakerNote)
     {
         meta.content_identifier = apple_content_identifier(note);
     }
+}
+
+/// Signed decimal degrees, only when both are real numbers.
+fn gps_of(gps: &nom_exif::GPSInfo) -> Option<Gps> {
+    let (lat, lon) = (gps.latitude_decimal()?, gps.longitude_decimal()?);
+    (lat.is_finite() && lon.is_finite()).then(|| Gps {
+        latitude: lat,
+        longitude: lon,
+        altitude_m: gps.altitude_meters().filter(|a| a.is_finite()),
+    })
 }
 
 fn apply_track(meta: &mut ResourceMetadata, info: &nom_exif::TrackInfo) {
@@ -247,17 +247,7 @@ fn apply_track(meta: &mut ResourceMetadata, info: &nom_exif::TrackInfo) {
     };
     meta.width = dim(TrackInfoTag::Width);
     meta.height = dim(TrackInfoTag::Height);
-    if let Some(gps) = info.gps_info()
-        && let (Some(lat), Some(lon)) = (gps.latitude_decimal(), gps.longitude_decimal())
-        && lat.is_finite()
-        && lon.is_finite()
-    {
-        meta.gps = Some(Gps {
-            latitude: lat,
-            longitude: lon,
-            altitude_m: gps.altitude_meters().filter(|a| a.is_finite()),
-        });
-    }
+    meta.gps = info.gps_info().and_then(gps_of);
 }
 
 /// `+02:00`, `-0530`, `Z` to seconds east of UTC.

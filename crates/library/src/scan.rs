@@ -263,6 +263,15 @@ pub fn scan(
         report.scopes.push(root.to_string_lossy().into_owned());
         roots.push(root);
     }
+    // A scope inside another is covered by it: walk each folder once.
+    roots.sort();
+    roots.dedup();
+    let nested: Vec<PathBuf> = roots
+        .iter()
+        .filter(|r| roots.iter().any(|o| o != *r && r.starts_with(o)))
+        .cloned()
+        .collect();
+    roots.retain(|r| !nested.contains(r));
     let excluded: Vec<PathBuf> = opts
         .exclude
         .iter()

@@ -64,7 +64,14 @@ pub fn watch(
     on_scan: &mut dyn FnMut(ScanCause, &ScanReport) -> ControlFlow<()>,
 ) -> Result<(), WatchError> {
     let report = scan(store, roots, &opts.scan, on_event)?;
-    let roots: Vec<PathBuf> = report.scopes.iter().map(PathBuf::from).collect();
+    // The scan checked them; canonical paths match the event paths notify reports.
+    let roots: Vec<PathBuf> = roots
+        .iter()
+        .filter_map(|r| std::fs::canonicalize(r).ok())
+        .collect();
+    if roots.is_empty() {
+        return Ok(());
+    }
     if on_scan(ScanCause::Start, &report).is_break() {
         return Ok(());
     }

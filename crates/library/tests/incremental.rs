@@ -279,3 +279,20 @@ fn grouping_follows_files_added_later() {
     assert!(types.contains(&("IMG_E0500.MOV".into(), "full_size_paired_video".into())));
     assert_eq!(lib.store.library_counts().unwrap().assets, 1);
 }
+
+#[test]
+fn overlapping_scopes_are_walked_once() {
+    let mut lib = Lib::new();
+    lib.put("a/IMG_0010.JPG", "plain/IMG_0010.JPG");
+    lib.put("a/b/IMG_0011.JPG", "plain/IMG_0011.JPG");
+    let scopes = [lib.root.join("a/b"), lib.root.clone(), lib.root.join("a")];
+    let r = scan(
+        &mut lib.store,
+        &scopes,
+        &ScanOptions::default(),
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!((r.media_files, r.new_resources), (2, 2));
+    assert_eq!(r.scopes.len(), 1);
+}
