@@ -260,7 +260,6 @@ pub fn scan(
                 source: e,
             });
         }
-        report.scopes.push(root.to_string_lossy().into_owned());
         roots.push(root);
     }
     // A scope inside another is covered by it: walk each folder once.
@@ -272,6 +271,10 @@ pub fn scan(
         .cloned()
         .collect();
     roots.retain(|r| !nested.contains(r));
+    report.scopes = roots
+        .iter()
+        .map(|r| r.to_string_lossy().into_owned())
+        .collect();
     let excluded: Vec<PathBuf> = opts
         .exclude
         .iter()
