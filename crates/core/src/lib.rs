@@ -4,6 +4,10 @@
 //! the decisions that come out. That is what lets the job model and the policies be tested by
 //! transcripts and seeded simulation.
 
+pub mod conditions;
+pub mod policy;
 pub mod resource;
 
+pub use conditions::{Conditions, LocalTime, Network, Now, Power, Thermal, Weekday};
+pub use policy::{Decision, Policy, PolicyOverrides, WaitReason, decide, next_change_hint};
 pub use resource::{Gps, ResourceMetadata, ResourceType};
