@@ -496,7 +496,8 @@ pub fn decide(policy: &Policy, conditions: &Conditions, now: &Now) -> Decision {
     // 3. Wi-Fi names.
     if let Some(ssid) = ssid {
         let denied = policy.wifi_deny.iter().any(|s| s == ssid);
-        let not_allowed = !policy.wifi_allow.is_empty() && !policy.wifi_allow.iter().any(|s| s == ssid);
+        let not_allowed =
+            !policy.wifi_allow.is_empty() && !policy.wifi_allow.iter().any(|s| s == ssid);
         if denied || not_allowed {
             return Decision::Wait(WaitReason::WifiNotAllowed);
         }
@@ -571,7 +572,12 @@ pub fn next_change_hint(policy: &Policy, now: &Now) -> Option<u64> {
     if policy.time_windows.is_empty() {
         return None;
     }
-    let inside = |m: u32| policy.time_windows.iter().any(|w| w.contains_minute_of_week(m));
+    let inside = |m: u32| {
+        policy
+            .time_windows
+            .iter()
+            .any(|w| w.contains_minute_of_week(m))
+    };
     let start = now.local.minute_of_week();
     let here = inside(start);
     let k = (1..=MINUTES_PER_WEEK).find(|k| inside((start + k) % MINUTES_PER_WEEK) != here)?;

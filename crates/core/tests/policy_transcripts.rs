@@ -71,7 +71,10 @@ fn parse_conditions(words: &str) -> (Conditions, Option<u64>) {
             wifi_ssid: ssid,
         };
     } else {
-        assert!(metered.is_none() && ssid.is_none(), "metered/ssid need net=online");
+        assert!(
+            metered.is_none() && ssid.is_none(),
+            "metered/ssid need net=online"
+        );
     }
     (c, size)
 }
