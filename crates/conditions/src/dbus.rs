@@ -133,10 +133,12 @@ impl Service {
                     percent,
                 }
             }
-            Service::PowerProfiles => Reading::PowerSaver(read_power_saver(conn, PPD, PPD_PATH).await),
-            Service::PowerProfilesLegacy => Reading::PowerSaverLegacy(
-                read_power_saver(conn, PPD_LEGACY, PPD_LEGACY_PATH).await,
-            ),
+            Service::PowerProfiles => {
+                Reading::PowerSaver(read_power_saver(conn, PPD, PPD_PATH).await)
+            }
+            Service::PowerProfilesLegacy => {
+                Reading::PowerSaverLegacy(read_power_saver(conn, PPD_LEGACY, PPD_LEGACY_PATH).await)
+            }
             Service::Logind => Reading::Idle(
                 get::<bool>(conn, LOGIND, LOGIND_PATH, LOGIND_MANAGER, "IdleHint").await,
             ),
@@ -255,7 +257,9 @@ async fn read_network(conn: &Connection) -> Network {
         None => None,
     };
     let mut wifi_ssid = None;
-    if get::<String>(conn, NM, primary, NM_ACTIVE, "Type").await.as_deref()
+    if get::<String>(conn, NM, primary, NM_ACTIVE, "Type")
+        .await
+        .as_deref()
         == Some("802-11-wireless")
         && let Some(ap) = get::<OwnedObjectPath>(conn, NM, primary, NM_ACTIVE, "SpecificObject")
             .await

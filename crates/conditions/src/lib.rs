@@ -267,8 +267,8 @@ pub fn local_now() -> Now {
     let weekday = Weekday::from_index(u32::from(
         z.weekday().to_monday_zero_offset().unsigned_abs(),
     ));
-    let minute_of_day = u16::try_from(i32::from(z.hour()) * 60 + i32::from(z.minute()))
-        .unwrap_or_default();
+    let minute_of_day =
+        u16::try_from(i32::from(z.hour()) * 60 + i32::from(z.minute())).unwrap_or_default();
     Now {
         unix_ms: u64::try_from(z.timestamp().as_millisecond()).unwrap_or_default(),
         local: LocalTime {

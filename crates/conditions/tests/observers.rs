@@ -122,7 +122,10 @@ impl Fake {
                 }
                 let hdr = msg.header();
                 let member = hdr.member().map(|m| m.as_str().to_owned());
-                let obj = hdr.path().map(|p| p.as_str().to_owned()).unwrap_or_default();
+                let obj = hdr
+                    .path()
+                    .map(|p| p.as_str().to_owned())
+                    .unwrap_or_default();
                 let is_props =
                     hdr.interface().map(|i| i.as_str()) == Some("org.freedesktop.DBus.Properties");
                 let body = msg.body();
@@ -236,16 +239,31 @@ async fn preset_laptop(fake: &Fake) {
     fake.preset(NM_PATH, NM, "State", ov(70u32));
     fake.preset(NM_PATH, NM, "Connectivity", ov(4u32));
     fake.preset(NM_PATH, NM, "PrimaryConnection", path(ACTIVE));
-    fake.preset(ACTIVE, ACTIVE_IFACE, "Devices", ov(vec![ObjectPath::try_from(DEVICE).unwrap()]));
+    fake.preset(
+        ACTIVE,
+        ACTIVE_IFACE,
+        "Devices",
+        ov(vec![ObjectPath::try_from(DEVICE).unwrap()]),
+    );
     fake.preset(ACTIVE, ACTIVE_IFACE, "Type", ov("802-11-wireless"));
     fake.preset(ACTIVE, ACTIVE_IFACE, "SpecificObject", path(AP));
-    fake.preset(DEVICE, "org.freedesktop.NetworkManager.Device", "Metered", ov(4u32));
+    fake.preset(
+        DEVICE,
+        "org.freedesktop.NetworkManager.Device",
+        "Metered",
+        ov(4u32),
+    );
     fake.preset(AP, AP_IFACE, "Ssid", ov(b"Home".to_vec()));
     fake.preset("/org/freedesktop/UPower", UPOWER, "OnBattery", ov(false));
     fake.preset(DISPLAY, UPOWER_DEVICE, "IsPresent", ov(true));
     fake.preset(DISPLAY, UPOWER_DEVICE, "Percentage", ov(80.0f64));
     fake.preset(PPD_PATH, PPD, "ActiveProfile", ov("balanced"));
-    fake.preset("/org/freedesktop/login1", LOGIND_MANAGER, "IdleHint", ov(true));
+    fake.preset(
+        "/org/freedesktop/login1",
+        LOGIND_MANAGER,
+        "IdleHint",
+        ov(true),
+    );
     for name in [NM, UPOWER, PPD, LOGIND] {
         fake.own(name).await;
     }
@@ -316,14 +334,20 @@ async fn no_services_no_sysfs_means_unknown_and_allowed() {
     let empty = tempfile::tempdir().unwrap();
     let observer = Observer::start(config(&bus, Some(empty.path()))).await;
     assert_eq!(observer.current(), Conditions::default());
-    assert_eq!(decide(&Policy::default(), &observer.current(), &noon()), ALLOW);
+    assert_eq!(
+        decide(&Policy::default(), &observer.current(), &noon()),
+        ALLOW
+    );
 
     // No bus at all: the same.
     let nowhere = ObserverConfig {
         bus: Bus::Address(format!("unix:path={}/nothing-here", empty.path().display())),
         ..config(&bus, None)
     };
-    assert_eq!(Observer::start(nowhere).await.current(), Conditions::default());
+    assert_eq!(
+        Observer::start(nowhere).await.current(),
+        Conditions::default()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -342,8 +366,13 @@ async fn network_changes_are_observed_and_decided_within_a_second() {
     assert_eq!(decision(&policy, &rx), ALLOW);
 
     // The device turns metered.
-    fake.set(DEVICE, "org.freedesktop.NetworkManager.Device", "Metered", ov(1u32))
-        .await;
+    fake.set(
+        DEVICE,
+        "org.freedesktop.NetworkManager.Device",
+        "Metered",
+        ov(1u32),
+    )
+    .await;
     c.network = Network::Online {
         metered: Some(true),
         wifi_ssid: Some("Home".into()),
@@ -355,8 +384,13 @@ async fn network_changes_are_observed_and_decided_within_a_second() {
     );
 
     // Roaming to another access point of a denied network, unmetered again.
-    fake.set(DEVICE, "org.freedesktop.NetworkManager.Device", "Metered", ov(2u32))
-        .await;
+    fake.set(
+        DEVICE,
+        "org.freedesktop.NetworkManager.Device",
+        "Metered",
+        ov(2u32),
+    )
+    .await;
     fake.preset(
         "/org/freedesktop/NetworkManager/AccessPoint/8",
         AP_IFACE,
@@ -375,7 +409,10 @@ async fn network_changes_are_observed_and_decided_within_a_second() {
         wifi_ssid: Some("Cafe".into()),
     };
     expect(&mut rx, &c, "roamed to Cafe").await;
-    assert_eq!(decision(&policy, &rx), Decision::Wait(WaitReason::WifiNotAllowed));
+    assert_eq!(
+        decision(&policy, &rx),
+        Decision::Wait(WaitReason::WifiNotAllowed)
+    );
 
     // The SSID of the current access point changes (a hidden network becoming known).
     fake.set(
@@ -396,7 +433,10 @@ async fn network_changes_are_observed_and_decided_within_a_second() {
     fake.set(NM_PATH, NM, "State", ov(20u32)).await;
     c.network = Network::Offline;
     expect(&mut rx, &c, "disconnected").await;
-    assert_eq!(decision(&policy, &rx), Decision::Wait(WaitReason::WaitingForNetwork));
+    assert_eq!(
+        decision(&policy, &rx),
+        Decision::Wait(WaitReason::WaitingForNetwork)
+    );
 
     // Connected to a wired network with no primary-connection details; then connectivity
     // none while the state still says connected.
@@ -452,9 +492,13 @@ async fn power_and_idle_changes_are_observed_and_decided_within_a_second() {
     c.power.on_battery = Some(true);
     expect(&mut rx, &c, "unplugged").await;
     assert_eq!(decision(&policy, &rx), ALLOW);
-    assert_eq!(decision(&charging_only, &rx), Decision::Wait(WaitReason::OnBattery));
+    assert_eq!(
+        decision(&charging_only, &rx),
+        Decision::Wait(WaitReason::OnBattery)
+    );
 
-    fake.set(DISPLAY, UPOWER_DEVICE, "Percentage", ov(21.4f64)).await;
+    fake.set(DISPLAY, UPOWER_DEVICE, "Percentage", ov(21.4f64))
+        .await;
     c.power.battery_percent = Some(21);
     expect(&mut rx, &c, "battery low").await;
     assert_eq!(
@@ -462,7 +506,8 @@ async fn power_and_idle_changes_are_observed_and_decided_within_a_second() {
         Decision::Wait(WaitReason::BatteryBelowThreshold)
     );
 
-    fake.set(PPD_PATH, PPD, "ActiveProfile", ov("power-saver")).await;
+    fake.set(PPD_PATH, PPD, "ActiveProfile", ov("power-saver"))
+        .await;
     c.power.low_power = Some(true);
     expect(&mut rx, &c, "power saver").await;
 
@@ -470,9 +515,13 @@ async fn power_and_idle_changes_are_observed_and_decided_within_a_second() {
         .await;
     c.power.on_battery = Some(false);
     expect(&mut rx, &c, "plugged in").await;
-    assert_eq!(decision(&policy, &rx), Decision::Wait(WaitReason::LowPowerMode));
+    assert_eq!(
+        decision(&policy, &rx),
+        Decision::Wait(WaitReason::LowPowerMode)
+    );
 
-    fake.set(PPD_PATH, PPD, "ActiveProfile", ov("performance")).await;
+    fake.set(PPD_PATH, PPD, "ActiveProfile", ov("performance"))
+        .await;
     c.power.low_power = Some(false);
     expect(&mut rx, &c, "performance").await;
     assert_eq!(decision(&policy, &rx), ALLOW);
@@ -486,11 +535,15 @@ async fn power_and_idle_changes_are_observed_and_decided_within_a_second() {
     .await;
     c.user_idle = Some(false);
     expect(&mut rx, &c, "user active").await;
-    assert_eq!(decision(&idle_only, &rx), Decision::Wait(WaitReason::UserActive));
+    assert_eq!(
+        decision(&idle_only, &rx),
+        Decision::Wait(WaitReason::UserActive)
+    );
     assert_eq!(decision(&policy, &rx), ALLOW);
 
     // A property nobody depends on changes: ignored (the next change still arrives).
-    fake.set(DISPLAY, UPOWER_DEVICE, "TimeToEmpty", ov(3600i64)).await;
+    fake.set(DISPLAY, UPOWER_DEVICE, "TimeToEmpty", ov(3600i64))
+        .await;
     // UPower stops: its part becomes unknown, the rest stays.
     fake.disown(UPOWER).await;
     c.power.on_battery = None;
@@ -521,11 +574,23 @@ async fn sysfs_power_and_thermal_are_observed_and_decided_within_a_second() {
     write(root, "class/power_supply/hidpp_battery_0/type", "Battery\n");
     write(root, "class/power_supply/hidpp_battery_0/scope", "Device\n");
     write(root, "class/power_supply/hidpp_battery_0/capacity", "5\n");
-    write(root, "class/power_supply/hidpp_battery_0/status", "Discharging\n");
+    write(
+        root,
+        "class/power_supply/hidpp_battery_0/status",
+        "Discharging\n",
+    );
     write(root, "class/thermal/thermal_zone0/temp", "45000\n");
     write(root, "class/thermal/thermal_zone1/temp", "51000\n");
-    write(root, "class/thermal/thermal_zone1/trip_point_0_type", "passive\n");
-    write(root, "class/thermal/thermal_zone1/trip_point_0_temp", "60000\n");
+    write(
+        root,
+        "class/thermal/thermal_zone1/trip_point_0_type",
+        "passive\n",
+    );
+    write(
+        root,
+        "class/thermal/thermal_zone1/trip_point_0_temp",
+        "60000\n",
+    );
     write(root, "class/thermal/cooling_device0/type", "Processor\n");
 
     // UPower is absent, so power comes from sysfs.
@@ -566,7 +631,10 @@ async fn sysfs_power_and_thermal_are_observed_and_decided_within_a_second() {
     write(root, "class/thermal/thermal_zone1/temp", "61000\n");
     c.thermal = Thermal::Serious;
     expect(&mut rx, &c, "passive trip point").await;
-    assert_eq!(decision(&policy, &rx), Decision::Wait(WaitReason::ThermalPressure));
+    assert_eq!(
+        decision(&policy, &rx),
+        Decision::Wait(WaitReason::ThermalPressure)
+    );
 
     write(root, "class/thermal/thermal_zone1/temp", "50000\n");
     write(root, "class/thermal/thermal_zone0/temp", "75000\n");
@@ -577,7 +645,10 @@ async fn sysfs_power_and_thermal_are_observed_and_decided_within_a_second() {
     write(root, "class/thermal/thermal_zone0/temp", "93500\n");
     c.thermal = Thermal::Critical;
     expect(&mut rx, &c, "critical").await;
-    assert_eq!(decision(&policy, &rx), Decision::Wait(WaitReason::ThermalPressure));
+    assert_eq!(
+        decision(&policy, &rx),
+        Decision::Wait(WaitReason::ThermalPressure)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -640,12 +711,14 @@ fn report_says_what_is_seen_and_decided() {
     let mut hot = c.clone();
     hot.thermal = Thermal::Critical;
     let windows: Policy = Policy {
-        time_windows: vec![ferry_core::policy::TimeWindow::new(
-            "01:00".parse().unwrap(),
-            "05:00".parse().unwrap(),
-            vec![],
-        )
-        .unwrap()],
+        time_windows: vec![
+            ferry_core::policy::TimeWindow::new(
+                "01:00".parse().unwrap(),
+                "05:00".parse().unwrap(),
+                vec![],
+            )
+            .unwrap(),
+        ],
         ..Policy::default()
     };
     let text = ferry_conditions::report(&hot, &windows, &noon());
