@@ -40,7 +40,7 @@ use std::time::Duration;
 
 use ferry_core::conditions::{Conditions, LocalTime, Network, Now, Power, Weekday};
 use ferry_core::policy::{Policy, decide, next_change_hint};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -153,6 +153,8 @@ impl Shared {
 pub struct Observer {
     rx: watch::Receiver<Conditions>,
     tasks: Vec<JoinHandle<()>>,
+    /// Keeps the channel open while the observer lives, even when every task has ended.
+    _shared: Arc<Shared>,
 }
 
 impl Drop for Observer {
@@ -185,9 +187,13 @@ impl Observer {
                 let (conn, shared, timeout) = (conn.clone(), shared.clone(), config.dbus_timeout);
                 tasks.push(tokio::spawn(async move {
                     while changes.next().await.is_some() {
+                        // One re-read for a burst of signals already queued.
+                        while let Some(Some(())) = changes.next().now_or_never() {}
                         let reading = read_with_timeout(service, &conn, timeout).await;
                         shared.update(|p| p.apply(reading));
                     }
+                    // The connection is gone (the bus stopped): what it said no longer holds.
+                    shared.update(|p| p.apply(service.unknown()));
                 }));
             }
         }
@@ -216,7 +222,11 @@ impl Observer {
             }
         }
 
-        Observer { rx, tasks }
+        Observer {
+            rx,
+            tasks,
+            _shared: shared,
+        }
     }
 
     /// A receiver that sees every change of the conditions.

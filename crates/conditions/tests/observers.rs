@@ -27,7 +27,7 @@ const WITHIN: Duration = Duration::from_secs(1);
 /// A private bus: a `dbus-daemon` child with its own configuration, killed on drop.
 struct PrivateBus {
     address: String,
-    _child: tokio::process::Child,
+    child: tokio::process::Child,
     _dir: tempfile::TempDir,
 }
 
@@ -76,7 +76,7 @@ impl PrivateBus {
         assert!(address.starts_with("unix:"), "odd address {address:?}");
         PrivateBus {
             address,
-            _child: child,
+            child,
             _dir: dir,
         }
     }
@@ -549,6 +549,19 @@ async fn power_and_idle_changes_are_observed_and_decided_within_a_second() {
     c.power.on_battery = None;
     c.power.battery_percent = None;
     expect(&mut rx, &c, "UPower gone").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bus_stopping_degrades_to_unknown() {
+    let mut bus = PrivateBus::start().await;
+    let fake = Fake::start(&bus).await;
+    preset_laptop(&fake).await;
+    let observer = Observer::start(config(&bus, None)).await;
+    let mut rx = observer.subscribe();
+    expect(&mut rx, &laptop_conditions(), "initial state").await;
+    bus.child.kill().await.unwrap();
+    expect(&mut rx, &Conditions::default(), "bus stopped").await;
+    assert_eq!(decision(&Policy::default(), &rx), ALLOW);
 }
 
 fn write(root: &Path, rel: &str, content: &str) {

@@ -501,3 +501,21 @@ mod erased {
         }
     }
 }
+
+#[test]
+fn conditions_serialize_for_the_cli() {
+    let (c, _) = parse_conditions(
+        "net=online metered=yes ssid=Home battery=yes pct=40 idle=no thermal=fair",
+    );
+    let json = serde_json::to_string(&c).unwrap();
+    assert_eq!(
+        json,
+        r#"{"network":{"state":"online","metered":true,"wifi_ssid":"Home"},"power":{"on_battery":true,"battery_percent":40,"low_power":null},"user_idle":false,"thermal":"fair"}"#
+    );
+    assert_eq!(serde_json::from_str::<Conditions>(&json).unwrap(), c);
+    let unknown = serde_json::to_string(&Conditions::default()).unwrap();
+    assert_eq!(
+        unknown,
+        r#"{"network":{"state":"unknown"},"power":{"on_battery":null,"battery_percent":null,"low_power":null},"user_idle":null,"thermal":"unknown"}"#
+    );
+}
