@@ -218,6 +218,7 @@ fn each_rule_when_turned_on_or_off() {
 policy { require_unmetered = false }
 net=online metered=yes => allow
 policy { require_charging = true }
+=> allow
 battery=yes pct=100 => wait on_battery
 battery=no pct=10 => allow
 pct=10 => allow
@@ -232,6 +233,7 @@ low_power=yes => allow
 policy { pause_on_thermal = \"never\" }
 thermal=critical => allow
 policy { pause_on_thermal = \"fair\" }
+=> allow
 thermal=nominal => allow
 thermal=fair => wait thermal_pressure
 policy { pause_on_thermal = \"critical\" }
