@@ -6,6 +6,8 @@
 
 pub mod destination;
 pub mod job;
+pub mod conditions;
+pub mod policy;
 pub mod resource;
 pub mod retry;
 
@@ -15,4 +17,6 @@ pub use job::{
     Outcome, Receipt, Rejection, TransactionError, TransferEvent, TransitionError, TxItem, TxView,
     apply_event, plan_cancel_all, plan_transaction,
 };
+pub use conditions::{Conditions, LocalTime, Network, Now, Power, Thermal, Weekday};
+pub use policy::{Decision, Policy, PolicyOverrides, WaitReason, decide, next_change_hint};
 pub use resource::{Gps, ResourceMetadata, ResourceType};
