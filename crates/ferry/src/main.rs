@@ -26,6 +26,15 @@ enum Command {
     /// Index a folder of photos and videos, and query the index.
     #[command(subcommand)]
     Library(library_cmd::LibraryCommand),
+    /// What Ferry sees now (network, power, activity, temperature) and what the default
+    /// policy makes of it.
+    Conditions {
+        #[arg(long)]
+        json: bool,
+        /// Print again on every change until interrupted.
+        #[arg(long)]
+        watch: bool,
+    },
 }
 
 /// Exit codes, documented in README.md.
@@ -37,6 +46,7 @@ fn main() -> ExitCode {
     let state_dir = cli.state_dir.unwrap_or_else(default_state_dir);
     let result = match cli.command {
         Command::Library(cmd) => library_cmd::run(&state_dir, cmd),
+        Command::Conditions { json, watch } => conditions(json, watch),
     };
     match result {
         Ok(code) => code,
@@ -45,6 +55,44 @@ fn main() -> ExitCode {
             ExitCode::from(EXIT_FAILURE)
         }
     }
+}
+
+fn conditions(json: bool, watch: bool) -> anyhow::Result<ExitCode> {
+    use ferry_conditions::{Observer, ObserverConfig, local_now, report};
+    use ferry_core::policy::{Policy, decide};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let policy = Policy::default();
+        let observer = Observer::start(ObserverConfig::default()).await;
+        let show = |c: &ferry_core::Conditions| -> anyhow::Result<()> {
+            let now = local_now();
+            if json {
+                let decision = decide(&policy, c, &now);
+                output::json_line(&serde_json::json!({
+                    "conditions": c,
+                    "decision": decision,
+                    "summary": decision.to_string(),
+                }))
+            } else {
+                print!("{}", report(c, &policy, &now));
+                Ok(())
+            }
+        };
+        show(&observer.current())?;
+        if watch {
+            let mut rx = observer.subscribe();
+            while rx.changed().await.is_ok() {
+                let c = rx.borrow_and_update().clone();
+                if !json {
+                    println!();
+                }
+                show(&c)?;
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    })
 }
 
 fn default_state_dir() -> PathBuf {

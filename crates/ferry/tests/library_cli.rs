@@ -358,3 +358,15 @@ fn failpoints_before_and_after_commit_lose_nothing() {
         assert_eq!(canonical(state.path(), lib.path()), reference, "{point}");
     }
 }
+
+#[test]
+fn conditions_reports_what_it_sees() {
+    let state = tempfile::tempdir().unwrap();
+    let out = ferry(state.path(), &["conditions", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let v = json(&out);
+    assert!(v["conditions"]["network"].is_object(), "{v}");
+    assert!(v["summary"].is_string() && !v["decision"].is_null(), "{v}");
+    let human = ferry(state.path(), &["conditions"]);
+    assert!(String::from_utf8_lossy(&human.stdout).contains("decision:"));
+}
