@@ -499,7 +499,7 @@ async fn head_upload(
     h: HeaderMap,
 ) -> Result<Response, ApiError> {
     let proto = detect(&h, false)?;
-    let row: UploadRow = s.engine.get(&id).await?;
+    let row: UploadRow = s.engine.get_settled(&id).await?;
     let object = match &row.object_id {
         Some(o) => s.engine.meta.object(o).await?,
         None => None,

@@ -277,6 +277,19 @@ impl Engine {
         Ok(row)
     }
 
+    /// The upload after any append in flight has settled (bounded wait): a client resuming
+    /// right after its connection dropped must see the bytes that connection delivered, not the
+    /// offset from before the old request noticed the cut.
+    pub async fn get_settled(&self, id: &str) -> Result<UploadRow, ApiError> {
+        let row = self.get(id).await?;
+        if row.object_id.is_some() {
+            return Ok(row);
+        }
+        let slot = self.slot(id);
+        let _ = tokio::time::timeout(Duration::from_secs(2), slot.lock()).await;
+        self.get(id).await
+    }
+
     pub async fn append(&self, id: &str, req: Append, body: Body) -> Result<Outcome, ApiError> {
         self.get(id).await?;
         let slot = self.slot(id);
@@ -457,7 +470,9 @@ impl Engine {
             return Err(verdict.unwrap_or(ApiError::Internal("unreachable".into())));
         }
 
-        let complete = req.complete || length == Some(new_offset);
+        // A cut request never completes the upload, even one that said `Upload-Complete: ?1`:
+        // its length is unknown until a request arrives whole.
+        let complete = verdict.is_none() && (req.complete || length == Some(new_offset));
         let length = if complete { Some(new_offset) } else { length };
         let expires = self.expires_from(now_unix_ms());
         self.meta

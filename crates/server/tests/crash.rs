@@ -17,8 +17,14 @@ fn spawn(data: &std::path::Path) -> (Child, String) {
         .spawn()
         .unwrap();
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let base = line.trim().strip_prefix("listening on ").expect("address line").to_string();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = line
+        .trim()
+        .strip_prefix("listening on ")
+        .expect("address line")
+        .to_string();
     (child, base)
 }
 
@@ -50,7 +56,9 @@ async fn kill_9_mid_upload_then_resume() {
             .body(body)
             .send()
     };
-    let r = patch(&base, 0, false, data[..2_000_000].to_vec().into()).await.unwrap();
+    let r = patch(&base, 0, false, data[..2_000_000].to_vec().into())
+        .await
+        .unwrap();
     assert_eq!(r.status(), 204);
 
     // A second append is mid-body (3 MB sent of 4 MB, written to disk past the acknowledged
@@ -60,17 +68,31 @@ async fn kill_9_mid_upload_then_resume() {
         rx.recv().await.map(|b| (Ok::<_, std::io::Error>(b), rx))
     });
     tx.send(data[2_000_000..5_000_000].to_vec()).await.unwrap();
-    let in_flight = tokio::spawn(patch(&base, 2_000_000, true, reqwest::Body::wrap_stream(stream)));
-    let partial = dir.path().join("partial").join(loc.rsplit('/').next().unwrap());
+    let in_flight = tokio::spawn(patch(
+        &base,
+        2_000_000,
+        true,
+        reqwest::Body::wrap_stream(stream),
+    ));
+    let partial = dir
+        .path()
+        .join("partial")
+        .join(loc.rsplit('/').next().unwrap());
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0) <= 2_000_000 {
-        assert!(std::time::Instant::now() < deadline, "second append never reached the disk");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "second append never reached the disk"
+        );
         tokio::task::yield_now().await;
     }
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     drop(tx);
-    assert!(in_flight.await.unwrap().is_err(), "the cut request cannot have succeeded");
+    assert!(
+        in_flight.await.unwrap().is_err(),
+        "the cut request cannot have succeeded"
+    );
 
     let (mut child, base) = spawn(dir.path());
     let r = client
@@ -84,10 +106,16 @@ async fn kill_9_mid_upload_then_resume() {
     // Only acknowledged bytes count; the unacknowledged tail on disk is not an offset.
     let offset: usize = header(&r, "upload-offset").unwrap().parse().unwrap();
     assert_eq!(offset, 2_000_000);
-    let r = patch(&base, offset, true, data[offset..].to_vec().into()).await.unwrap();
+    let r = patch(&base, offset, true, data[offset..].to_vec().into())
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_object_headers(&r, &data);
-    let got = client.get(format!("{base}/v1/objects/{}", blake3_hex(&data))).send().await.unwrap();
+    let got = client
+        .get(format!("{base}/v1/objects/{}", blake3_hex(&data)))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(got.bytes().await.unwrap().as_ref(), &data[..]);
     child.kill().unwrap();
     child.wait().unwrap();

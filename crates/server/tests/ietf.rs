@@ -41,7 +41,12 @@ async fn create_head_append_complete_and_finish_twice() {
     let data = bytes(3_000_000, 1);
     let loc = create_empty(&s, "8").await;
 
-    let r = s.req("HEAD", &loc).header("upload-draft-interop-version", "8").send().await.unwrap();
+    let r = s
+        .req("HEAD", &loc)
+        .header("upload-draft-interop-version", "8")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 204);
     assert_eq!(header(&r, "upload-offset"), Some("0"));
     assert_eq!(header(&r, "upload-complete"), Some("?0"));
@@ -74,7 +79,12 @@ async fn create_head_append_complete_and_finish_twice() {
     assert_eq!(r.status(), 409);
     assert_eq!(header(&r, "upload-offset"), Some("1000000"));
     let problem: serde_json::Value = r.json().await.unwrap();
-    assert!(problem["type"].as_str().unwrap().ends_with("#mismatching-upload-offset"));
+    assert!(
+        problem["type"]
+            .as_str()
+            .unwrap()
+            .ends_with("#mismatching-upload-offset")
+    );
 
     let r = s
         .req("PATCH", &loc)
@@ -93,7 +103,12 @@ async fn create_head_append_complete_and_finish_twice() {
     assert_object_headers(&r, &data);
     assert_eq!(s.get_object(&blake3_hex(&data)).await, data);
 
-    let r = s.req("HEAD", &loc).header("upload-draft-interop-version", "8").send().await.unwrap();
+    let r = s
+        .req("HEAD", &loc)
+        .header("upload-draft-interop-version", "8")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(header(&r, "upload-complete"), Some("?1"));
     assert_eq!(header(&r, "upload-length"), Some("3000000"));
 
@@ -110,7 +125,12 @@ async fn create_head_append_complete_and_finish_twice() {
         .unwrap();
     assert_eq!(r.status(), 400);
     let problem: serde_json::Value = r.json().await.unwrap();
-    assert!(problem["type"].as_str().unwrap().ends_with("#completed-upload"));
+    assert!(
+        problem["type"]
+            .as_str()
+            .unwrap()
+            .ends_with("#completed-upload")
+    );
     // ...but finishing it again (empty append at the end) names the same object.
     let r = s
         .req("PATCH", &loc)
@@ -262,7 +282,12 @@ async fn upload_length_and_limits_are_enforced() {
     let r = patch(300, "?0", vec![1; 201]).await.unwrap();
     assert_eq!(r.status(), 400);
     let problem: serde_json::Value = r.json().await.unwrap();
-    assert!(problem["type"].as_str().unwrap().ends_with("#inconsistent-upload-length"));
+    assert!(
+        problem["type"]
+            .as_str()
+            .unwrap()
+            .ends_with("#inconsistent-upload-length")
+    );
     // Claiming completion short of Upload-Length.
     assert_eq!(patch(300, "?1", vec![1; 100]).await.unwrap().status(), 400);
     // A different Upload-Length than at creation.
@@ -278,8 +303,17 @@ async fn upload_length_and_limits_are_enforced() {
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
-    let r = s.req("HEAD", &loc).header("upload-draft-interop-version", "8").send().await.unwrap();
-    assert_eq!(header(&r, "upload-offset"), Some("300"), "refused appends left nothing behind");
+    let r = s
+        .req("HEAD", &loc)
+        .header("upload-draft-interop-version", "8")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        header(&r, "upload-offset"),
+        Some("300"),
+        "refused appends left nothing behind"
+    );
     assert_eq!(header(&r, "upload-length"), Some("500"));
     // Reaching Upload-Length completes the upload.
     let r = patch(300, "?1", vec![1; 200]).await.unwrap();
@@ -291,9 +325,19 @@ async fn upload_length_and_limits_are_enforced() {
 async fn delete_cancels() {
     let s = open_server().await;
     let loc = create_empty(&s, "8").await;
-    let r = s.req("DELETE", &loc).header("upload-draft-interop-version", "8").send().await.unwrap();
+    let r = s
+        .req("DELETE", &loc)
+        .header("upload-draft-interop-version", "8")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 204);
-    let r = s.req("HEAD", &loc).header("upload-draft-interop-version", "8").send().await.unwrap();
+    let r = s
+        .req("HEAD", &loc)
+        .header("upload-draft-interop-version", "8")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
     let r = s
         .req("PATCH", &loc)
@@ -306,5 +350,83 @@ async fn delete_cancels() {
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
-    assert_eq!(std::fs::read_dir(s.dir.path().join("partial")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(s.dir.path().join("partial"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
+
+/// Regression: a `?1` append cut mid-body kept its bytes but also took its short length as the
+/// upload's length, so tus-js-client saw offset == length on resume and stopped early.
+#[tokio::test]
+async fn a_cut_final_append_keeps_its_bytes_but_does_not_complete() {
+    let s = open_server().await;
+    let data = bytes(3_000_000, 50);
+    let r = s
+        .req("POST", "/v1/uploads")
+        .header("upload-draft-interop-version", "6")
+        .header("upload-complete", "?0")
+        .header("upload-length", "3000000")
+        .send()
+        .await
+        .unwrap();
+    let loc = header(&r, "location").unwrap().to_string();
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Vec<u8>>>(4);
+    let stream =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
+    tx.send(Ok(data[..1_500_000].to_vec())).await.unwrap();
+    let cut = tokio::spawn(
+        s.req("PATCH", &loc)
+            .header("upload-draft-interop-version", "6")
+            .header("content-type", PARTIAL)
+            .header("upload-offset", "0")
+            .header("upload-complete", "?1")
+            .body(reqwest::Body::wrap_stream(stream))
+            .send(),
+    );
+    let partial = s
+        .dir
+        .path()
+        .join("partial")
+        .join(loc.rsplit('/').next().unwrap());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0) < 1 << 20 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "append never reached the disk"
+        );
+        tokio::task::yield_now().await;
+    }
+    tx.send(Err(std::io::Error::other("cable pulled")))
+        .await
+        .unwrap();
+    assert!(cut.await.unwrap().is_err());
+
+    let r = s
+        .req("HEAD", &loc)
+        .header("upload-draft-interop-version", "6")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(header(&r, "upload-complete"), Some("?0"));
+    assert_eq!(header(&r, "upload-length"), Some("3000000"));
+    let offset: usize = header(&r, "upload-offset").unwrap().parse().unwrap();
+    assert!(
+        (1 << 20..=1_500_000).contains(&offset),
+        "kept the delivered bytes: {offset}"
+    );
+    let r = s
+        .req("PATCH", &loc)
+        .header("upload-draft-interop-version", "6")
+        .header("content-type", PARTIAL)
+        .header("upload-offset", offset.to_string())
+        .header("upload-complete", "?1")
+        .body(data[offset..].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_object_headers(&r, &data);
 }

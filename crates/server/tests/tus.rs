@@ -38,7 +38,12 @@ async fn core_and_creation() {
     let meta = format!("filename {},asset_id {}", b64(b"IMG_0001.HEIC"), b64(b"A1"));
     let loc = create(&s, data.len(), Some(&meta)).await;
 
-    let r = s.req("HEAD", &loc).header("tus-resumable", "1.0.0").send().await.unwrap();
+    let r = s
+        .req("HEAD", &loc)
+        .header("tus-resumable", "1.0.0")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(header(&r, "upload-offset"), Some("0"));
     assert_eq!(header(&r, "upload-length"), Some("2500000"));
@@ -56,7 +61,10 @@ async fn core_and_creation() {
         .unwrap();
     assert_eq!(r.status(), 415);
 
-    let r = patch(&s, &loc, 0, data[..1_000_000].to_vec()).send().await.unwrap();
+    let r = patch(&s, &loc, 0, data[..1_000_000].to_vec())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 204);
     assert_eq!(header(&r, "upload-offset"), Some("1000000"));
     assert!(header(&r, "upload-expires").is_some());
@@ -65,14 +73,24 @@ async fn core_and_creation() {
     assert_eq!(r.status(), 409);
     assert_eq!(header(&r, "upload-offset"), Some("1000000"));
 
-    let r = patch(&s, &loc, 1_000_000, data[1_000_000..].to_vec()).send().await.unwrap();
+    let r = patch(&s, &loc, 1_000_000, data[1_000_000..].to_vec())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 204);
     assert_eq!(header(&r, "upload-offset"), Some("2500000"));
     assert_object_headers(&r, &data);
     assert_eq!(s.get_object(&blake3_hex(&data)).await, data);
 
     // The metadata went with the object.
-    let r = s.req("GET", &format!("/v1/objects/{}/receipts", blake3_hex(&data))).send().await.unwrap();
+    let r = s
+        .req(
+            "GET",
+            &format!("/v1/objects/{}/receipts", blake3_hex(&data)),
+        )
+        .send()
+        .await
+        .unwrap();
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["receipts"][0]["metadata"]["filename"], "IMG_0001.HEIC");
     assert_eq!(v["receipts"][0]["metadata"]["asset_id"], "A1");
@@ -108,7 +126,10 @@ async fn creation_with_upload_defer_length_and_zero_length() {
     assert_eq!(r.status(), 201);
     assert_eq!(header(&r, "upload-offset"), Some("40000"));
     let loc = header(&r, "location").unwrap().to_string();
-    let r = patch(&s, &loc, 40_000, data[40_000..].to_vec()).send().await.unwrap();
+    let r = patch(&s, &loc, 40_000, data[40_000..].to_vec())
+        .send()
+        .await
+        .unwrap();
     assert_object_headers(&r, &data);
 
     let r = s
@@ -120,10 +141,18 @@ async fn creation_with_upload_defer_length_and_zero_length() {
         .unwrap();
     assert_eq!(r.status(), 201);
     let loc = header(&r, "location").unwrap().to_string();
-    let r = s.req("HEAD", &loc).header("tus-resumable", "1.0.0").send().await.unwrap();
+    let r = s
+        .req("HEAD", &loc)
+        .header("tus-resumable", "1.0.0")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(header(&r, "upload-defer-length"), Some("1"));
     let data = bytes(3000, 12);
-    let r = patch(&s, &loc, 0, data[..1000].to_vec()).send().await.unwrap();
+    let r = patch(&s, &loc, 0, data[..1000].to_vec())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 204);
     let r = patch(&s, &loc, 1000, data[1000..].to_vec())
         .header("upload-length", "3000")
@@ -143,7 +172,11 @@ async fn creation_with_upload_defer_length_and_zero_length() {
     assert_eq!(r.status(), 201);
     assert_object_headers(&r, b"");
 
-    for (name, value) in [("upload-defer-length", "2"), ("upload-length", "-1"), ("upload-length", "1e3")] {
+    for (name, value) in [
+        ("upload-defer-length", "2"),
+        ("upload-length", "-1"),
+        ("upload-length", "1e3"),
+    ] {
         let r = s
             .req("POST", "/v1/uploads")
             .header("tus-resumable", "1.0.0")
@@ -163,10 +196,23 @@ async fn checksum_extension() {
     let chunk = &data[..10_000];
 
     let wrong = format!("sha1 {}", b64(&sha1::Sha1::digest(b"other")));
-    let r = patch(&s, &loc, 0, chunk.to_vec()).header("upload-checksum", wrong).send().await.unwrap();
+    let r = patch(&s, &loc, 0, chunk.to_vec())
+        .header("upload-checksum", wrong)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 460);
-    let r = s.req("HEAD", &loc).header("tus-resumable", "1.0.0").send().await.unwrap();
-    assert_eq!(header(&r, "upload-offset"), Some("0"), "the bad chunk was discarded");
+    let r = s
+        .req("HEAD", &loc)
+        .header("tus-resumable", "1.0.0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        header(&r, "upload-offset"),
+        Some("0"),
+        "the bad chunk was discarded"
+    );
 
     let r = patch(&s, &loc, 0, chunk.to_vec())
         .header("upload-checksum", "crc32 AAAA")
@@ -176,16 +222,33 @@ async fn checksum_extension() {
     assert_eq!(r.status(), 400);
 
     let sha1 = format!("sha1 {}", b64(&sha1::Sha1::digest(chunk)));
-    assert_eq!(patch(&s, &loc, 0, chunk.to_vec()).header("upload-checksum", sha1).send().await.unwrap().status(), 204);
+    assert_eq!(
+        patch(&s, &loc, 0, chunk.to_vec())
+            .header("upload-checksum", sha1)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
     let chunk = &data[10_000..20_000];
     let sha256 = format!("sha256 {}", b64(&sha2::Sha256::digest(chunk)));
     assert_eq!(
-        patch(&s, &loc, 10_000, chunk.to_vec()).header("upload-checksum", sha256).send().await.unwrap().status(),
+        patch(&s, &loc, 10_000, chunk.to_vec())
+            .header("upload-checksum", sha256)
+            .send()
+            .await
+            .unwrap()
+            .status(),
         204
     );
     let chunk = &data[20_000..];
     let md5 = format!("md5 {}", b64(&md5::Md5::digest(chunk)));
-    let r = patch(&s, &loc, 20_000, chunk.to_vec()).header("upload-checksum", md5).send().await.unwrap();
+    let r = patch(&s, &loc, 20_000, chunk.to_vec())
+        .header("upload-checksum", md5)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 204);
     assert_object_headers(&r, &data);
 }
@@ -194,18 +257,45 @@ async fn checksum_extension() {
 async fn termination_and_expiration() {
     let s = open_server().await;
     let loc = create(&s, 10, None).await;
-    let r = s.req("DELETE", &loc).header("tus-resumable", "1.0.0").send().await.unwrap();
+    let r = s
+        .req("DELETE", &loc)
+        .header("tus-resumable", "1.0.0")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 204);
-    let r = s.req("HEAD", &loc).header("tus-resumable", "1.0.0").send().await.unwrap();
+    let r = s
+        .req("HEAD", &loc)
+        .header("tus-resumable", "1.0.0")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
 
     let loc = create(&s, 10, None).await;
-    assert_eq!(patch(&s, &loc, 0, vec![7; 4]).send().await.unwrap().status(), 204);
+    assert_eq!(
+        patch(&s, &loc, 0, vec![7; 4])
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
     let far_future_ms = ferry_server::uploads::now_unix_ms() + 3 * 24 * 3600 * 1000;
     assert_eq!(s.handle.collect_expired_at(far_future_ms).await.unwrap(), 1);
-    let r = s.req("HEAD", &loc).header("tus-resumable", "1.0.0").send().await.unwrap();
+    let r = s
+        .req("HEAD", &loc)
+        .header("tus-resumable", "1.0.0")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
-    assert_eq!(std::fs::read_dir(s.dir.path().join("partial")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(s.dir.path().join("partial"))
+            .unwrap()
+            .count(),
+        0
+    );
 }
 
 #[tokio::test]
@@ -223,5 +313,12 @@ async fn expired_upload_is_gone_before_collection() {
         .await
         .unwrap();
     let loc = header(&r, "location").unwrap().to_string();
-    assert_eq!(patch(&s, &loc, 0, vec![1; 10]).send().await.unwrap().status(), 410);
+    assert_eq!(
+        patch(&s, &loc, 0, vec![1; 10])
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        410
+    );
 }

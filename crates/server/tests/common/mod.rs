@@ -21,7 +21,11 @@ pub async fn server_with(adjust: impl FnOnce(&mut Config)) -> TestServer {
     let mut config = Config::new(dir.path(), "127.0.0.1:0".parse().unwrap());
     adjust(&mut config);
     let handle = Server::start(config).await.unwrap();
-    TestServer { handle, dir, client: reqwest::Client::new() }
+    TestServer {
+        handle,
+        dir,
+        client: reqwest::Client::new(),
+    }
 }
 
 impl TestServer {
@@ -35,7 +39,11 @@ impl TestServer {
     }
 
     pub async fn get_object(&self, id: &str) -> Vec<u8> {
-        let r = self.req("GET", &format!("/v1/objects/{id}")).send().await.unwrap();
+        let r = self
+            .req("GET", &format!("/v1/objects/{id}"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200, "GET object {id}");
         r.bytes().await.unwrap().to_vec()
     }
@@ -59,13 +67,21 @@ pub fn b64(b: &[u8]) -> String {
 
 /// Deterministic bytes that differ per `seed`, so separate tests never dedup into each other.
 pub fn bytes(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| ((i * 31 + seed as usize * 7) % 251) as u8 ^ seed).collect()
+    (0..len)
+        .map(|i| ((i * 31 + seed as usize * 7) % 251) as u8 ^ seed)
+        .collect()
 }
 
 /// Asserts a completion response names exactly the object holding `data`.
 pub fn assert_object_headers(r: &reqwest::Response, data: &[u8]) {
-    assert_eq!(header(r, "ferry-object-id"), Some(blake3_hex(data).as_str()));
+    assert_eq!(
+        header(r, "ferry-object-id"),
+        Some(blake3_hex(data).as_str())
+    );
     assert_eq!(header(r, "ferry-blake3"), Some(blake3_hex(data).as_str()));
     assert_eq!(header(r, "repr-digest"), Some(sha256_field(data).as_str()));
-    assert_eq!(header(r, "ferry-size-bytes"), Some(data.len().to_string().as_str()));
+    assert_eq!(
+        header(r, "ferry-size-bytes"),
+        Some(data.len().to_string().as_str())
+    );
 }
