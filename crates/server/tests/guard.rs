@@ -58,7 +58,8 @@ async fn malformed_input_gets_4xx() {
         .unwrap();
     let loc = header(&r, "location").unwrap().to_string();
 
-    let cases: Vec<(&str, String, Vec<(&str, &str)>, u16)> = vec![
+    type Case<'a> = (&'a str, String, Vec<(&'a str, &'a str)>, u16);
+    let cases: Vec<Case> = vec![
         (
             "PATCH",
             loc.clone(),
