@@ -330,7 +330,8 @@ async fn not_allowed() -> ApiError {
 }
 
 async fn options(State(s): State<Arc<AppState>>) -> Response {
-    let mut res = StatusCode::NO_CONTENT.into_response();
+    // 200, not 204: PhotoKit-style preflights look for `200` + `Upload-Limit`.
+    let mut res = StatusCode::OK.into_response();
     let h = res.headers_mut();
     set(h, "tus-resumable", "1.0.0");
     set(h, "tus-version", "1.0.0");

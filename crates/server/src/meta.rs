@@ -91,7 +91,10 @@ impl Meta {
                     .journal_mode(SqliteJournalMode::Wal)
                     .synchronous(SqliteSynchronous::Full)
                     .busy_timeout(Duration::from_secs(10)),
-                4,
+                // One connection: SQLite takes one writer at a time anyway, and a single
+                // connection queues writers in the pool instead of in SQLite's sleeping
+                // busy handler.
+                1,
             ),
             // One connection: each new connection to `:memory:` would be a different database.
             None => (SqliteConnectOptions::from_str("sqlite::memory:")?, 1),

@@ -238,14 +238,15 @@ impl Engine {
         }
         let id = uuid::Uuid::now_v7().simple().to_string();
         let path = self.partial_path(&id);
-        let dir = self.partial_dir.clone();
+        // Not fsynced here: an empty file holds nothing to lose. The first append that leaves
+        // bytes behind an answered offset fsyncs the directory (see `append`), and an append
+        // at offset 0 recreates a file that a crash took away.
         run_blocking(move || {
-            let f = std::fs::OpenOptions::new()
+            std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
-                .open(&path)?;
-            f.sync_all()?;
-            std::fs::File::open(&dir)?.sync_all()
+                .open(&path)
+                .map(drop)
         })
         .await?;
         let now = now_unix_ms();
@@ -361,7 +362,17 @@ impl Engine {
         let path = self.partial_path(id);
         let start = row.offset_bytes;
         let file = run_blocking(move || {
-            let f = std::fs::OpenOptions::new().write(true).open(&path)?;
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(start == 0)
+                .truncate(false)
+                .open(&path)?;
+            // Never zero-fill: a file shorter than an answered offset means lost bytes.
+            if f.metadata()?.len() < start {
+                return Err(std::io::Error::other(
+                    "partial file shorter than its offset",
+                ));
+            }
             f.set_len(start)?;
             let mut f = f;
             std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(start))?;
@@ -425,9 +436,17 @@ impl Engine {
             (None, None) => return Err(ApiError::Internal("writer state lost".into())),
         };
         let tail = std::mem::take(&mut block);
+        // A new file's name must be durable before an offset inside it is answered, unless this
+        // request finishes the upload (then the object's own link and directory fsync count).
+        let finishes =
+            failure.is_none() && (req.complete || length == Some(start + received_bytes));
+        let dir_sync = (start == 0 && !finishes).then(|| self.partial_dir.clone());
         let sink = run_blocking(move || {
             let s = sink.write_block(tail)?;
             s.file.sync_data()?;
+            if let Some(dir) = dir_sync {
+                std::fs::File::open(dir)?.sync_all()?;
+            }
             Ok(s)
         })
         .await?;
@@ -475,9 +494,12 @@ impl Engine {
         let complete = verdict.is_none() && (req.complete || length == Some(new_offset));
         let length = if complete { Some(new_offset) } else { length };
         let expires = self.expires_from(now_unix_ms());
-        self.meta
-            .set_progress(id, new_offset, length, expires)
-            .await?;
+        if !complete {
+            // On completion the offset is committed with the object, in one transaction.
+            self.meta
+                .set_progress(id, new_offset, length, expires)
+                .await?;
+        }
         slot.running = sink.running.take().filter(|r| r.offset_bytes == new_offset);
         if let Some(err) = verdict {
             // Interrupted but kept: the client will resume from `new_offset`.
