@@ -255,3 +255,37 @@ async fn concurrent_appends_one_wins_the_other_gets_409_or_423() {
         assert_eq!(header(&r, "upload-offset"), Some("1500010"));
     }
 }
+
+#[tokio::test]
+async fn a_stalled_body_is_cut_after_the_idle_timeout_and_keeps_its_bytes() {
+    let s = server_with(|c| {
+        c.open = true;
+        c.limits.body_idle_timeout = std::time::Duration::from_millis(300);
+    })
+    .await;
+    let r = s
+        .req("POST", "/v1/uploads")
+        .header("tus-resumable", "1.0.0")
+        .header("upload-length", "3000000")
+        .send()
+        .await
+        .unwrap();
+    let loc = header(&r, "location").unwrap().to_string();
+    let (tx, body) = held_body();
+    tx.send(vec![5; 1_200_000]).await.unwrap();
+    // The sender stays open and silent: the server, not the test, decides when to give up.
+    let r = s
+        .req("PATCH", &loc)
+        .header("tus-resumable", "1.0.0")
+        .header("content-type", "application/offset+octet-stream")
+        .header("upload-offset", "0")
+        .body(body)
+        .send()
+        .await;
+    if let Ok(r) = r {
+        assert_eq!(r.status(), 408);
+    }
+    drop(tx);
+    let r = s.req("HEAD", &loc).header("tus-resumable", "1.0.0").send().await.unwrap();
+    assert_eq!(header(&r, "upload-offset"), Some("1200000"), "what arrived before the stall is kept");
+}
