@@ -286,6 +286,15 @@ async fn a_stalled_body_is_cut_after_the_idle_timeout_and_keeps_its_bytes() {
         assert_eq!(r.status(), 408);
     }
     drop(tx);
-    let r = s.req("HEAD", &loc).header("tus-resumable", "1.0.0").send().await.unwrap();
-    assert_eq!(header(&r, "upload-offset"), Some("1200000"), "what arrived before the stall is kept");
+    let r = s
+        .req("HEAD", &loc)
+        .header("tus-resumable", "1.0.0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        header(&r, "upload-offset"),
+        Some("1200000"),
+        "what arrived before the stall is kept"
+    );
 }
