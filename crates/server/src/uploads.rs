@@ -31,6 +31,10 @@ use crate::meta::{Meta, ObjectRow, UploadRow};
 
 /// Size of the blocks handed to the writer thread.
 const BLOCK_BYTES: usize = 1 << 20;
+/// Blocks queued for the writer thread of one append.
+const QUEUE_BLOCKS: usize = 8;
+/// The writer fsyncs after this many bytes, so writeback overlaps with receiving.
+const SYNC_EVERY_BYTES: usize = 16 << 20;
 
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -384,15 +388,31 @@ impl Engine {
             ApiError::Internal(_) => ApiError::Gone,
             e => e,
         })?;
-        let mut idle = Some(Sink {
+        let sink = Sink {
             file,
             running,
             chunk: req.check.as_ref().map(ChunkHasher::new),
+        };
+        // The writer thread writes, hashes and flushes while the next blocks arrive; the queue
+        // bounds what one append holds in memory to QUEUE_BLOCKS MiB.
+        let (to_writer, mut blocks) = tokio::sync::mpsc::channel::<BytesMut>(QUEUE_BLOCKS);
+        let writer = tokio::task::spawn_blocking(move || {
+            let mut s = sink;
+            let mut unsynced_bytes = 0usize;
+            while let Some(block) = blocks.blocking_recv() {
+                unsynced_bytes += block.len();
+                s = s.write_block(block)?;
+                // Flush as we go: waiting for the end would leave gigabytes dirty and make
+                // the final fsync as long as the whole disk write.
+                if unsynced_bytes >= SYNC_EVERY_BYTES {
+                    s.file.sync_data()?;
+                    unsynced_bytes = 0;
+                }
+            }
+            Ok(s)
         });
-
         let mut received_bytes: u64 = 0;
         let mut block = BytesMut::with_capacity(BLOCK_BYTES);
-        let mut pending: Option<tokio::task::JoinHandle<std::io::Result<Sink>>> = None;
         let mut stream = body.into_data_stream();
         let mut failure: Option<ApiError> = None;
         loop {
@@ -421,28 +441,25 @@ impl Engine {
             block.extend_from_slice(&chunk);
             if block.len() >= BLOCK_BYTES {
                 let full = std::mem::replace(&mut block, BytesMut::with_capacity(BLOCK_BYTES));
-                // One block in flight: the next one is read while this one is written.
-                let s = match (idle.take(), pending.take()) {
-                    (Some(s), _) => s,
-                    (None, Some(p)) => join_sink(p).await?,
-                    (None, None) => return Err(ApiError::Internal("writer state lost".into())),
-                };
-                pending = Some(tokio::task::spawn_blocking(move || s.write_block(full)));
+                if to_writer.send(full).await.is_err() {
+                    // The writer stopped on an I/O error; joining it below reports that error.
+                    break;
+                }
             }
         }
-        let sink = match (idle.take(), pending.take()) {
-            (Some(s), _) => s,
-            (None, Some(p)) => join_sink(p).await?,
-            (None, None) => return Err(ApiError::Internal("writer state lost".into())),
-        };
         let tail = std::mem::take(&mut block);
+        if !tail.is_empty() {
+            let _ = to_writer.send(tail).await;
+        }
+        drop(to_writer);
+        let sink = join_sink(writer).await?;
         // A new file's name must be durable before an offset inside it is answered, unless this
         // request finishes the upload (then the object's own link and directory fsync count).
         let finishes =
             failure.is_none() && (req.complete || length == Some(start + received_bytes));
         let dir_sync = (start == 0 && !finishes).then(|| self.partial_dir.clone());
         let sink = run_blocking(move || {
-            let s = sink.write_block(tail)?;
+            let s = sink;
             s.file.sync_data()?;
             if let Some(dir) = dir_sync {
                 std::fs::File::open(dir)?.sync_all()?;
