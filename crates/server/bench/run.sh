@@ -4,6 +4,7 @@
 #   small: COUNT uploads of SIZE bytes at concurrency CONC (default 1000 × 1 MiB × 16)
 #   large: one upload of LARGE_MB MiB (default 2048)
 # Prints throughput, the ratios the issue sets goals for, and each server's peak RSS (VmHWM).
+# A null tus endpoint (stores nothing) shows the ceiling the node client allows on the machine.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../../.." && pwd)"
 cd "$root"
@@ -49,6 +50,7 @@ peak_rss_mb() { awk '/VmHWM/ { printf "%.0f", $2 / 1024 }' "/proc/$pid/status"; 
 
 ferry() { RUST_LOG=warn exec "$bin" serve --open --listen 127.0.0.1:0 --data "$work/data-ferry"; }
 tusd() { exec node "$bench/tus-server.mjs" "$work/data-tus"; }
+nulld() { exec node "$bench/null-tus-server.mjs"; }
 run_server() { # NAME FN PATH
     local name=$1 fn=$2 path=$3
     mkdir -p "$work/data-$name"
@@ -67,6 +69,8 @@ echo "ferry-server..." >&2
 run_server ferry ferry /v1/uploads
 echo "@tus/server..." >&2
 run_server tus tusd /files
+echo "null tus endpoint (the load's own ceiling)..." >&2
+run_server null nulld /files
 echo "curl -T into ferry-server (plain PUT)..." >&2
 mkdir -p "$work/data-ferry"
 start ferry ferry
@@ -86,6 +90,8 @@ const rows = [
   ["ferry-server", "large", j("ferry-large"), r("ferry-large")],
   ["@tus/server", "large", j("tus-large"), r("tus-large")],
   ["curl -T → ferry", "large", j("curl-large"), r("curl-large")],
+  ["null endpoint", "small", j("null-small"), r("null-small")],
+  ["null endpoint", "large", j("null-large"), r("null-large")],
 ];
 console.log("server            load    seconds     MB/s  peak RSS MB");
 for (const [n, l, x, rss] of rows)
