@@ -37,6 +37,9 @@ pub struct AppState {
     pub engine: Engine,
     /// False only with `--open`: every request is accepted without a token.
     pub auth_required: bool,
+    /// SHA-256 hex of tokens already found in the database. Tokens are never revoked in this
+    /// version, so a positive cache is exact; unknown tokens always go to the database.
+    pub known_tokens: std::sync::RwLock<std::collections::HashSet<String>>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -77,8 +80,20 @@ async fn authenticate(
             .map(|(_, t)| t.trim())
             .ok_or(ApiError::Unauthorized)?;
         let hash = hex(&Sha256::digest(token.as_bytes()));
-        if state.engine.meta.token_name(&hash).await?.is_none() {
-            return Err(ApiError::Unauthorized);
+        let cached = state
+            .known_tokens
+            .read()
+            .map(|known| known.contains(&hash))
+            .unwrap_or(false);
+        if !cached {
+            if state.engine.meta.token_name(&hash).await?.is_none() {
+                return Err(ApiError::Unauthorized);
+            }
+            if let Ok(mut known) = state.known_tokens.write()
+                && known.len() < 100_000
+            {
+                known.insert(hash);
+            }
         }
     }
     Ok(next.run(req).await)

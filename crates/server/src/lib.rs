@@ -88,6 +88,7 @@ impl Server {
         let state = Arc::new(http::AppState {
             engine,
             auth_required: !config.open,
+            known_tokens: Default::default(),
         });
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
