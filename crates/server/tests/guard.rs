@@ -38,6 +38,20 @@ async fn bearer_tokens() {
         .await
         .unwrap();
     assert_eq!(r.status(), 201);
+    // Again (now from the server's token cache), and a second device's token made while the
+    // server runs; a forged token still fails after the cache has warmed.
+    let post = |token: String| {
+        s.req("POST", "/v1/uploads")
+            .bearer_auth(token)
+            .body("y")
+            .send()
+    };
+    assert_eq!(post(token.clone()).await.unwrap().status(), 201);
+    let tablet = ferry_server::create_token(s.dir.path(), "tablet")
+        .await
+        .unwrap();
+    assert_eq!(post(tablet).await.unwrap().status(), 201);
+    assert_eq!(post(format!("{token}0")).await.unwrap().status(), 401);
     // Only the hash is stored: the token text is nowhere in the data directory's database.
     let db = std::fs::read(s.dir.path().join("meta.db")).unwrap();
     let wal = std::fs::read(s.dir.path().join("meta.db-wal")).unwrap_or_default();
