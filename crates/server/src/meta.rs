@@ -9,8 +9,9 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{SqliteConnection, SqlitePool};
+use tokio::sync::{mpsc, oneshot};
 
 /// One upload: in progress while `object_id` is `None`, afterwards the receipt of what was stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,7 +43,156 @@ pub struct ObjectRow {
 
 #[derive(Debug, Clone)]
 pub struct Meta {
+    /// Reads; with a file database, separate connections that WAL lets run beside the writer.
     pool: SqlitePool,
+    /// Writes go through one task that commits everything queued in one transaction (group
+    /// commit): `synchronous=FULL` costs one fsync per batch instead of one per request.
+    writes: mpsc::Sender<Write>,
+}
+
+#[derive(Debug)]
+enum Op {
+    CreateUpload(UploadRow),
+    SetProgress {
+        id: String,
+        offset_bytes: u64,
+        length_bytes: Option<u64>,
+        expires_unix_ms: i64,
+    },
+    CompleteUpload {
+        upload_id: String,
+        object: ObjectRow,
+    },
+    DeleteUpload(String),
+    AddToken {
+        name: String,
+        sha256_hex: String,
+        now_unix_ms: i64,
+    },
+}
+
+#[derive(Debug)]
+struct Write {
+    op: Op,
+    /// Rows affected, once the batch holding this write is committed.
+    done: oneshot::Sender<Result<u64, sqlx::Error>>,
+}
+
+/// Most writes committed together; bounds one transaction's size and latency.
+const MAX_BATCH_WRITES: usize = 512;
+
+async fn apply(conn: &mut SqliteConnection, op: &Op) -> Result<u64, sqlx::Error> {
+    let r = match op {
+        Op::CreateUpload(u) => sqlx::query(
+            "INSERT INTO uploads (id, protocol, offset_bytes, length_bytes, metadata_json, metadata_raw, expected_sha256_hex, object_id, created_unix_ms, expires_unix_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&u.id)
+        .bind(&u.protocol)
+        .bind(db_int(u.offset_bytes))
+        .bind(u.length_bytes.map(db_int))
+        .bind(&u.metadata_json)
+        .bind(&u.metadata_raw)
+        .bind(&u.expected_sha256_hex)
+        .bind(&u.object_id)
+        .bind(u.created_unix_ms)
+        .bind(u.expires_unix_ms)
+        .execute(&mut *conn)
+        .await?,
+        Op::SetProgress { id, offset_bytes, length_bytes, expires_unix_ms } => sqlx::query(
+            "UPDATE uploads SET offset_bytes = ?, length_bytes = ?, expires_unix_ms = ? WHERE id = ? AND object_id IS NULL",
+        )
+        .bind(db_int(*offset_bytes))
+        .bind(length_bytes.map(db_int))
+        .bind(expires_unix_ms)
+        .bind(id)
+        .execute(&mut *conn)
+        .await?,
+        Op::CompleteUpload { upload_id, object: o } => {
+            sqlx::query(
+                "INSERT INTO objects (id, sha256_hex, size_bytes, created_unix_ms) VALUES (?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(&o.id)
+            .bind(&o.sha256_hex)
+            .bind(db_int(o.size_bytes))
+            .bind(o.created_unix_ms)
+            .execute(&mut *conn)
+            .await?;
+            sqlx::query(
+                "UPDATE uploads SET object_id = ?, offset_bytes = ?, length_bytes = ? WHERE id = ?",
+            )
+            .bind(&o.id)
+            .bind(db_int(o.size_bytes))
+            .bind(db_int(o.size_bytes))
+            .bind(upload_id)
+            .execute(&mut *conn)
+            .await?
+        }
+        Op::DeleteUpload(id) => sqlx::query("DELETE FROM uploads WHERE id = ?")
+            .bind(id)
+            .execute(&mut *conn)
+            .await?,
+        Op::AddToken { name, sha256_hex, now_unix_ms } => {
+            sqlx::query("INSERT INTO tokens (sha256_hex, name, created_unix_ms) VALUES (?, ?, ?)")
+                .bind(sha256_hex)
+                .bind(name)
+                .bind(now_unix_ms)
+                .execute(&mut *conn)
+                .await?
+        }
+    };
+    Ok(r.rows_affected())
+}
+
+/// Commits a batch: each write in its own savepoint, so one failing write (a duplicate id)
+/// fails alone while the others commit.
+async fn commit_batch(
+    pool: &SqlitePool,
+    batch: &[Write],
+) -> Result<Vec<Result<u64, sqlx::Error>>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let mut results = Vec::with_capacity(batch.len());
+    for w in batch {
+        sqlx::query("SAVEPOINT ferry_write")
+            .execute(&mut *tx)
+            .await?;
+        let r = apply(&mut tx, &w.op).await;
+        if r.is_err() {
+            sqlx::query("ROLLBACK TO ferry_write")
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query("RELEASE ferry_write").execute(&mut *tx).await?;
+        results.push(r);
+    }
+    tx.commit().await?;
+    Ok(results)
+}
+
+async fn writer(pool: SqlitePool, mut queue: mpsc::Receiver<Write>) {
+    while let Some(first) = queue.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH_WRITES {
+            match queue.try_recv() {
+                Ok(w) => batch.push(w),
+                Err(_) => break,
+            }
+        }
+        match commit_batch(&pool, &batch).await {
+            Ok(results) => {
+                for (w, r) in batch.into_iter().zip(results) {
+                    let _ = w.done.send(r);
+                }
+            }
+            Err(e) => {
+                let text = e.to_string();
+                for w in batch {
+                    let _ = w.done.send(Err(sqlx::Error::Protocol(format!(
+                        "batch commit failed: {text}"
+                    ))));
+                }
+            }
+        }
+    }
 }
 
 type UploadTuple = (
@@ -83,28 +233,48 @@ fn db_int(v: u64) -> i64 {
 impl Meta {
     /// Opens (creating if needed) the database at `path`, or a private in-memory one for `None`.
     pub async fn open(path: Option<&Path>) -> Result<Meta, sqlx::Error> {
-        let (opts, max_connections) = match path {
-            Some(p) => (
-                SqliteConnectOptions::new()
+        let (pool, write_pool) = match path {
+            Some(p) => {
+                let opts = SqliteConnectOptions::new()
                     .filename(p)
                     .create_if_missing(true)
                     .journal_mode(SqliteJournalMode::Wal)
                     .synchronous(SqliteSynchronous::Full)
-                    .busy_timeout(Duration::from_secs(10)),
-                // One connection: SQLite takes one writer at a time anyway, and a single
-                // connection queues writers in the pool instead of in SQLite's sleeping
-                // busy handler.
-                1,
-            ),
-            // One connection: each new connection to `:memory:` would be a different database.
-            None => (SqliteConnectOptions::from_str("sqlite::memory:")?, 1),
+                    .busy_timeout(Duration::from_secs(10));
+                // One writing connection: SQLite admits one writer at a time anyway.
+                let write_pool = SqlitePoolOptions::new()
+                    .max_connections(1)
+                    .connect_with(opts.clone())
+                    .await?;
+                sqlx::migrate!("./migrations").run(&write_pool).await?;
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(4)
+                    .connect_with(opts)
+                    .await?;
+                (pool, write_pool)
+            }
+            None => {
+                // One connection: each new connection to `:memory:` would be another database.
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(1)
+                    .connect_with(SqliteConnectOptions::from_str("sqlite::memory:")?)
+                    .await?;
+                sqlx::migrate!("./migrations").run(&pool).await?;
+                (pool.clone(), pool)
+            }
         };
-        let pool = SqlitePoolOptions::new()
-            .max_connections(max_connections)
-            .connect_with(opts)
-            .await?;
-        sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Meta { pool })
+        let (writes, queue) = mpsc::channel(4 * MAX_BATCH_WRITES);
+        tokio::spawn(writer(write_pool, queue));
+        Ok(Meta { pool, writes })
+    }
+
+    async fn write(&self, op: Op) -> Result<u64, sqlx::Error> {
+        let (done, result) = oneshot::channel();
+        self.writes
+            .send(Write { op, done })
+            .await
+            .map_err(|_| sqlx::Error::PoolClosed)?;
+        result.await.map_err(|_| sqlx::Error::WorkerCrashed)?
     }
 
     pub async fn close(&self) {
@@ -112,22 +282,7 @@ impl Meta {
     }
 
     pub async fn create_upload(&self, u: &UploadRow) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "INSERT INTO uploads (id, protocol, offset_bytes, length_bytes, metadata_json, metadata_raw, expected_sha256_hex, object_id, created_unix_ms, expires_unix_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&u.id)
-        .bind(&u.protocol)
-        .bind(db_int(u.offset_bytes))
-        .bind(u.length_bytes.map(db_int))
-        .bind(&u.metadata_json)
-        .bind(&u.metadata_raw)
-        .bind(&u.expected_sha256_hex)
-        .bind(&u.object_id)
-        .bind(u.created_unix_ms)
-        .bind(u.expires_unix_ms)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        self.write(Op::CreateUpload(u.clone())).await.map(drop)
     }
 
     pub async fn upload(&self, id: &str) -> Result<Option<UploadRow>, sqlx::Error> {
@@ -147,48 +302,26 @@ impl Meta {
         length_bytes: Option<u64>,
         expires_unix_ms: i64,
     ) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "UPDATE uploads SET offset_bytes = ?, length_bytes = ?, expires_unix_ms = ? WHERE id = ? AND object_id IS NULL",
-        )
-        .bind(db_int(offset_bytes))
-        .bind(length_bytes.map(db_int))
-        .bind(expires_unix_ms)
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        let op = Op::SetProgress {
+            id: id.into(),
+            offset_bytes,
+            length_bytes,
+            expires_unix_ms,
+        };
+        self.write(op).await.map(drop)
     }
 
     /// Records the object (if new) and marks the upload complete, in one transaction.
     pub async fn complete_upload(&self, upload_id: &str, o: &ObjectRow) -> Result<(), sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO objects (id, sha256_hex, size_bytes, created_unix_ms) VALUES (?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(&o.id)
-        .bind(&o.sha256_hex)
-        .bind(db_int(o.size_bytes))
-        .bind(o.created_unix_ms)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "UPDATE uploads SET object_id = ?, offset_bytes = ?, length_bytes = ? WHERE id = ?",
-        )
-        .bind(&o.id)
-        .bind(db_int(o.size_bytes))
-        .bind(db_int(o.size_bytes))
-        .bind(upload_id)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await
+        let op = Op::CompleteUpload {
+            upload_id: upload_id.into(),
+            object: o.clone(),
+        };
+        self.write(op).await.map(drop)
     }
 
     pub async fn delete_upload(&self, id: &str) -> Result<bool, sqlx::Error> {
-        let r = sqlx::query("DELETE FROM uploads WHERE id = ?")
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(r.rows_affected() > 0)
+        Ok(self.write(Op::DeleteUpload(id.into())).await? > 0)
     }
 
     /// Unfinished uploads whose `expires_unix_ms` is at or before `now_unix_ms`.
@@ -259,13 +392,12 @@ impl Meta {
         sha256_hex: &str,
         now_unix_ms: i64,
     ) -> Result<(), sqlx::Error> {
-        sqlx::query("INSERT INTO tokens (sha256_hex, name, created_unix_ms) VALUES (?, ?, ?)")
-            .bind(sha256_hex)
-            .bind(name)
-            .bind(now_unix_ms)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        let op = Op::AddToken {
+            name: name.into(),
+            sha256_hex: sha256_hex.into(),
+            now_unix_ms,
+        };
+        self.write(op).await.map(drop)
     }
 
     /// The device name for a token hash, if the token is known.
@@ -349,6 +481,26 @@ mod tests {
 
         assert!(m.delete_upload("u2").await.unwrap());
         assert!(!m.delete_upload("u2").await.unwrap());
+
+        // Concurrent writes share transactions; a failing one (duplicate id) fails alone.
+        let mut tasks = Vec::new();
+        for i in 0..200 {
+            let m = m.clone();
+            let id = if i == 100 {
+                "g0".to_string()
+            } else {
+                format!("g{i}")
+            };
+            tasks.push(tokio::spawn(async move {
+                m.create_upload(&upload(&id, 1)).await
+            }));
+        }
+        let mut failures = 0;
+        for t in tasks {
+            failures += t.await.unwrap().is_err() as usize;
+        }
+        assert_eq!(failures, 1);
+        assert_eq!(m.expired_uploads(i64::MAX).await.unwrap().len(), 199);
 
         m.add_token("phone", "h1", 1).await.unwrap();
         assert_eq!(m.token_name("h1").await.unwrap().as_deref(), Some("phone"));

@@ -23,7 +23,11 @@ fn every_rust_file_opens_with_a_module_doc() {
     assert!(files.len() > 10);
     for f in files {
         let text = std::fs::read_to_string(&f).unwrap();
-        assert!(text.starts_with("//!"), "{} must open with a `//!` line", f.display());
+        assert!(
+            text.starts_with("//!"),
+            "{} must open with a `//!` line",
+            f.display()
+        );
     }
 }
 
@@ -46,6 +50,9 @@ fn openapi_documents_every_route() {
     }
     assert!(routes.len() >= 6, "{routes:?}");
     for r in routes {
-        assert!(openapi.contains(&format!("  {r}:\n")), "openapi.yaml lacks path {r}");
+        assert!(
+            openapi.contains(&format!("  {r}:\n")),
+            "openapi.yaml lacks path {r}"
+        );
     }
 }
