@@ -14,9 +14,7 @@ pub enum StoreError {
         #[source]
         source: rusqlite::Error,
     },
-    #[error(
-        "the store at {path} was written by a newer Ferry (schema {found}, this one knows {known})"
-    )]
+    #[error("the store at {path} was written by a newer Ferry (schema {found}, this one knows {known})")]
     TooNew {
         path: PathBuf,
         found: usize,
