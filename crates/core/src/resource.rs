@@ -40,10 +40,7 @@ impl ResourceType {
         (ResourceType::FullSizePairedVideo, "full_size_paired_video"),
         (ResourceType::AdjustmentBasePhoto, "adjustment_base_photo"),
         (ResourceType::AdjustmentBaseVideo, "adjustment_base_video"),
-        (
-            ResourceType::AdjustmentBasePairedVideo,
-            "adjustment_base_paired_video",
-        ),
+        (ResourceType::AdjustmentBasePairedVideo, "adjustment_base_paired_video"),
         (ResourceType::Sidecar, "sidecar"),
     ];
 
@@ -51,11 +48,13 @@ impl ResourceType {
     pub fn as_str(&self) -> &str {
         match self {
             ResourceType::Other(name) => name,
-            known => Self::NAMES
-                .iter()
-                .find(|(t, _)| t == known)
-                .map(|(_, n)| *n)
-                .unwrap_or("other"),
+            known => {
+                Self::NAMES
+                    .iter()
+                    .find(|(t, _)| t == known)
+                    .map(|(_, n)| *n)
+                    .unwrap_or("other")
+            }
         }
     }
 

@@ -42,7 +42,13 @@ start() {
     base=${line#listening on }
 }
 stop() {
-    kill "$pid"
+    kill "$pid" 2>/dev/null || true
+    # Give a graceful shutdown 5 s, then SIGKILL: a benchmark must not leave servers behind.
+    for _ in $(seq 50); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -9 "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
     pid=""
 }
