@@ -4,6 +4,19 @@
 //! the decisions that come out. That is what lets the job model and the policies be tested by
 //! transcripts and seeded simulation.
 
+pub mod destination;
+pub mod job;
+pub mod conditions;
+pub mod policy;
 pub mod resource;
+pub mod retry;
 
-pub use resource::ResourceType;
+pub use destination::{Destination, DestinationError, Method, UrlBase};
+pub use job::{
+    Action, Attempt, ContentHash, ErrorCode, ExtensionPolicy, Job, JobState, JobWrite, NewJob,
+    Outcome, Receipt, Rejection, TransactionError, TransferEvent, TransitionError, TxItem, TxView,
+    apply_event, plan_cancel_all, plan_transaction,
+};
+pub use conditions::{Conditions, LocalTime, Network, Now, Power, Thermal, Weekday};
+pub use policy::{Decision, Policy, PolicyOverrides, WaitReason, decide, next_change_hint};
+pub use resource::{Gps, ResourceMetadata, ResourceType};

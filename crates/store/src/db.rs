@@ -14,7 +14,9 @@ pub enum StoreError {
         #[source]
         source: rusqlite::Error,
     },
-    #[error("the store at {path} was written by a newer Ferry (schema {found}, this one knows {known})")]
+    #[error(
+        "the store at {path} was written by a newer Ferry (schema {found}, this one knows {known})"
+    )]
     TooNew {
         path: PathBuf,
         found: usize,
@@ -48,6 +50,13 @@ impl Store {
             .map_err(open_err)?;
         conn.pragma_update(None, "foreign_keys", "ON")
             .map_err(open_err)?;
+        // A bigger page cache keeps a scan's batch in memory instead of spilling to the WAL
+        // mid-transaction; statement journals (upserts) stay in memory too.
+        conn.pragma_update(None, "cache_size", -32_000)
+            .map_err(open_err)?;
+        conn.pragma_update(None, "temp_store", "MEMORY")
+            .map_err(open_err)?;
+        conn.set_prepared_statement_cache_capacity(64);
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(open_err)?;
         let mut store = Store {

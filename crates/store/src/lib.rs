@@ -4,7 +4,9 @@
 //! `kill -9` at any moment leaves the previous or the next consistent state, never a mix.
 
 mod db;
+pub mod jobs;
 pub mod library;
 mod schema;
 
 pub use db::{Store, StoreError};
+pub use jobs::{JobFilter, JobStore, JobStoreError, MemoryJobStore, new_job_id};

@@ -47,4 +47,40 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (token, asset_id)
     ) STRICT, WITHOUT ROWID;
     "#,
+    // 2: upload jobs, their receipts, and each extension's job settings.
+    r#"
+    CREATE TABLE extensions (
+        id TEXT PRIMARY KEY,
+        job_limit INTEGER NOT NULL,
+        max_retries INTEGER NOT NULL,
+        bases TEXT NOT NULL
+    ) STRICT;
+    -- A job is two rows. `job_specs` holds what the extension asked for (JSON), written at
+    -- creation and again only when a retry brings a new destination. `jobs` holds the state
+    -- that transitions change, kept small because SQLite writes whole pages to the WAL: the
+    -- fewer pages a batch of transitions dirties, the cheaper its fsync.
+    CREATE TABLE job_specs (
+        id BLOB PRIMARY KEY,
+        body TEXT NOT NULL
+    ) STRICT, WITHOUT ROWID;
+    CREATE TABLE jobs (
+        id BLOB PRIMARY KEY,
+        extension TEXT NOT NULL,
+        state TEXT NOT NULL,
+        acknowledged INTEGER NOT NULL,
+        created_ms INTEGER NOT NULL,
+        live TEXT NOT NULL
+    ) STRICT, WITHOUT ROWID;
+    -- Fetch by action and the limit count read only this index's range for one extension.
+    CREATE INDEX jobs_by_action ON jobs(extension, acknowledged, state, created_ms);
+    -- A receipt points at its job's final rows: a job let go of never changes again, so the
+    -- receipt is rebuilt from them rather than copied. `seq` orders history.
+    CREATE TABLE receipts (
+        seq INTEGER PRIMARY KEY,
+        job_id BLOB NOT NULL UNIQUE,
+        content_hash BLOB NOT NULL,
+        acknowledged_ms INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX receipts_by_hash ON receipts(content_hash);
+    "#,
 ];

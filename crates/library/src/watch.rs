@@ -1,0 +1,190 @@
+//! Watching: apply library changes within about a second of them landing.
+//!
+//! Filesystem events are hints, not truth (inotify overflows, network mounts send nothing, a
+//! copy is many events): each debounced batch of events becomes a scan of the folders it
+//! names, and the scan decides what changed. A full rescan runs on overflow, on any watcher
+//! error, and every `full_rescan_interval_ms` as a safety net.
+
+use crate::scan::{ScanError, ScanEvent, ScanOptions, ScanReport, scan};
+use ferry_store::Store;
+use notify::RecursiveMode;
+use notify_debouncer_full::{DebounceEventResult, new_debouncer};
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone)]
+pub struct WatchOptions {
+    /// Quiet time before a burst of events is acted on; also lets a file being copied settle.
+    pub debounce_ms: u64,
+    /// Safety rescan period (events can be lost); long, so an idle daemon stays asleep.
+    pub full_rescan_interval_ms: u64,
+    pub scan: ScanOptions,
+}
+
+impl Default for WatchOptions {
+    fn default() -> Self {
+        WatchOptions {
+            debounce_ms: 500,
+            full_rescan_interval_ms: 6 * 3600 * 1000,
+            scan: ScanOptions::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error(transparent)]
+    Scan(#[from] ScanError),
+    #[error("cannot watch {path}: {source}")]
+    Watch {
+        path: PathBuf,
+        #[source]
+        source: notify::Error,
+    },
+}
+
+/// Why a scan ran, for the caller's log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScanCause {
+    Start,
+    Events,
+    Overflow,
+    Periodic,
+}
+
+/// Scans `roots`, then keeps the index in step with them until `on_scan` breaks.
+pub fn watch(
+    store: &mut Store,
+    roots: &[PathBuf],
+    opts: &WatchOptions,
+    on_event: &mut dyn FnMut(&ScanEvent),
+    on_scan: &mut dyn FnMut(ScanCause, &ScanReport) -> ControlFlow<()>,
+) -> Result<(), WatchError> {
+    let report = scan(store, roots, &opts.scan, on_event)?;
+    // The scan checked them; canonical paths match the event paths notify reports.
+    let roots: Vec<PathBuf> = roots
+        .iter()
+        .filter_map(|r| std::fs::canonicalize(r).ok())
+        .collect();
+    if roots.is_empty() {
+        return Ok(());
+    }
+    if on_scan(ScanCause::Start, &report).is_break() {
+        return Ok(());
+    }
+    let (tx, rx) = mpsc::channel::<DebounceEventResult>();
+    let mut debouncer =
+        new_debouncer(Duration::from_millis(opts.debounce_ms), None, tx).map_err(|source| {
+            WatchError::Watch {
+                path: roots[0].clone(),
+                source,
+            }
+        })?;
+    for root in &roots {
+        debouncer
+            .watch(root, RecursiveMode::Recursive)
+            .map_err(|source| WatchError::Watch {
+                path: root.clone(),
+                source,
+            })?;
+    }
+    let period = Duration::from_millis(opts.full_rescan_interval_ms.max(1000));
+    let mut next_full = Instant::now() + period;
+    loop {
+        let wait = next_full.saturating_duration_since(Instant::now());
+        let (cause, scopes) = match rx.recv_timeout(wait) {
+            Ok(Ok(events)) => {
+                if events.iter().any(|e| e.need_rescan()) {
+                    (ScanCause::Overflow, roots.clone())
+                } else {
+                    let paths = events.iter().flat_map(|e| e.paths.iter());
+                    let scopes = scopes_for(&roots, paths);
+                    if scopes.is_empty() {
+                        continue;
+                    }
+                    (ScanCause::Events, scopes)
+                }
+            }
+            Ok(Err(_errors)) => (ScanCause::Overflow, roots.clone()),
+            Err(mpsc::RecvTimeoutError::Timeout) => (ScanCause::Periodic, roots.clone()),
+            Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
+        };
+        if cause != ScanCause::Events {
+            next_full = Instant::now() + period;
+        }
+        let report = match scan(store, &scopes, &opts.scan, on_event) {
+            Ok(r) => r,
+            // A scope vanished between the event and the scan: rescan what still exists.
+            Err(ScanError::RootNotFound(_) | ScanError::RootNotADirectory(_)) => {
+                scan(store, &roots, &opts.scan, on_event)?
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if on_scan(cause, &report).is_break() {
+            return Ok(());
+        }
+    }
+}
+
+/// The folders to rescan for a set of event paths: each path's nearest existing folder inside
+/// a root, with folders inside other chosen folders dropped.
+fn scopes_for<'a>(roots: &[PathBuf], paths: impl Iterator<Item = &'a PathBuf>) -> Vec<PathBuf> {
+    let mut scopes: Vec<PathBuf> = Vec::new();
+    for p in paths {
+        let Some(root) = roots.iter().find(|r| p.starts_with(r)) else {
+            continue;
+        };
+        let mut dir: &Path = p;
+        // A file's folder; a folder itself; for a deleted path the nearest that still exists.
+        loop {
+            if dir.is_dir() && (dir != p.as_path() || p.is_dir()) {
+                break;
+            }
+            match dir.parent() {
+                Some(parent) if parent.starts_with(root) => dir = parent,
+                _ => {
+                    dir = root;
+                    break;
+                }
+            }
+        }
+        scopes.push(dir.to_owned());
+    }
+    scopes.sort();
+    scopes.dedup();
+    let mut out: Vec<PathBuf> = Vec::new();
+    for s in scopes {
+        if !out.iter().any(|o| s.starts_with(o)) {
+            out.push(s);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes_collapse_to_nearest_existing_folders() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path().to_owned();
+        std::fs::create_dir_all(r.join("a/b")).unwrap();
+        std::fs::create_dir_all(r.join("c")).unwrap();
+        let paths = [
+            r.join("a/b/x.jpg"),
+            r.join("a/y.jpg"),
+            r.join("c"),
+            r.join("gone/deeper/z.jpg"),
+            PathBuf::from("/elsewhere/q.jpg"),
+        ];
+        let scopes = scopes_for(std::slice::from_ref(&r), paths.iter());
+        // `gone/...` no longer exists: its nearest existing folder is the root, which covers all.
+        assert_eq!(scopes, vec![r.clone()]);
+        let scopes = scopes_for(std::slice::from_ref(&r), paths[..3].iter());
+        assert_eq!(scopes, vec![r.join("a"), r.join("c")]);
+    }
+}
