@@ -356,12 +356,13 @@ pub fn scan(
     // Every file to read, in folder order: one reader pool runs ahead across folders while
     // this thread writes each folder as soon as all of its files are read.
     let mut expected: Vec<usize> = vec![0; folders.len()];
-    let mut jobs: Vec<(usize, FileObs)> = Vec::new();
+    // (folder, file) indexes, not copies: the walk's records are borrowed by the readers.
+    let mut jobs: Vec<(usize, usize)> = Vec::new();
     for (fi, folder) in folders.iter().enumerate() {
-        for obs in &folder.files {
+        for (i, obs) in folder.files.iter().enumerate() {
             if !unchanged.contains(&obs.path) {
                 expected[fi] += 1;
-                jobs.push((fi, obs.clone()));
+                jobs.push((fi, i));
             }
         }
     }
@@ -375,12 +376,14 @@ pub fn scan(
         for _ in 0..threads {
             let tx = tx.clone();
             let queue = &queue;
+            let folders = &folders;
             s.spawn(move || {
                 let mut buf = vec![0u8; READ_BUF];
                 let mut reader = MetadataReader::new();
                 loop {
                     let next = queue.lock().map(|mut q| q.next()).unwrap_or(None);
-                    let Some((fi, obs)) = next else { break };
+                    let Some((fi, i)) = next else { break };
+                    let obs = folders[fi].files[i].clone();
                     if tx
                         .send((fi, read_file(obs, &mut buf, &mut reader)))
                         .is_err()

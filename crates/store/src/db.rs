@@ -52,7 +52,7 @@ impl Store {
             .map_err(open_err)?;
         // A bigger page cache keeps a scan's batch in memory instead of spilling to the WAL
         // mid-transaction; statement journals (upserts) stay in memory too.
-        conn.pragma_update(None, "cache_size", -32_000)
+        conn.pragma_update(None, "cache_size", -16_000)
             .map_err(open_err)?;
         conn.pragma_update(None, "temp_store", "MEMORY")
             .map_err(open_err)?;

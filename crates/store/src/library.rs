@@ -585,7 +585,11 @@ impl IndexWriter<'_> {
     }
 
     fn touch_asset(&mut self, id: &str, now_ms: i64) -> Result<(), StoreError> {
-        if self.changes.contains_key(id) {
+        // An asset inserted by this writer already carries `now` as its update time.
+        if matches!(
+            self.changes.get(id),
+            Some(ChangeKind::Updated | ChangeKind::Deleted)
+        ) {
             self.store.exec(
                 "UPDATE assets SET updated_ms = ?2 WHERE id = ?1",
                 params![id, now_ms],
