@@ -1,0 +1,150 @@
+//! Every way a request can fail, and the one place that turns each into an HTTP answer.
+//!
+//! Handlers return `ApiError`; `IntoResponse` picks the status, the protocol headers a client
+//! needs to recover (`Upload-Offset` on a 409, `Tus-Version` on a 412, `WWW-Authenticate` on a
+//! 401) and an `application/problem+json` body naming the draft's problem type where one exists.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+const PROBLEM_BASE: &str = "https://iana.org/assignments/http-problem-types#";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("missing or invalid bearer token")]
+    Unauthorized,
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("Tus-Resumable version not supported; this server speaks 1.0.0")]
+    UnsupportedTusVersion,
+    #[error("Upload-Draft-Interop-Version {0:?} not supported; supported: 3, 5, 6, 7, 8")]
+    UnknownInteropVersion(String),
+    #[error("no such upload or object")]
+    NotFound,
+    #[error("upload expired or was cancelled")]
+    Gone,
+    #[error("Upload-Offset {provided} does not match the upload's offset {expected}")]
+    OffsetMismatch { expected: u64, provided: u64 },
+    #[error("upload is already complete")]
+    Completed,
+    #[error("inconsistent upload length: {0}")]
+    InconsistentLength(String),
+    #[error("unsupported media type: {0}")]
+    UnsupportedMediaType(String),
+    #[error("too large: {0}")]
+    TooLarge(String),
+    #[error("another request is appending to this upload")]
+    Locked { ietf: bool },
+    #[error("Upload-Checksum does not match the received chunk; the chunk was discarded")]
+    ChecksumMismatch,
+    #[error("digest mismatch: {0}")]
+    DigestMismatch(String),
+    #[error("request body stopped: {0}")]
+    BodyInterrupted(String),
+    #[error("request body idle for too long")]
+    Timeout,
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::BadRequest(_)
+            | ApiError::UnknownInteropVersion(_)
+            | ApiError::Completed
+            | ApiError::InconsistentLength(_)
+            | ApiError::DigestMismatch(_)
+            | ApiError::BodyInterrupted(_) => StatusCode::BAD_REQUEST,
+            ApiError::UnsupportedTusVersion => StatusCode::PRECONDITION_FAILED,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::Gone => StatusCode::GONE,
+            ApiError::OffsetMismatch { .. } | ApiError::Locked { ietf: true } => {
+                StatusCode::CONFLICT
+            }
+            ApiError::Locked { ietf: false } => StatusCode::LOCKED,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            // tus checksum extension: "460 Checksum Mismatch".
+            ApiError::ChecksumMismatch => {
+                StatusCode::from_u16(460).unwrap_or(StatusCode::BAD_REQUEST)
+            }
+            ApiError::Timeout => StatusCode::REQUEST_TIMEOUT,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn problem_type(&self) -> Option<&'static str> {
+        match self {
+            ApiError::OffsetMismatch { .. } => Some("mismatching-upload-offset"),
+            ApiError::Completed => Some("completed-upload"),
+            ApiError::InconsistentLength(_) => Some("inconsistent-upload-length"),
+            _ => None,
+        }
+    }
+}
+
+impl From<std::io::Error> for ApiError {
+    fn from(e: std::io::Error) -> Self {
+        ApiError::Internal(format!("i/o: {e}"))
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        ApiError::Internal(format!("metadata store: {e}"))
+    }
+}
+
+impl From<object_store::Error> for ApiError {
+    fn from(e: object_store::Error) -> Self {
+        ApiError::Internal(format!("blob store: {e}"))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::error!(error = %self, "request failed");
+        } else {
+            tracing::debug!(error = %self, %status, "request refused");
+        }
+        let mut body = serde_json::json!({
+            "status": status.as_u16(),
+            "title": status.canonical_reason().unwrap_or("error"),
+            "detail": self.to_string(),
+        });
+        if let Some(t) = self.problem_type() {
+            body["type"] = format!("{PROBLEM_BASE}{t}").into();
+        }
+        if let ApiError::OffsetMismatch { expected, provided } = self {
+            body["expected-offset"] = expected.into();
+            body["provided-offset"] = provided.into();
+        }
+        let mut res = (status, body.to_string()).into_response();
+        let h = res.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        h.insert("tus-resumable", HeaderValue::from_static("1.0.0"));
+        match self {
+            ApiError::Unauthorized => {
+                h.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"ferry\""),
+                );
+            }
+            ApiError::UnsupportedTusVersion => {
+                h.insert("tus-version", HeaderValue::from_static("1.0.0"));
+            }
+            ApiError::OffsetMismatch { expected, .. } => {
+                h.insert("upload-offset", HeaderValue::from(expected));
+            }
+            _ => {}
+        }
+        res
+    }
+}

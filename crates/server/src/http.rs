@@ -1,0 +1,729 @@
+//! The HTTP surface: routes, protocol detection and header parsing for the IETF draft, tus 1.0
+//! and plain uploads, all funnelled into `uploads::Engine`.
+//!
+//! Which protocol a request speaks is decided by its headers alone: `Tus-Resumable` → tus;
+//! `Upload-Draft-Interop-Version`, `Upload-Complete` or `Upload-Incomplete` → the draft; neither,
+//! on `POST`/`PUT /v1/uploads` → a plain one-request upload. The API is described in
+//! `openapi.yaml` beside this crate's `Cargo.toml`.
+
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use sha2::{Digest, Sha256};
+
+use crate::error::ApiError;
+use crate::meta::{ObjectRow, UploadRow};
+use crate::sf;
+use crate::uploads::{Append, ChunkCheck, Engine, Outcome, valid_object_id};
+
+pub const UPLOADS_PATH: &str = "/v1/uploads";
+const TUS_EXTENSIONS: &str =
+    "creation,creation-with-upload,creation-defer-length,termination,checksum,expiration";
+const MAX_METADATA_BYTES: usize = 8 << 10;
+const MAX_METADATA_KEYS: usize = 32;
+const MAX_CHECK_HASHES: usize = 10_000;
+
+#[derive(Debug)]
+pub struct AppState {
+    pub engine: Engine,
+    /// False only with `--open`: every request is accepted without a token.
+    pub auth_required: bool,
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let api = Router::new()
+        .route(UPLOADS_PATH, post(create).put(create).options(options))
+        .route(
+            "/v1/uploads/{id}",
+            get(not_allowed)
+                .head(head_upload)
+                .patch(patch_upload)
+                .delete(delete_upload)
+                .options(options),
+        )
+        .route("/v1/objects/check", post(check_objects))
+        .route("/v1/objects/{id}", get(get_object))
+        .route("/v1/objects/{id}/receipts", get(object_receipts))
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        // Upload bodies are streamed to disk and bounded by the upload limits, not buffered.
+        .layer(DefaultBodyLimit::disable());
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .merge(api)
+        .with_state(state)
+}
+
+async fn authenticate(
+    State(state): State<Arc<AppState>>,
+    req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    if state.auth_required {
+        let token = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t.trim())
+            .ok_or(ApiError::Unauthorized)?;
+        let hash = hex(&Sha256::digest(token.as_bytes()));
+        if state.engine.meta.token_name(&hash).await?.is_none() {
+            return Err(ApiError::Unauthorized);
+        }
+    }
+    Ok(next.run(req).await)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Proto {
+    Tus,
+    /// The draft, with its interop version (3, 5, 6, 7 or 8).
+    Ietf(u8),
+    Plain,
+}
+
+fn text<'a>(h: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ApiError> {
+    match h.get(name) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .map(|s| Some(s.trim()))
+            .map_err(|_| ApiError::BadRequest(format!("{name} is not visible ASCII"))),
+    }
+}
+
+fn detect(h: &HeaderMap, plain_allowed: bool) -> Result<Proto, ApiError> {
+    if let Some(v) = text(h, "tus-resumable")? {
+        return if v == "1.0.0" {
+            Ok(Proto::Tus)
+        } else {
+            Err(ApiError::UnsupportedTusVersion)
+        };
+    }
+    if let Some(v) = text(h, "upload-draft-interop-version")? {
+        return match v {
+            "3" => Ok(Proto::Ietf(3)),
+            "5" => Ok(Proto::Ietf(5)),
+            "6" => Ok(Proto::Ietf(6)),
+            "7" => Ok(Proto::Ietf(7)),
+            "8" => Ok(Proto::Ietf(8)),
+            other => Err(ApiError::UnknownInteropVersion(
+                other.chars().take(20).collect(),
+            )),
+        };
+    }
+    if h.contains_key("upload-incomplete") {
+        return Ok(Proto::Ietf(3));
+    }
+    if h.contains_key("upload-complete") || !plain_allowed {
+        return Ok(Proto::Ietf(8));
+    }
+    Ok(Proto::Plain)
+}
+
+fn bad_field(name: &str, e: sf::SfError) -> ApiError {
+    ApiError::BadRequest(format!("{name}: {e}"))
+}
+
+/// tus numbers are plain non-negative decimal integers.
+fn tus_u64(h: &HeaderMap, name: &str) -> Result<Option<u64>, ApiError> {
+    let Some(v) = text(h, name)? else {
+        return Ok(None);
+    };
+    if v.is_empty() || v.len() > 19 || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ApiError::BadRequest(format!(
+            "{name} must be a non-negative integer"
+        )));
+    }
+    v.parse()
+        .map(Some)
+        .map_err(|_| ApiError::BadRequest(format!("{name} is out of range")))
+}
+
+fn sf_u64(h: &HeaderMap, name: &str) -> Result<Option<u64>, ApiError> {
+    text(h, name)?
+        .map(|v| sf::parse_non_negative_integer(v).map_err(|e| bad_field(name, e)))
+        .transpose()
+}
+
+/// Whether this draft request finishes the upload. Draft-01 (version 3) says the opposite with
+/// `Upload-Incomplete`, whose absence means complete.
+fn ietf_complete(h: &HeaderMap, version: u8) -> Result<bool, ApiError> {
+    if version == 3 {
+        return match text(h, "upload-incomplete")? {
+            None => Ok(true),
+            Some(v) => sf::parse_boolean(v)
+                .map(|b| !b)
+                .map_err(|e| bad_field("Upload-Incomplete", e)),
+        };
+    }
+    match text(h, "upload-complete")? {
+        None => Err(ApiError::BadRequest("Upload-Complete is required".into())),
+        Some(v) => sf::parse_boolean(v).map_err(|e| bad_field("Upload-Complete", e)),
+    }
+}
+
+fn media_type(h: &HeaderMap) -> Result<Option<String>, ApiError> {
+    Ok(text(h, "content-type")?.map(|v| {
+        v.split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase()
+    }))
+}
+
+/// Parses tus-style metadata (`key base64,key2 base64`) into a JSON object of strings.
+fn metadata(h: &HeaderMap) -> Result<(String, Option<String>), ApiError> {
+    let raw = match (text(h, "upload-metadata")?, text(h, "ferry-metadata")?) {
+        (Some(a), _) => a,
+        (None, Some(b)) => b,
+        (None, None) => return Ok(("{}".into(), None)),
+    };
+    if raw.len() > MAX_METADATA_BYTES {
+        return Err(ApiError::BadRequest(format!(
+            "metadata over {MAX_METADATA_BYTES} bytes"
+        )));
+    }
+    let mut map = serde_json::Map::new();
+    for pair in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (key, value) = match pair.split_once(' ') {
+            Some((k, v)) => (k, v.trim()),
+            None => (pair, ""),
+        };
+        if key.is_empty() || key.len() > 64 || !key.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(ApiError::BadRequest(format!(
+                "metadata key {key:?} is not a short ASCII token"
+            )));
+        }
+        let bytes = STANDARD.decode(value).map_err(|_| {
+            ApiError::BadRequest(format!("metadata value of {key:?} is not base64"))
+        })?;
+        let value = String::from_utf8(bytes)
+            .map_err(|_| ApiError::BadRequest(format!("metadata value of {key:?} is not UTF-8")))?;
+        if map.insert(key.to_string(), value.into()).is_some() {
+            return Err(ApiError::BadRequest(format!(
+                "metadata key {key:?} repeated"
+            )));
+        }
+        if map.len() > MAX_METADATA_KEYS {
+            return Err(ApiError::BadRequest(format!(
+                "more than {MAX_METADATA_KEYS} metadata keys"
+            )));
+        }
+    }
+    Ok((
+        serde_json::Value::Object(map).to_string(),
+        Some(raw.to_string()),
+    ))
+}
+
+fn digest(h: &HeaderMap, name: &str) -> Result<Option<[u8; 32]>, ApiError> {
+    text(h, name)?
+        .map(|v| sf::sha256_from_digest_field(v).map_err(|e| bad_field(name, e)))
+        .transpose()
+        .map(Option::flatten)
+}
+
+fn tus_checksum(h: &HeaderMap) -> Result<Option<ChunkCheck>, ApiError> {
+    let Some(v) = text(h, "upload-checksum")? else {
+        return Ok(None);
+    };
+    let (alg, b64) = v.split_once(' ').ok_or_else(|| {
+        ApiError::BadRequest("Upload-Checksum must be `<algorithm> <base64>`".into())
+    })?;
+    let bytes = STANDARD
+        .decode(b64.trim())
+        .map_err(|_| ApiError::BadRequest("Upload-Checksum value is not base64".into()))?;
+    let wrong = || ApiError::BadRequest(format!("Upload-Checksum {alg} has the wrong length"));
+    Ok(Some(match alg {
+        "sha1" => ChunkCheck::TusSha1(bytes.try_into().map_err(|_| wrong())?),
+        "sha256" => ChunkCheck::TusSha256(bytes.try_into().map_err(|_| wrong())?),
+        "md5" => ChunkCheck::TusMd5(bytes.try_into().map_err(|_| wrong())?),
+        other => {
+            return Err(ApiError::BadRequest(format!(
+                "Upload-Checksum algorithm {:?} not supported (sha1, sha256, md5)",
+                other.chars().take(20).collect::<String>()
+            )));
+        }
+    }))
+}
+
+fn has_body(h: &HeaderMap) -> bool {
+    h.contains_key(header::TRANSFER_ENCODING)
+        || h.get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() != "0")
+}
+
+fn set(h: &mut HeaderMap, name: &'static str, value: impl ToString) {
+    if let Ok(v) = HeaderValue::from_str(&value.to_string()) {
+        h.insert(HeaderName::from_static(name), v);
+    }
+}
+
+fn upload_limit(e: &Engine) -> String {
+    format!(
+        "max-size={}, max-append-size={}, max-age={}",
+        e.limits.max_size_bytes,
+        e.limits.max_append_size_bytes,
+        e.limits.max_age.as_secs()
+    )
+}
+
+fn expires_http(ms: i64) -> String {
+    httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64))
+}
+
+/// What the client records as stored: the object id and the digests the server computed.
+fn object_headers(h: &mut HeaderMap, o: &ObjectRow) {
+    set(h, "ferry-object-id", &o.id);
+    set(h, "ferry-blake3", &o.id);
+    set(h, "ferry-size-bytes", o.size_bytes);
+    if let Some(b) = unhex(&o.sha256_hex) {
+        set(
+            h,
+            "repr-digest",
+            format!("sha-256={}", sf::serialize_bytes(&b)),
+        );
+    }
+}
+
+fn location(h: &mut HeaderMap, id: &str) {
+    set(h, "location", format!("{UPLOADS_PATH}/{id}"));
+}
+
+fn complete_field(h: &mut HeaderMap, version: u8, complete: bool) {
+    if version == 3 {
+        set(h, "upload-incomplete", sf::serialize_boolean(!complete));
+    } else {
+        set(h, "upload-complete", sf::serialize_boolean(complete));
+    }
+}
+
+async fn not_allowed() -> ApiError {
+    ApiError::BadRequest("GET on an upload is not supported; use HEAD".into())
+}
+
+async fn options(State(s): State<Arc<AppState>>) -> Response {
+    let mut res = StatusCode::NO_CONTENT.into_response();
+    let h = res.headers_mut();
+    set(h, "tus-resumable", "1.0.0");
+    set(h, "tus-version", "1.0.0");
+    set(h, "tus-extension", TUS_EXTENSIONS);
+    set(h, "tus-max-size", s.engine.limits.max_size_bytes);
+    set(h, "tus-checksum-algorithm", "sha1,sha256,md5");
+    set(h, "accept-patch", "application/partial-upload");
+    set(h, "upload-limit", upload_limit(&s.engine));
+    set(h, "allow", "OPTIONS, POST, PUT, HEAD, PATCH, DELETE");
+    res
+}
+
+async fn create(
+    State(s): State<Arc<AppState>>,
+    method: Method,
+    h: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let e = &s.engine;
+    match detect(&h, true)? {
+        Proto::Tus => {
+            if method != Method::POST {
+                return Err(ApiError::BadRequest("tus creation uses POST".into()));
+            }
+            let length = tus_u64(&h, "upload-length")?;
+            let deferred = match text(&h, "upload-defer-length")? {
+                None => false,
+                Some("1") => true,
+                Some(_) => {
+                    return Err(ApiError::BadRequest("Upload-Defer-Length must be 1".into()));
+                }
+            };
+            if length.is_some() == deferred {
+                return Err(ApiError::BadRequest(
+                    "send exactly one of Upload-Length and Upload-Defer-Length: 1".into(),
+                ));
+            }
+            let with_body = match media_type(&h)?.as_deref() {
+                Some("application/offset+octet-stream") => true,
+                _ if has_body(&h) => {
+                    return Err(ApiError::UnsupportedMediaType(
+                        "creation-with-upload needs Content-Type: application/offset+octet-stream"
+                            .into(),
+                    ));
+                }
+                _ => false,
+            };
+            let check = tus_checksum(&h)?;
+            let (meta_json, meta_raw) = metadata(&h)?;
+            let row = e
+                .create(
+                    "tus",
+                    length,
+                    meta_json,
+                    meta_raw,
+                    digest(&h, "repr-digest")?,
+                )
+                .await?;
+            let outcome = if with_body || length == Some(0) {
+                let append = Append {
+                    offset_bytes: 0,
+                    complete: false,
+                    length_bytes: None,
+                    check,
+                    ietf: false,
+                };
+                Some(e.append(&row.id, append, body).await?)
+            } else {
+                None
+            };
+            let mut res = StatusCode::CREATED.into_response();
+            let hm = res.headers_mut();
+            set(hm, "tus-resumable", "1.0.0");
+            location(hm, &row.id);
+            match outcome {
+                Some(Outcome::Complete(r, o)) => {
+                    set(hm, "upload-offset", r.offset_bytes);
+                    object_headers(hm, &o);
+                }
+                Some(Outcome::Progress(r)) => {
+                    set(hm, "upload-offset", r.offset_bytes);
+                    set(hm, "upload-expires", expires_http(r.expires_unix_ms));
+                }
+                None => set(hm, "upload-expires", expires_http(row.expires_unix_ms)),
+            }
+            Ok(res)
+        }
+        Proto::Ietf(v) => {
+            let complete = ietf_complete(&h, v)?;
+            let length = sf_u64(&h, "upload-length")?;
+            let (meta_json, meta_raw) = metadata(&h)?;
+            let check = digest(&h, "content-digest")?.map(ChunkCheck::ContentDigestSha256);
+            let row = e
+                .create(
+                    "ietf",
+                    length,
+                    meta_json,
+                    meta_raw,
+                    digest(&h, "repr-digest")?,
+                )
+                .await?;
+            let append = Append {
+                offset_bytes: 0,
+                complete,
+                length_bytes: None,
+                check,
+                ietf: true,
+            };
+            let outcome = e.append(&row.id, append, body).await?;
+            let mut res = StatusCode::CREATED.into_response();
+            let hm = res.headers_mut();
+            location(hm, &row.id);
+            ietf_outcome_headers(hm, e, v, &outcome);
+            Ok(res)
+        }
+        Proto::Plain => {
+            let (meta_json, meta_raw) = metadata(&h)?;
+            let check = digest(&h, "content-digest")?.map(ChunkCheck::ContentDigestSha256);
+            let length = tus_u64(&h, "content-length")?;
+            let row = e
+                .create(
+                    "plain",
+                    length,
+                    meta_json,
+                    meta_raw,
+                    digest(&h, "repr-digest")?,
+                )
+                .await?;
+            let append = Append {
+                offset_bytes: 0,
+                complete: true,
+                length_bytes: None,
+                check,
+                ietf: true,
+            };
+            let outcome = e.append(&row.id, append, body).await?;
+            let mut res = StatusCode::CREATED.into_response();
+            let hm = res.headers_mut();
+            location(hm, &row.id);
+            if let Outcome::Complete(_, o) = &outcome {
+                object_headers(hm, o);
+            }
+            Ok(res)
+        }
+    }
+}
+
+fn ietf_outcome_headers(hm: &mut HeaderMap, e: &Engine, version: u8, outcome: &Outcome) {
+    match outcome {
+        Outcome::Complete(r, o) => {
+            set(hm, "upload-offset", r.offset_bytes);
+            complete_field(hm, version, true);
+            object_headers(hm, o);
+        }
+        Outcome::Progress(r) => {
+            set(hm, "upload-offset", r.offset_bytes);
+            complete_field(hm, version, false);
+            set(hm, "upload-limit", upload_limit(e));
+        }
+    }
+}
+
+async fn head_upload(
+    State(s): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    h: HeaderMap,
+) -> Result<Response, ApiError> {
+    let proto = detect(&h, false)?;
+    let row: UploadRow = s.engine.get_settled(&id).await?;
+    let object = match &row.object_id {
+        Some(o) => s.engine.meta.object(o).await?,
+        None => None,
+    };
+    let mut res = match proto {
+        Proto::Tus => StatusCode::OK.into_response(),
+        _ => StatusCode::NO_CONTENT.into_response(),
+    };
+    let hm = res.headers_mut();
+    set(hm, "cache-control", "no-store");
+    set(hm, "upload-offset", row.offset_bytes);
+    match row.length_bytes {
+        Some(l) => set(hm, "upload-length", l),
+        None if proto == Proto::Tus => set(hm, "upload-defer-length", "1"),
+        None => {}
+    }
+    match proto {
+        Proto::Tus => {
+            set(hm, "tus-resumable", "1.0.0");
+            if let Some(m) = &row.metadata_raw {
+                set(hm, "upload-metadata", m);
+            }
+            if row.object_id.is_none() {
+                set(hm, "upload-expires", expires_http(row.expires_unix_ms));
+            }
+        }
+        Proto::Ietf(v) => {
+            complete_field(hm, v, row.object_id.is_some());
+            set(hm, "upload-limit", upload_limit(&s.engine));
+        }
+        Proto::Plain => {}
+    }
+    if let Some(o) = &object {
+        object_headers(hm, o);
+    }
+    Ok(res)
+}
+
+async fn patch_upload(
+    State(s): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    h: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let e = &s.engine;
+    match detect(&h, false)? {
+        Proto::Tus => {
+            if media_type(&h)?.as_deref() != Some("application/offset+octet-stream") {
+                return Err(ApiError::UnsupportedMediaType(
+                    "tus PATCH needs Content-Type: application/offset+octet-stream".into(),
+                ));
+            }
+            let offset = tus_u64(&h, "upload-offset")?
+                .ok_or_else(|| ApiError::BadRequest("Upload-Offset is required".into()))?;
+            let append = Append {
+                offset_bytes: offset,
+                complete: false,
+                length_bytes: tus_u64(&h, "upload-length")?,
+                check: tus_checksum(&h)?,
+                ietf: false,
+            };
+            let outcome = e.append(&id, append, body).await?;
+            let mut res = StatusCode::NO_CONTENT.into_response();
+            let hm = res.headers_mut();
+            set(hm, "tus-resumable", "1.0.0");
+            match &outcome {
+                Outcome::Complete(r, o) => {
+                    set(hm, "upload-offset", r.offset_bytes);
+                    object_headers(hm, o);
+                }
+                Outcome::Progress(r) => {
+                    set(hm, "upload-offset", r.offset_bytes);
+                    set(hm, "upload-expires", expires_http(r.expires_unix_ms));
+                }
+            }
+            Ok(res)
+        }
+        Proto::Ietf(v) => {
+            // Versions 7 and 8 name the append media type; older drafts (and tus-js-client's
+            // ietf-draft-03 mode) send none or the tus one.
+            let media = media_type(&h)?;
+            if v >= 7 && media.as_deref() != Some("application/partial-upload") {
+                return Err(ApiError::UnsupportedMediaType(
+                    "draft PATCH needs Content-Type: application/partial-upload".into(),
+                ));
+            }
+            let offset = sf_u64(&h, "upload-offset")?
+                .ok_or_else(|| ApiError::BadRequest("Upload-Offset is required".into()))?;
+            let append = Append {
+                offset_bytes: offset,
+                complete: ietf_complete(&h, v)?,
+                length_bytes: sf_u64(&h, "upload-length")?,
+                check: digest(&h, "content-digest")?.map(ChunkCheck::ContentDigestSha256),
+                ietf: true,
+            };
+            let outcome = e.append(&id, append, body).await?;
+            let status = match &outcome {
+                Outcome::Complete(..) => StatusCode::OK,
+                Outcome::Progress(_) => StatusCode::NO_CONTENT,
+            };
+            let mut res = status.into_response();
+            ietf_outcome_headers(res.headers_mut(), e, v, &outcome);
+            Ok(res)
+        }
+        // `detect(.., false)` never yields `Plain`.
+        Proto::Plain => Err(ApiError::BadRequest(
+            "not a resumable upload request".into(),
+        )),
+    }
+}
+
+async fn delete_upload(
+    State(s): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    h: HeaderMap,
+) -> Result<Response, ApiError> {
+    let proto = detect(&h, false)?;
+    s.engine.delete(&id, proto != Proto::Tus).await?;
+    let mut res = StatusCode::NO_CONTENT.into_response();
+    if proto == Proto::Tus {
+        set(res.headers_mut(), "tus-resumable", "1.0.0");
+    }
+    Ok(res)
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct CheckRequest {
+    #[serde(default)]
+    blake3: Vec<String>,
+    #[serde(default)]
+    sha256: Vec<String>,
+}
+
+/// `POST /v1/objects/check`: which of these content hashes are already stored.
+async fn check_objects(State(s): State<Arc<AppState>>, body: Body) -> Result<Response, ApiError> {
+    let bytes = axum::body::to_bytes(body, 4 << 20)
+        .await
+        .map_err(|_| ApiError::TooLarge("check request over 4 MiB".into()))?;
+    let req: CheckRequest = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::BadRequest(format!("check request is not the expected JSON: {e}"))
+    })?;
+    if req.blake3.len() + req.sha256.len() > MAX_CHECK_HASHES {
+        return Err(ApiError::TooLarge(format!(
+            "more than {MAX_CHECK_HASHES} hashes"
+        )));
+    }
+    let norm = |v: Vec<String>| -> Result<Vec<String>, ApiError> {
+        v.into_iter()
+            .map(|x| {
+                let x = x.to_ascii_lowercase();
+                if valid_object_id(&x) {
+                    Ok(x)
+                } else {
+                    Err(ApiError::BadRequest("hashes are 64 hex digits".into()))
+                }
+            })
+            .collect()
+    };
+    let (b, s2) = s
+        .engine
+        .meta
+        .objects_present(&norm(req.blake3)?, &norm(req.sha256)?)
+        .await?;
+    let out = serde_json::json!({ "blake3": b, "sha256": s2 });
+    Ok((
+        [(header::CONTENT_TYPE, "application/json")],
+        out.to_string(),
+    )
+        .into_response())
+}
+
+/// `GET`/`HEAD /v1/objects/{id}`: the stored bytes (HEAD: size and digests only).
+async fn get_object(
+    State(s): State<Arc<AppState>>,
+    method: Method,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    if !valid_object_id(&id) {
+        return Err(ApiError::NotFound);
+    }
+    // The SQL row is written after the blob is durable: no row, no object, whatever the store holds.
+    let o = s.engine.meta.object(&id).await?.ok_or(ApiError::NotFound)?;
+    let body = if method == Method::HEAD {
+        Body::empty()
+    } else {
+        let r = s
+            .engine
+            .blobs
+            .get(&id)
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+            .ok_or(ApiError::NotFound)?;
+        Body::from_stream(r.into_stream())
+    };
+    let mut res = Response::new(body);
+    let hm = res.headers_mut();
+    set(hm, "content-type", "application/octet-stream");
+    set(hm, "content-length", o.size_bytes);
+    object_headers(hm, &o);
+    Ok(res)
+}
+
+/// `GET /v1/objects/{id}/receipts`: the uploads that produced an object, with their metadata.
+async fn object_receipts(
+    State(s): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    if !valid_object_id(&id) {
+        return Err(ApiError::NotFound);
+    }
+    s.engine.meta.object(&id).await?.ok_or(ApiError::NotFound)?;
+    let receipts: Vec<serde_json::Value> = s
+        .engine
+        .meta
+        .receipts(&id)
+        .await?
+        .into_iter()
+        .map(|(upload, m)| {
+            serde_json::json!({ "upload_id": upload, "metadata": serde_json::from_str::<serde_json::Value>(&m).unwrap_or_default() })
+        })
+        .collect();
+    Ok((
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::json!({ "receipts": receipts }).to_string(),
+    )
+        .into_response())
+}

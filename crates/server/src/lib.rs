@@ -1,0 +1,198 @@
+//! ferry-server: the reference receiving server for Ferry uploads.
+//!
+//! It speaks the IETF "Resumable Uploads for HTTP" draft (interop versions 3, 5–8, explicit
+//! creation, no `104`), tus 1.0 (core, creation, creation-with-upload, creation-defer-length,
+//! termination, checksum, expiration) and plain one-request uploads, and stores every finished
+//! upload as a content-addressed object (BLAKE3 id, SHA-256 alongside).
+//!
+//! Data directory layout: `meta.db` (SQLite, WAL), `partial/<upload id>` (uploads in progress,
+//! plain files), `blobs/objects/<2 hex>/<blake3 hex>` (finished objects via `object_store`).
+//!
+//! Embedding: `Server::start(Config::new(dir, "127.0.0.1:0".parse()?)).await?.local_addr()`.
+
+pub mod blobs;
+pub mod error;
+pub mod http;
+pub mod meta;
+pub mod sf;
+pub mod uploads;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub use uploads::Limits;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// Accept requests without a bearer token (loopback demos only).
+    pub open: bool,
+    pub limits: Limits,
+    /// How often expired uploads are collected.
+    pub gc_interval: Duration,
+}
+
+impl Config {
+    pub fn new(data_dir: impl Into<PathBuf>, listen: SocketAddr) -> Config {
+        Config {
+            data_dir: data_dir.into(),
+            listen,
+            open: false,
+            limits: Limits {
+                max_size_bytes: 64 << 30,
+                max_append_size_bytes: 64 << 30,
+                max_age: Duration::from_secs(24 * 3600),
+                body_idle_timeout: Duration::from_secs(60),
+            },
+            gc_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("data directory {0}: {1}")]
+    DataDir(PathBuf, std::io::Error),
+    #[error("metadata database: {0}")]
+    Meta(#[from] sqlx::Error),
+    #[error("blob store: {0}")]
+    Blobs(#[from] blobs::BlobError),
+    #[error("cannot listen on {0}: {1}")]
+    Listen(SocketAddr, std::io::Error),
+}
+
+async fn open_engine(config: &Config) -> Result<uploads::Engine, StartError> {
+    let dir = &config.data_dir;
+    std::fs::create_dir_all(dir).map_err(|e| StartError::DataDir(dir.clone(), e))?;
+    let meta = meta::Meta::open(Some(&dir.join("meta.db"))).await?;
+    let blobs = blobs::Blobs::local(&dir.join("blobs"))?;
+    uploads::Engine::new(meta, blobs, dir.join("partial"), config.limits.clone())
+        .map_err(|e| StartError::DataDir(dir.clone(), e))
+}
+
+/// Entry point for embedding the server in-process.
+#[derive(Debug)]
+pub struct Server;
+
+impl Server {
+    /// Binds, starts serving and the expiry collector, and returns at once.
+    pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
+        let engine = open_engine(&config).await?;
+        let state = Arc::new(http::AppState {
+            engine,
+            auth_required: !config.open,
+        });
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| StartError::Listen(config.listen, e))?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|e| StartError::Listen(config.listen, e))?;
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let app = http::router(state.clone());
+        let serve = tokio::spawn(async move {
+            let shutdown = async {
+                let _ = stop_rx.await;
+            };
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+            {
+                tracing::error!(error = %e, "server stopped");
+            }
+        });
+        let gc_state = state.clone();
+        let gc_interval = config.gc_interval;
+        let gc = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(gc_interval);
+            loop {
+                tick.tick().await;
+                match gc_state
+                    .engine
+                    .collect_expired(uploads::now_unix_ms())
+                    .await
+                {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(collected = n, "expired uploads removed"),
+                    Err(e) => tracing::warn!(error = %e, "expiry collection failed"),
+                }
+            }
+        });
+        tracing::info!(%local_addr, auth = !config.open, "ferry-server listening");
+        Ok(ServerHandle {
+            local_addr,
+            stop: Some(stop_tx),
+            serve,
+            gc,
+            state,
+        })
+    }
+}
+
+/// A running server; dropping it leaves it running until the runtime ends.
+#[derive(Debug)]
+pub struct ServerHandle {
+    local_addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    serve: JoinHandle<()>,
+    gc: JoinHandle<()>,
+    state: Arc<http::AppState>,
+}
+
+impl ServerHandle {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// `http://ADDR`, for building request URLs.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.local_addr)
+    }
+
+    /// Runs one expiry collection as if the clock read `now_unix_ms` (tests use a future time
+    /// instead of sleeping). Returns how many uploads were removed.
+    pub async fn collect_expired_at(&self, now_unix_ms: i64) -> Result<usize, error::ApiError> {
+        self.state.engine.collect_expired(now_unix_ms).await
+    }
+
+    /// Stops accepting connections, lets requests in flight finish, closes the database.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.gc.abort();
+        let _ = (&mut self.serve).await;
+        self.state.engine.meta.close().await;
+    }
+
+    /// Waits until the server task ends (it ends only on `shutdown` or a fatal error).
+    pub async fn wait(&mut self) {
+        let _ = (&mut self.serve).await;
+    }
+}
+
+/// Creates a device token in `data_dir` and returns it; only its SHA-256 is stored, so the
+/// caller must show it now or never.
+pub async fn create_token(data_dir: &Path, name: &str) -> Result<String, StartError> {
+    std::fs::create_dir_all(data_dir).map_err(|e| StartError::DataDir(data_dir.into(), e))?;
+    let meta = meta::Meta::open(Some(&data_dir.join("meta.db"))).await?;
+    let token = format!(
+        "ferry_{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    let hash: String = Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    meta.add_token(name, &hash, uploads::now_unix_ms()).await?;
+    meta.close().await;
+    Ok(token)
+}

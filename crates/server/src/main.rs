@@ -1,0 +1,138 @@
+//! The `ferry-server` command: `serve` and `token create`; everything else is the library.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ferry-server",
+    version,
+    about = "Ferry's reference receiving server"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve uploads. The first line on stdout is `listening on http://ADDR`.
+    Serve {
+        #[arg(long, env = "FERRY_SERVER_DATA")]
+        data: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:8480")]
+        listen: SocketAddr,
+        /// Accept requests without a token. Meant for loopback demos only.
+        #[arg(long, alias = "no-auth")]
+        open: bool,
+        #[arg(long)]
+        max_size_bytes: Option<u64>,
+        #[arg(long)]
+        max_append_size_bytes: Option<u64>,
+        /// Unfinished uploads untouched this long expire.
+        #[arg(long)]
+        max_age_secs: Option<u64>,
+        #[arg(long)]
+        body_idle_timeout_secs: Option<u64>,
+    },
+    /// Manage device tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Create a token and print it once; only its hash is stored.
+    Create {
+        #[arg(long)]
+        name: String,
+        #[arg(long, env = "FERRY_SERVER_DATA")]
+        data: PathBuf,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    // Logs go to stderr: stdout carries the address line (and tokens) for scripts.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    match Cli::parse().command {
+        Command::Serve {
+            data,
+            listen,
+            open,
+            max_size_bytes,
+            max_append_size_bytes,
+            max_age_secs,
+            body_idle_timeout_secs,
+        } => {
+            let mut config = ferry_server::Config::new(data, listen);
+            config.open = open;
+            if let Some(v) = max_size_bytes {
+                config.limits.max_size_bytes = v;
+            }
+            if let Some(v) = max_append_size_bytes {
+                config.limits.max_append_size_bytes = v;
+            }
+            if let Some(v) = max_age_secs {
+                config.limits.max_age = Duration::from_secs(v);
+            }
+            if let Some(v) = body_idle_timeout_secs {
+                config.limits.body_idle_timeout = Duration::from_secs(v);
+            }
+            let mut handle = ferry_server::Server::start(config).await?;
+            let mut out = std::io::stdout();
+            writeln!(out, "listening on {}", handle.base_url())?;
+            out.flush()?;
+            tokio::select! {
+                _ = handle.wait() => {}
+                _ = shutdown_signal() => {
+                    tracing::info!("shutting down");
+                    handle.shutdown().await;
+                }
+            }
+        }
+        Command::Token {
+            command: TokenCommand::Create { name, data },
+        } => {
+            let token = ferry_server::create_token(&data, &name)
+                .await
+                .context("creating the token")?;
+            println!("{token}");
+        }
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,643 @@
+//! Uploads in progress, independent of the protocol that carries them.
+//!
+//! Write path of one append (the contract every protocol handler relies on):
+//! 1. take the upload's lock (a second concurrent append is refused, never interleaved);
+//! 2. cut the partial file back to the recorded offset (bytes past it were never acknowledged);
+//! 3. stream the body into the file in 1 MiB blocks, hashing on a blocking thread;
+//! 4. `fsync` the file, check the chunk digest (a mismatch cuts the chunk off again);
+//! 5. commit the new offset in SQL; only now is the offset answered to the client;
+//! 6. on completion, hash (or reuse the running hash), link the file into the blob store,
+//!    commit object + receipt in one SQL transaction, then remove the partial file.
+//!
+//! A crash between any two steps leaves the SQL offset at or before the fsynced bytes, and the
+//! partial file is removed only after the object is durable.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use bytes::BytesMut;
+use futures_util::StreamExt;
+use md5::Md5;
+use sha1::Sha1;
+use sha2::{Digest, Sha256};
+use std::io::Write as _;
+
+use crate::blobs::Blobs;
+use crate::error::ApiError;
+use crate::meta::{Meta, ObjectRow, UploadRow};
+
+/// Size of the blocks handed to the writer thread.
+const BLOCK_BYTES: usize = 1 << 20;
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_size_bytes: u64,
+    pub max_append_size_bytes: u64,
+    /// An unfinished upload untouched this long expires.
+    pub max_age: Duration,
+    /// A request body that sends nothing for this long is cut off.
+    pub body_idle_timeout: Duration,
+}
+
+/// What a client says one request's body must hash to.
+#[derive(Debug, Clone)]
+pub enum ChunkCheck {
+    /// `Content-Digest: sha-256=…` (400 on mismatch).
+    ContentDigestSha256([u8; 32]),
+    /// tus `Upload-Checksum` (460 on mismatch).
+    TusSha256([u8; 32]),
+    TusSha1([u8; 20]),
+    TusMd5([u8; 16]),
+}
+
+#[derive(Debug, Clone)]
+pub struct Append {
+    pub offset_bytes: u64,
+    /// The client says this request ends the upload.
+    pub complete: bool,
+    /// `Upload-Length` sent with this request (tus deferred length, or the draft's repeat).
+    pub length_bytes: Option<u64>,
+    pub check: Option<ChunkCheck>,
+    /// Draft clients get 409 for a busy upload, tus clients 423.
+    pub ietf: bool,
+}
+
+#[derive(Debug)]
+pub enum Outcome {
+    Progress(UploadRow),
+    Complete(UploadRow, ObjectRow),
+}
+
+/// Running hashes of the bytes `0..offset_bytes` of one upload, kept in memory between appends
+/// so completion need not re-read the file. Lost on restart, then rebuilt from the file.
+#[derive(Debug, Clone)]
+struct Running {
+    offset_bytes: u64,
+    blake3: blake3::Hasher,
+    sha256: Sha256,
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    running: Option<Running>,
+}
+
+#[derive(Debug)]
+pub struct Engine {
+    pub meta: Meta,
+    pub blobs: Blobs,
+    partial_dir: PathBuf,
+    pub limits: Limits,
+    slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>,
+}
+
+pub fn now_unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Upload ids are 32 lowercase hex digits; anything else (`..`, `/`, …) is no upload at all.
+pub fn valid_upload_id(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+pub fn valid_object_id(id: &str) -> bool {
+    id.len() == 64 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+enum ChunkHasher {
+    Sha256(Sha256),
+    Sha1(Sha1),
+    Md5(Md5),
+}
+
+impl ChunkHasher {
+    fn new(c: &ChunkCheck) -> ChunkHasher {
+        match c {
+            ChunkCheck::ContentDigestSha256(_) | ChunkCheck::TusSha256(_) => {
+                ChunkHasher::Sha256(Sha256::new())
+            }
+            ChunkCheck::TusSha1(_) => ChunkHasher::Sha1(Sha1::new()),
+            ChunkCheck::TusMd5(_) => ChunkHasher::Md5(Md5::new()),
+        }
+    }
+    fn update(&mut self, b: &[u8]) {
+        match self {
+            ChunkHasher::Sha256(h) => h.update(b),
+            ChunkHasher::Sha1(h) => h.update(b),
+            ChunkHasher::Md5(h) => h.update(b),
+        }
+    }
+    fn matches(self, c: &ChunkCheck) -> bool {
+        let got: Vec<u8> = match self {
+            ChunkHasher::Sha256(h) => h.finalize().to_vec(),
+            ChunkHasher::Sha1(h) => h.finalize().to_vec(),
+            ChunkHasher::Md5(h) => h.finalize().to_vec(),
+        };
+        let want: &[u8] = match c {
+            ChunkCheck::ContentDigestSha256(d) | ChunkCheck::TusSha256(d) => d,
+            ChunkCheck::TusSha1(d) => d,
+            ChunkCheck::TusMd5(d) => d,
+        };
+        got == want
+    }
+}
+
+/// The state moved into the blocking writer for each block.
+struct Sink {
+    file: std::fs::File,
+    running: Option<Running>,
+    chunk: Option<ChunkHasher>,
+}
+
+impl Sink {
+    fn write_block(mut self, block: BytesMut) -> std::io::Result<Sink> {
+        self.file.write_all(&block)?;
+        if let Some(r) = &mut self.running {
+            r.blake3.update(&block);
+            r.sha256.update(&block);
+            r.offset_bytes += block.len() as u64;
+        }
+        if let Some(c) = &mut self.chunk {
+            c.update(&block);
+        }
+        Ok(self)
+    }
+}
+
+async fn run_blocking<T: Send + 'static>(
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::Internal(format!("writer task: {e}")))?
+        .map_err(ApiError::from)
+}
+
+impl Engine {
+    pub fn new(
+        meta: Meta,
+        blobs: Blobs,
+        partial_dir: PathBuf,
+        limits: Limits,
+    ) -> std::io::Result<Engine> {
+        std::fs::create_dir_all(&partial_dir)?;
+        Ok(Engine {
+            meta,
+            blobs,
+            partial_dir,
+            limits,
+            slots: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn partial_path(&self, id: &str) -> PathBuf {
+        self.partial_dir.join(id)
+    }
+
+    fn slot(&self, id: &str) -> Arc<tokio::sync::Mutex<Slot>> {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots.entry(id.to_string()).or_default().clone()
+    }
+
+    fn forget_slot(&self, id: &str) {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots.remove(id);
+    }
+
+    pub fn expires_from(&self, now_unix_ms: i64) -> i64 {
+        now_unix_ms.saturating_add(self.limits.max_age.as_millis() as i64)
+    }
+
+    /// Creates an empty upload: the partial file exists (and its name is durable) before the
+    /// row that points at it.
+    pub async fn create(
+        &self,
+        protocol: &str,
+        length_bytes: Option<u64>,
+        metadata_json: String,
+        metadata_raw: Option<String>,
+        expected_sha256: Option<[u8; 32]>,
+    ) -> Result<UploadRow, ApiError> {
+        if let Some(l) = length_bytes
+            && l > self.limits.max_size_bytes
+        {
+            return Err(ApiError::TooLarge(format!(
+                "Upload-Length {l} exceeds max-size {}",
+                self.limits.max_size_bytes
+            )));
+        }
+        let id = uuid::Uuid::now_v7().simple().to_string();
+        let path = self.partial_path(&id);
+        let dir = self.partial_dir.clone();
+        run_blocking(move || {
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)?;
+            f.sync_all()?;
+            std::fs::File::open(&dir)?.sync_all()
+        })
+        .await?;
+        let now = now_unix_ms();
+        let row = UploadRow {
+            id,
+            protocol: protocol.into(),
+            offset_bytes: 0,
+            length_bytes,
+            metadata_json,
+            metadata_raw,
+            expected_sha256_hex: expected_sha256.map(|d| hex(&d)),
+            object_id: None,
+            created_unix_ms: now,
+            expires_unix_ms: self.expires_from(now),
+        };
+        self.meta.create_upload(&row).await?;
+        Ok(row)
+    }
+
+    /// The upload as a client may see it: missing, expired and malformed ids are errors.
+    pub async fn get(&self, id: &str) -> Result<UploadRow, ApiError> {
+        if !valid_upload_id(id) {
+            return Err(ApiError::NotFound);
+        }
+        let row = self.meta.upload(id).await?.ok_or(ApiError::NotFound)?;
+        if row.object_id.is_none() && row.expires_unix_ms <= now_unix_ms() {
+            return Err(ApiError::Gone);
+        }
+        Ok(row)
+    }
+
+    /// The upload after any append in flight has settled (bounded wait): a client resuming
+    /// right after its connection dropped must see the bytes that connection delivered, not the
+    /// offset from before the old request noticed the cut.
+    pub async fn get_settled(&self, id: &str) -> Result<UploadRow, ApiError> {
+        let row = self.get(id).await?;
+        if row.object_id.is_some() {
+            return Ok(row);
+        }
+        let slot = self.slot(id);
+        let _ = tokio::time::timeout(Duration::from_secs(2), slot.lock()).await;
+        self.get(id).await
+    }
+
+    pub async fn append(&self, id: &str, req: Append, body: Body) -> Result<Outcome, ApiError> {
+        self.get(id).await?;
+        let slot = self.slot(id);
+        let mut slot = slot
+            .try_lock_owned()
+            .map_err(|_| ApiError::Locked { ietf: req.ietf })?;
+        // Re-read under the lock: another append may have finished in between.
+        let row = self
+            .meta
+            .upload(id)
+            .await?
+            .map(Ok)
+            .unwrap_or(Err(ApiError::Gone))?;
+
+        if let Some(object_id) = &row.object_id {
+            // Finishing the same upload twice yields the same object: an empty append at the
+            // end is answered as the first completion was.
+            if req.offset_bytes == row.offset_bytes && body_is_empty(body).await? {
+                let object = self.meta.object(object_id).await?.ok_or(ApiError::Gone)?;
+                return Ok(Outcome::Complete(row, object));
+            }
+            return Err(ApiError::Completed);
+        }
+        if req.offset_bytes != row.offset_bytes {
+            return Err(ApiError::OffsetMismatch {
+                expected: row.offset_bytes,
+                provided: req.offset_bytes,
+            });
+        }
+        let length = match (row.length_bytes, req.length_bytes) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(ApiError::InconsistentLength(format!(
+                    "Upload-Length {b} differs from the upload's length {a}"
+                )));
+            }
+            (Some(a), _) => Some(a),
+            (None, Some(b)) => {
+                if b < row.offset_bytes {
+                    return Err(ApiError::InconsistentLength(format!(
+                        "Upload-Length {b} is below the offset {}",
+                        row.offset_bytes
+                    )));
+                }
+                if b > self.limits.max_size_bytes {
+                    return Err(ApiError::TooLarge(format!(
+                        "Upload-Length {b} exceeds max-size"
+                    )));
+                }
+                Some(b)
+            }
+            (None, None) => None,
+        };
+        // The most this request may add, by length, max-size and max-append-size.
+        let room_bytes = length
+            .unwrap_or(self.limits.max_size_bytes)
+            .min(self.limits.max_size_bytes)
+            .saturating_sub(row.offset_bytes)
+            .min(self.limits.max_append_size_bytes);
+
+        let running = match &slot.running {
+            Some(r) if r.offset_bytes == row.offset_bytes => Some(r.clone()),
+            _ if row.offset_bytes == 0 => Some(Running {
+                offset_bytes: 0,
+                blake3: blake3::Hasher::new(),
+                sha256: Sha256::new(),
+            }),
+            _ => None,
+        };
+        let path = self.partial_path(id);
+        let start = row.offset_bytes;
+        let file = run_blocking(move || {
+            let f = std::fs::OpenOptions::new().write(true).open(&path)?;
+            f.set_len(start)?;
+            let mut f = f;
+            std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(start))?;
+            Ok(f)
+        })
+        .await
+        .map_err(|e| match e {
+            // The partial file vanished under a live row: treat as gone, not as a 500.
+            ApiError::Internal(_) => ApiError::Gone,
+            e => e,
+        })?;
+        let mut idle = Some(Sink {
+            file,
+            running,
+            chunk: req.check.as_ref().map(ChunkHasher::new),
+        });
+
+        let mut received_bytes: u64 = 0;
+        let mut block = BytesMut::with_capacity(BLOCK_BYTES);
+        let mut pending: Option<tokio::task::JoinHandle<std::io::Result<Sink>>> = None;
+        let mut stream = body.into_data_stream();
+        let mut failure: Option<ApiError> = None;
+        loop {
+            let next = tokio::time::timeout(self.limits.body_idle_timeout, stream.next()).await;
+            let chunk = match next {
+                Err(_) => {
+                    failure = Some(ApiError::Timeout);
+                    break;
+                }
+                Ok(None) => break,
+                Ok(Some(Err(e))) => {
+                    failure = Some(ApiError::BodyInterrupted(e.to_string()));
+                    break;
+                }
+                Ok(Some(Ok(c))) => c,
+            };
+            received_bytes += chunk.len() as u64;
+            if received_bytes > room_bytes {
+                failure = Some(if length.is_some_and(|l| start + received_bytes > l) {
+                    ApiError::InconsistentLength("body runs past Upload-Length".into())
+                } else {
+                    ApiError::TooLarge("body exceeds max-size or max-append-size".into())
+                });
+                break;
+            }
+            block.extend_from_slice(&chunk);
+            if block.len() >= BLOCK_BYTES {
+                let full = std::mem::replace(&mut block, BytesMut::with_capacity(BLOCK_BYTES));
+                // One block in flight: the next one is read while this one is written.
+                let s = match (idle.take(), pending.take()) {
+                    (Some(s), _) => s,
+                    (None, Some(p)) => join_sink(p).await?,
+                    (None, None) => return Err(ApiError::Internal("writer state lost".into())),
+                };
+                pending = Some(tokio::task::spawn_blocking(move || s.write_block(full)));
+            }
+        }
+        let sink = match (idle.take(), pending.take()) {
+            (Some(s), _) => s,
+            (None, Some(p)) => join_sink(p).await?,
+            (None, None) => return Err(ApiError::Internal("writer state lost".into())),
+        };
+        let tail = std::mem::take(&mut block);
+        let sink = run_blocking(move || {
+            let s = sink.write_block(tail)?;
+            s.file.sync_data()?;
+            Ok(s)
+        })
+        .await?;
+
+        let mut verdict = failure;
+        let mut sink = sink;
+        if verdict.is_none()
+            && let (Some(check), Some(hasher)) = (&req.check, sink.chunk.take())
+            && !hasher.matches(check)
+        {
+            verdict = Some(match check {
+                ChunkCheck::ContentDigestSha256(_) => ApiError::DigestMismatch(
+                    "Content-Digest does not match the request body; the chunk was discarded"
+                        .into(),
+                ),
+                _ => ApiError::ChecksumMismatch,
+            });
+        }
+        let new_offset = start + received_bytes;
+        if verdict.is_none() && req.complete && length.is_some_and(|l| l != new_offset) {
+            verdict = Some(ApiError::InconsistentLength(format!(
+                "Upload-Complete with {new_offset} bytes but Upload-Length is {}",
+                length.unwrap_or(0)
+            )));
+        }
+        // A cut connection keeps what arrived (both protocols resume from the offset), unless a
+        // chunk digest was promised: bytes that cannot be verified are dropped.
+        let keep = matches!(
+            verdict,
+            Some(ApiError::BodyInterrupted(_) | ApiError::Timeout)
+        ) && req.check.is_none();
+        if verdict.is_some() && !keep {
+            // Discard the whole chunk: the file goes back to the acknowledged offset.
+            let file = sink.file;
+            run_blocking(move || {
+                file.set_len(start)?;
+                file.sync_data()
+            })
+            .await?;
+            return Err(verdict.unwrap_or(ApiError::Internal("unreachable".into())));
+        }
+
+        // A cut request never completes the upload, even one that said `Upload-Complete: ?1`:
+        // its length is unknown until a request arrives whole.
+        let complete = verdict.is_none() && (req.complete || length == Some(new_offset));
+        let length = if complete { Some(new_offset) } else { length };
+        let expires = self.expires_from(now_unix_ms());
+        self.meta
+            .set_progress(id, new_offset, length, expires)
+            .await?;
+        slot.running = sink.running.take().filter(|r| r.offset_bytes == new_offset);
+        if let Some(err) = verdict {
+            // Interrupted but kept: the client will resume from `new_offset`.
+            return Err(err);
+        }
+        let row = UploadRow {
+            offset_bytes: new_offset,
+            length_bytes: length,
+            expires_unix_ms: expires,
+            ..row
+        };
+        if !complete {
+            return Ok(Outcome::Progress(row));
+        }
+        let running = slot.running.take();
+        let result = self.finish(&row, running).await;
+        drop(slot);
+        self.forget_slot(id);
+        result
+    }
+
+    /// Hashes (or reuses the running hash), verifies `Repr-Digest`, stores the object, commits.
+    async fn finish(&self, row: &UploadRow, running: Option<Running>) -> Result<Outcome, ApiError> {
+        let path = self.partial_path(&row.id);
+        let (blake3_hex, sha256_hex) = match running {
+            Some(r) if Some(r.offset_bytes) == row.length_bytes => (
+                r.blake3.finalize().to_hex().to_string(),
+                hex(&r.sha256.finalize()),
+            ),
+            _ => {
+                let p = path.clone();
+                run_blocking(move || hash_file(&p)).await?
+            }
+        };
+        if let Some(expected) = &row.expected_sha256_hex
+            && *expected != sha256_hex
+        {
+            // The upload can never become what the client promised: drop it whole.
+            self.meta.delete_upload(&row.id).await?;
+            let _ = tokio::fs::remove_file(&path).await;
+            return Err(ApiError::DigestMismatch(
+                "Repr-Digest does not match the uploaded bytes; the upload was discarded".into(),
+            ));
+        }
+        self.blobs
+            .commit_file(&path, &blake3_hex)
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let object = ObjectRow {
+            id: blake3_hex.clone(),
+            sha256_hex,
+            size_bytes: row.length_bytes.unwrap_or(row.offset_bytes),
+            created_unix_ms: now_unix_ms(),
+        };
+        self.meta.complete_upload(&row.id, &object).await?;
+        let _ = tokio::fs::remove_file(&path).await;
+        // An earlier identical object keeps its first creation time.
+        let object = self.meta.object(&blake3_hex).await?.unwrap_or(object);
+        let row = UploadRow {
+            object_id: Some(object.id.clone()),
+            ..row.clone()
+        };
+        tracing::info!(upload = %row.id, object = %object.id, size_bytes = object.size_bytes, "upload complete");
+        Ok(Outcome::Complete(row, object))
+    }
+
+    /// Cancels an upload (tus termination, draft DELETE). A finished upload loses only its
+    /// receipt; the object may be shared and stays.
+    pub async fn delete(&self, id: &str, ietf: bool) -> Result<(), ApiError> {
+        self.get(id).await?;
+        let slot = self.slot(id);
+        let _guard = slot
+            .try_lock_owned()
+            .map_err(|_| ApiError::Locked { ietf })?;
+        self.meta.delete_upload(id).await?;
+        match tokio::fs::remove_file(self.partial_path(id)).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.forget_slot(id);
+        Ok(())
+    }
+
+    /// Removes unfinished uploads that expired at `now_unix_ms`, and partial files no row
+    /// points at (left by a crash between file creation and row insert). Busy uploads wait for
+    /// the next round. Returns how many uploads were collected.
+    pub async fn collect_expired(&self, now_unix_ms: i64) -> Result<usize, ApiError> {
+        let mut collected = 0;
+        for id in self.meta.expired_uploads(now_unix_ms).await? {
+            let slot = self.slot(&id);
+            let Ok(_guard) = slot.try_lock_owned() else {
+                continue;
+            };
+            self.meta.delete_upload(&id).await?;
+            let _ = tokio::fs::remove_file(self.partial_path(&id)).await;
+            self.forget_slot(&id);
+            collected += 1;
+        }
+        let max_age_ms = self.limits.max_age.as_millis() as i64;
+        let mut dir = tokio::fs::read_dir(&self.partial_dir).await?;
+        while let Some(entry) = dir.next_entry().await? {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let modified_ms = entry
+                .metadata()
+                .await
+                .ok()
+                .and_then(|m| m.modified().ok())
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0);
+            if modified_ms + max_age_ms > now_unix_ms {
+                continue;
+            }
+            let orphan = !valid_upload_id(&name)
+                || match self.meta.upload(&name).await? {
+                    None => true,
+                    Some(r) => r.object_id.is_some(),
+                };
+            if orphan {
+                let _ = tokio::fs::remove_file(entry.path()).await;
+            }
+        }
+        Ok(collected)
+    }
+}
+
+async fn join_sink(p: tokio::task::JoinHandle<std::io::Result<Sink>>) -> Result<Sink, ApiError> {
+    p.await
+        .map_err(|e| ApiError::Internal(format!("writer task: {e}")))?
+        .map_err(ApiError::from)
+}
+
+/// True when the body carries no bytes; refuses one that does without reading further.
+async fn body_is_empty(body: Body) -> Result<bool, ApiError> {
+    let mut s = body.into_data_stream();
+    while let Some(chunk) = s.next().await {
+        match chunk {
+            Ok(c) if c.is_empty() => continue,
+            Ok(_) => return Ok(false),
+            Err(e) => return Err(ApiError::BodyInterrupted(e.to_string())),
+        }
+    }
+    Ok(true)
+}
+
+/// BLAKE3 and SHA-256 of a whole file, for uploads whose running hash was lost to a restart.
+fn hash_file(path: &std::path::Path) -> std::io::Result<(String, String)> {
+    use std::io::Read as _;
+    let mut f = std::fs::File::open(path)?;
+    let mut b3 = blake3::Hasher::new();
+    let mut s2 = Sha256::new();
+    let mut buf = vec![0u8; BLOCK_BYTES];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        b3.update(&buf[..n]);
+        s2.update(&buf[..n]);
+    }
+    Ok((b3.finalize().to_hex().to_string(), hex(&s2.finalize())))
+}
