@@ -395,6 +395,28 @@ impl Uploader {
         session: &mut UploadSession,
         sessions: &dyn UploadSessionStore,
     ) -> Result<Delivered, UploadError> {
+        let result = self.attempt(job, session, sessions).await;
+        if let Err(UploadError::Failed(f)) = &result
+            && f.failure == Failure::ResourceChanged
+        {
+            if let Some(u) = session.upload_url.take() {
+                // The bytes on the server can never become this job's: drop them now rather
+                // than leave them to expire.
+                self.terminate(job, session.protocol, &u).await;
+            }
+            session.restart();
+            session.prepass = None;
+            sessions.save(session)?;
+        }
+        result
+    }
+
+    async fn attempt(
+        &self,
+        job: &UploadJob<'_>,
+        session: &mut UploadSession,
+        sessions: &dyn UploadSessionStore,
+    ) -> Result<Delivered, UploadError> {
         let url = Url::parse(&job.destination.url).map_err(|e| {
             UploadFailure::new(Failure::RedirectRefused, format!("destination URL: {e}"))
         })?;
@@ -455,35 +477,27 @@ impl Uploader {
             chunk_bytes: chunk,
             caps,
         };
-        let result = match protocol {
+        match protocol {
             Protocol::Plain => self.plain(&ctx).await,
             Protocol::Tus | Protocol::Ietf => {
                 self.resumable(&ctx, protocol, session, sessions).await
             }
-        };
-        if let Err(UploadError::Failed(f)) = &result
-            && f.failure == Failure::ResourceChanged
-            && let Some(u) = session.upload_url.take()
-        {
-            // The bytes on the server can never become this job's: drop them now rather
-            // than leave them to expire.
-            self.terminate(&ctx, session.protocol, &u).await;
-            session.restart();
-            sessions.save(session)?;
         }
-        result
     }
 
-    async fn terminate(&self, ctx: &Ctx<'_>, protocol: Option<Protocol>, upload_url: &str) {
+    async fn terminate(&self, job: &UploadJob<'_>, protocol: Option<Protocol>, upload_url: &str) {
         let Ok(u) = Url::parse(upload_url) else {
             return;
         };
-        let mut b = self.request(reqwest::Method::DELETE, &u, ctx.job);
-        b = match protocol {
-            Some(Protocol::Tus) => b.header("tus-resumable", "1.0.0"),
-            _ => b.header("upload-draft-interop-version", IETF_INTEROP_VERSION),
-        };
-        let _ = self.send(b, StreamProbe::new()).await;
+        let protocol = protocol.unwrap_or(Protocol::Ietf);
+        // A HEAD first lets an append the server is still settling (the cut that ended the
+        // last attempt) finish, so the DELETE is not refused as "locked".
+        let head = self.proto_headers(self.request(reqwest::Method::HEAD, &u, job), protocol);
+        let _ = self.send(head, StreamProbe::new()).await;
+        let delete = self.proto_headers(self.request(reqwest::Method::DELETE, &u, job), protocol);
+        if let Err(e) = self.send(delete, StreamProbe::new()).await {
+            tracing::debug!(upload = %u, error = %e, "could not terminate a stale upload; it will expire");
+        }
     }
 
     fn verify(&self, ctx: &Ctx<'_>, a: &Answer) -> Result<(), UploadFailure> {

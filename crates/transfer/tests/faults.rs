@@ -33,10 +33,20 @@ async fn through_fault(prefer: Protocol, fault: Fault, seed: u8) {
     );
     let data = bytes(SIZE, seed);
     let path = write_file(files.path(), "f", &data);
-    let id = rig.add_job(EXT, &path, hash(&data), destination(proxy.addr()), BTreeMap::new());
+    let id = rig.add_job(
+        EXT,
+        &path,
+        hash(&data),
+        destination(proxy.addr()),
+        BTreeMap::new(),
+    );
     let report = run(&rig).await;
     let job = rig.job(id);
-    assert_eq!(job.state, JobState::Succeeded, "{prefer:?} {fault:?}: {job:?}");
+    assert_eq!(
+        job.state,
+        JobState::Succeeded,
+        "{prefer:?} {fault:?}: {job:?}"
+    );
     assert_eq!(
         srv.object(&hex(&data)).await.as_deref(),
         Some(data.as_slice()),
@@ -44,7 +54,10 @@ async fn through_fault(prefer: Protocol, fault: Fault, seed: u8) {
     );
     let stats = proxy.stats();
     assert!(stats.faults_applied >= 1, "{fault:?} was never applied");
-    assert!(report.retried >= 1, "{prefer:?} {fault:?}: no retry after the fault");
+    assert!(
+        report.retried >= 1,
+        "{prefer:?} {fault:?}: no retry after the fault"
+    );
     let sent = stats.bytes_to_server;
     let bound = match prefer {
         Protocol::Plain => 2 * SIZE as u64 + HEADER_SLACK_BYTES,
@@ -108,11 +121,20 @@ async fn a_slow_link_completes() {
     );
     let data = bytes(SIZE, 55);
     let path = write_file(files.path(), "slow", &data);
-    let id = rig.add_job(EXT, &path, hash(&data), destination(proxy.addr()), BTreeMap::new());
+    let id = rig.add_job(
+        EXT,
+        &path,
+        hash(&data),
+        destination(proxy.addr()),
+        BTreeMap::new(),
+    );
     let report = run(&rig).await;
     assert_eq!(rig.job(id).state, JobState::Succeeded);
     assert_eq!(report.retried, 0, "a slow but moving link is not a stall");
-    assert_eq!(srv.object(&hex(&data)).await.as_deref(), Some(data.as_slice()));
+    assert_eq!(
+        srv.object(&hex(&data)).await.as_deref(),
+        Some(data.as_slice())
+    );
 }
 
 /// A cut, then the server restarts and this process "restarts" (new uploader, store reopened
@@ -153,14 +175,20 @@ async fn resumes_after_server_and_client_restart() {
             let sessions = SqliteSessionStore::new(store);
             let uploader = Uploader::new(transfer.clone()).unwrap();
             let mut session = UploadSession::new(job.job_id);
-            let err = uploader.upload(&job, &mut session, &sessions).await.unwrap_err();
+            let err = uploader
+                .upload(&job, &mut session, &sessions)
+                .await
+                .unwrap_err();
             match err {
                 UploadError::Failed(f) => assert_eq!(f.failure, Failure::ConnectionLost, "{f}"),
                 other => panic!("{other}"),
             }
             let saved = sessions.load(job.job_id).unwrap().unwrap();
             assert!(saved.upload_url.is_some());
-            assert!(saved.offset_bytes >= 2 * CHUNK, "acknowledged chunks are saved: {saved:?}");
+            assert!(
+                saved.offset_bytes >= 2 * CHUNK,
+                "acknowledged chunks are saved: {saved:?}"
+            );
         }
         // The server goes down and comes back on the same address and data.
         handle.shutdown().await;
@@ -172,7 +200,10 @@ async fn resumes_after_server_and_client_restart() {
         let sessions = SqliteSessionStore::new(store);
         let mut session = sessions.load(job.job_id).unwrap().unwrap();
         let uploader = Uploader::new(transfer).unwrap();
-        let d = uploader.upload(&job, &mut session, &sessions).await.unwrap();
+        let d = uploader
+            .upload(&job, &mut session, &sessions)
+            .await
+            .unwrap();
         assert_eq!(d.protocol, prefer);
         let r = reqwest::get(format!("{}/v1/objects/{}", handle2.base_url(), hex(&data)))
             .await

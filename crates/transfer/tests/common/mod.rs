@@ -44,9 +44,12 @@ impl TestServer {
 
     /// The stored object's bytes, or `None` if the server holds no such object.
     pub async fn object(&self, blake3_hex: &str) -> Option<Vec<u8>> {
-        let r = reqwest::get(format!("{}/v1/objects/{blake3_hex}", self.handle.base_url()))
-            .await
-            .unwrap();
+        let r = reqwest::get(format!(
+            "{}/v1/objects/{blake3_hex}",
+            self.handle.base_url()
+        ))
+        .await
+        .unwrap();
         if r.status() == 404 {
             return None;
         }
