@@ -195,12 +195,16 @@ impl<J: JobStore + Send + 'static> Engine<J> {
             .map_err(|_| EngineError::Task("job store lock poisoned".into()))
     }
 
-    /// Jobs to process, extensions interleaved so none starves the others.
-    fn candidates(&self) -> Result<Vec<Job>, EngineError> {
+    /// Jobs to process, extensions interleaved so none starves the others, starting with the
+    /// extension whose turn it is.
+    fn candidates(&self, turn: usize) -> Result<Vec<(usize, Job)>, EngineError> {
         let jobs = self.lock_jobs()?;
+        let n = self.config.extensions.len();
         let mut per_ext = Vec::new();
-        for ext in &self.config.extensions {
-            per_ext.push(jobs.fetch(ext, Action::Process)?.into_iter());
+        for k in 0..n {
+            let i = (turn + k) % n;
+            let list = jobs.fetch(&self.config.extensions[i], Action::Process)?;
+            per_ext.push(list.into_iter().map(move |j| (i, j)));
         }
         drop(jobs);
         let mut out = Vec::new();
@@ -240,12 +244,13 @@ impl<J: JobStore + Send + 'static> Engine<J> {
         let mut report = RunReport::default();
         let mut running: HashSet<Uuid> = HashSet::new();
         let mut tasks: JoinSet<(Uuid, String, Result<JobEnd, EngineError>)> = JoinSet::new();
+        let mut turn = 0usize;
         loop {
             let now = now_ms();
             let mut wake_at: Option<i64> = None;
-            let candidates = self.candidates()?;
+            let candidates = self.candidates(turn)?;
             let mut waiting = 0usize;
-            for job in candidates {
+            for (ext_index, job) in candidates {
                 if running.contains(&job.id) {
                     continue;
                 }
@@ -281,6 +286,8 @@ impl<J: JobStore + Send + 'static> Engine<J> {
                     o.running += 1;
                 }
                 running.insert(job.id);
+                // The next pass starts with the extension after this one.
+                turn = ext_index + 1;
                 let worker = Worker {
                     jobs: self.jobs.clone(),
                     sessions: self.sessions.clone(),
