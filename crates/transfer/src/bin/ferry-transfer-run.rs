@@ -3,14 +3,18 @@
 //! crash tests can `kill -9` a real process mid-upload, and for manual runs and benchmarks.
 //!
 //! Usage: `ferry-transfer-run --db PATH --ext NAME [--ext NAME…] [--resource-dir DIR]
-//! [--prefer ietf|tus|plain] [--chunk-bytes N] [--concurrency N]`. Without `--resource-dir`
-//! resources are found in the library index; with it, a resource id names a file in DIR.
+//! [--prefer ietf|tus|plain] [--chunk-bytes N] [--concurrency N] [--enqueue-to URL]`. Without
+//! `--resource-dir` resources are found in the library index; with it, a resource id names a
+//! file in DIR. `--enqueue-to URL` first creates one job per file in DIR (for the first
+//! `--ext`, POST to URL), as an extension would: for benchmarks and manual runs.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
-use ferry_store::Store;
+use ferry_core::job::{ContentHash, NewJob, TxItem};
+use ferry_core::{Destination, Method, UrlBase};
+use ferry_store::{JobStore, Store};
 use ferry_transfer::{
     Engine, EngineConfig, Protocol, ResourceLocator, SqliteSessionStore, StoreLocator,
 };
@@ -40,6 +44,7 @@ fn usage(why: &str) -> ExitCode {
 fn main() -> ExitCode {
     let mut db = None;
     let mut dir = None;
+    let mut enqueue_to: Option<String> = None;
     let mut config = EngineConfig::default();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -50,6 +55,7 @@ fn main() -> ExitCode {
             "--db" => db = Some(PathBuf::from(v)),
             "--ext" => config.extensions.push(v),
             "--resource-dir" => dir = Some(PathBuf::from(v)),
+            "--enqueue-to" => enqueue_to = Some(v),
             "--prefer" => {
                 config.transfer.prefer = Some(match v.as_str() {
                     "ietf" => Protocol::Ietf,
@@ -87,6 +93,18 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(url) = &enqueue_to {
+        let Some(d) = &dir else {
+            return usage("--enqueue-to needs --resource-dir");
+        };
+        let Ok(mut s) = store.lock() else {
+            return ExitCode::FAILURE;
+        };
+        if let Err(e) = enqueue(&mut s, &config.extensions[0], d, url) {
+            eprintln!("ferry-transfer-run: enqueue: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let locator: Arc<dyn ResourceLocator> = match dir {
         Some(d) => Arc::new(DirLocator(d)),
         None => Arc::new(StoreLocator(store.clone())),
@@ -116,4 +134,49 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// One job per regular file in `dir`, in batches of the store's transaction limit.
+fn enqueue(store: &mut Store, ext: &str, dir: &std::path::Path, url: &str) -> Result<(), String> {
+    let base = UrlBase::parse(url).map_err(|e| e.to_string())?;
+    store
+        .set_destination_bases(ext, &[base])
+        .map_err(|e| e.to_string())?;
+    store
+        .set_job_limit(ext, 1_000_000)
+        .map_err(|e| e.to_string())?;
+    let mut items = Vec::new();
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| e.to_string())?
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .collect();
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let mut hasher = blake3::Hasher::new();
+        let file = std::fs::File::open(e.path()).map_err(|err| format!("{name}: {err}"))?;
+        hasher
+            .update_reader(file)
+            .map_err(|err| format!("{name}: {err}"))?;
+        items.push(TxItem::Create(NewJob {
+            id: ferry_store::new_job_id(),
+            resource_id: name,
+            content_hash: ContentHash(*hasher.finalize().as_bytes()),
+            destination: Destination::new(Method::Post, url),
+            metadata: Default::default(),
+        }));
+        if items.len() == ferry_core::job::MAX_TX_ITEMS {
+            store
+                .transaction(ext, &items, 0)
+                .map_err(|e| e.to_string())?;
+            items.clear();
+        }
+    }
+    if !items.is_empty() {
+        store
+            .transaction(ext, &items, 0)
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
