@@ -11,6 +11,7 @@
 //! the job store. `https` needs a TLS backend that is not built yet: destinations are loopback
 //! `http` for now.
 
+pub mod bandwidth;
 pub mod engine;
 pub mod preflight;
 pub mod session;

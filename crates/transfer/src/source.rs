@@ -15,6 +15,8 @@ use ferry_core::job::ContentHash;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::bandwidth::Bandwidth;
+
 /// Size of one read from disk; also the body frame size handed to the HTTP stack.
 pub const READ_BLOCK_BYTES: usize = 256 << 10;
 
@@ -190,22 +192,41 @@ struct RangeReader {
     file: Option<std::fs::File>,
     offset: u64,
     left: u64,
+    block_bytes: usize,
     probe: Arc<StreamProbe>,
+    bandwidth: Option<Arc<Bandwidth>>,
 }
 
 /// A request body of `len` bytes of `path` from `offset`, read in [`READ_BLOCK_BYTES`] blocks on
-/// a blocking thread: memory stays at one block per request whatever the file's size.
-pub fn range_body(path: &Path, offset: u64, len: u64, probe: Arc<StreamProbe>) -> reqwest::Body {
+/// a blocking thread: memory stays at one block per request whatever the file's size. With a
+/// `bandwidth` cap, each block waits for its tokens first.
+pub fn range_body(
+    path: &Path,
+    offset: u64,
+    len: u64,
+    probe: Arc<StreamProbe>,
+    bandwidth: Option<Arc<Bandwidth>>,
+) -> reqwest::Body {
     let reader = RangeReader {
         path: path.to_owned(),
         file: None,
         offset,
         left: len,
+        block_bytes: bandwidth
+            .as_ref()
+            .map_or(READ_BLOCK_BYTES, |b| b.block_bytes()),
         probe,
+        bandwidth,
     };
     let stream = futures_util::stream::unfold(reader, |mut r| async move {
         if r.left == 0 {
             return None;
+        }
+        if let Some(b) = r.bandwidth.clone() {
+            let n = (r.block_bytes as u64).min(r.left) as usize;
+            b.take(n).await;
+            // Waiting for our turn is not a stall.
+            r.probe.touch();
         }
         let probe = r.probe.clone();
         let result = tokio::task::spawn_blocking(move || {
@@ -241,7 +262,7 @@ impl RangeReader {
                 .map_err(|e| io_error(&self.path, e))?;
             self.file = Some(f);
         }
-        let want = (READ_BLOCK_BYTES as u64).min(self.left) as usize;
+        let want = (self.block_bytes as u64).min(self.left) as usize;
         let mut buf = vec![0u8; want];
         let mut got = 0;
         while got < want {

@@ -30,6 +30,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::{StatusCode, Url};
 use uuid::Uuid;
 
+use crate::bandwidth::Bandwidth;
 use crate::preflight::{self, Capabilities, PreflightCache, Protocol};
 use crate::session::{SessionStoreError, UploadSession, UploadSessionStore};
 use crate::source::{self, Prepass, SourceError, StreamProbe};
@@ -55,6 +56,8 @@ pub struct TransferConfig {
     pub preflight_ttl: Duration,
     /// Idle connections kept per host for reuse.
     pub pool_max_idle_per_host: usize,
+    /// Upload bandwidth cap over all transfers of this uploader; `None`: unlimited.
+    pub max_bytes_per_s: Option<u64>,
 }
 
 impl Default for TransferConfig {
@@ -67,6 +70,7 @@ impl Default for TransferConfig {
             max_redirects: 3,
             preflight_ttl: Duration::from_secs(3600),
             pool_max_idle_per_host: 8,
+            max_bytes_per_s: None,
         }
     }
 }
@@ -255,6 +259,7 @@ pub struct Uploader {
     client: reqwest::Client,
     config: TransferConfig,
     preflight: PreflightCache,
+    bandwidth: Option<Arc<Bandwidth>>,
 }
 
 impl Uploader {
@@ -280,6 +285,7 @@ impl Uploader {
         Ok(Uploader {
             client,
             preflight: PreflightCache::new(config.preflight_ttl),
+            bandwidth: config.max_bytes_per_s.map(|r| Arc::new(Bandwidth::new(r))),
             config,
         })
     }
@@ -553,6 +559,7 @@ impl Uploader {
             offset,
             len,
             probe.clone(),
+            self.bandwidth.clone(),
         ))
     }
 

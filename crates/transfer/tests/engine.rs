@@ -213,3 +213,42 @@ async fn retry_budget_survives_a_restart() {
         "a finished job leaves no session"
     );
 }
+
+#[tokio::test]
+async fn bandwidth_cap_holds_across_concurrent_uploads() {
+    let srv = server().await;
+    let files = tempfile::tempdir().unwrap();
+    let mut config = test_config(Some(ferry_transfer::Protocol::Ietf), 256 << 10);
+    let rate = 2u64 << 20;
+    config.transfer.max_bytes_per_s = Some(rate);
+    let rig = rig(config, &srv.handle.base_url());
+    let mut all = Vec::new();
+    for i in 0..3u8 {
+        let data = bytes(2 << 20, 230 + i);
+        let path = write_file(files.path(), &format!("b{i}"), &data);
+        let id = rig.add_job(
+            EXT,
+            &path,
+            hash(&data),
+            destination(srv.addr()),
+            BTreeMap::new(),
+        );
+        all.push((id, data));
+    }
+    let started = std::time::Instant::now();
+    let report = run(&rig).await;
+    let elapsed = started.elapsed();
+    assert_eq!(report.succeeded, 3);
+    // 6 MiB at 2 MiB/s with one second of burst: at least two seconds.
+    assert!(
+        elapsed >= Duration::from_millis(1900),
+        "cap not held: {elapsed:?}"
+    );
+    for (id, data) in all {
+        assert_eq!(rig.job(id).state, JobState::Succeeded);
+        assert_eq!(
+            srv.object(&hex(&data)).await.as_deref(),
+            Some(data.as_slice())
+        );
+    }
+}
