@@ -113,7 +113,7 @@ pub fn test_config(prefer: Option<Protocol>, chunk_bytes: u64) -> EngineConfig {
         },
         transfer: TransferConfig {
             connect_timeout: Duration::from_secs(2),
-            idle_timeout: Duration::from_millis(800),
+            idle_timeout: Duration::from_secs(2),
             chunk_cap_bytes: chunk_bytes,
             prefer,
             ..TransferConfig::default()
