@@ -3,13 +3,15 @@
 # the same local ferry-server, in the same run. Prints seconds, MB/s and the ratio per case:
 #   one big file (default 2 GB) over each protocol, and many small files (default 2,000 × 50 KB).
 #   bench/transfer.sh
-#   BIG_MB=512 SMALL_N=500 bench/transfer.sh
+#   BIG_MB=512 SMALL_N=500 BIG_PROTOS=ietf SMALL_PROTOS=ietf bench/transfer.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIG_MB=${BIG_MB:-2048}
 SMALL_N=${SMALL_N:-2000}
 SMALL_KB=${SMALL_KB:-50}
 CONCURRENCY=${CONCURRENCY:-4}
+BIG_PROTOS=${BIG_PROTOS:-plain tus ietf}
+SMALL_PROTOS=${SMALL_PROTOS:-plain ietf}
 
 cargo build --release -q -p ferry-server -p ferry-transfer
 SERVER=$PWD/target/release/ferry-server
@@ -48,7 +50,7 @@ t0=$(now); curl -fsS -o /dev/null -T "$work/big/big.bin" "$url"; t1=$(now)
 curl_big=$(secs "$t0" "$t1")
 printf '%-26s %9s %9.1f %9s\n' "curl -T big" "$curl_big" "$(python3 -c "print($mb_big/$curl_big)")" 1.00
 
-for proto in plain tus ietf; do
+for proto in $BIG_PROTOS; do
     # The server deduplicates the stored object, not the transfer: every round sends all bytes.
     rm -f "$work/db-$proto"*
     t0=$(now)
@@ -66,7 +68,7 @@ t1=$(now)
 curl_small=$(secs "$t0" "$t1")
 printf '%-26s %9s %9.1f %9s\n' "curl -T small x$SMALL_N (P$CONCURRENCY)" "$curl_small" \
     "$(python3 -c "print($mb_small/$curl_small)")" 1.00
-for proto in plain ietf; do
+for proto in $SMALL_PROTOS; do
     rm -f "$work/dbs-$proto"*
     t0=$(now)
     "$RUN" --db "$work/dbs-$proto" --ext bench --resource-dir "$work/small" --enqueue-to "$url" \
