@@ -8,8 +8,7 @@
 //! [`ferry_core::retry::Failure`] so the retry decision stays in `ferry-core`.
 //!
 //! Entry points: [`Uploader::upload`] for one attempt of one job; [`Engine`] for the loop over
-//! the job store. `https` needs a TLS backend that is not built yet: destinations are loopback
-//! `http` for now.
+//! the job store. TLS is rustls (aws-lc-rs, the platform's verifier) through reqwest.
 
 pub mod bandwidth;
 pub mod engine;

@@ -208,7 +208,8 @@ fn classify_status(a: &Answer) -> Failure {
 }
 
 fn classify_reqwest(e: &reqwest::Error) -> Failure {
-    if e.is_redirect() {
+    // A request that cannot even be built (a scheme the client cannot speak) never will be.
+    if e.is_redirect() || e.is_builder() {
         return Failure::RedirectRefused;
     }
     if e.is_timeout() {

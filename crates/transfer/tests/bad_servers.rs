@@ -230,3 +230,26 @@ async fn other_client_errors_fail_at_once_with_headers_kept() {
     assert_eq!(report.retried, 0);
     assert_eq!(count.load(Ordering::SeqCst), 2);
 }
+
+#[tokio::test]
+async fn https_is_spoken() {
+    // An `https` destination on a plain-HTTP server: a client that speaks TLS fails the
+    // handshake (network_lost); one that silently sent plaintext would succeed.
+    let srv = server().await;
+    let files = tempfile::tempdir().unwrap();
+    let base = format!("https://{}", srv.addr());
+    let rig = rig(test_config(None, 64 << 10), &base);
+    let data = bytes(100, 11);
+    let path = write_file(files.path(), "f", &data);
+    let dest = ferry_core::Destination::new(ferry_core::Method::Post, format!("{base}/v1/uploads"));
+    let id = rig.add_job(EXT, &path, hash(&data), dest, BTreeMap::new());
+    run(&rig).await;
+    let job = rig.job(id);
+    assert_eq!(job.state, JobState::Failed, "{job:?}");
+    assert_eq!(
+        job.error.as_ref().map(|e| e.as_str()),
+        Some("network_lost"),
+        "{job:?}"
+    );
+    assert_eq!(srv.object(&hex(&data)).await, None);
+}
