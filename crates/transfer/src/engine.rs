@@ -306,9 +306,11 @@ impl<J: JobStore + Send + 'static> Engine<J> {
             if tasks.is_empty() && waiting == 0 && forever.is_none() {
                 return Ok(report);
             }
+            // At least 1 ms: a zero poll interval must not become a busy loop (or a clamp panic).
+            let poll_ms = (self.config.poll_interval.as_millis() as i64).max(1);
             let sleep_ms = match wake_at {
-                Some(at) => (at - now_ms()).clamp(1, self.config.poll_interval.as_millis() as i64),
-                None => self.config.poll_interval.as_millis() as i64,
+                Some(at) => (at - now_ms()).clamp(1, poll_ms),
+                None => poll_ms,
             };
             let sleep = tokio::time::sleep(Duration::from_millis(sleep_ms as u64));
             tokio::select! {

@@ -855,7 +855,11 @@ impl Uploader {
                     UploadFailure::from_answer(classify_status(&a), &a, "append refused").into(),
                 );
             }
-            let new_offset = a.offset().filter(|o| *o > offset && *o <= offset + len);
+            // An append must move the offset forward, within what it carried (an empty final append,
+            // after a cut that delivered every byte, only completes).
+            let new_offset = a
+                .offset()
+                .filter(|o| (*o > offset || len == 0) && *o <= offset + len);
             let Some(new_offset) = new_offset else {
                 return Err(UploadFailure::from_answer(
                     Failure::BadResponse,
