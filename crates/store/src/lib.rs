@@ -7,6 +7,7 @@ mod db;
 pub mod jobs;
 pub mod library;
 mod schema;
+pub mod upload_sessions;
 
 pub use db::{Store, StoreError};
 pub use jobs::{JobFilter, JobStore, JobStoreError, MemoryJobStore, new_job_id};

@@ -83,4 +83,14 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     ) STRICT;
     CREATE INDEX receipts_by_hash ON receipts(content_hash);
     "#,
+    // 3: resumable upload sessions of the transfer engine, one per job in flight. The body is
+    // the engine's own JSON (upload URL, protocol, acknowledged offset, retry state): the store
+    // keeps it durable and does not interpret it.
+    r#"
+    CREATE TABLE upload_sessions (
+        job_id BLOB PRIMARY KEY,
+        body TEXT NOT NULL,
+        updated_ms INTEGER NOT NULL
+    ) STRICT, WITHOUT ROWID;
+    "#,
 ];

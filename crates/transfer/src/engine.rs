@@ -1,0 +1,467 @@
+//! The engine loop: takes jobs from the job store, runs their uploads concurrently, retries
+//! transient failures by `ferry_core::retry`'s policy, and records the outcome.
+//!
+//! Durability: `registered → pending` is recorded before the first byte is sent; the retry
+//! state (attempts, not-before time) and the upload's resume point live in the job's
+//! [`UploadSession`], saved before the engine acts on them. A job becomes `succeeded` or
+//! `failed` in the store only on success or when the budget is spent; a restart finds its
+//! `pending` jobs again (fetch by `process`) and resumes them with their budget intact.
+//!
+//! Scheduling: at most `max_concurrent` transfers, `max_concurrent_per_origin` per origin, jobs
+//! of different extensions taken in turn (fair share), an origin in backoff
+//! ([`OriginBackoff`]) left alone until it is ready.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, Hasher};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ferry_core::job::{Action, ErrorCode, Job, JobState, Outcome, TransferEvent};
+use ferry_core::retry::{OriginBackoff, RetryPolicy, Verdict};
+use ferry_store::{JobStore, JobStoreError, Store};
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use uuid::Uuid;
+
+use crate::session::{SessionStoreError, UploadSession, UploadSessionStore};
+use crate::upload::{TransferConfig, UploadError, UploadJob, Uploader};
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// A jitter sample in `[0, 1)`, from the standard library's per-process random hash keys.
+fn jitter() -> f64 {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_i64(now_ms());
+    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Finds a job's file from its resource id.
+pub trait ResourceLocator: Send + Sync + std::fmt::Debug {
+    fn locate(&self, resource_id: &str) -> Option<PathBuf>;
+}
+
+/// Resource ids mapped to paths by the caller (tests, one-off uploads).
+#[derive(Debug, Default, Clone)]
+pub struct MapLocator(pub Arc<Mutex<HashMap<String, PathBuf>>>);
+
+impl MapLocator {
+    pub fn insert(&self, resource_id: impl Into<String>, path: impl Into<PathBuf>) {
+        if let Ok(mut m) = self.0.lock() {
+            m.insert(resource_id.into(), path.into());
+        }
+    }
+}
+
+impl ResourceLocator for MapLocator {
+    fn locate(&self, resource_id: &str) -> Option<PathBuf> {
+        self.0.lock().ok()?.get(resource_id).cloned()
+    }
+}
+
+/// Resources as the library index knows them.
+#[derive(Debug, Clone)]
+pub struct StoreLocator(pub Arc<Mutex<Store>>);
+
+impl ResourceLocator for StoreLocator {
+    fn locate(&self, resource_id: &str) -> Option<PathBuf> {
+        self.0
+            .lock()
+            .ok()?
+            .resource(resource_id)
+            .ok()?
+            .map(|r| r.path)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Extensions whose jobs this engine carries out.
+    pub extensions: Vec<String>,
+    pub max_concurrent: usize,
+    pub max_concurrent_per_origin: usize,
+    pub retry: RetryPolicy,
+    pub transfer: TransferConfig,
+    /// How often `run` looks for new jobs when nobody calls [`Engine::wake`].
+    pub poll_interval: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            extensions: Vec::new(),
+            max_concurrent: 4,
+            max_concurrent_per_origin: 2,
+            retry: RetryPolicy::default(),
+            transfer: TransferConfig::default(),
+            poll_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Jobs(#[from] JobStoreError),
+    #[error(transparent)]
+    Sessions(#[from] SessionStoreError),
+    #[error("HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+    #[error("engine task: {0}")]
+    Task(String),
+}
+
+/// What a run did, for logs and tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunReport {
+    pub succeeded: u32,
+    pub failed: u32,
+    /// Attempts that failed and were scheduled again.
+    pub retried: u32,
+}
+
+#[derive(Debug, Default)]
+struct OriginState {
+    backoff: OriginBackoff,
+    running: usize,
+}
+
+/// How one job's attempt ended.
+#[derive(Debug)]
+enum JobEnd {
+    Succeeded,
+    Failed,
+    Retry,
+    /// The job left `process` under us (cancelled): nothing to record.
+    Gone,
+}
+
+/// The transfer engine. `J` is the job store, shared with whoever creates jobs.
+#[derive(Debug)]
+pub struct Engine<J> {
+    jobs: Arc<Mutex<J>>,
+    sessions: Arc<dyn UploadSessionStore>,
+    locator: Arc<dyn ResourceLocator>,
+    uploader: Arc<Uploader>,
+    config: EngineConfig,
+    origins: Arc<Mutex<HashMap<String, OriginState>>>,
+    wake: Arc<Notify>,
+}
+
+fn origin_of(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(u) => format!(
+            "{}://{}:{}",
+            u.scheme(),
+            u.host_str().unwrap_or(""),
+            u.port_or_known_default().unwrap_or(0)
+        ),
+        Err(_) => url.to_string(),
+    }
+}
+
+impl<J: JobStore + Send + 'static> Engine<J> {
+    pub fn new(
+        jobs: Arc<Mutex<J>>,
+        sessions: Arc<dyn UploadSessionStore>,
+        locator: Arc<dyn ResourceLocator>,
+        config: EngineConfig,
+    ) -> Result<Engine<J>, EngineError> {
+        let uploader = Arc::new(Uploader::new(config.transfer.clone())?);
+        Ok(Engine {
+            jobs,
+            sessions,
+            locator,
+            uploader,
+            config,
+            origins: Arc::new(Mutex::new(HashMap::new())),
+            wake: Arc::new(Notify::new()),
+        })
+    }
+
+    /// Tells a running engine that new jobs were committed.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    fn lock_jobs(&self) -> Result<std::sync::MutexGuard<'_, J>, EngineError> {
+        self.jobs
+            .lock()
+            .map_err(|_| EngineError::Task("job store lock poisoned".into()))
+    }
+
+    /// Jobs to process, extensions interleaved so none starves the others, starting with the
+    /// extension whose turn it is.
+    fn candidates(&self, turn: usize) -> Result<Vec<(usize, Job)>, EngineError> {
+        let jobs = self.lock_jobs()?;
+        let n = self.config.extensions.len();
+        let mut per_ext = Vec::new();
+        for k in 0..n {
+            let i = (turn + k) % n;
+            let list = jobs.fetch(&self.config.extensions[i], Action::Process)?;
+            per_ext.push(list.into_iter().map(move |j| (i, j)));
+        }
+        drop(jobs);
+        let mut out = Vec::new();
+        loop {
+            let before = out.len();
+            for it in per_ext.iter_mut() {
+                if let Some(j) = it.next() {
+                    out.push(j);
+                }
+            }
+            if out.len() == before {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Processes jobs until none is left to process; returns what happened. Jobs waiting for
+    /// a retry keep the run alive until they end.
+    pub async fn run_until_idle(&self) -> Result<RunReport, EngineError> {
+        self.run_loop(None).await
+    }
+
+    /// Processes jobs until `stop` resolves; in-flight transfers are abandoned (their sessions
+    /// let the next run resume them).
+    pub async fn run(
+        &self,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> Result<RunReport, EngineError> {
+        tokio::pin!(stop);
+        tokio::select! {
+            r = self.run_loop(Some(())) => r,
+            _ = &mut stop => Ok(RunReport::default()),
+        }
+    }
+
+    async fn run_loop(&self, forever: Option<()>) -> Result<RunReport, EngineError> {
+        let mut report = RunReport::default();
+        let mut running: HashSet<Uuid> = HashSet::new();
+        let mut tasks: JoinSet<(Uuid, String, Result<JobEnd, EngineError>)> = JoinSet::new();
+        let mut turn = 0usize;
+        loop {
+            let now = now_ms();
+            let mut wake_at: Option<i64> = None;
+            let candidates = self.candidates(turn)?;
+            let mut waiting = 0usize;
+            for (ext_index, job) in candidates {
+                if running.contains(&job.id) {
+                    continue;
+                }
+                if running.len() >= self.config.max_concurrent.max(1) {
+                    waiting += 1;
+                    continue;
+                }
+                let session = self.sessions.load(job.id)?;
+                if let Some(s) = &session
+                    && s.not_before_ms > now
+                {
+                    waiting += 1;
+                    wake_at = Some(wake_at.map_or(s.not_before_ms, |w| w.min(s.not_before_ms)));
+                    continue;
+                }
+                let origin = origin_of(&job.destination.url);
+                {
+                    let mut origins = self
+                        .origins
+                        .lock()
+                        .map_err(|_| EngineError::Task("origin lock poisoned".into()))?;
+                    let o = origins.entry(origin.clone()).or_default();
+                    if !o.backoff.ready(now) {
+                        waiting += 1;
+                        wake_at =
+                            Some(wake_at.map_or(o.backoff.until_ms, |w| w.min(o.backoff.until_ms)));
+                        continue;
+                    }
+                    if o.running >= self.config.max_concurrent_per_origin.max(1) {
+                        waiting += 1;
+                        continue;
+                    }
+                    o.running += 1;
+                }
+                running.insert(job.id);
+                // The next pass starts with the extension after this one.
+                turn = ext_index + 1;
+                let worker = Worker {
+                    jobs: self.jobs.clone(),
+                    sessions: self.sessions.clone(),
+                    locator: self.locator.clone(),
+                    uploader: self.uploader.clone(),
+                    retry: self.config.retry,
+                    origins: self.origins.clone(),
+                };
+                let session = session.unwrap_or_else(|| UploadSession::new(job.id));
+                tasks.spawn(async move {
+                    let id = job.id;
+                    let r = worker.process(job, session, origin.clone()).await;
+                    (id, origin, r)
+                });
+            }
+            if tasks.is_empty() && waiting == 0 && forever.is_none() {
+                return Ok(report);
+            }
+            // At least 1 ms: a zero poll interval must not become a busy loop (or a clamp panic).
+            let poll_ms = (self.config.poll_interval.as_millis() as i64).max(1);
+            let sleep_ms = match wake_at {
+                Some(at) => (at - now_ms()).clamp(1, poll_ms),
+                None => poll_ms,
+            };
+            let sleep = tokio::time::sleep(Duration::from_millis(sleep_ms as u64));
+            tokio::select! {
+                done = tasks.join_next(), if !tasks.is_empty() => {
+                    let Some(done) = done else { continue };
+                    let (id, origin, r) = done.map_err(|e| EngineError::Task(e.to_string()))?;
+                    running.remove(&id);
+                    if let Ok(mut origins) = self.origins.lock()
+                        && let Some(o) = origins.get_mut(&origin)
+                    {
+                        o.running = o.running.saturating_sub(1);
+                    }
+                    match r? {
+                        JobEnd::Succeeded => report.succeeded += 1,
+                        JobEnd::Failed => report.failed += 1,
+                        JobEnd::Retry => report.retried += 1,
+                        JobEnd::Gone => {}
+                    }
+                }
+                _ = sleep => {}
+                _ = self.wake.notified() => {}
+            }
+        }
+    }
+}
+
+/// What one job's task needs (owned, so the task is `'static`).
+struct Worker<J> {
+    jobs: Arc<Mutex<J>>,
+    sessions: Arc<dyn UploadSessionStore>,
+    locator: Arc<dyn ResourceLocator>,
+    uploader: Arc<Uploader>,
+    retry: RetryPolicy,
+    origins: Arc<Mutex<HashMap<String, OriginState>>>,
+}
+
+impl<J: JobStore + Send + 'static> Worker<J> {
+    /// Runs a job-store call on a blocking thread (SQLite commits fsync).
+    async fn with_jobs<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut J) -> Result<R, JobStoreError> + Send + 'static,
+    ) -> Result<R, EngineError> {
+        let jobs = self.jobs.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut j = jobs
+                .lock()
+                .map_err(|_| EngineError::Task("job store lock poisoned".into()))?;
+            f(&mut j).map_err(EngineError::from)
+        })
+        .await
+        .map_err(|e| EngineError::Task(e.to_string()))?
+    }
+
+    /// Records a finish; `Gone` if the job is no longer pending (cancelled meanwhile).
+    async fn finish(&self, id: Uuid, outcome: Outcome) -> Result<JobEnd, EngineError> {
+        let failed = matches!(outcome, Outcome::Failed { .. });
+        let r = self
+            .with_jobs(move |j| j.record(&[TransferEvent::Finish { job: id, outcome }], now_ms()))
+            .await?;
+        self.sessions.remove(id)?;
+        Ok(match r.into_iter().next() {
+            Some(Ok(_)) if failed => JobEnd::Failed,
+            Some(Ok(_)) => JobEnd::Succeeded,
+            _ => JobEnd::Gone,
+        })
+    }
+
+    async fn process(
+        &self,
+        job: Job,
+        mut session: UploadSession,
+        origin: String,
+    ) -> Result<JobEnd, EngineError> {
+        let id = job.id;
+        if job.state == JobState::Registered {
+            let r = self
+                .with_jobs(move |j| j.record(&[TransferEvent::Start { job: id }], now_ms()))
+                .await?;
+            if !matches!(r.first(), Some(Ok(_))) {
+                return Ok(JobEnd::Gone);
+            }
+        }
+        let Some(path) = self.locator.locate(&job.resource_id) else {
+            let outcome = Outcome::Failed {
+                status: None,
+                headers: Vec::new(),
+                error: ErrorCode::ResourceMissing,
+            };
+            return self.finish(id, outcome).await;
+        };
+        let spec = UploadJob {
+            job_id: id,
+            destination: &job.destination,
+            metadata: &job.metadata,
+            source_path: &path,
+            pinned_blake3: job.content_hash,
+        };
+        let result = self
+            .uploader
+            .upload(&spec, &mut session, self.sessions.as_ref())
+            .await;
+        match result {
+            Ok(d) => {
+                if let Ok(mut o) = self.origins.lock() {
+                    o.entry(origin).or_default().backoff.on_success();
+                }
+                tracing::info!(job = %id, protocol = d.protocol.as_str(), size_bytes = d.size_bytes, "upload succeeded");
+                self.finish(
+                    id,
+                    Outcome::Succeeded {
+                        status: d.status,
+                        headers: d.headers,
+                    },
+                )
+                .await
+            }
+            Err(UploadError::Session(e)) => Err(e.into()),
+            Err(UploadError::Failed(f)) => {
+                let now = now_ms();
+                if let Ok(mut o) = self.origins.lock() {
+                    o.entry(origin).or_default().backoff.on_failure(
+                        &self.retry,
+                        f.failure,
+                        now,
+                        jitter(),
+                    );
+                }
+                match self
+                    .retry
+                    .on_failure(&mut session.attempts, f.failure, now, jitter())
+                {
+                    Verdict::RetryAt(at) => {
+                        tracing::info!(job = %id, failure = ?f.failure, detail = %f.detail, retry_in_ms = at - now, "attempt failed");
+                        session.not_before_ms = at;
+                        self.sessions.save(&session)?;
+                        Ok(JobEnd::Retry)
+                    }
+                    Verdict::Fail(code) => {
+                        tracing::warn!(job = %id, failure = ?f.failure, detail = %f.detail, %code, "upload failed");
+                        self.finish(
+                            id,
+                            Outcome::Failed {
+                                status: f.status,
+                                headers: f.headers,
+                                error: code,
+                            },
+                        )
+                        .await
+                    }
+                }
+            }
+        }
+    }
+}
