@@ -6,7 +6,9 @@
 //! and a reason, never an error that stops indexing, and never a panic.
 
 use ferry_core::{Gps, ResourceMetadata};
-use nom_exif::{EntryValue, Exif, ExifTag, MediaKind, MediaParser, MediaSource, TrackInfoTag};
+use nom_exif::{
+    EntryValue, ExifIter, IfdIndex, IfdKind, MediaKind, MediaParser, MediaSource, TrackInfoTag,
+};
 use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
@@ -85,7 +87,7 @@ fn read_image_in_memory(
     // A seekable cursor, not nom-exif's memory mode: that copies the buffer over and over.
     match MediaSource::seekable(io::Cursor::new(bytes)) {
         Ok(ms) if ms.kind() == MediaKind::Image => match parser.parse_exif(ms) {
-            Ok(iter) => apply_exif(&mut out.metadata, &iter.into()),
+            Ok(iter) => apply_exif(&mut out.metadata, iter),
             Err(nom_exif::Error::ExifNotFound) => {}
             Err(_) => return None,
         },
@@ -110,7 +112,7 @@ fn read_inner(parser: &mut MediaParser, path: &Path, content_type: &str) -> Meta
         {
             Ok(ms) => match ms.kind() {
                 MediaKind::Image => match parser.parse_exif(ms) {
-                    Ok(iter) => apply_exif(&mut out.metadata, &iter.into()),
+                    Ok(iter) => apply_exif(&mut out.metadata, iter),
                     Err(nom_exif::Error::ExifNotFound) => {}
                     Err(e) => out.problem = Some(format!("EXIF: {e}")),
                 },
@@ -183,39 +185,115 @@ fn set_time(meta: &mut ResourceMetadata, v: &EntryValue) -> bool {
     }
 }
 
-fn apply_exif(meta: &mut ResourceMetadata, exif: &Exif) {
-    meta.make = text(exif.get(ExifTag::Make));
-    meta.model = text(exif.get(ExifTag::Model));
-    for tag in [
-        ExifTag::DateTimeOriginal,
-        ExifTag::CreateDate,
-        ExifTag::ModifyDate,
-    ] {
-        if let Some(v) = exif.get(tag)
-            && set_time(meta, v)
-        {
+/// One pass over the EXIF entries, keeping only what Ferry stores. (Materialising nom-exif's
+/// whole `Exif` map decodes every tag and walks the GPS directory twice: that was half of a
+/// first scan's instructions.) Only the main image's directories count, not the thumbnail's.
+fn apply_exif(meta: &mut ResourceMetadata, iter: ExifIter) {
+    const MAKE: u16 = 0x010F;
+    const MODEL: u16 = 0x0110;
+    const IMAGE_WIDTH: u16 = 0x0100;
+    const IMAGE_HEIGHT: u16 = 0x0101;
+    const MODIFY_DATE: u16 = 0x0132;
+    const DATE_TIME_ORIGINAL: u16 = 0x9003;
+    const CREATE_DATE: u16 = 0x9004;
+    const OFFSET_TIME_ORIGINAL: u16 = 0x9011;
+    const EXIF_IMAGE_WIDTH: u16 = 0xA002;
+    const EXIF_IMAGE_HEIGHT: u16 = 0xA003;
+    const MAKER_NOTE: u16 = 0x927C;
+
+    let mut times: [Option<EntryValue>; 3] = [None, None, None];
+    let (mut w, mut h, mut exif_w, mut exif_h) = (None, None, None, None);
+    let mut offset = None;
+    let mut gps = GpsParts::default();
+    let dim = |v: &EntryValue| v.try_as_integer().and_then(|v| u32::try_from(v).ok());
+    for entry in iter {
+        if entry.ifd() != IfdIndex::MAIN {
+            continue;
+        }
+        let Some(v) = entry.value() else { continue };
+        let code = entry.tag().code();
+        match (entry.ifd_kind(), code) {
+            (IfdKind::Gps, _) => gps.take(code, v),
+            (_, MAKE) => meta.make = text(Some(v)),
+            (_, MODEL) => meta.model = text(Some(v)),
+            (_, IMAGE_WIDTH) => w = dim(v),
+            (_, IMAGE_HEIGHT) => h = dim(v),
+            (_, EXIF_IMAGE_WIDTH) => exif_w = dim(v),
+            (_, EXIF_IMAGE_HEIGHT) => exif_h = dim(v),
+            (_, DATE_TIME_ORIGINAL) => times[0] = Some(v.clone()),
+            (_, CREATE_DATE) => times[1] = Some(v.clone()),
+            (_, MODIFY_DATE) => times[2] = Some(v.clone()),
+            (_, OFFSET_TIME_ORIGINAL) => offset = text(Some(v)),
+            // nom-exif hands the MakerNote over as undefined bytes or as a byte array.
+            (_, MAKER_NOTE) => {
+                if let EntryValue::Undefined(note) | EntryValue::U8Array(note) = v {
+                    meta.content_identifier = apple_content_identifier(note);
+                }
+            }
+            _ => {}
+        }
+    }
+    for v in times.iter().flatten() {
+        if set_time(meta, v) {
             break;
         }
     }
-    if meta.utc_offset_s.is_none()
-        && let Some(off) = text(exif.get(ExifTag::OffsetTimeOriginal))
-    {
-        meta.utc_offset_s = parse_offset(&off);
+    if meta.utc_offset_s.is_none() {
+        meta.utc_offset_s = offset.as_deref().and_then(parse_offset);
     }
-    let dim = |a: ExifTag, b: ExifTag| {
-        exif.get(a)
-            .or_else(|| exif.get(b))
-            .and_then(|v| v.try_as_integer())
-            .and_then(|v| u32::try_from(v).ok())
-    };
-    meta.width = dim(ExifTag::ExifImageWidth, ExifTag::ImageWidth);
-    meta.height = dim(ExifTag::ExifImageHeight, ExifTag::ImageHeight);
-    meta.gps = exif.gps_info().and_then(gps_of);
-    // nom-exif hands the MakerNote over as undefined bytes or as a byte array.
-    if let Some(EntryValue::Undefined(note) | EntryValue::U8Array(note)) =
-        exif.get(ExifTag::MakerNote)
-    {
-        meta.content_identifier = apple_content_identifier(note);
+    meta.width = exif_w.or(w);
+    meta.height = exif_h.or(h);
+    meta.gps = gps.finish();
+}
+
+/// The GPS directory's entries that make a position.
+#[derive(Default)]
+struct GpsParts {
+    lat_ref: Option<char>,
+    lat: Option<f64>,
+    lon_ref: Option<char>,
+    lon: Option<f64>,
+    alt_below_sea: bool,
+    alt: Option<f64>,
+}
+
+impl GpsParts {
+    fn take(&mut self, code: u16, v: &EntryValue) {
+        let dms = |v: &EntryValue| -> Option<f64> {
+            let parts = v.as_urational_slice()?;
+            let [d, m, s] = parts else { return None };
+            Some(d.to_f64()? + m.to_f64()? / 60.0 + s.to_f64()? / 3600.0)
+        };
+        let first_char = |v: &EntryValue| v.as_str().and_then(|s| s.trim().chars().next());
+        match code {
+            0x0001 => self.lat_ref = first_char(v),
+            0x0002 => self.lat = dms(v),
+            0x0003 => self.lon_ref = first_char(v),
+            0x0004 => self.lon = dms(v),
+            0x0005 => {
+                self.alt_below_sea = match v {
+                    EntryValue::Undefined(b) | EntryValue::U8Array(b) => b.first() == Some(&1),
+                    other => other.try_as_integer() == Some(1),
+                }
+            }
+            0x0006 => self.alt = v.as_urational().and_then(|r| r.to_f64()),
+            _ => {}
+        }
+    }
+
+    fn finish(self) -> Option<Gps> {
+        let sign = |r: Option<char>, neg: char| if r == Some(neg) { -1.0 } else { 1.0 };
+        let lat = self.lat? * sign(self.lat_ref.map(|c| c.to_ascii_uppercase()), 'S');
+        let lon = self.lon? * sign(self.lon_ref.map(|c| c.to_ascii_uppercase()), 'W');
+        let valid = lat.is_finite() && lon.is_finite() && lat.abs() <= 90.0 && lon.abs() <= 180.0;
+        valid.then(|| Gps {
+            latitude: lat,
+            longitude: lon,
+            altitude_m: self
+                .alt
+                .filter(|a| a.is_finite())
+                .map(|a| if self.alt_below_sea { -a } else { a }),
+        })
     }
 }
 

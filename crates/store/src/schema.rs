@@ -17,7 +17,6 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         created_ms INTEGER NOT NULL,
         updated_ms INTEGER NOT NULL
     ) STRICT;
-    CREATE INDEX assets_dir ON assets(dir);
     CREATE TABLE resources (
         id TEXT PRIMARY KEY,
         asset_id TEXT NOT NULL REFERENCES assets(id),
@@ -35,7 +34,6 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     ) STRICT;
     CREATE INDEX resources_dir ON resources(dir);
     CREATE INDEX resources_asset ON resources(asset_id);
-    CREATE INDEX resources_blake3 ON resources(blake3);
     CREATE TABLE change_sets (
         token INTEGER PRIMARY KEY,
         committed_ms INTEGER NOT NULL
