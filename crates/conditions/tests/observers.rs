@@ -21,8 +21,9 @@ use zbus::message::Type as MessageType;
 use zbus::{Connection, MessageStream, ObjectPath, OwnedVariant, Variant};
 
 /// The bound within which a change must be observed. It only bounds a failure: the tests wait
-/// on the channel and go on as soon as the change arrives.
-const WITHIN: Duration = Duration::from_secs(1);
+/// on the channel and go on as soon as the change arrives. Generous on purpose: many private
+/// buses start at once on two shared cores; the 1 s reaction goal is a measurement, not a test.
+const WITHIN: Duration = Duration::from_secs(10);
 
 /// A private bus: a `dbus-daemon` child with its own configuration, killed on drop.
 struct PrivateBus {
