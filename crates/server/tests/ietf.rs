@@ -53,11 +53,7 @@ async fn create_head_append_complete_and_finish_twice() {
     assert_eq!(header(&r, "cache-control"), Some("no-store"));
 
     let r = s
-        .req("PATCH", &loc)
-        .header("upload-draft-interop-version", "8")
-        .header("content-type", PARTIAL)
-        .header("upload-offset", "0")
-        .header("upload-complete", "?0")
+        .ietf_append(&loc, 0, false)
         .body(data[..1_000_000].to_vec())
         .send()
         .await
@@ -67,31 +63,17 @@ async fn create_head_append_complete_and_finish_twice() {
 
     // A stale offset gets 409 with the right one and the draft's problem type.
     let r = s
-        .req("PATCH", &loc)
-        .header("upload-draft-interop-version", "8")
-        .header("content-type", PARTIAL)
-        .header("upload-offset", "0")
-        .header("upload-complete", "?1")
+        .ietf_append(&loc, 0, true)
         .body(data.clone())
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 409);
     assert_eq!(header(&r, "upload-offset"), Some("1000000"));
-    let problem: serde_json::Value = r.json().await.unwrap();
-    assert!(
-        problem["type"]
-            .as_str()
-            .unwrap()
-            .ends_with("#mismatching-upload-offset")
-    );
+    assert_problem(r, "#mismatching-upload-offset").await;
 
     let r = s
-        .req("PATCH", &loc)
-        .header("upload-draft-interop-version", "8")
-        .header("content-type", PARTIAL)
-        .header("upload-offset", "1000000")
-        .header("upload-complete", "?1")
+        .ietf_append(&loc, 1000000, true)
         .header("content-digest", sha256_field(&data[1_000_000..]))
         .body(data[1_000_000..].to_vec())
         .send()
@@ -114,33 +96,15 @@ async fn create_head_append_complete_and_finish_twice() {
 
     // Appending after completion is refused...
     let r = s
-        .req("PATCH", &loc)
-        .header("upload-draft-interop-version", "8")
-        .header("content-type", PARTIAL)
-        .header("upload-offset", "3000000")
-        .header("upload-complete", "?1")
+        .ietf_append(&loc, 3000000, true)
         .body("more")
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
-    let problem: serde_json::Value = r.json().await.unwrap();
-    assert!(
-        problem["type"]
-            .as_str()
-            .unwrap()
-            .ends_with("#completed-upload")
-    );
+    assert_problem(r, "#completed-upload").await;
     // ...but finishing it again (empty append at the end) names the same object.
-    let r = s
-        .req("PATCH", &loc)
-        .header("upload-draft-interop-version", "8")
-        .header("content-type", PARTIAL)
-        .header("upload-offset", "3000000")
-        .header("upload-complete", "?1")
-        .send()
-        .await
-        .unwrap();
+    let r = s.ietf_append(&loc, 3000000, true).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_object_headers(&r, &data);
 }
@@ -281,22 +245,12 @@ async fn upload_length_and_limits_are_enforced() {
     // Running past Upload-Length.
     let r = patch(300, "?0", vec![1; 201]).await.unwrap();
     assert_eq!(r.status(), 400);
-    let problem: serde_json::Value = r.json().await.unwrap();
-    assert!(
-        problem["type"]
-            .as_str()
-            .unwrap()
-            .ends_with("#inconsistent-upload-length")
-    );
+    assert_problem(r, "#inconsistent-upload-length").await;
     // Claiming completion short of Upload-Length.
     assert_eq!(patch(300, "?1", vec![1; 100]).await.unwrap().status(), 400);
     // A different Upload-Length than at creation.
     let r = s
-        .req("PATCH", &loc)
-        .header("upload-draft-interop-version", "8")
-        .header("content-type", PARTIAL)
-        .header("upload-offset", "300")
-        .header("upload-complete", "?0")
+        .ietf_append(&loc, 300, false)
         .header("upload-length", "499")
         .body(vec![1; 10])
         .send()
@@ -339,16 +293,7 @@ async fn delete_cancels() {
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
-    let r = s
-        .req("PATCH", &loc)
-        .header("upload-draft-interop-version", "8")
-        .header("content-type", PARTIAL)
-        .header("upload-offset", "0")
-        .header("upload-complete", "?1")
-        .body("x")
-        .send()
-        .await
-        .unwrap();
+    let r = s.ietf_append(&loc, 0, true).body("x").send().await.unwrap();
     assert_eq!(r.status(), 404);
     assert_eq!(
         std::fs::read_dir(s.dir.path().join("partial"))

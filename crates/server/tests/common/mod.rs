@@ -33,6 +33,20 @@ impl TestServer {
         format!("{}{}", self.handle.base_url(), path)
     }
 
+    /// An IETF-draft append (interop version 8): the four headers every append repeats.
+    pub fn ietf_append(
+        &self,
+        location: &str,
+        offset: u64,
+        complete: bool,
+    ) -> reqwest::RequestBuilder {
+        self.req("PATCH", location)
+            .header("upload-draft-interop-version", "8")
+            .header("content-type", "application/partial-upload")
+            .header("upload-offset", offset.to_string())
+            .header("upload-complete", if complete { "?1" } else { "?0" })
+    }
+
     pub fn req(&self, method: &str, path: &str) -> reqwest::RequestBuilder {
         let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
         self.client.request(m, self.url(path))
@@ -73,6 +87,16 @@ pub fn bytes(len: usize, seed: u8) -> Vec<u8> {
 }
 
 /// Asserts a completion response names exactly the object holding `data`.
+/// Asserts an `application/problem+json` answer whose type ends with `suffix`.
+pub async fn assert_problem(r: reqwest::Response, suffix: &str) {
+    let problem: serde_json::Value = r.json().await.unwrap();
+    let kind = problem["type"].as_str().unwrap_or_default();
+    assert!(
+        kind.ends_with(suffix),
+        "problem type {kind:?}, want …{suffix}"
+    );
+}
+
 pub fn assert_object_headers(r: &reqwest::Response, data: &[u8]) {
     assert_eq!(
         header(r, "ferry-object-id"),
