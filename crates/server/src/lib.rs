@@ -13,6 +13,7 @@
 pub mod blobs;
 pub mod error;
 pub mod http;
+pub mod listen;
 pub mod meta;
 pub mod sf;
 pub mod uploads;
@@ -26,6 +27,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+pub use listen::{TlsError, TlsFiles};
 pub use uploads::Limits;
 
 #[derive(Debug, Clone)]
@@ -37,6 +39,11 @@ pub struct Config {
     pub limits: Limits,
     /// How often expired uploads are collected.
     pub gc_interval: Duration,
+    /// Serve https with this certificate and key; `None`: plain http.
+    pub tls: Option<TlsFiles>,
+    /// A client must send a request's headers (and finish a TLS handshake) within this long,
+    /// or its connection is closed: idle and half-open connections cannot pile up.
+    pub header_read_timeout: Duration,
 }
 
 impl Config {
@@ -52,6 +59,8 @@ impl Config {
                 body_idle_timeout: Duration::from_secs(60),
             },
             gc_interval: Duration::from_secs(60),
+            tls: None,
+            header_read_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -66,6 +75,8 @@ pub enum StartError {
     Blobs(#[from] blobs::BlobError),
     #[error("cannot listen on {0}: {1}")]
     Listen(SocketAddr, std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 async fn open_engine(config: &Config) -> Result<uploads::Engine, StartError> {
@@ -84,6 +95,8 @@ pub struct Server;
 impl Server {
     /// Binds, starts serving and the expiry collector, and returns at once.
     pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
+        // TLS files are read first: a bad certificate fails the start before anything is opened.
+        let tls = config.tls.as_ref().map(listen::tls_acceptor).transpose()?;
         let engine = open_engine(&config).await?;
         let state = Arc::new(http::AppState {
             engine,
@@ -98,17 +111,14 @@ impl Server {
             .map_err(|e| StartError::Listen(config.listen, e))?;
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let app = http::router(state.clone());
-        let serve = tokio::spawn(async move {
-            let shutdown = async {
-                let _ = stop_rx.await;
-            };
-            if let Err(e) = axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-            {
-                tracing::error!(error = %e, "server stopped");
-            }
-        });
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let serve = tokio::spawn(listen::serve(
+            listener,
+            app,
+            tls,
+            config.header_read_timeout,
+            stop_rx,
+        ));
         let gc_state = state.clone();
         let gc_interval = config.gc_interval;
         let gc = tokio::spawn(async move {
@@ -126,9 +136,10 @@ impl Server {
                 }
             }
         });
-        tracing::info!(%local_addr, auth = !config.open, "ferry-server listening");
+        tracing::info!(%local_addr, scheme, auth = !config.open, "ferry-server listening");
         Ok(ServerHandle {
             local_addr,
+            scheme,
             stop: Some(stop_tx),
             serve,
             gc,
@@ -141,6 +152,7 @@ impl Server {
 #[derive(Debug)]
 pub struct ServerHandle {
     local_addr: SocketAddr,
+    scheme: &'static str,
     stop: Option<oneshot::Sender<()>>,
     serve: JoinHandle<()>,
     gc: JoinHandle<()>,
@@ -152,9 +164,9 @@ impl ServerHandle {
         self.local_addr
     }
 
-    /// `http://ADDR`, for building request URLs.
+    /// `http://ADDR` (or `https://ADDR`), for building request URLs.
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.local_addr)
+        format!("{}://{}", self.scheme, self.local_addr)
     }
 
     /// Runs one expiry collection as if the clock read `now_unix_ms` (tests use a future time

@@ -21,7 +21,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Serve uploads. The first line on stdout is `listening on http://ADDR`.
+    /// Serve uploads. The first line on stdout is `listening on http://ADDR` (or https).
     Serve {
         #[arg(long, env = "FERRY_SERVER_DATA")]
         data: PathBuf,
@@ -39,6 +39,15 @@ enum Command {
         max_age_secs: Option<u64>,
         #[arg(long)]
         body_idle_timeout_secs: Option<u64>,
+        /// A client must send a request's headers within this many seconds (default 30).
+        #[arg(long)]
+        header_read_timeout_secs: Option<u64>,
+        /// Serve https: PEM certificate chain (needs --tls-key).
+        #[arg(long, requires = "tls_key", value_name = "PEM")]
+        tls_cert: Option<PathBuf>,
+        /// Serve https: PEM private key (needs --tls-cert).
+        #[arg(long, requires = "tls_cert", value_name = "PEM")]
+        tls_key: Option<PathBuf>,
     },
     /// Manage device tokens.
     Token {
@@ -77,6 +86,9 @@ async fn main() -> anyhow::Result<()> {
             max_append_size_bytes,
             max_age_secs,
             body_idle_timeout_secs,
+            header_read_timeout_secs,
+            tls_cert,
+            tls_key,
         } => {
             let mut config = ferry_server::Config::new(data, listen);
             config.open = open;
@@ -91,6 +103,15 @@ async fn main() -> anyhow::Result<()> {
             }
             if let Some(v) = body_idle_timeout_secs {
                 config.limits.body_idle_timeout = Duration::from_secs(v);
+            }
+            if let Some(v) = header_read_timeout_secs {
+                config.header_read_timeout = Duration::from_secs(v);
+            }
+            if let (Some(cert_path), Some(key_path)) = (tls_cert, tls_key) {
+                config.tls = Some(ferry_server::TlsFiles {
+                    cert_path,
+                    key_path,
+                });
             }
             let mut handle = ferry_server::Server::start(config).await?;
             let mut out = std::io::stdout();

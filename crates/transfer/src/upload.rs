@@ -58,6 +58,8 @@ pub struct TransferConfig {
     pub pool_max_idle_per_host: usize,
     /// Upload bandwidth cap over all transfers of this uploader; `None`: unlimited.
     pub max_bytes_per_s: Option<u64>,
+    /// Certificates trusted beside the built-in roots (a self-hosted server with its own CA).
+    pub extra_root_certs: Vec<reqwest::Certificate>,
 }
 
 impl Default for TransferConfig {
@@ -71,6 +73,7 @@ impl Default for TransferConfig {
             preflight_ttl: Duration::from_secs(3600),
             pool_max_idle_per_host: 8,
             max_bytes_per_s: None,
+            extra_root_certs: Vec::new(),
         }
     }
 }
@@ -278,7 +281,11 @@ impl Uploader {
             }
             attempt.follow()
         });
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        for cert in &config.extra_root_certs {
+            builder = builder.add_root_certificate(cert.clone());
+        }
+        let client = builder
             .connect_timeout(config.connect_timeout)
             .pool_max_idle_per_host(config.pool_max_idle_per_host)
             .redirect(policy)

@@ -253,3 +253,57 @@ async fn https_is_spoken() {
     );
     assert_eq!(srv.object(&hex(&data)).await, None);
 }
+
+fn tls_fixture(name: &str) -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../server/tests/fixtures/tls")
+        .join(name)
+}
+
+#[tokio::test]
+async fn https_to_a_server_with_its_own_certificate() {
+    // A self-hosted ferry-server with a self-signed certificate: trusted through the engine's
+    // extra roots, the upload completes and its receipt is verified; trusting another
+    // certificate instead, the handshake fails and nothing reaches the server.
+    let srv = server_with(|c| {
+        c.tls = Some(ferry_server::TlsFiles {
+            cert_path: tls_fixture("cert.pem"),
+            key_path: tls_fixture("key.pem"),
+        })
+    })
+    .await;
+    let base = srv.handle.base_url();
+    assert!(base.starts_with("https://"), "{base}");
+    let cert = |name: &str| {
+        reqwest::Certificate::from_pem(&std::fs::read(tls_fixture(name)).unwrap()).unwrap()
+    };
+    let files = tempfile::tempdir().unwrap();
+    let data = bytes(200_000, 12);
+    let path = write_file(files.path(), "f", &data);
+    let check = reqwest::Client::builder()
+        .tls_certs_only([cert("ca.pem")])
+        .build()
+        .unwrap();
+    let stored = |check: reqwest::Client| {
+        let url = format!("{base}/v1/objects/{}", hex(&data));
+        async move { check.get(url).send().await.unwrap().status() }
+    };
+
+    let mut wrong = test_config(None, 64 << 10);
+    wrong.transfer.extra_root_certs = vec![cert("other-ca.pem")];
+    let rig_wrong = rig(wrong, &base);
+    let dest = ferry_core::Destination::new(ferry_core::Method::Post, format!("{base}/v1/uploads"));
+    let id = rig_wrong.add_job(EXT, &path, hash(&data), dest.clone(), BTreeMap::new());
+    run(&rig_wrong).await;
+    assert_eq!(rig_wrong.job(id).state, JobState::Failed);
+    assert_eq!(stored(check.clone()).await, 404);
+
+    let mut trusted = test_config(None, 64 << 10);
+    trusted.transfer.extra_root_certs = vec![cert("ca.pem")];
+    let rig_ok = rig(trusted, &base);
+    let id = rig_ok.add_job(EXT, &path, hash(&data), dest, BTreeMap::new());
+    run(&rig_ok).await;
+    let job = rig_ok.job(id);
+    assert_eq!(job.state, JobState::Succeeded, "{job:?}");
+    assert_eq!(stored(check).await, 200);
+}
