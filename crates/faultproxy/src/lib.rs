@@ -32,6 +32,10 @@ pub enum Fault {
     AcceptThenClose,
     /// Accept, then reset at once.
     AcceptThenReset,
+    /// Read the request head, answer it with this HTTP status (and `Retry-After` seconds when
+    /// non-zero) without contacting the server, then close: an overloaded or throttling server
+    /// (503, 429) or a failing one (500).
+    Respond { status: u16, retry_after_s: u32 },
 }
 
 /// A fault for the next `connections` connections (or all, if `None`), then [`Fault::None`].
@@ -184,6 +188,39 @@ fn reset(stream: TcpStream) {
     drop(stream);
 }
 
+/// Answers one request with `status` and closes, draining what the client still sends for a
+/// while so the close is not a reset that would hide the answer from it.
+async fn respond(mut client: TcpStream, status: u16, retry_after_s: u32) {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 64 * 1024 {
+        match client.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let retry = if retry_after_s > 0 {
+        format!("Retry-After: {retry_after_s}\r\n")
+    } else {
+        String::new()
+    };
+    let answer = format!(
+        "HTTP/1.1 {status} Injected\r\n{retry}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    if client.write_all(answer.as_bytes()).await.is_err() {
+        return;
+    }
+    let _ = client.shutdown().await;
+    let drain = async {
+        while let Ok(n) = client.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
+}
+
 async fn carry(
     client: TcpStream,
     upstream: SocketAddr,
@@ -194,6 +231,10 @@ async fn carry(
     match fault {
         Fault::AcceptThenClose => return,
         Fault::AcceptThenReset => return reset(client),
+        Fault::Respond {
+            status,
+            retry_after_s,
+        } => return respond(client, status, retry_after_s).await,
         _ => {}
     }
     let Ok(server) = TcpStream::connect(upstream).await else {

@@ -120,3 +120,26 @@ async fn trickle_delivers_everything() {
     assert!(ok && answer == b"ok");
     assert_eq!(got.recv().await, Some(50_000));
 }
+
+#[tokio::test]
+async fn respond_answers_for_the_server_then_forwards_again() {
+    let (server, mut got) = sink().await;
+    let proxy = FaultProxy::start(server).await.unwrap();
+    proxy.set(Plan::once(Fault::Respond {
+        status: 503,
+        retry_after_s: 2,
+    }));
+    let mut c = TcpStream::connect(proxy.addr()).await.unwrap();
+    c.write_all(b"PUT /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    c.read_to_end(&mut answer).await.unwrap();
+    let answer = String::from_utf8(answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
+    assert!(answer.contains("Retry-After: 2\r\n"), "{answer}");
+    // The server never saw that request; the next connection reaches it.
+    let (ok, answer) = send(proxy.addr(), 10).await;
+    assert!(ok && answer == b"ok");
+    assert_eq!(got.recv().await, Some(10));
+}

@@ -14,8 +14,12 @@ CONC=${CONC:-16}
 LARGE_MB=${LARGE_MB:-2048}
 
 bash scripts/setup.d/server-interop.sh >/dev/null
-cargo build --release --quiet -p ferry-server
-bin="$root/target/release/ferry-server"
+# FERRY_SERVER_BIN: a binary already built (bench/run passes its own); else build release.
+bin=${FERRY_SERVER_BIN:-}
+if [ -z "$bin" ]; then
+    cargo build --release --quiet -p ferry-server
+    bin="$root/target/release/ferry-server"
+fi
 bench="$root/crates/server/bench"
 work="$(mktemp -d "${TMPDIR:-/tmp}/ferry-bench.XXXXXX")"
 pid=""

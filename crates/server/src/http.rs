@@ -212,13 +212,20 @@ fn media_type(h: &HeaderMap) -> Result<Option<String>, ApiError> {
     }))
 }
 
-/// Parses tus-style metadata (`key base64,key2 base64`) into a JSON object of strings.
+/// The request's tus-style metadata (`Upload-Metadata`, else `Ferry-Metadata`) as a JSON object
+/// of strings, and the raw field.
 fn metadata(h: &HeaderMap) -> Result<(String, Option<String>), ApiError> {
     let raw = match (text(h, "upload-metadata")?, text(h, "ferry-metadata")?) {
         (Some(a), _) => a,
         (None, Some(b)) => b,
         (None, None) => return Ok(("{}".into(), None)),
     };
+    Ok((parse_metadata(raw)?, Some(raw.to_string())))
+}
+
+/// Parses tus-style metadata (`key base64,key2 base64`) into a JSON object of strings. Public
+/// so the fuzz target can reach it: it reads bytes straight from the network.
+pub fn parse_metadata(raw: &str) -> Result<String, ApiError> {
     if raw.len() > MAX_METADATA_BYTES {
         return Err(ApiError::BadRequest(format!(
             "metadata over {MAX_METADATA_BYTES} bytes"
@@ -251,10 +258,7 @@ fn metadata(h: &HeaderMap) -> Result<(String, Option<String>), ApiError> {
             )));
         }
     }
-    Ok((
-        serde_json::Value::Object(map).to_string(),
-        Some(raw.to_string()),
-    ))
+    Ok(serde_json::Value::Object(map).to_string())
 }
 
 fn digest(h: &HeaderMap, name: &str) -> Result<Option<[u8; 32]>, ApiError> {
