@@ -1,5 +1,6 @@
 //! `ferry`: the command line. Argument parsing and output; the work lives in the libraries.
 
+mod backup_cmd;
 mod library_cmd;
 mod output;
 
@@ -23,6 +24,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Back up a folder: index it, send what the server lacks, verify everything.
+    Backup(backup_cmd::BackupArgs),
     /// Index a folder of photos and videos, and query the index.
     #[command(subcommand)]
     Library(library_cmd::LibraryCommand),
@@ -39,12 +42,30 @@ enum Command {
 
 /// Exit codes, documented in README.md.
 pub const EXIT_FAILURE: u8 = 1;
+/// Wrong usage, a folder that is not there, a configuration to fix.
 pub const EXIT_BAD_INPUT: u8 = 2;
+/// The backup ran but not every resource is verified on the server.
+pub const EXIT_INCOMPLETE: u8 = 3;
+/// The server refused the token.
+pub const EXIT_AUTH: u8 = 4;
+/// The server could not be reached or answered nonsense.
+pub const EXIT_UNREACHABLE: u8 = 5;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let state_dir = cli.state_dir.unwrap_or_else(default_state_dir);
+    let state_dir = cli
+        .state_dir
+        .unwrap_or_else(ferry_daemon::config::default_state_dir);
+    let config_path = ferry_daemon::config::config_path();
+    let config = match ferry_daemon::config::FileConfig::load(&config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ferry: {e}");
+            return ExitCode::from(EXIT_BAD_INPUT);
+        }
+    };
     let result = match cli.command {
+        Command::Backup(args) => backup_cmd::run(&state_dir, &config, args),
         Command::Library(cmd) => library_cmd::run(&state_dir, cmd),
         Command::Conditions { json, watch } => conditions(json, watch),
     };
@@ -93,14 +114,4 @@ fn conditions(json: bool, watch: bool) -> anyhow::Result<ExitCode> {
         }
         Ok(ExitCode::SUCCESS)
     })
-}
-
-fn default_state_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
-        return PathBuf::from(dir).join("ferry");
-    }
-    match std::env::var_os("HOME").filter(|h| !h.is_empty()) {
-        Some(home) => PathBuf::from(home).join(".local/state/ferry"),
-        None => PathBuf::from(".ferry"),
-    }
 }
