@@ -223,10 +223,7 @@ pub fn request(
 /// Undoes HTTP/1.1 chunked framing; stops at the last chunk or at anything malformed.
 fn dechunk(mut s: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    loop {
-        let Some(eol) = s.windows(2).position(|w| w == b"\r\n") else {
-            break;
-        };
+    while let Some(eol) = s.windows(2).position(|w| w == b"\r\n") {
         let size = String::from_utf8_lossy(&s[..eol]);
         let size = size.split(';').next().unwrap_or("").trim();
         let Ok(n) = usize::from_str_radix(size, 16) else {

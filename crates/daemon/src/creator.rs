@@ -67,11 +67,17 @@ impl Creator {
     ) -> Result<(u64, u64), PlanError> {
         let base = UrlBase::parse(base_url).map_err(|e| PlanError::Base(e.to_string()))?;
         store.set_destination_bases(EXTENSION, &[base])?;
-        let in_flight: HashSet<String> = store
+        // Jobs left by an earlier run to another address (the built-in server moved to a
+        // new port) can never go: cancel them; their resources are queued again below.
+        let (live, stale): (Vec<_>, Vec<_>) = store
             .fetch(EXTENSION, Action::Process)?
             .into_iter()
-            .map(|j| j.resource_id)
-            .collect();
+            .partition(|j| j.destination.url == self.uploads_url);
+        for chunk in stale.chunks(MAX_TX_ITEMS) {
+            let items: Vec<TxItem> = chunk.iter().map(|j| TxItem::Cancel { job: j.id }).collect();
+            store.transaction(EXTENSION, &items, crate::backup::now_ms())?;
+        }
+        let in_flight: HashSet<String> = live.into_iter().map(|j| j.resource_id).collect();
         let (mut queued, mut queued_bytes) = (0, 0);
         for r in resources {
             if present.contains(&hex(&r.blake3))

@@ -12,6 +12,7 @@ pub mod backup;
 pub mod config;
 pub mod control;
 pub mod creator;
+pub mod daemon;
 pub mod gate;
 pub mod report;
 pub mod server;

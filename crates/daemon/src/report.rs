@@ -6,9 +6,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use ferry_core::job::{ContentHash, Job, JobState, Receipt};
 use ferry_core::policy::Decision;
-use ferry_store::library::{LibraryCounts, hex};
+use ferry_store::library::hex;
 use ferry_store::{JobFilter, JobStore, JobStoreError, Store, StoreError};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 #[derive(Debug, thiserror::Error)]
@@ -22,7 +22,7 @@ pub enum ReportError {
 }
 
 /// Jobs of one extension by what they are waiting for.
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ExtensionStatus {
     pub extension: String,
     /// Jobs that delivered their resource.
@@ -35,9 +35,17 @@ pub struct ExtensionStatus {
     pub waiting: BTreeMap<String, u64>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// The library's size.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LibraryTotals {
+    pub assets: u64,
+    pub resources: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Status {
-    pub library: LibraryCounts,
+    pub library: LibraryTotals,
     /// Library resources whose content a job delivered.
     pub resources_backed_up: u64,
     pub resources_not_backed_up: u64,
@@ -46,6 +54,7 @@ pub struct Status {
     pub extensions: Vec<ExtensionStatus>,
     /// The conditions' decision now, when known (the daemon observes them).
     pub decision: Option<Decision>,
+    #[serde(default)]
     pub daemon: Option<serde_json::Value>,
 }
 
@@ -104,7 +113,12 @@ pub fn status(
     decision: Option<Decision>,
     now_ms: i64,
 ) -> Result<Status, ReportError> {
-    let library = store.library_counts()?;
+    let c = store.library_counts()?;
+    let library = LibraryTotals {
+        assets: c.assets,
+        resources: c.resources,
+        bytes: c.bytes,
+    };
     let jobs = all_jobs(store)?;
     let backoff = backoff_until(store)?;
     let mut per: BTreeMap<String, ExtensionStatus> = BTreeMap::new();
@@ -133,12 +147,11 @@ pub fn status(
     }
     let mut backed_up = 0u64;
     let mut total = 0u64;
-    for root in store.roots()? {
-        for r in store.resource_stats_under(&root)? {
-            total += 1;
-            if delivered.contains(&r.blake3) {
-                backed_up += 1;
-            }
+    // Every indexed path is absolute: "/" covers the whole index.
+    for r in store.resource_stats_under(std::path::Path::new("/"))? {
+        total += 1;
+        if delivered.contains(&r.blake3) {
+            backed_up += 1;
         }
     }
     let extensions: Vec<ExtensionStatus> = per.into_values().collect();
@@ -160,20 +173,20 @@ pub fn status(
 }
 
 /// One resource of an asset and what became of it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ResourceWhy {
     pub resource_id: String,
     pub path: std::path::PathBuf,
     pub blake3: String,
     pub size_bytes: u64,
     /// `backed_up`, `waiting`, `failed`, `no_job`.
-    pub verdict: &'static str,
+    pub verdict: String,
     /// A sentence for people.
     pub explanation: String,
     pub job: Option<Job>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Why {
     pub asset_id: String,
     pub resources: Vec<ResourceWhy>,
@@ -241,7 +254,7 @@ pub fn why(
             path: r.path.clone(),
             blake3: hex(&r.blake3),
             size_bytes: r.size,
-            verdict,
+            verdict: verdict.to_owned(),
             explanation,
             job,
         });

@@ -60,10 +60,33 @@ impl Embedded {
                 token
             }
         };
-        let listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-        let handle = Server::start(Config::new(&data_dir, listen))
-            .await
+        // The same port as last time when it is free, so jobs and receipts keep one address.
+        let port_path = state_dir.join("server-port");
+        let last_port: Option<u16> = std::fs::read_to_string(&port_path)
+            .ok()
+            .and_then(|p| p.trim().parse().ok());
+        let at = |port: u16| {
+            Config::new(
+                &data_dir,
+                std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            )
+        };
+        let handle = match last_port {
+            Some(p) => match Server::start(at(p)).await {
+                Ok(h) => Ok(h),
+                Err(ferry_server::StartError::Listen(..)) => Server::start(at(0)).await,
+                Err(e) => Err(e),
+            },
+            None => Server::start(at(0)).await,
+        }
+        .map_err(|e| err(e.to_string()))?;
+        if last_port != Some(handle.local_addr().port()) {
+            write_private(
+                &port_path,
+                handle.local_addr().port().to_string().as_bytes(),
+            )
             .map_err(|e| err(e.to_string()))?;
+        }
         Ok(Embedded {
             handle,
             token,

@@ -3,6 +3,7 @@
 mod backup_cmd;
 mod library_cmd;
 mod output;
+mod state_cmd;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -26,10 +27,40 @@ struct Cli {
 enum Command {
     /// Back up a folder: index it, send what the server lacks, verify everything.
     Backup(backup_cmd::BackupArgs),
+    /// Is everything backed up? Counts by state and waiting reason, per extension.
+    /// Exit 0: everything is safe; 3: something is not backed up yet.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Why an asset is (or is not) backed up.
+    Why {
+        asset: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Upload jobs.
+    #[command(subcommand)]
+    Jobs(state_cmd::JobsCommand),
+    /// What was sent (receipts), newest first.
+    History {
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The configuration file.
+    #[command(subcommand)]
+    Config(state_cmd::ConfigCommand),
+    /// Run Ferry as a systemd user service.
+    #[command(subcommand)]
+    Service(state_cmd::ServiceCommand),
+    /// Run the daemon: watch the configured folders and back them up, serve the control API.
+    Daemon(state_cmd::DaemonArgs),
     /// Index a folder of photos and videos, and query the index.
     #[command(subcommand)]
     Library(library_cmd::LibraryCommand),
-    /// What Ferry sees now (network, power, activity, temperature) and what the default
+    /// What Ferry sees now (network, power, activity, temperature) and what the configured
     /// policy makes of it.
     Conditions {
         #[arg(long)]
@@ -56,6 +87,11 @@ fn main() -> ExitCode {
     let state_dir = cli
         .state_dir
         .unwrap_or_else(ferry_daemon::config::default_state_dir);
+    // `config` reports a broken file itself; every other command needs a good one.
+    let command = match cli.command {
+        Command::Config(cmd) => return finish(state_cmd::config(cmd)),
+        other => other,
+    };
     let config_path = ferry_daemon::config::config_path();
     let config = match ferry_daemon::config::FileConfig::load(&config_path) {
         Ok(c) => c,
@@ -64,11 +100,22 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_BAD_INPUT);
         }
     };
-    let result = match cli.command {
+    let result = match command {
+        Command::Status { json } => state_cmd::status(&state_dir, json),
+        Command::Why { asset, json } => state_cmd::why(&state_dir, &asset, json),
+        Command::Jobs(cmd) => state_cmd::jobs(&state_dir, cmd),
+        Command::History { limit, json } => state_cmd::history(&state_dir, limit, json),
+        Command::Config(cmd) => state_cmd::config(cmd),
+        Command::Service(cmd) => state_cmd::service(&state_dir, cmd),
+        Command::Daemon(args) => state_cmd::daemon(&state_dir, &config, args),
         Command::Backup(args) => backup_cmd::run(&state_dir, &config, args),
         Command::Library(cmd) => library_cmd::run(&state_dir, cmd),
-        Command::Conditions { json, watch } => conditions(json, watch),
+        Command::Conditions { json, watch } => conditions(config.policy(), json, watch),
     };
+    finish(result)
+}
+
+fn finish(result: anyhow::Result<ExitCode>) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
@@ -78,14 +125,13 @@ fn main() -> ExitCode {
     }
 }
 
-fn conditions(json: bool, watch: bool) -> anyhow::Result<ExitCode> {
+fn conditions(policy: ferry_core::Policy, json: bool, watch: bool) -> anyhow::Result<ExitCode> {
     use ferry_conditions::{Observer, ObserverConfig, local_now, report};
-    use ferry_core::policy::{Policy, decide};
+    use ferry_core::policy::decide;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let policy = Policy::default();
         let observer = Observer::start(ObserverConfig::default()).await;
         let show = |c: &ferry_core::Conditions| -> anyhow::Result<()> {
             let now = local_now();
