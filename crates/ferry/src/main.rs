@@ -28,7 +28,7 @@ enum Command {
     /// Back up a folder: index it, send what the server lacks, verify everything.
     Backup(backup_cmd::BackupArgs),
     /// Is everything backed up? Counts by state and waiting reason, per extension.
-    /// Exit 0: everything is safe; 3: something is not backed up yet.
+    /// Exit 0: everything is safe; 4: something is not backed up yet.
     Status {
         #[arg(long)]
         json: bool,
@@ -76,11 +76,11 @@ pub const EXIT_FAILURE: u8 = 1;
 /// Wrong usage, a folder that is not there, a configuration to fix.
 pub const EXIT_BAD_INPUT: u8 = 2;
 /// The backup ran but not every resource is verified on the server.
-pub const EXIT_INCOMPLETE: u8 = 3;
+pub const EXIT_INCOMPLETE: u8 = 4;
 /// The server refused the token.
-pub const EXIT_AUTH: u8 = 4;
+pub const EXIT_AUTH: u8 = 5;
 /// The server could not be reached or answered nonsense.
-pub const EXIT_UNREACHABLE: u8 = 5;
+pub const EXIT_UNREACHABLE: u8 = 6;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -21,7 +21,7 @@ use crate::output::bytes;
 use crate::{EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_INCOMPLETE};
 
 /// Exit code of `ferry daemon` when another daemon holds the state folder.
-pub const EXIT_ALREADY_RUNNING: u8 = 6;
+pub const EXIT_ALREADY_RUNNING: u8 = 7;
 
 fn out(line: &str) -> bool {
     let mut o = std::io::stdout().lock();

@@ -144,7 +144,7 @@ fn external_server_right_and_wrong_token_unreachable_and_missing_folder() {
             "ferry_wrong",
         ],
     );
-    assert_eq!(out.status.code(), Some(4), "wrong token → exit 4");
+    assert_eq!(out.status.code(), Some(5), "wrong token → exit 5");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("refused the token"), "{err}");
     assert!(
@@ -213,7 +213,7 @@ fn external_server_right_and_wrong_token_unreachable_and_missing_folder() {
         s,
         &["backup", lib, "--now", "--to", &url, "--token", &token],
     );
-    assert_eq!(out.status.code(), Some(5), "server gone → exit 5");
+    assert_eq!(out.status.code(), Some(6), "server gone → exit 6");
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach"));
 
     let out = ferry(s, &["backup", "/nonexistent/photos", "--now"]);
