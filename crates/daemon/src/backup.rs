@@ -412,7 +412,7 @@ pub async fn run(
     };
     let engine = Arc::new(Engine::new(
         shared.clone(),
-        Arc::new(Sessions(shared.clone())),
+        Arc::new(Sessions::new(shared.clone()).map_err(ferry_transfer::EngineError::from)?),
         Arc::new(Locator(shared.clone())),
         engine_config,
     )?);

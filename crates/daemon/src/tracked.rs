@@ -140,12 +140,64 @@ impl JobStore for Tracked {
 }
 
 /// Upload sessions in the same database, through the same lock as the jobs.
+///
+/// A session that only caches the pre-pass (the file's hash check) holds nothing a restart
+/// needs: without it the file is hashed again and sent from the start, which is what would
+/// happen anyway with no upload URL to resume. Such sessions stay in memory; a session that
+/// carries resume state (an upload URL) or retry state (attempts, a not-before time) is
+/// committed before `save` returns. For a small file this saves two commits (save and delete)
+/// of the four its job would otherwise cost.
 #[derive(Debug, Clone)]
-pub struct Sessions(pub SharedStore);
+pub struct Sessions {
+    store: SharedStore,
+    volatile: Arc<Mutex<HashMap<Uuid, UploadSession>>>,
+    /// Jobs with a row in the database (from this run or an earlier one).
+    durable: Arc<Mutex<std::collections::HashSet<Uuid>>>,
+}
+
+fn needs_durability(s: &UploadSession) -> bool {
+    s.upload_url.is_some()
+        || s.attempts != ferry_core::retry::AttemptState::default()
+        || s.not_before_ms > 0
+}
+
+impl Sessions {
+    pub fn new(store: SharedStore) -> Result<Sessions, SessionStoreError> {
+        let durable = store
+            .lock()
+            .map_err(|_| SessionStoreError::Poisoned)?
+            .inner
+            .upload_sessions()?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        Ok(Sessions {
+            store,
+            volatile: Arc::default(),
+            durable: Arc::new(Mutex::new(durable)),
+        })
+    }
+}
 
 impl UploadSessionStore for Sessions {
     fn load(&self, job: Uuid) -> Result<Option<UploadSession>, SessionStoreError> {
-        let store = self.0.lock().map_err(|_| SessionStoreError::Poisoned)?;
+        if let Some(s) = self
+            .volatile
+            .lock()
+            .map_err(|_| SessionStoreError::Poisoned)?
+            .get(&job)
+        {
+            return Ok(Some(s.clone()));
+        }
+        if !self
+            .durable
+            .lock()
+            .map_err(|_| SessionStoreError::Poisoned)?
+            .contains(&job)
+        {
+            return Ok(None);
+        }
+        let store = self.store.lock().map_err(|_| SessionStoreError::Poisoned)?;
         match store.inner.upload_session(job)? {
             None => Ok(None),
             Some(body) => {
@@ -160,20 +212,49 @@ impl UploadSessionStore for Sessions {
     }
 
     fn save(&self, session: &UploadSession) -> Result<(), SessionStoreError> {
+        let id = session.job_id;
+        let mut durable = self
+            .durable
+            .lock()
+            .map_err(|_| SessionStoreError::Poisoned)?;
+        if !needs_durability(session) && !durable.contains(&id) {
+            self.volatile
+                .lock()
+                .map_err(|_| SessionStoreError::Poisoned)?
+                .insert(id, session.clone());
+            return Ok(());
+        }
         let body = serde_json::to_string(session).map_err(|e| SessionStoreError::Corrupt {
-            job: session.job_id,
+            job: id,
             why: e.to_string(),
         })?;
-        let mut store = self.0.lock().map_err(|_| SessionStoreError::Poisoned)?;
+        let mut store = self.store.lock().map_err(|_| SessionStoreError::Poisoned)?;
         store
             .inner
-            .put_upload_session(session.job_id, &body, ferry_transfer::engine::now_ms())?;
+            .put_upload_session(id, &body, ferry_transfer::engine::now_ms())?;
+        drop(store);
+        durable.insert(id);
+        self.volatile
+            .lock()
+            .map_err(|_| SessionStoreError::Poisoned)?
+            .remove(&id);
         Ok(())
     }
 
     fn remove(&self, job: Uuid) -> Result<(), SessionStoreError> {
-        let mut store = self.0.lock().map_err(|_| SessionStoreError::Poisoned)?;
-        store.inner.delete_upload_session(job)?;
+        self.volatile
+            .lock()
+            .map_err(|_| SessionStoreError::Poisoned)?
+            .remove(&job);
+        let mut durable = self
+            .durable
+            .lock()
+            .map_err(|_| SessionStoreError::Poisoned)?;
+        if durable.contains(&job) {
+            let mut store = self.store.lock().map_err(|_| SessionStoreError::Poisoned)?;
+            store.inner.delete_upload_session(job)?;
+            durable.remove(&job);
+        }
         Ok(())
     }
 }

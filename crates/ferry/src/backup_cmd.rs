@@ -165,15 +165,17 @@ fn report(s: &BackupSummary, json: bool) -> ExitCode {
             s.elapsed_ms as f64 / 1000.0
         ),
         format!(
-            "  verified {}/{} files against the server's BLAKE3 digests at {}",
-            s.verified, s.resources, s.server_url
+            "  verified {}/{} against the server's BLAKE3 digests",
+            s.verified, s.resources
         ),
     ];
-    if let Some(dir) = &s.embedded_server_dir {
-        lines.push(format!(
-            "  stored by the built-in server in {}",
+    match &s.embedded_server_dir {
+        Some(dir) => lines.push(format!(
+            "  server {} (built in, storing in {})",
+            s.server_url,
             dir.display()
-        ));
+        )),
+        None => lines.push(format!("  server {}", s.server_url)),
     }
     if s.index_issues > 0 {
         lines.push(format!(
