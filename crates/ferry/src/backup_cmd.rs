@@ -90,6 +90,16 @@ pub fn run(state_dir: &Path, config: &FileConfig, args: BackupArgs) -> anyhow::R
             .max(1),
         watch: args.watch,
     };
+    if !args.json {
+        let to = match &opts.target {
+            Target::Embedded => "the built-in server".to_owned(),
+            Target::Remote { url, .. } => url.clone(),
+        };
+        eprintln!(
+            "ferry: backing up {} to {to} with the ferry-backup extension (running this command is your consent)",
+            args.dir.display()
+        );
+    }
     let progress = Arc::new(Progress::default());
     let done = Arc::new(AtomicBool::new(false));
     let display = {

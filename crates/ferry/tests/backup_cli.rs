@@ -219,3 +219,55 @@ fn external_server_right_and_wrong_token_unreachable_and_missing_folder() {
     let out = ferry(s, &["backup", "/nonexistent/photos", "--now"]);
     assert_eq!(out.status.code(), Some(2), "missing folder → exit 2");
 }
+
+#[test]
+fn kill_9_mid_backup_then_rerun_completes_everything() {
+    use std::io::{BufRead, BufReader};
+    let state = tempfile::tempdir().unwrap();
+    let lib = tempfile::tempdir().unwrap();
+    // 300 distinct files of 64 KiB: long enough to be cut in the middle.
+    let base = std::fs::read(fixtures().join("plain/IMG_0010.JPG")).unwrap();
+    for i in 0..300u32 {
+        let d = lib.path().join(format!("{:02}", i / 100));
+        std::fs::create_dir_all(&d).unwrap();
+        let mut body = base.clone();
+        body.extend_from_slice(&i.to_le_bytes());
+        body.resize(64 << 10, (i % 251) as u8);
+        std::fs::write(d.join(format!("IMG_{i:04}.JPG")), body).unwrap();
+    }
+    let lib_s = lib.path().to_str().unwrap();
+    let mut child = Command::new(FERRY)
+        .arg("--state-dir")
+        .arg(state.path())
+        .args(["backup", lib_s, "--now", "--json", "--concurrency", "2"])
+        .env("FERRY_CONFIG", state.path().join("no-config.toml"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut killed_at = None;
+    for line in BufReader::new(stdout).lines() {
+        let v: Value = serde_json::from_str(&line.unwrap()).unwrap();
+        let sent = v["progress"]["sent"].as_u64().unwrap_or(0);
+        if sent >= 10 {
+            child.kill().unwrap(); // SIGKILL
+            killed_at = Some(sent);
+            break;
+        }
+    }
+    child.wait().unwrap();
+    if let Some(sent) = killed_at {
+        assert!(sent < 300, "killed before the end");
+    }
+    let out = ferry(state.path(), &["backup", lib_s, "--now", "--json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = summary(&out);
+    assert_eq!(s["summary"]["verified"], 300);
+    assert_eq!(s["summary"]["resources"], 300);
+}
