@@ -42,7 +42,8 @@ pub struct BackupOptions {
     /// Obey the device's conditions (network, power, ...) through this policy; `None`: go now.
     pub policy: Option<ferry_core::Policy>,
     pub max_concurrent: usize,
-    /// Keep going as files arrive, until `stop` is set.
+    /// Keep going as files arrive, until `stop` is set. Without it the run ends when
+    /// everything is sent, or at once when the conditions say wait.
     pub watch: bool,
 }
 
@@ -475,6 +476,11 @@ pub async fn run(
                     return Ok(());
                 }
                 progress.set_phase(Phase::Watching);
+            } else if !opts.watch && !decision.is_allow() {
+                // A one-shot backup does not wait for conditions that may not change for
+                // hours: it ends now, and the summary names the reason for what is missing.
+                // Its jobs stay registered; the next run or the daemon sends them.
+                return Ok(());
             } else {
                 progress.set_phase(Phase::Sending);
             }

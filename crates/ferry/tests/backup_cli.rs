@@ -271,3 +271,54 @@ fn kill_9_mid_backup_then_rerun_completes_everything() {
     assert_eq!(s["summary"]["verified"], 300);
     assert_eq!(s["summary"]["resources"], 300);
 }
+
+#[test]
+fn conditions_that_say_wait_end_a_one_shot_backup_with_the_reason() {
+    let state = tempfile::tempdir().unwrap();
+    let config = state.path().join("config.toml");
+    // A one-minute upload window twelve hours from now (UTC, forced below): never now.
+    let hour = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 3600
+        + 12)
+        % 24;
+    std::fs::write(
+        &config,
+        format!(
+            "[policy]\ntime_windows = [{{ start = \"{hour:02}:00\", end = \"{hour:02}:01\" }}]\n"
+        ),
+    )
+    .unwrap();
+    let lib = fixtures();
+    let out = Command::new(FERRY)
+        .arg("--state-dir")
+        .arg(state.path())
+        .args(["backup", lib.to_str().unwrap(), "--json"])
+        .env("FERRY_CONFIG", &config)
+        .env("TZ", "UTC")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = summary(&out);
+    let missing = s["summary"]["missing"].as_array().unwrap();
+    assert!(!missing.is_empty());
+    for m in missing {
+        assert_eq!(m["why"], "outside_time_window", "{m}");
+    }
+    // The command line can override the conditions.
+    let out = Command::new(FERRY)
+        .arg("--state-dir")
+        .arg(state.path())
+        .args(["backup", lib.to_str().unwrap(), "--json", "--now"])
+        .env("FERRY_CONFIG", &config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+}
