@@ -22,6 +22,9 @@ use crate::gate::{Gate, drive_engine};
 use crate::server::{Embedded, ServerClient, ServerError};
 use crate::tracked::{Locator, Sessions, SharedStore, Tally, Tracked};
 
+/// Shortest time between two job creation steps while the engine is busy.
+const STEP_INTERVAL: Duration = Duration::from_millis(100);
+
 /// Where to send the backup.
 #[derive(Debug, Clone)]
 pub enum Target {
@@ -484,8 +487,21 @@ pub async fn run(
             } else {
                 progress.set_phase(Phase::Sending);
             }
+            let stepped = Instant::now();
             tokio::select! {
-                _ = tally.changed.notified() => {}
+                _ = tally.changed.notified() => {
+                    // Batch: one step per STEP_INTERVAL acknowledges and refills many jobs in
+                    // a commit each, instead of two commits per finished job. The engine
+                    // still holds up to the job limit meanwhile, so it never runs dry; only
+                    // when it has nothing left does the step come at once.
+                    let t = &progress.tally;
+                    let finished = Tally::get(&t.succeeded) + Tally::get(&t.failed);
+                    let outstanding = Tally::get(&progress.to_send).saturating_sub(finished);
+                    let idle = Tally::get(&t.started) <= finished;
+                    if outstanding > 0 && !idle {
+                        tokio::time::sleep_until((stepped + STEP_INTERVAL).into()).await;
+                    }
+                }
                 _ = decisions.changed() => {}
                 Some(()) = rescan_rx.recv(), if opts.watch => {
                     plan(&shared, &mut creator, &client, &roots, &progress).await?;
