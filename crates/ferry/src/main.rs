@@ -1,6 +1,7 @@
 //! `ferry`: the command line. Argument parsing and output; the work lives in the libraries.
 
 mod backup_cmd;
+mod extensions_cmd;
 mod library_cmd;
 mod output;
 mod state_cmd;
@@ -60,6 +61,8 @@ enum Command {
     /// Index a folder of photos and videos, and query the index.
     #[command(subcommand)]
     Library(library_cmd::LibraryCommand),
+    /// Installed extensions and the user's consent: list, show, enable, disable.
+    Extensions(extensions_cmd::ExtensionsArgs),
     /// What Ferry sees now (network, power, activity, temperature) and what the configured
     /// policy makes of it.
     Conditions {
@@ -110,6 +113,7 @@ fn main() -> ExitCode {
         Command::Daemon(args) => state_cmd::daemon(&state_dir, &config, args),
         Command::Backup(args) => backup_cmd::run(&state_dir, &config, args),
         Command::Library(cmd) => library_cmd::run(&state_dir, cmd),
+        Command::Extensions(args) => extensions_cmd::run(&state_dir, args),
         Command::Conditions { json, watch } => conditions(config.policy(), json, watch),
     };
     finish(result)
