@@ -8,4 +8,7 @@ mod sdk;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use sdk::{ErrorClass, Extension, Host, HostError, RunError, TerminateFlag, run, run_with};
+pub use sdk::{
+    ErrorClass, Extension, Host, HostError, RATE_LIMIT_MAX_WAIT_MS, RATE_LIMIT_RETRIES, RunError,
+    TerminateFlag, run, run_with,
+};

@@ -120,6 +120,11 @@ impl HostError {
     }
 }
 
+/// How many times [`Host::call_raw`] repeats a call the host answered `rate_limited`.
+pub const RATE_LIMIT_RETRIES: u32 = 5;
+/// The longest it waits before one such repeat, whatever the host asked.
+pub const RATE_LIMIT_MAX_WAIT_MS: u64 = 2_000;
+
 /// What the reader thread hands the main loop, in stream order.
 #[derive(Debug)]
 enum Incoming {
@@ -300,8 +305,35 @@ impl Host<'_> {
         TerminateFlag(self.conn.terminate.clone())
     }
 
-    /// Calls any host method with JSON params; waits for its answer.
+    /// Calls any host method with JSON params; waits for its answer. A `rate_limited` answer
+    /// is retried after the host's `retry_after_ms` (at most [`RATE_LIMIT_RETRIES`] times,
+    /// each wait capped at [`RATE_LIMIT_MAX_WAIT_MS`], never after `will_terminate`).
     pub fn call_raw(
+        &mut self,
+        method: &str,
+        params: serde_json::Value,
+    ) -> Result<serde_json::Value, HostError> {
+        let mut tries = 0;
+        loop {
+            match self.call_once(method, params.clone()) {
+                Err(HostError::Rpc { error, .. })
+                    if error.kind() == Some(ErrorCode::RateLimited)
+                        && tries < RATE_LIMIT_RETRIES
+                        && !self.will_terminate_received() =>
+                {
+                    tries += 1;
+                    let wait_ms = error
+                        .data_u64("retry_after_ms")
+                        .unwrap_or(100)
+                        .min(RATE_LIMIT_MAX_WAIT_MS);
+                    std::thread::sleep(std::time::Duration::from_millis(wait_ms));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn call_once(
         &mut self,
         method: &str,
         params: serde_json::Value,

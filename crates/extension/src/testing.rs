@@ -70,6 +70,8 @@ pub struct TestHost {
     pub calls: Vec<String>,
     /// The resource ids each committed transaction created jobs for, in order.
     pub created: Vec<Vec<String>>,
+    /// Answer this many next calls `rate_limited` (`retry_after_ms` 1), as a busy host would.
+    pub rate_limit_next: u32,
 }
 
 fn now_ms() -> i64 {
@@ -133,6 +135,7 @@ impl TestHost {
             cfg,
             calls: Vec::new(),
             created: Vec::new(),
+            rate_limit_next: 0,
         })
     }
 
@@ -263,6 +266,16 @@ impl TestHost {
     /// Answers one extension → Ferry request.
     pub fn serve(&mut self, method: &str, p: Value) -> Result<Value, RpcError> {
         self.calls.push(method.to_owned());
+        if self.rate_limit_next > 0 {
+            self.rate_limit_next -= 1;
+            let mut data = serde_json::Map::new();
+            data.insert("retry_after_ms".into(), 1.into());
+            return Err(RpcError::with_data(
+                ErrorCode::RateLimited,
+                "too many calls",
+                data,
+            ));
+        }
         let ext = self.cfg.extension_id.clone();
         let arc = self.store.clone();
         let lock = || {

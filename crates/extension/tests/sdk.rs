@@ -224,3 +224,25 @@ fn a_refused_initialize_is_reported_and_the_process_exits() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn rate_limited_calls_are_repeated_after_the_hosts_delay() {
+    let f = fixture(&["plain"]);
+    let mut h = host(&f, serde_json::json!({"mode": "report"}), Scope::Library);
+    h.rate_limit_next = 3;
+    let mut l = h.launch(&mut probe()).unwrap();
+    let r = l.process_jobs(vec![CallReason::FirstRun]).unwrap();
+    assert_eq!(r.status, ProcessStatus::Completed, "{r:?}");
+    assert_eq!(message(&r)["listed"], 3, "{r:?}");
+    assert!(l.close().unwrap().success());
+    // The first call (kv.get) was answered `rate_limited` three times, then served.
+    assert_eq!(h.calls[..4], ["kv.get"; 4]);
+    // More than the SDK's patience: the error reaches the extension, classified transient.
+    h.rate_limit_next = ferry_extension::RATE_LIMIT_RETRIES + 1;
+    let mut l = h.launch(&mut probe()).unwrap();
+    let r = l.process_jobs(vec![CallReason::FirstRun]).unwrap();
+    assert_eq!(r.status, ProcessStatus::Processing, "{r:?}");
+    let error = message(&r)["error"].as_str().unwrap().to_owned();
+    assert!(error.contains("too many calls"), "{error}");
+    assert!(l.close().unwrap().success());
+}
