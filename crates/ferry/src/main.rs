@@ -1,5 +1,6 @@
 //! `ferry`: the command line. Argument parsing and output; the work lives in the libraries.
 
+mod extensions_cmd;
 mod library_cmd;
 mod output;
 
@@ -26,6 +27,8 @@ enum Command {
     /// Index a folder of photos and videos, and query the index.
     #[command(subcommand)]
     Library(library_cmd::LibraryCommand),
+    /// Installed extensions and the user's consent: list, show, enable, disable.
+    Extensions(extensions_cmd::ExtensionsArgs),
     /// What Ferry sees now (network, power, activity, temperature) and what the default
     /// policy makes of it.
     Conditions {
@@ -47,6 +50,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Library(cmd) => library_cmd::run(&state_dir, cmd),
         Command::Conditions { json, watch } => conditions(json, watch),
+        Command::Extensions(args) => extensions_cmd::run(&state_dir, args),
     };
     match result {
         Ok(code) => code,
