@@ -17,7 +17,7 @@ use ferry_transfer::{Engine, EngineConfig};
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::creator::{self, Creator, StepOutcome};
+use crate::extension::{self, Bundled, StepOutcome};
 use crate::gate::{Gate, drive_engine};
 use crate::server::{Embedded, ServerClient, ServerError};
 use crate::tracked::{Locator, Sessions, SharedStore, Tally, Tracked};
@@ -68,7 +68,7 @@ pub enum BackupError {
     #[error("transfer engine: {0}")]
     Engine(#[from] ferry_transfer::EngineError),
     #[error("{0}")]
-    Plan(#[from] creator::PlanError),
+    Extension(#[from] extension::ExtensionError),
     #[error("internal: {0}")]
     Internal(String),
 }
@@ -292,10 +292,10 @@ fn resources_under(
     Ok(out)
 }
 
-/// Asks the server which resources under `root` it lacks, and queues them.
+/// Asks the server which resources under `roots` it lacks: the totals progress shows. (The
+/// extension asks again for itself: it decides what to send.)
 async fn plan(
     store: &SharedStore,
-    creator: &mut Creator,
     client: &ServerClient,
     roots: &[PathBuf],
     progress: &Progress,
@@ -317,13 +317,14 @@ async fn plan(
     s(&progress.bytes_total, bytes);
     s(&progress.already_stored, stored);
     s(&progress.already_stored_bytes, stored_bytes);
-    let mut guard = lock(store)?;
-    let (added, added_bytes) = creator.plan(&mut guard, client.base_url(), &resources, &present)?;
-    drop(guard);
-    progress.to_send.fetch_add(added, Ordering::Relaxed);
-    progress
-        .bytes_to_send
-        .fetch_add(added_bytes, Ordering::Relaxed);
+    for r in &resources {
+        progress.tally.note_size(&r.id, r.size);
+    }
+    // What is still to go, plus what this run already sent (a rescan while watching).
+    let sent = Tally::get(&progress.tally.succeeded);
+    let sent_bytes = Tally::get(&progress.tally.bytes_succeeded);
+    s(&progress.to_send, n - stored + sent);
+    s(&progress.bytes_to_send, bytes - stored_bytes + sent_bytes);
     Ok(())
 }
 
@@ -397,18 +398,14 @@ pub async fn run(
 
     let tally = progress.tally.clone();
     let shared: SharedStore = Arc::new(Mutex::new(Tracked::new(store, tally.clone())));
-    let mut creator = Creator::new(client.uploads_url(), token.clone());
-    // Jobs left in flight by an interrupted run are sent too.
-    let resumed = lock(&shared)?
-        .fetch(creator::EXTENSION, ferry_core::Action::Process)?
-        .len() as u64;
-    progress.to_send.store(resumed, Ordering::Relaxed);
-    plan(&shared, &mut creator, &client, &roots, &progress).await?;
+    plan(&shared, &client, &roots, &progress).await?;
+    // The command line is the consent: install and enable the bundled extension.
+    let mut bundled = Bundled::install(&opts.state_dir, &url, &token)?;
 
     // 3. Send, under the conditions.
     progress.set_phase(Phase::Sending);
     let engine_config = EngineConfig {
-        extensions: vec![creator::EXTENSION.to_owned()],
+        extensions: vec![extension::EXTENSION.to_owned()],
         max_concurrent: opts.max_concurrent.max(1),
         max_concurrent_per_origin: opts.max_concurrent.max(1),
         poll_interval: Duration::from_secs(2),
@@ -467,13 +464,21 @@ pub async fn run(
         loop {
             let decision = *decisions.borrow_and_update();
             progress.set_decision(decision);
-            let outcome = {
-                let mut g = lock(&shared)?;
-                tokio::task::block_in_place(|| {
-                    creator::job_creation_step(&mut g, &mut creator, now_ms())
-                })?
-            };
+            let mut outcome = bundled.step().await?;
             engine.wake();
+            if outcome == StepOutcome::Completed {
+                // Done only when its jobs are all sent and let go of, too.
+                let g = lock(&shared)?;
+                let open = !g
+                    .fetch(extension::EXTENSION, ferry_core::Action::Process)?
+                    .is_empty()
+                    || !g
+                        .fetch(extension::EXTENSION, ferry_core::Action::Acknowledge)?
+                        .is_empty();
+                if open {
+                    outcome = StepOutcome::Processing;
+                }
+            }
             if outcome == StepOutcome::Completed {
                 if !opts.watch {
                     return Ok(());
@@ -504,7 +509,7 @@ pub async fn run(
                 }
                 _ = decisions.changed() => {}
                 Some(()) = rescan_rx.recv(), if opts.watch => {
-                    plan(&shared, &mut creator, &client, &roots, &progress).await?;
+                    plan(&shared, &client, &roots, &progress).await?;
                 }
                 r = stop.changed() => if r.is_err() || *stop.borrow() { return Ok(()) },
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}

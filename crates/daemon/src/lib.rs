@@ -11,8 +11,8 @@
 pub mod backup;
 pub mod config;
 pub mod control;
-pub mod creator;
 pub mod daemon;
+pub mod extension;
 pub mod gate;
 pub mod report;
 pub mod server;

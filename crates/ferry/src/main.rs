@@ -86,6 +86,16 @@ pub const EXIT_AUTH: u8 = 5;
 pub const EXIT_UNREACHABLE: u8 = 6;
 
 fn main() -> ExitCode {
+    // `ferry extension-run ferry-backup`: the bundled extension, speaking the extension
+    // protocol on stdin/stdout (the host runs this binary as the extension's program).
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    if args.first().is_some_and(|a| a == "extension-run") {
+        if args.get(1).is_some_and(|a| a == "ferry-backup") && args.len() == 2 {
+            return ferry_backup::main_with_stdio();
+        }
+        eprintln!("ferry: extension-run knows one extension: ferry-backup");
+        return ExitCode::from(EXIT_BAD_INPUT);
+    }
     let cli = Cli::parse();
     let state_dir = cli
         .state_dir
