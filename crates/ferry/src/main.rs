@@ -1,7 +1,10 @@
 //! `ferry`: the command line. Argument parsing and output; the work lives in the libraries.
 
+mod backup_cmd;
+mod extensions_cmd;
 mod library_cmd;
 mod output;
+mod state_cmd;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -23,10 +26,44 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Back up a folder: index it, send what the server lacks, verify everything.
+    Backup(backup_cmd::BackupArgs),
+    /// Is everything backed up? Counts by state and waiting reason, per extension.
+    /// Exit 0: everything is safe; 4: something is not backed up yet.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Why an asset is (or is not) backed up.
+    Why {
+        asset: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Upload jobs.
+    #[command(subcommand)]
+    Jobs(state_cmd::JobsCommand),
+    /// What was sent (receipts), newest first.
+    History {
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The configuration file.
+    #[command(subcommand)]
+    Config(state_cmd::ConfigCommand),
+    /// Run Ferry as a systemd user service.
+    #[command(subcommand)]
+    Service(state_cmd::ServiceCommand),
+    /// Run the daemon: watch the configured folders and back them up, serve the control API.
+    Daemon(state_cmd::DaemonArgs),
     /// Index a folder of photos and videos, and query the index.
     #[command(subcommand)]
     Library(library_cmd::LibraryCommand),
-    /// What Ferry sees now (network, power, activity, temperature) and what the default
+    /// Installed extensions and the user's consent: list, show, enable, disable.
+    Extensions(extensions_cmd::ExtensionsArgs),
+    /// What Ferry sees now (network, power, activity, temperature) and what the configured
     /// policy makes of it.
     Conditions {
         #[arg(long)]
@@ -39,15 +76,60 @@ enum Command {
 
 /// Exit codes, documented in README.md.
 pub const EXIT_FAILURE: u8 = 1;
+/// Wrong usage, a folder that is not there, a configuration to fix.
 pub const EXIT_BAD_INPUT: u8 = 2;
+/// The backup ran but not every resource is verified on the server.
+pub const EXIT_INCOMPLETE: u8 = 4;
+/// The server refused the token.
+pub const EXIT_AUTH: u8 = 5;
+/// The server could not be reached or answered nonsense.
+pub const EXIT_UNREACHABLE: u8 = 6;
 
 fn main() -> ExitCode {
+    // `ferry extension-run ferry-backup`: the bundled extension, speaking the extension
+    // protocol on stdin/stdout (the host runs this binary as the extension's program).
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    if args.first().is_some_and(|a| a == "extension-run") {
+        if args.get(1).is_some_and(|a| a == "ferry-backup") && args.len() == 2 {
+            return ferry_backup::main_with_stdio();
+        }
+        eprintln!("ferry: extension-run knows one extension: ferry-backup");
+        return ExitCode::from(EXIT_BAD_INPUT);
+    }
     let cli = Cli::parse();
-    let state_dir = cli.state_dir.unwrap_or_else(default_state_dir);
-    let result = match cli.command {
-        Command::Library(cmd) => library_cmd::run(&state_dir, cmd),
-        Command::Conditions { json, watch } => conditions(json, watch),
+    let state_dir = cli
+        .state_dir
+        .unwrap_or_else(ferry_daemon::config::default_state_dir);
+    // `config` reports a broken file itself; every other command needs a good one.
+    let command = match cli.command {
+        Command::Config(cmd) => return finish(state_cmd::config(cmd)),
+        other => other,
     };
+    let config_path = ferry_daemon::config::config_path();
+    let config = match ferry_daemon::config::FileConfig::load(&config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ferry: {e}");
+            return ExitCode::from(EXIT_BAD_INPUT);
+        }
+    };
+    let result = match command {
+        Command::Status { json } => state_cmd::status(&state_dir, json),
+        Command::Why { asset, json } => state_cmd::why(&state_dir, &asset, json),
+        Command::Jobs(cmd) => state_cmd::jobs(&state_dir, cmd),
+        Command::History { limit, json } => state_cmd::history(&state_dir, limit, json),
+        Command::Config(cmd) => state_cmd::config(cmd),
+        Command::Service(cmd) => state_cmd::service(&state_dir, cmd),
+        Command::Daemon(args) => state_cmd::daemon(&state_dir, &config, args),
+        Command::Backup(args) => backup_cmd::run(&state_dir, &config, args),
+        Command::Library(cmd) => library_cmd::run(&state_dir, cmd),
+        Command::Extensions(args) => extensions_cmd::run(&state_dir, args),
+        Command::Conditions { json, watch } => conditions(config.policy(), json, watch),
+    };
+    finish(result)
+}
+
+fn finish(result: anyhow::Result<ExitCode>) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
@@ -57,14 +139,13 @@ fn main() -> ExitCode {
     }
 }
 
-fn conditions(json: bool, watch: bool) -> anyhow::Result<ExitCode> {
+fn conditions(policy: ferry_core::Policy, json: bool, watch: bool) -> anyhow::Result<ExitCode> {
     use ferry_conditions::{Observer, ObserverConfig, local_now, report};
-    use ferry_core::policy::{Policy, decide};
+    use ferry_core::policy::decide;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let policy = Policy::default();
         let observer = Observer::start(ObserverConfig::default()).await;
         let show = |c: &ferry_core::Conditions| -> anyhow::Result<()> {
             let now = local_now();
@@ -93,14 +174,4 @@ fn conditions(json: bool, watch: bool) -> anyhow::Result<ExitCode> {
         }
         Ok(ExitCode::SUCCESS)
     })
-}
-
-fn default_state_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
-        return PathBuf::from(dir).join("ferry");
-    }
-    match std::env::var_os("HOME").filter(|h| !h.is_empty()) {
-        Some(home) => PathBuf::from(home).join(".local/state/ferry"),
-        None => PathBuf::from(".ferry"),
-    }
 }

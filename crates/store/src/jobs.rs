@@ -434,7 +434,7 @@ impl JobRow {
     }
 }
 
-fn load_policy(
+pub(crate) fn load_policy(
     conn: &rusqlite::Connection,
     extension: &str,
 ) -> Result<ExtensionPolicy, JobStoreError> {
@@ -452,7 +452,7 @@ fn load_policy(
     })
 }
 
-fn save_policy(
+pub(crate) fn save_policy(
     tx: &Transaction<'_>,
     extension: &str,
     policy: &ExtensionPolicy,
@@ -758,21 +758,32 @@ impl JobStore for Store {
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let mine = {
-            let sql = format!(
-                "SELECT {JOB_COLUMNS} FROM {JOB_FROM} WHERE j.extension = ?1
-                 AND j.acknowledged = 0 AND j.state IN ('registered', 'pending')
-                 ORDER BY j.created_ms, j.id"
-            );
-            let mut stmt = tx.prepare_cached(&sql)?;
-            collect_jobs(&mut stmt, [extension])?
-        };
-        let writes = plan_cancel_all(&mine, now_ms);
-        let before: HashMap<Uuid, Job> = mine.into_iter().map(|j| (j.id, j)).collect();
-        let out = write_all(&tx, writes, &before)?;
+        let out = cancel_all_in(&tx, extension, now_ms)?;
         tx.commit()?;
         Ok(out)
     }
+}
+
+/// Cancels every registered and pending job of `extension` inside `tx` (which the caller
+/// commits): shared by [`JobStore::cancel_all`] and disabling an extension, which must cancel
+/// in the same commit that records the disable.
+pub(crate) fn cancel_all_in(
+    tx: &Transaction<'_>,
+    extension: &str,
+    now_ms: i64,
+) -> Result<Vec<Job>, JobStoreError> {
+    let mine = {
+        let sql = format!(
+            "SELECT {JOB_COLUMNS} FROM {JOB_FROM} WHERE j.extension = ?1
+             AND j.acknowledged = 0 AND j.state IN ('registered', 'pending')
+             ORDER BY j.created_ms, j.id"
+        );
+        let mut stmt = tx.prepare_cached(&sql)?;
+        collect_jobs(&mut stmt, [extension])?
+    };
+    let writes = plan_cancel_all(&mine, now_ms);
+    let before: HashMap<Uuid, Job> = mine.into_iter().map(|j| (j.id, j)).collect();
+    write_all(tx, writes, &before)
 }
 
 #[cfg(test)]

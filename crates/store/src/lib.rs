@@ -4,6 +4,7 @@
 //! `kill -9` at any moment leaves the previous or the next consistent state, never a mix.
 
 mod db;
+pub mod extensions;
 pub mod jobs;
 pub mod library;
 mod schema;

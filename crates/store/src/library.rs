@@ -91,7 +91,7 @@ impl ChangeKind {
 
     /// Folds a later change of the same asset within one change set into an earlier one;
     /// `None` means the two cancel out (inserted, then deleted).
-    fn then(self, later: ChangeKind) -> Option<ChangeKind> {
+    pub(crate) fn then(self, later: ChangeKind) -> Option<ChangeKind> {
         use ChangeKind::*;
         match (self, later) {
             (Inserted, Deleted) => None,
@@ -153,7 +153,7 @@ fn path_bytes(p: &Path) -> &[u8] {
     p.as_os_str().as_bytes()
 }
 
-fn bytes_path(b: Vec<u8>) -> PathBuf {
+pub(crate) fn bytes_path(b: Vec<u8>) -> PathBuf {
     PathBuf::from(OsStr::from_bytes(&b))
 }
 
@@ -191,7 +191,7 @@ fn resource_from_row(row: &Row<'_>) -> rusqlite::Result<Result<ResourceRecord, S
     }))
 }
 
-fn asset_from_row(row: &Row<'_>) -> rusqlite::Result<AssetRecord> {
+pub(crate) fn asset_from_row(row: &Row<'_>) -> rusqlite::Result<AssetRecord> {
     Ok(AssetRecord {
         id: row.get(0)?,
         dir: bytes_path(row.get(1)?),
@@ -207,11 +207,11 @@ impl Store {
         Ok(self.conn.prepare_cached(sql)?.execute(params)?)
     }
 
-    fn token_string(&self, seq: i64) -> String {
+    pub(crate) fn token_string(&self, seq: i64) -> String {
         format!("ct1.{}.{seq}", &self.library_id)
     }
 
-    fn parse_token(&self, token: &str) -> Result<i64, ChangesError> {
+    pub(crate) fn parse_token(&self, token: &str) -> Result<i64, ChangesError> {
         let invalid = || ChangesError::InvalidToken(token.to_owned());
         let rest = token.strip_prefix("ct1.").ok_or_else(invalid)?;
         let (lib, seq) = rest.rsplit_once('.').ok_or_else(invalid)?;
@@ -224,7 +224,7 @@ impl Store {
             .ok_or_else(invalid)
     }
 
-    fn current_seq(&self) -> Result<i64, StoreError> {
+    pub(crate) fn current_seq(&self) -> Result<i64, StoreError> {
         Ok(self
             .conn
             .query_row("SELECT COALESCE(MAX(token), 0) FROM change_sets", [], |r| {

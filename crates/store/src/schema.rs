@@ -91,4 +91,39 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         updated_ms INTEGER NOT NULL
     ) STRICT, WITHOUT ROWID;
     "#,
+    // 4: extensions: the user's consent (scope, bases, job limit, when), each extension's own
+    // key-value store, the host's runtime record per extension (an opaque JSON body: backoff,
+    // last outcome), and tombstones that remember a deleted asset's folder so that a deletion
+    // is reported only to extensions whose scope held the asset.
+    r#"
+    CREATE TABLE extension_consent (
+        id TEXT PRIMARY KEY,
+        folders TEXT,
+        bases TEXT NOT NULL,
+        job_limit INTEGER NOT NULL,
+        enabled_at_ms INTEGER NOT NULL,
+        disabled_at_ms INTEGER
+    ) STRICT;
+    CREATE TABLE extension_kv (
+        extension TEXT NOT NULL,
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        PRIMARY KEY (extension, key)
+    ) STRICT, WITHOUT ROWID;
+    CREATE TABLE extension_runtime (
+        id TEXT PRIMARY KEY,
+        body TEXT NOT NULL,
+        updated_ms INTEGER NOT NULL
+    ) STRICT;
+    CREATE TABLE asset_tombstones (
+        asset_id TEXT PRIMARY KEY,
+        dir BLOB NOT NULL
+    ) STRICT, WITHOUT ROWID;
+    CREATE TRIGGER assets_tombstone AFTER DELETE ON assets BEGIN
+        INSERT OR REPLACE INTO asset_tombstones (asset_id, dir) VALUES (old.id, old.dir);
+    END;
+    CREATE TRIGGER assets_untombstone AFTER INSERT ON assets BEGIN
+        DELETE FROM asset_tombstones WHERE asset_id = new.id;
+    END;
+    "#,
 ];

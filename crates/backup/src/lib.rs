@@ -1,0 +1,679 @@
+//! ferry-backup, Ferry's reference extension: keeps the library backed up to a ferry-server.
+//!
+//! Each `process_jobs` call follows PhotoKit's order: retry failed jobs whose error may pass,
+//! acknowledge finished ones (recording the server's object id in the kv store first, since
+//! acknowledging deletes the job), then create jobs for new resources, from the change history
+//! since the saved token (or a full pass over the library on first run and after
+//! `change_token_expired`), up to the job limit. Before creating jobs it asks the server which
+//! content hashes it already stores, so a reinstall uploads nothing again. All resources of an
+//! asset (a Live Photo's photo and video, a RAW+JPEG pair) go into one transaction.
+//!
+//! Every step is idempotent, so a call cut short anywhere (kill, `will_terminate`) is simply
+//! continued by the next: the cursor in kv says where the pass was, and a resource that
+//! already has a live job or a record of being stored is skipped.
+
+mod server;
+
+use std::collections::{BTreeMap, HashSet};
+use std::process::ExitCode;
+
+use ferry_core::job::{Action, ErrorCode as JobErrorCode, JobState, NewJob, TxItem};
+use ferry_core::{ContentHash, Destination, Method};
+use ferry_extension::protocol::{
+    AssetView, ChangeKind, ChangesParams, ErrorCode, InitializeParams, MAX_PAGE_ITEMS,
+    ProcessJobsParams, ProcessJobsResult, ProcessStatus, ResourceView,
+};
+use ferry_extension::{ErrorClass, Extension, Host, HostError};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+pub use server::{CheckError, ServerClient};
+
+/// Assets handled per page of changes or of the full pass.
+const PAGE_ASSETS: u32 = 100;
+/// kv keys.
+const KV_TOKEN: &str = "token";
+const KV_CURSOR: &str = "cursor";
+const KV_ASSET_PREFIX: &str = "asset/";
+/// The server's answer header naming the stored object.
+const OBJECT_ID_HEADER: &str = "ferry-object-id";
+
+/// Runs ferry-backup over this process's stdin/stdout (the `ferry-backup` binary, or the
+/// `ferry` binary's hidden subcommand).
+pub fn main_with_stdio() -> ExitCode {
+    ferry_extension::run(Backup::default())
+}
+
+/// The manifest's `[config]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The server's base, e.g. `https://backup.example.org` (uploads go to `/v1/uploads`).
+    pub server_url: String,
+    #[serde(default)]
+    pub token: Option<String>,
+    /// A file holding the token (first line), instead of `token`.
+    #[serde(default)]
+    pub token_file: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config: {0}")]
+    Shape(#[from] serde_json::Error),
+    #[error("config: set exactly one of `token` and `token_file`")]
+    Token,
+    #[error("config: reading token_file {0}: {1}")]
+    TokenFile(std::path::PathBuf, std::io::Error),
+    #[error("config: the upload URL is not allowed: {0}")]
+    Destination(#[from] ferry_core::DestinationError),
+    #[error("config: {0}")]
+    Client(#[from] CheckError),
+}
+
+impl Config {
+    pub fn from_json(v: &serde_json::Value) -> Result<Config, ConfigError> {
+        Ok(serde_json::from_value(v.clone())?)
+    }
+
+    fn token(&self) -> Result<String, ConfigError> {
+        match (&self.token, &self.token_file) {
+            (Some(t), None) => Ok(t.trim().to_owned()),
+            (None, Some(path)) => {
+                // `~/` is the user's home, as people write it in config files.
+                let path = match (path.strip_prefix("~"), std::env::var_os("HOME")) {
+                    (Ok(rest), Some(home)) => std::path::Path::new(&home).join(rest),
+                    _ => path.clone(),
+                };
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| ConfigError::TokenFile(path.clone(), e))?;
+                Ok(text.lines().next().unwrap_or("").trim().to_owned())
+            }
+            _ => Err(ConfigError::Token),
+        }
+    }
+
+    /// Where every job uploads to: the server's upload endpoint, which speaks the IETF
+    /// draft, tus and plain uploads (ferry-transfer picks by its `OPTIONS` answer).
+    pub fn upload_url(&self) -> String {
+        format!("{}/v1/uploads", self.server_url.trim_end_matches('/'))
+    }
+}
+
+/// What is known to be on the server for one asset: resource id → hash and object id.
+type AssetRecord = BTreeMap<String, Stored>;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Stored {
+    hash: ContentHash,
+    object_id: String,
+}
+
+/// Where the current pass over the library stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "snake_case")]
+enum Cursor {
+    /// Changes `since`..`until`, the first `offset` of them handled.
+    Changes {
+        since: String,
+        until: String,
+        offset: u64,
+    },
+    /// Every asset, by id, after `after`; then continue from `until`.
+    Resync {
+        until: String,
+        after: Option<String>,
+    },
+}
+
+/// What one call did, for the answer's message.
+#[derive(Debug, Default, Serialize)]
+struct Report {
+    retried: u32,
+    acknowledged: u32,
+    failed: u32,
+    created: u32,
+    already_stored: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+impl Report {
+    fn progress(&self) -> bool {
+        self.retried + self.acknowledged + self.created + self.already_stored > 0
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum StepError {
+    #[error(transparent)]
+    Host(#[from] HostError),
+    #[error(transparent)]
+    Server(#[from] CheckError),
+    #[error("kv value {key}: {detail}")]
+    Kv { key: String, detail: String },
+}
+
+/// How a step ended when it did not fail.
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    /// Caught up with the library.
+    Done,
+    /// Work remains (the limit is reached, or the host asked us to stop).
+    More,
+}
+
+#[derive(Debug)]
+struct Ready {
+    client: ServerClient,
+    destination: Destination,
+}
+
+/// The extension.
+#[derive(Debug, Default)]
+pub struct Backup {
+    ready: Option<Ready>,
+}
+
+/// Job errors worth one more try: the network or the server may recover.
+fn retryable(error: Option<&JobErrorCode>) -> bool {
+    match error {
+        None => true,
+        Some(c) => matches!(
+            c,
+            JobErrorCode::NetworkLost
+                | JobErrorCode::TimedOut
+                | JobErrorCode::ServerError
+                | JobErrorCode::BadResponse
+        ),
+    }
+}
+
+/// A metadata value without control characters, at most `max` characters.
+fn clean(s: &str, max: usize) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .take(max)
+        .collect()
+}
+
+fn kv_json<T: for<'de> Deserialize<'de>>(
+    host: &mut Host,
+    key: &str,
+) -> Result<Option<T>, StepError> {
+    match host.kv_get(key)? {
+        None => Ok(None),
+        Some(v) => serde_json::from_str(&v)
+            .map(Some)
+            .map_err(|e| StepError::Kv {
+                key: key.into(),
+                detail: e.to_string(),
+            }),
+    }
+}
+
+fn kv_put<T: Serialize>(host: &mut Host, key: &str, value: &T) -> Result<(), StepError> {
+    let text = serde_json::to_string(value).map_err(|e| StepError::Kv {
+        key: key.into(),
+        detail: e.to_string(),
+    })?;
+    host.kv_set(key, Some(&text))?;
+    Ok(())
+}
+
+fn asset_key(asset_id: &str) -> String {
+    format!("{KV_ASSET_PREFIX}{asset_id}")
+}
+
+impl Backup {
+    fn ready(&self) -> Option<&Ready> {
+        self.ready.as_ref()
+    }
+
+    /// Step 1: re-queue failed jobs whose error may pass (once; the host enforces it).
+    fn retry(&self, host: &mut Host, report: &mut Report) -> Result<(), StepError> {
+        let Some(ready) = self.ready() else {
+            return Ok(());
+        };
+        let items: Vec<TxItem> = host
+            .fetch_all(Action::Retry)?
+            .into_iter()
+            .filter(|j| retryable(j.error.as_ref()))
+            .map(|j| TxItem::Retry {
+                job: j.id,
+                // The current destination: the token may have been replaced since.
+                destination: Some(ready.destination.clone()),
+            })
+            .collect();
+        for chunk in items.chunks(MAX_PAGE_ITEMS as usize) {
+            match host.transaction(chunk.to_vec()) {
+                Ok(_) => report.retried += chunk.len() as u32,
+                // A job that changed under us (cancelled, acknowledged elsewhere) is no
+                // reason to stop: the rest of the call still has work.
+                Err(e) if e.rejection_reason().is_some() => {
+                    eprintln!("ferry-backup: retry skipped: {e}");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Step 2: record what the server stored, then acknowledge every finished job.
+    fn acknowledge(&self, host: &mut Host, report: &mut Report) -> Result<(), StepError> {
+        let jobs = host.fetch_all(Action::Acknowledge)?;
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let mut by_asset: BTreeMap<String, Vec<(String, Stored)>> = BTreeMap::new();
+        for j in &jobs {
+            if j.state != JobState::Succeeded {
+                report.failed += 1;
+                continue;
+            }
+            let Some(asset) = j.metadata.get("asset_id") else {
+                continue;
+            };
+            let object_id = j
+                .response_headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(OBJECT_ID_HEADER))
+                .map(|(_, v)| v.clone())
+                .unwrap_or_else(|| j.content_hash.to_hex());
+            by_asset.entry(asset.clone()).or_default().push((
+                j.resource_id.clone(),
+                Stored {
+                    hash: j.content_hash,
+                    object_id,
+                },
+            ));
+        }
+        // The outcome is recorded before the acknowledge deletes it (PhotoKit's step 5).
+        for (asset, stored) in by_asset {
+            let key = asset_key(&asset);
+            let mut record: AssetRecord = kv_json(host, &key)?.unwrap_or_default();
+            record.extend(stored);
+            kv_put(host, &key, &record)?;
+        }
+        let items: Vec<TxItem> = jobs
+            .iter()
+            .map(|j| TxItem::Acknowledge { job: j.id })
+            .collect();
+        for chunk in items.chunks(MAX_PAGE_ITEMS as usize) {
+            match host.transaction(chunk.to_vec()) {
+                Ok(_) => report.acknowledged += chunk.len() as u32,
+                Err(e) if e.rejection_reason().is_some() => {
+                    eprintln!("ferry-backup: acknowledge skipped: {e}");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Step 3: create jobs for new resources until caught up or out of slots.
+    fn create(&self, host: &mut Host, report: &mut Report) -> Result<Outcome, StepError> {
+        let Some(ready) = self.ready() else {
+            return Ok(Outcome::Done);
+        };
+        // Resources that already have a job in flight or waiting to be acknowledged: a call
+        // cut short after its transaction but before saving the cursor must not duplicate.
+        let mut live: HashSet<(String, ContentHash)> = HashSet::new();
+        for action in [Action::Process, Action::Acknowledge] {
+            for j in host.fetch_all(action)? {
+                live.insert((j.resource_id, j.content_hash));
+            }
+        }
+        let limit = host.limit()?;
+        let job_limit = limit.job_limit;
+        let mut available = limit.available;
+        loop {
+            if host.will_terminate_received() {
+                return Ok(Outcome::More);
+            }
+            if available == 0 {
+                return Ok(Outcome::More);
+            }
+            let cursor = match kv_json::<Cursor>(host, KV_CURSOR)? {
+                Some(c) => c,
+                None => match host.kv_get(KV_TOKEN)? {
+                    Some(since) => {
+                        let token = host.current_token()?;
+                        if token == since {
+                            return Ok(Outcome::Done);
+                        }
+                        Cursor::Changes {
+                            since,
+                            until: token,
+                            offset: 0,
+                        }
+                    }
+                    None => Cursor::Resync {
+                        until: host.current_token()?,
+                        after: None,
+                    },
+                },
+            };
+            let next = match cursor {
+                Cursor::Changes {
+                    since,
+                    until,
+                    offset,
+                } => {
+                    let page = match host.changes(&ChangesParams {
+                        since: since.clone(),
+                        until: Some(until.clone()),
+                        offset,
+                        limit: Some(PAGE_ASSETS),
+                    }) {
+                        Ok(p) => p,
+                        Err(e) if e.code() == Some(ErrorCode::ChangeTokenExpired) => {
+                            eprintln!("ferry-backup: change history expired; full pass");
+                            let until = host.current_token()?;
+                            kv_put(host, KV_CURSOR, &Cursor::Resync { until, after: None })?;
+                            continue;
+                        }
+                        Err(e) => return Err(e.into()),
+                    };
+                    let mut entries: Vec<Option<AssetView>> = Vec::new();
+                    let mut wanted = Vec::new();
+                    for c in &page.changes {
+                        if c.kind == ChangeKind::Deleted {
+                            // The server keeps its objects; our record of them goes.
+                            host.kv_set(&asset_key(&c.asset_id), None)?;
+                        } else {
+                            wanted.push(c.asset_id.clone());
+                        }
+                    }
+                    let mut views: BTreeMap<String, AssetView> = host
+                        .assets(&wanted)?
+                        .assets
+                        .into_iter()
+                        .map(|a| (a.id.clone(), a))
+                        .collect();
+                    for c in &page.changes {
+                        entries.push(views.remove(&c.asset_id));
+                    }
+                    let consumed = self.handle(
+                        host,
+                        ready,
+                        &entries,
+                        &mut live,
+                        &mut available,
+                        job_limit,
+                        report,
+                    )?;
+                    let offset = offset + consumed as u64;
+                    if consumed == entries.len() && page.next_offset.is_none() {
+                        host.kv_set(KV_TOKEN, Some(&page.until))?;
+                        host.kv_set(KV_CURSOR, None)?;
+                        None
+                    } else {
+                        let c = Cursor::Changes {
+                            since,
+                            until: page.until,
+                            offset,
+                        };
+                        Some((c, consumed < entries.len()))
+                    }
+                }
+                Cursor::Resync { until, after } => {
+                    let page = host.list_assets(after.as_deref(), Some(PAGE_ASSETS))?;
+                    let ids: Vec<String> = page.assets.iter().map(|a| a.id.clone()).collect();
+                    let entries: Vec<Option<AssetView>> =
+                        page.assets.into_iter().map(Some).collect();
+                    let consumed = self.handle(
+                        host,
+                        ready,
+                        &entries,
+                        &mut live,
+                        &mut available,
+                        job_limit,
+                        report,
+                    )?;
+                    if consumed == entries.len() && page.next_after.is_none() {
+                        host.kv_set(KV_TOKEN, Some(&until))?;
+                        host.kv_set(KV_CURSOR, None)?;
+                        None
+                    } else {
+                        let stopped = consumed < entries.len();
+                        let after = match consumed {
+                            0 => after,
+                            n => ids.get(n - 1).cloned(),
+                        };
+                        Some((Cursor::Resync { until, after }, stopped))
+                    }
+                }
+            };
+            match next {
+                Some((c, stopped)) => {
+                    kv_put(host, KV_CURSOR, &c)?;
+                    // Stopped inside the page: out of slots or told to stop.
+                    if stopped {
+                        return Ok(Outcome::More);
+                    }
+                }
+                // Caught up to the pass's end; changes since then are the next pass.
+                None => continue,
+            }
+        }
+    }
+
+    /// Handles a page of assets in order (`None`: nothing to do for that entry); returns how
+    /// many entries are done. Stops at the first asset whose resources do not all fit in the
+    /// slots left, so an asset's resources are created together.
+    #[allow(clippy::too_many_arguments)]
+    fn handle(
+        &self,
+        host: &mut Host,
+        ready: &Ready,
+        entries: &[Option<AssetView>],
+        live: &mut HashSet<(String, ContentHash)>,
+        available: &mut u32,
+        job_limit: u32,
+        report: &mut Report,
+    ) -> Result<usize, StepError> {
+        // What each asset still needs: resources neither stored nor in flight.
+        let mut needs: Vec<Vec<&ResourceView>> = Vec::new();
+        let mut records: Vec<AssetRecord> = Vec::new();
+        for entry in entries {
+            let Some(asset) = entry else {
+                needs.push(Vec::new());
+                records.push(AssetRecord::new());
+                continue;
+            };
+            let record: AssetRecord = kv_json(host, &asset_key(&asset.id))?.unwrap_or_default();
+            let need = asset
+                .resources
+                .iter()
+                .filter(|r| record.get(&r.id).is_none_or(|s| s.hash != r.content_hash))
+                .filter(|r| !live.contains(&(r.id.clone(), r.content_hash)))
+                .collect();
+            needs.push(need);
+            records.push(record);
+        }
+        let hashes: Vec<ContentHash> = needs
+            .iter()
+            .flatten()
+            .map(|r| r.content_hash)
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let on_server = if hashes.is_empty() {
+            HashSet::new()
+        } else {
+            ready.client.stored(&hashes)?
+        };
+        for (i, (entry, need)) in entries.iter().zip(&needs).enumerate() {
+            if host.will_terminate_received() {
+                return Ok(i);
+            }
+            let Some(asset) = entry else { continue };
+            if need.is_empty() {
+                continue;
+            }
+            let (known, mut upload): (Vec<&ResourceView>, Vec<&ResourceView>) = need
+                .iter()
+                .copied()
+                .partition(|r| on_server.contains(&r.content_hash));
+            if upload.len() as u32 > *available {
+                // An asset larger than the whole limit can never fit: it goes in pieces,
+                // the rest on later calls (its created jobs are then live and skipped).
+                if upload.len() as u32 > job_limit && *available == job_limit {
+                    upload.truncate(*available as usize);
+                } else {
+                    return Ok(i);
+                }
+            }
+            let whole = upload.len() == need.len() - known.len();
+            if !upload.is_empty() {
+                let items: Vec<TxItem> = upload
+                    .iter()
+                    .map(|r| TxItem::Create(self.new_job(ready, asset, r)))
+                    .collect();
+                match host.transaction(items) {
+                    Ok(_) => {}
+                    Err(e) if e.rejection_reason() == Some("limit_exceeded") => {
+                        *available = 0;
+                        return Ok(i);
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+                for r in &upload {
+                    live.insert((r.id.clone(), r.content_hash));
+                }
+                *available -= upload.len() as u32;
+                report.created += upload.len() as u32;
+            }
+            if !known.is_empty() {
+                let mut record = records[i].clone();
+                for r in &known {
+                    record.insert(
+                        r.id.clone(),
+                        Stored {
+                            hash: r.content_hash,
+                            object_id: r.content_hash.to_hex(),
+                        },
+                    );
+                }
+                kv_put(host, &asset_key(&asset.id), &record)?;
+                report.already_stored += known.len() as u32;
+            }
+            if !whole {
+                return Ok(i);
+            }
+        }
+        Ok(entries.len())
+    }
+
+    fn new_job(&self, ready: &Ready, asset: &AssetView, r: &ResourceView) -> NewJob {
+        let mut metadata = BTreeMap::new();
+        metadata.insert("asset_id".to_owned(), asset.id.clone());
+        metadata.insert("resource_type".to_owned(), r.resource_type.to_string());
+        metadata.insert("file_name".to_owned(), clean(&r.file_name, 255));
+        metadata.insert("content_hash".to_owned(), r.content_hash.to_hex());
+        if let Some(t) = &r.metadata.capture_time {
+            metadata.insert("capture_time".to_owned(), clean(t, 64));
+        }
+        NewJob {
+            id: Uuid::now_v7(),
+            resource_id: r.id.clone(),
+            content_hash: r.content_hash,
+            destination: ready.destination.clone(),
+            metadata,
+        }
+    }
+
+    fn run_call(&self, host: &mut Host, report: &mut Report) -> Result<Outcome, StepError> {
+        self.retry(host, report)?;
+        if host.will_terminate_received() {
+            return Ok(Outcome::More);
+        }
+        self.acknowledge(host, report)?;
+        if host.will_terminate_received() {
+            return Ok(Outcome::More);
+        }
+        self.create(host, report)
+    }
+}
+
+impl Extension for Backup {
+    fn initialize(&mut self, params: &InitializeParams) -> Result<(), String> {
+        let setup = || -> Result<Ready, ConfigError> {
+            let config = Config::from_json(&params.config)?;
+            let token = config.token()?;
+            let destination = Destination::new(Method::Post, config.upload_url())
+                .header("authorization", format!("Bearer {token}"))
+                .validate(&params.destination_bases)?;
+            let client = ServerClient::new(&config.server_url, &token)?;
+            Ok(Ready {
+                client,
+                destination,
+            })
+        };
+        self.ready = Some(setup().map_err(|e| e.to_string())?);
+        Ok(())
+    }
+
+    fn process_jobs(&mut self, host: &mut Host, _params: &ProcessJobsParams) -> ProcessJobsResult {
+        let mut report = Report::default();
+        let status = match self.run_call(host, &mut report) {
+            Ok(Outcome::Done) => ProcessStatus::Completed,
+            // Out of slots with nothing done: the host calls again when jobs finish.
+            Ok(Outcome::More) if !report.progress() && !host.will_terminate_received() => {
+                ProcessStatus::Completed
+            }
+            Ok(Outcome::More) => ProcessStatus::Processing,
+            Err(e) => {
+                report.error = Some(e.to_string());
+                eprintln!("ferry-backup: {e}");
+                match &e {
+                    StepError::Host(h) => match h.class() {
+                        ErrorClass::Transient | ErrorClass::Terminated => ProcessStatus::Processing,
+                        ErrorClass::Permanent => ProcessStatus::Failure,
+                    },
+                    // The server is down or refuses us: back off.
+                    StepError::Server(_) | StepError::Kv { .. } => ProcessStatus::Failure,
+                }
+            }
+        };
+        ProcessJobsResult {
+            status,
+            message: serde_json::to_string(&report).ok(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_needs_exactly_one_token_source() {
+        let c =
+            Config::from_json(&serde_json::json!({"server_url": "http://127.0.0.1:1"})).unwrap();
+        assert!(matches!(c.token(), Err(ConfigError::Token)));
+        let c = Config::from_json(&serde_json::json!({
+            "server_url": "http://127.0.0.1:1/", "token": " t \n"
+        }))
+        .unwrap();
+        assert_eq!(c.token().unwrap(), "t");
+        assert_eq!(c.upload_url(), "http://127.0.0.1:1/v1/uploads");
+        assert!(Config::from_json(&serde_json::json!({"server": "x"})).is_err());
+    }
+
+    #[test]
+    fn only_passing_errors_are_retried() {
+        assert!(retryable(Some(&JobErrorCode::NetworkLost)));
+        assert!(retryable(Some(&JobErrorCode::ServerError)));
+        assert!(!retryable(Some(&JobErrorCode::ClientError)));
+        assert!(!retryable(Some(&JobErrorCode::ResourceChanged)));
+        assert!(!retryable(Some(&JobErrorCode::Other("x".into()))));
+    }
+
+    #[test]
+    fn metadata_values_lose_control_characters() {
+        assert_eq!(clean("a\nb\u{7f}c", 10), "a?b?c");
+        assert_eq!(clean("abcdef", 3), "abc");
+    }
+}

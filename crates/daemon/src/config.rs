@@ -1,0 +1,207 @@
+//! Where Ferry keeps things (XDG state, config and runtime folders) and the one TOML file a
+//! person edits. Environment variables override the file; errors say what to fix.
+
+use std::path::{Path, PathBuf};
+
+use ferry_core::policy::{Policy, PolicyOverrides};
+use serde::{Deserialize, Serialize};
+
+fn env_dir(name: &str) -> Option<PathBuf> {
+    std::env::var_os(name)
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+}
+
+fn home() -> Option<PathBuf> {
+    env_dir("HOME")
+}
+
+/// `$XDG_STATE_HOME/ferry`, or `~/.local/state/ferry`.
+pub fn default_state_dir() -> PathBuf {
+    if let Some(dir) = env_dir("XDG_STATE_HOME") {
+        return dir.join("ferry");
+    }
+    match home() {
+        Some(h) => h.join(".local/state/ferry"),
+        None => PathBuf::from(".ferry"),
+    }
+}
+
+/// `$FERRY_CONFIG`, else `$XDG_CONFIG_HOME/ferry/config.toml`, else `~/.config/ferry/config.toml`.
+pub fn config_path() -> PathBuf {
+    if let Some(p) = env_dir("FERRY_CONFIG") {
+        return p;
+    }
+    if let Some(dir) = env_dir("XDG_CONFIG_HOME") {
+        return dir.join("ferry/config.toml");
+    }
+    match home() {
+        Some(h) => h.join(".config/ferry/config.toml"),
+        None => PathBuf::from("ferry.toml"),
+    }
+}
+
+/// The daemon's control socket folder: `$FERRY_RUNTIME_DIR`, else `$XDG_RUNTIME_DIR/ferry`,
+/// else `run/` in the state folder.
+pub fn runtime_dir(state_dir: &Path) -> PathBuf {
+    if let Some(p) = env_dir("FERRY_RUNTIME_DIR") {
+        return p;
+    }
+    match env_dir("XDG_RUNTIME_DIR") {
+        Some(d) => d.join("ferry"),
+        None => state_dir.join("run"),
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSection {
+    /// The ferry-server to back up to; absent: the built-in one on loopback.
+    pub url: Option<String>,
+    pub token: Option<String>,
+    /// A file holding the token (first line), instead of `token`.
+    pub token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TransferSection {
+    /// Uploads at once (default 8).
+    pub max_concurrent: Option<usize>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConditionsSection {
+    /// Obey the device's conditions (default true). `false`: upload whatever the network,
+    /// power or time.
+    pub observe: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LibrarySection {
+    /// Folders the daemon watches and backs up.
+    pub folders: Vec<PathBuf>,
+}
+
+/// The configuration file, `config.toml`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FileConfig {
+    pub server: ServerSection,
+    pub transfer: TransferSection,
+    pub conditions: ConditionsSection,
+    pub library: LibrarySection,
+    /// The upload policy over its defaults (see `ferry conditions`).
+    pub policy: PolicyOverrides,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the configuration {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "the configuration {path} is not valid: {message}\nfix it (see README.md, Configuration), or move it away to use the defaults"
+    )]
+    Invalid { path: PathBuf, message: String },
+    #[error("cannot read the token file {path}: {source}")]
+    TokenFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl FileConfig {
+    /// Reads `path`; a missing file is the defaults.
+    pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(FileConfig::default());
+            }
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
+        };
+        Self::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
+        let cfg: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Invalid {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        if let Some(url) = &cfg.server.url {
+            ferry_core::UrlBase::parse(url).map_err(|e| ConfigError::Invalid {
+                path: path.to_owned(),
+                message: format!("server.url: {e}"),
+            })?;
+        }
+        if cfg.transfer.max_concurrent == Some(0) {
+            return Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                message: "transfer.max_concurrent must be at least 1".into(),
+            });
+        }
+        Ok(cfg)
+    }
+
+    /// The effective policy: defaults with the file's overrides laid over.
+    pub fn policy(&self) -> Policy {
+        Policy::default().with(&self.policy)
+    }
+
+    /// The token: `token`, else the first line of `token_file`.
+    pub fn token(&self) -> Result<Option<String>, ConfigError> {
+        if let Some(t) = &self.server.token {
+            return Ok(Some(t.clone()));
+        }
+        match &self.server.token_file {
+            None => Ok(None),
+            Some(p) => std::fs::read_to_string(p)
+                .map(|t| t.lines().next().map(|l| l.trim().to_owned()))
+                .map_err(|source| ConfigError::TokenFile {
+                    path: p.clone(),
+                    source,
+                }),
+        }
+    }
+
+    pub fn max_concurrent(&self) -> usize {
+        self.transfer.max_concurrent.unwrap_or(8)
+    }
+
+    pub fn observe_conditions(&self) -> bool {
+        self.conditions.observe.unwrap_or(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_and_bad_urls_are_refused_with_the_path() {
+        let p = Path::new("/x/config.toml");
+        let e = FileConfig::parse(p, "[server]\nurll = \"x\"\n").unwrap_err();
+        assert!(e.to_string().contains("/x/config.toml"), "{e}");
+        let e = FileConfig::parse(p, "[server]\nurl = \"http://example.com\"\n").unwrap_err();
+        assert!(matches!(e, ConfigError::Invalid { .. }));
+        let ok = FileConfig::parse(
+            p,
+            "[server]\nurl = \"https://example.com\"\ntoken = \"t\"\n[policy]\nrequire_charging = true\n",
+        )
+        .unwrap();
+        assert!(ok.policy().require_charging);
+        assert_eq!(ok.token().unwrap().as_deref(), Some("t"));
+    }
+}

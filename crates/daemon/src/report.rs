@@ -1,0 +1,279 @@
+//! The answers to "is everything safe?" and "why is this one waiting?", computed from the
+//! state database. The CLI computes them itself when no daemon runs; the daemon's control API
+//! serves the same structures, with its live decision filled in.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use ferry_core::job::{ContentHash, Job, JobState, Receipt};
+use ferry_core::policy::Decision;
+use ferry_store::library::hex;
+use ferry_store::{JobFilter, JobStore, JobStoreError, Store, StoreError};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error(transparent)]
+    Jobs(#[from] JobStoreError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("no asset {0:?} in the library index (see `ferry library ls`)")]
+    NoSuchAsset(String),
+}
+
+/// Jobs of one extension by what they are waiting for.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ExtensionStatus {
+    pub extension: String,
+    /// Jobs that delivered their resource.
+    pub succeeded: u64,
+    /// Registered or pending: still to go.
+    pub pending: u64,
+    pub failed: u64,
+    pub cancelled: u64,
+    /// Pending jobs by why they wait now (`in_flight_or_next` when nothing holds them).
+    pub waiting: BTreeMap<String, u64>,
+}
+
+/// The library's size.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LibraryTotals {
+    pub assets: u64,
+    pub resources: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    pub library: LibraryTotals,
+    /// Library resources whose content a job delivered.
+    pub resources_backed_up: u64,
+    pub resources_not_backed_up: u64,
+    /// True when every indexed resource was delivered and nothing failed or waits.
+    pub safe: bool,
+    pub extensions: Vec<ExtensionStatus>,
+    /// The conditions' decision now, when known (the daemon observes them).
+    pub decision: Option<Decision>,
+    #[serde(default)]
+    pub daemon: Option<serde_json::Value>,
+}
+
+/// Every job, all pages.
+pub fn all_jobs(store: &Store) -> Result<Vec<Job>, JobStoreError> {
+    let mut out = Vec::new();
+    let mut after: Option<Uuid> = None;
+    loop {
+        let page = store.jobs(&JobFilter {
+            after,
+            ..JobFilter::default()
+        })?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.id);
+        out.extend(page);
+    }
+    Ok(out)
+}
+
+/// Retry not-before times of jobs between attempts, from their upload sessions.
+fn backoff_until(store: &Store) -> Result<HashMap<Uuid, i64>, StoreError> {
+    #[derive(serde::Deserialize)]
+    struct S {
+        #[serde(default)]
+        not_before_ms: i64,
+    }
+    Ok(store
+        .upload_sessions()?
+        .into_iter()
+        .filter_map(|(id, body)| {
+            serde_json::from_str::<S>(&body)
+                .ok()
+                .map(|s| (id, s.not_before_ms))
+        })
+        .collect())
+}
+
+fn waiting_reason(
+    job: &Job,
+    decision: Option<&Decision>,
+    backoff: &HashMap<Uuid, i64>,
+    now_ms: i64,
+) -> String {
+    if let Some(Decision::Wait(r)) = decision {
+        return r.code().to_owned();
+    }
+    match backoff.get(&job.id) {
+        Some(&t) if t > now_ms => "retry_backoff".to_owned(),
+        _ if job.state == JobState::Pending => "in_flight".to_owned(),
+        _ => "queued".to_owned(),
+    }
+}
+
+pub fn status(
+    store: &Store,
+    decision: Option<Decision>,
+    now_ms: i64,
+) -> Result<Status, ReportError> {
+    let c = store.library_counts()?;
+    let library = LibraryTotals {
+        assets: c.assets,
+        resources: c.resources,
+        bytes: c.bytes,
+    };
+    let jobs = all_jobs(store)?;
+    let backoff = backoff_until(store)?;
+    let mut per: BTreeMap<String, ExtensionStatus> = BTreeMap::new();
+    let mut delivered: HashSet<[u8; 32]> = HashSet::new();
+    for j in &jobs {
+        let e = per
+            .entry(j.extension.clone())
+            .or_insert_with(|| ExtensionStatus {
+                extension: j.extension.clone(),
+                ..Default::default()
+            });
+        match j.state {
+            JobState::Succeeded => {
+                e.succeeded += 1;
+                delivered.insert(j.content_hash.0);
+            }
+            JobState::Failed => e.failed += 1,
+            JobState::Cancelled => e.cancelled += 1,
+            JobState::Registered | JobState::Pending => {
+                e.pending += 1;
+                *e.waiting
+                    .entry(waiting_reason(j, decision.as_ref(), &backoff, now_ms))
+                    .or_default() += 1;
+            }
+        }
+    }
+    let mut backed_up = 0u64;
+    let mut total = 0u64;
+    // Every indexed path is absolute: "/" covers the whole index.
+    for r in store.resource_stats_under(std::path::Path::new("/"))? {
+        total += 1;
+        if delivered.contains(&r.blake3) {
+            backed_up += 1;
+        }
+    }
+    let extensions: Vec<ExtensionStatus> = per.into_values().collect();
+    let busy = extensions.iter().any(|e| e.pending > 0);
+    // A failed job whose content was delivered later (retry, another job) is no risk.
+    let failed_open = jobs
+        .iter()
+        .filter(|j| j.state == JobState::Failed && !delivered.contains(&j.content_hash.0))
+        .count();
+    Ok(Status {
+        library,
+        resources_backed_up: backed_up,
+        resources_not_backed_up: total - backed_up,
+        safe: backed_up == total && !busy && failed_open == 0,
+        extensions,
+        decision,
+        daemon: None,
+    })
+}
+
+/// One resource of an asset and what became of it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResourceWhy {
+    pub resource_id: String,
+    pub path: std::path::PathBuf,
+    pub blake3: String,
+    pub size_bytes: u64,
+    /// `backed_up`, `waiting`, `failed`, `no_job`.
+    pub verdict: String,
+    /// A sentence for people.
+    pub explanation: String,
+    pub job: Option<Job>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Why {
+    pub asset_id: String,
+    pub resources: Vec<ResourceWhy>,
+}
+
+pub fn why(
+    store: &Store,
+    asset: &str,
+    decision: Option<Decision>,
+    now_ms: i64,
+) -> Result<Why, ReportError> {
+    let resources = store.resources_of_asset(asset)?;
+    if resources.is_empty() {
+        return Err(ReportError::NoSuchAsset(asset.to_owned()));
+    }
+    let jobs = all_jobs(store)?;
+    let backoff = backoff_until(store)?;
+    let mut out = Vec::new();
+    for r in resources {
+        // The newest job for this resource or its content.
+        let job = jobs
+            .iter()
+            .filter(|j| j.resource_id == r.id || j.content_hash.0 == r.blake3)
+            .max_by_key(|j| j.id)
+            .cloned();
+        let (verdict, explanation) = match &job {
+            None => (
+                "no_job",
+                "no extension has created a job for it yet (the server may already hold it: \
+                 run `ferry backup` on its folder to check)"
+                    .to_owned(),
+            ),
+            Some(j) => match j.state {
+                JobState::Succeeded => (
+                    "backed_up",
+                    format!(
+                        "delivered to {} (HTTP {})",
+                        j.destination.url,
+                        j.status.unwrap_or(0)
+                    ),
+                ),
+                JobState::Failed => (
+                    "failed",
+                    format!(
+                        "the upload failed: {} after {} attempt(s){}",
+                        j.error.as_ref().map(|e| e.as_str()).unwrap_or("unknown"),
+                        j.attempts.len(),
+                        j.status
+                            .map(|s| format!(", last HTTP {s}"))
+                            .unwrap_or_default()
+                    ),
+                ),
+                JobState::Cancelled => ("no_job", "its job was cancelled".to_owned()),
+                JobState::Registered | JobState::Pending => (
+                    "waiting",
+                    format!(
+                        "waiting: {}",
+                        waiting_reason(j, decision.as_ref(), &backoff, now_ms)
+                    ),
+                ),
+            },
+        };
+        out.push(ResourceWhy {
+            resource_id: r.id.clone(),
+            path: r.path.clone(),
+            blake3: hex(&r.blake3),
+            size_bytes: r.size,
+            verdict: verdict.to_owned(),
+            explanation,
+            job,
+        });
+    }
+    Ok(Why {
+        asset_id: asset.to_owned(),
+        resources: out,
+    })
+}
+
+/// Receipts, newest first: the history of what was let go of.
+pub fn history(store: &Store, limit: usize, offset: usize) -> Result<Vec<Receipt>, JobStoreError> {
+    store.receipts(limit, offset)
+}
+
+/// Has this content been delivered (by any job)?
+pub fn delivered(store: &Store, hash: &ContentHash) -> Result<bool, JobStoreError> {
+    Ok(store
+        .receipts_for_hash(hash)?
+        .iter()
+        .any(|r| r.state == JobState::Succeeded))
+}

@@ -1,0 +1,214 @@
+//! Where backups go: an embedded ferry-server on loopback (the zero-setup default) or a
+//! server given by URL and token, and the one question Ferry asks a server directly: which of
+//! these content hashes do you hold?
+
+use std::collections::HashSet;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ferry_server::{Config, Server, ServerHandle};
+
+/// Most hashes in one `POST /v1/objects/check` (the server's own bound).
+pub const CHECK_BATCH: usize = 10_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The server answered 401: the token is wrong or missing. The user must fix the token.
+    #[error(
+        "the server at {url} refused the token: create one with `ferry-server token create --name NAME --data DIR` and pass it with --token (or FERRY_TOKEN)"
+    )]
+    Unauthorized { url: String },
+    /// No answer: wrong URL, server down. Worth retrying later.
+    #[error("cannot reach the server at {url}: {detail}; check the URL and that the server runs")]
+    Unreachable { url: String, detail: String },
+    /// An answer that is not the protocol's.
+    #[error("the server at {url} answered unexpectedly: {detail}")]
+    BadResponse { url: String, detail: String },
+    #[error("server URL {0:?} is not usable: {1}")]
+    BadUrl(String, String),
+    /// The embedded server could not start (its folder, its database).
+    #[error("cannot start the built-in server in {dir}: {detail}")]
+    Embedded { dir: PathBuf, detail: String },
+}
+
+/// A running embedded server with its token.
+#[derive(Debug)]
+pub struct Embedded {
+    pub handle: ServerHandle,
+    pub token: String,
+    pub data_dir: PathBuf,
+}
+
+impl Embedded {
+    /// Starts the embedded server storing under `state_dir/server`, on an ephemeral loopback
+    /// port. Its token is created once and kept in `state_dir/server-token` (mode 0600).
+    pub async fn start(state_dir: &Path) -> Result<Embedded, ServerError> {
+        let data_dir = state_dir.join("server");
+        let token_path = state_dir.join("server-token");
+        let err = |detail: String| ServerError::Embedded {
+            dir: data_dir.clone(),
+            detail,
+        };
+        let token = match std::fs::read_to_string(&token_path) {
+            Ok(t) if !t.trim().is_empty() => t.trim().to_owned(),
+            _ => {
+                let token = ferry_server::create_token(&data_dir, "ferry-backup")
+                    .await
+                    .map_err(|e| err(e.to_string()))?;
+                write_private(&token_path, token.as_bytes()).map_err(|e| err(e.to_string()))?;
+                token
+            }
+        };
+        // The same port as last time when it is free, so jobs and receipts keep one address.
+        let port_path = state_dir.join("server-port");
+        let last_port: Option<u16> = std::fs::read_to_string(&port_path)
+            .ok()
+            .and_then(|p| p.trim().parse().ok());
+        let at = |port: u16| {
+            Config::new(
+                &data_dir,
+                std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            )
+        };
+        let handle = match last_port {
+            Some(p) => match Server::start(at(p)).await {
+                Ok(h) => Ok(h),
+                Err(ferry_server::StartError::Listen(..)) => Server::start(at(0)).await,
+                Err(e) => Err(e),
+            },
+            None => Server::start(at(0)).await,
+        }
+        .map_err(|e| err(e.to_string()))?;
+        if last_port != Some(handle.local_addr().port()) {
+            write_private(
+                &port_path,
+                handle.local_addr().port().to_string().as_bytes(),
+            )
+            .map_err(|e| err(e.to_string()))?;
+        }
+        Ok(Embedded {
+            handle,
+            token,
+            data_dir,
+        })
+    }
+
+    pub fn base_url(&self) -> String {
+        self.handle.base_url()
+    }
+}
+
+/// Writes a small secret file durably: temp file (0600) → fsync → rename → fsync dir.
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+/// Ferry's client for the server's own API (not uploads: those are the transfer engine's).
+#[derive(Debug, Clone)]
+pub struct ServerClient {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+#[derive(serde::Deserialize)]
+struct CheckAnswer {
+    #[serde(default)]
+    blake3: Vec<String>,
+}
+
+impl ServerClient {
+    pub fn new(base_url: &str, token: &str) -> Result<ServerClient, ServerError> {
+        let base = base_url.trim_end_matches('/').to_owned();
+        reqwest::Url::parse(&base).map_err(|e| ServerError::BadUrl(base.clone(), e.to_string()))?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(120))
+            .build()
+            .map_err(|e| ServerError::BadUrl(base.clone(), e.to_string()))?;
+        Ok(ServerClient {
+            base,
+            token: token.to_owned(),
+            http,
+        })
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    /// The upload URL jobs are sent to.
+    pub fn uploads_url(&self) -> String {
+        format!("{}{}", self.base, ferry_server::http::UPLOADS_PATH)
+    }
+
+    /// Which of `blake3_hex` the server holds as finished objects.
+    pub async fn present(&self, blake3_hex: &[String]) -> Result<HashSet<String>, ServerError> {
+        let mut out = HashSet::new();
+        let url = format!("{}/v1/objects/check", self.base);
+        let batches: Vec<&[String]> = if blake3_hex.is_empty() {
+            // An empty check still proves the token works.
+            vec![&[]]
+        } else {
+            blake3_hex.chunks(CHECK_BATCH).collect()
+        };
+        for batch in batches {
+            let res = self
+                .http
+                .post(&url)
+                .bearer_auth(&self.token)
+                .json(&serde_json::json!({ "blake3": batch }))
+                .send()
+                .await
+                .map_err(|e| ServerError::Unreachable {
+                    url: self.base.clone(),
+                    detail: error_chain(&e),
+                })?;
+            let status = res.status();
+            if status == reqwest::StatusCode::UNAUTHORIZED {
+                return Err(ServerError::Unauthorized {
+                    url: self.base.clone(),
+                });
+            }
+            if !status.is_success() {
+                return Err(ServerError::BadResponse {
+                    url: self.base.clone(),
+                    detail: format!("check answered {status}"),
+                });
+            }
+            let answer: CheckAnswer = res.json().await.map_err(|e| ServerError::BadResponse {
+                url: self.base.clone(),
+                detail: format!("check answer: {e}"),
+            })?;
+            out.extend(answer.blake3.into_iter().map(|h| h.to_ascii_lowercase()));
+        }
+        Ok(out)
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}

@@ -1,0 +1,357 @@
+//! `ferry backup DIR`: argument handling, the live progress display and the summary; the
+//! backup itself is `ferry_daemon::backup`.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use ferry_daemon::backup::{
+    BackupError, BackupOptions, BackupSummary, Phase, Progress, Snapshot, Target,
+};
+use ferry_daemon::config::FileConfig;
+use ferry_daemon::server::ServerError;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::output::bytes;
+use crate::{EXIT_AUTH, EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_INCOMPLETE, EXIT_UNREACHABLE};
+
+#[derive(Debug, clap::Args)]
+pub struct BackupArgs {
+    /// The folder of photos and videos to back up.
+    pub dir: PathBuf,
+    /// A ferry-server URL (default: the built-in server on loopback, storing in the state folder).
+    #[arg(long, env = "FERRY_SERVER_URL", value_name = "URL")]
+    pub to: Option<String>,
+    /// The device token for --to (create one with `ferry-server token create`).
+    #[arg(
+        long,
+        env = "FERRY_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+    /// Keep going: back up new photos as they arrive, until interrupted.
+    #[arg(long)]
+    pub watch: bool,
+    /// Upload now whatever the conditions (network, power, time windows).
+    #[arg(long)]
+    pub now: bool,
+    /// Uploads at once.
+    #[arg(long, value_name = "N")]
+    pub concurrency: Option<usize>,
+    /// Progress and the summary as JSON lines on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Writes a line to stdout; a closed stdout (`| head`) is not an error worth a panic.
+fn out(line: &str) -> bool {
+    let mut o = std::io::stdout().lock();
+    writeln!(o, "{line}").and_then(|_| o.flush()).is_ok()
+}
+
+fn json_out<T: serde::Serialize>(v: &T) -> bool {
+    match serde_json::to_string(v) {
+        Ok(s) => out(&s),
+        Err(_) => false,
+    }
+}
+
+pub fn run(state_dir: &Path, config: &FileConfig, args: BackupArgs) -> anyhow::Result<ExitCode> {
+    let url = args.to.clone().or_else(|| config.server.url.clone());
+    let target = match url {
+        None => Target::Embedded,
+        Some(url) => {
+            let token = match args.token.clone() {
+                Some(t) => Some(t),
+                None => config.token()?,
+            };
+            let Some(token) = token else {
+                eprintln!(
+                    "ferry: --to {url} needs a token: pass --token (or set FERRY_TOKEN); create one with `ferry-server token create --name NAME --data DIR`"
+                );
+                return Ok(ExitCode::from(EXIT_BAD_INPUT));
+            };
+            Target::Remote { url, token }
+        }
+    };
+    let observe = !args.now && config.observe_conditions();
+    let opts = BackupOptions {
+        dirs: vec![args.dir.clone()],
+        state_dir: state_dir.to_owned(),
+        target,
+        policy: observe.then(|| config.policy()),
+        max_concurrent: args
+            .concurrency
+            .unwrap_or_else(|| config.max_concurrent())
+            .max(1),
+        watch: args.watch,
+    };
+    if !args.json {
+        let to = match &opts.target {
+            Target::Embedded => "the built-in server".to_owned(),
+            Target::Remote { url, .. } => url.clone(),
+        };
+        eprintln!(
+            "ferry: backing up {} to {to} with the ferry-backup extension (running this command is your consent)",
+            args.dir.display()
+        );
+    }
+    let progress = Arc::new(Progress::default());
+    let done = Arc::new(AtomicBool::new(false));
+    let display = {
+        let progress = progress.clone();
+        let done = done.clone();
+        let json = args.json;
+        std::thread::spawn(move || show_progress(&progress, &done, json))
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let result = runtime.block_on(async {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                let _ = stop_tx.send(true);
+            }
+        });
+        ferry_daemon::backup::run(opts, progress.clone(), stop_rx).await
+    });
+    done.store(true, Ordering::Relaxed);
+    let _ = display.join();
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    match result {
+        Ok(summary) => Ok(report(&summary, args.json)),
+        Err(e) => {
+            let code = match &e {
+                BackupError::Folder(_) => EXIT_BAD_INPUT,
+                BackupError::Server(ServerError::Unauthorized { .. }) => EXIT_AUTH,
+                BackupError::Server(
+                    ServerError::Unreachable { .. } | ServerError::BadResponse { .. },
+                ) => EXIT_UNREACHABLE,
+                BackupError::Server(ServerError::BadUrl(..)) => EXIT_BAD_INPUT,
+                _ => EXIT_FAILURE,
+            };
+            if args.json {
+                json_out(
+                    &serde_json::json!({"event": "error", "exit_code": code, "error": e.to_string()}),
+                );
+            }
+            eprintln!("ferry: {e}");
+            Ok(ExitCode::from(code))
+        }
+    }
+}
+
+fn report(s: &BackupSummary, json: bool) -> ExitCode {
+    let code = if s.complete() { 0 } else { EXIT_INCOMPLETE };
+    if json {
+        json_out(&serde_json::json!({"event": "summary", "exit_code": code, "summary": s}));
+        return ExitCode::from(code);
+    }
+    let mut lines = vec![
+        format!(
+            "{} {}: {} assets, {} files, {}",
+            if s.complete() {
+                "Backed up"
+            } else {
+                "NOT fully backed up"
+            },
+            dirs_text(&s.dirs),
+            s.assets,
+            s.resources,
+            bytes(s.bytes)
+        ),
+        format!(
+            "  sent {} ({}) · already on the server {} · failed {} · {:.1} s",
+            s.sent,
+            bytes(s.bytes_sent),
+            s.already_stored,
+            s.failed,
+            s.elapsed_ms as f64 / 1000.0
+        ),
+        format!(
+            "  verified {}/{} against the server's BLAKE3 digests",
+            s.verified, s.resources
+        ),
+    ];
+    match &s.embedded_server_dir {
+        Some(dir) => lines.push(format!(
+            "  server {} (built in, storing in {})",
+            s.server_url,
+            dir.display()
+        )),
+        None => lines.push(format!("  server {}", s.server_url)),
+    }
+    if s.index_issues > 0 {
+        lines.push(format!(
+            "  {} files could not be indexed (see `ferry library scan {}`)",
+            s.index_issues,
+            dirs_text(&s.dirs)
+        ));
+    }
+    for m in s.missing.iter().take(20) {
+        lines.push(format!("  missing {}: {}", m.path.display(), m.why));
+    }
+    if s.missing.len() > 20 {
+        lines.push(format!("  ... and {} more missing", s.missing.len() - 20));
+    }
+    if !s.complete() {
+        lines.push("  run the same command again to retry; `ferry status` shows what waits".into());
+    }
+    for l in lines {
+        if !out(&l) {
+            break;
+        }
+    }
+    ExitCode::from(code)
+}
+
+fn dirs_text(dirs: &[PathBuf]) -> String {
+    dirs.iter()
+        .map(|d| d.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn phase_name(p: Phase) -> &'static str {
+    match p {
+        Phase::Starting => "starting",
+        Phase::Indexing => "indexing",
+        Phase::Checking => "checking",
+        Phase::Sending => "sending",
+        Phase::Verifying => "verifying",
+        Phase::Watching => "watching",
+        Phase::Done => "done",
+    }
+}
+
+fn waiting_text(s: &Snapshot) -> String {
+    match s.waiting_reason {
+        Some(r) => format!(" · waiting: {r} ({})", s.waiting),
+        None => String::new(),
+    }
+}
+
+/// One plain progress line (not a terminal): also what the terminal bar's message shows.
+fn plain_line(s: &Snapshot, rate_bytes_per_s: f64) -> String {
+    match s.phase {
+        Phase::Indexing => format!(
+            "indexing: {}/{} files, {} / {}",
+            s.index_files_done,
+            s.index_files_total,
+            bytes(s.index_bytes_done),
+            bytes(s.index_bytes_total)
+        ),
+        Phase::Sending | Phase::Watching => {
+            let left = s.bytes_to_send.saturating_sub(s.bytes_sent);
+            let eta = if rate_bytes_per_s > 1.0 && left > 0 {
+                format!(" · ETA {:.0} s", left as f64 / rate_bytes_per_s)
+            } else {
+                String::new()
+            };
+            format!(
+                "{}: {}/{} files, {} / {} · {}/s{eta} · failed {}{}",
+                phase_name(s.phase),
+                s.sent,
+                s.to_send,
+                bytes(s.bytes_sent),
+                bytes(s.bytes_to_send),
+                bytes(rate_bytes_per_s as u64),
+                s.failed,
+                waiting_text(s)
+            )
+        }
+        p => phase_name(p).to_owned(),
+    }
+}
+
+fn show_progress(progress: &Progress, done: &AtomicBool, json: bool) {
+    let tty = !json && std::io::stderr().is_terminal();
+    let bar = tty.then(|| {
+        let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{spinner} {prefix:9} [{bar:30}] {pos}/{len} files\n  {wide_msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar.enable_steady_tick(Duration::from_millis(120));
+        bar
+    });
+    let mut last_plain = Instant::now() - Duration::from_secs(10);
+    let mut last_phase = Phase::Starting;
+    let mut send_start: Option<(Instant, u64)> = None;
+    let mut last_json: Option<Snapshot> = None;
+    loop {
+        let finished = done.load(Ordering::Relaxed);
+        let s = progress.snapshot();
+        if matches!(s.phase, Phase::Sending | Phase::Watching) && send_start.is_none() {
+            send_start = Some((Instant::now(), s.bytes_sent));
+        }
+        let rate = match send_start {
+            Some((t, b0)) => {
+                let secs = t.elapsed().as_secs_f64();
+                if secs > 0.2 {
+                    (s.bytes_sent - b0.min(s.bytes_sent)) as f64 / secs
+                } else {
+                    0.0
+                }
+            }
+            None => 0.0,
+        };
+        if json {
+            if last_json.as_ref() != Some(&s) {
+                if !json_out(&serde_json::json!({"event": "progress", "progress": &s})) {
+                    return;
+                }
+                last_json = Some(s.clone());
+            }
+        } else if let Some(bar) = &bar {
+            bar.set_prefix(phase_name(s.phase));
+            match s.phase {
+                Phase::Indexing => {
+                    bar.set_length(s.index_files_total);
+                    bar.set_position(s.index_files_done);
+                    bar.set_message(format!(
+                        "{} / {} read",
+                        bytes(s.index_bytes_done),
+                        bytes(s.index_bytes_total)
+                    ));
+                }
+                _ => {
+                    bar.set_length(s.to_send);
+                    bar.set_position(s.sent + s.failed);
+                    bar.set_message(
+                        plain_line(&s, rate)
+                            .split_once(", ")
+                            .map(|x| x.1.to_owned())
+                            .unwrap_or_default(),
+                    );
+                }
+            }
+        } else if s.phase != last_phase
+            || last_plain.elapsed() >= Duration::from_secs(2)
+            || finished
+        {
+            if s.phase != Phase::Done {
+                let mut e = std::io::stderr().lock();
+                let _ = writeln!(e, "{}", plain_line(&s, rate));
+            }
+            last_plain = Instant::now();
+        }
+        last_phase = s.phase;
+        if finished {
+            if let Some(bar) = &bar {
+                bar.finish_and_clear();
+            }
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(if json { 500 } else { 100 }));
+    }
+}

@@ -1,0 +1,663 @@
+//! One launch of an extension: start it as a child process in its own process group, speak
+//! the protocol over its stdin/stdout, answer its requests, and make sure that when the call
+//! is over nothing of it is left running.
+//!
+//! Timeline of a call with budget B and grace G: `initialize`, then `process_jobs`; at B − G
+//! (or when the gate turns, the user disables it, or Ferry stops) `will_terminate`; at the end
+//! of the grace SIGTERM to the whole group, then SIGKILL after `term_grace_ms`. After an answer
+//! Ferry closes stdin and waits briefly for the process to exit. Whatever happened, the group is
+//! sent SIGKILL at the end, so children that outlive the extension do not linger.
+
+use crate::serve::{self, Context};
+use crate::{Gate, HostConfig};
+use ferry_extension::protocol::{
+    self as p, CallReason, ErrorCode, Id, InitializeParams, InitializeResult, Message,
+    ProcessJobsParams, ProcessJobsResult, ProcessStatus, RpcError, TerminateReason,
+    WillTerminateParams,
+};
+use std::path::Path;
+use std::process::Stdio;
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Duration, Instant};
+
+/// How a call ended.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum CallOutcome {
+    /// The extension answered `process_jobs`.
+    Answered {
+        status: ProcessStatus,
+        message: Option<String>,
+    },
+    /// It did not answer: crashed, broke the protocol, ran out of time, or could not start.
+    Failed { failure: CallFailure },
+    /// Nothing ran: the extension is not enabled (any more).
+    NotEnabled,
+}
+
+impl CallOutcome {
+    /// Whether the host backs the extension off after this call.
+    pub fn is_failure(&self) -> bool {
+        matches!(
+            self,
+            CallOutcome::Failed { .. }
+                | CallOutcome::Answered {
+                    status: ProcessStatus::Failure,
+                    ..
+                }
+        )
+    }
+
+    /// A short name for status displays.
+    pub fn label(&self) -> String {
+        match self {
+            CallOutcome::Answered { status, .. } => match status {
+                ProcessStatus::Completed => "completed".into(),
+                ProcessStatus::Processing => "processing".into(),
+                ProcessStatus::Failure => "failure".into(),
+            },
+            CallOutcome::Failed { failure } => failure.label().into(),
+            CallOutcome::NotEnabled => "not_enabled".into(),
+        }
+    }
+}
+
+/// Why a call had no answer.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, thiserror::Error)]
+#[serde(tag = "failure", rename_all = "snake_case")]
+pub enum CallFailure {
+    #[error("could not start: {message}")]
+    SpawnFailed { message: String },
+    #[error("exited before answering (exit code {code:?}, signal {signal:?})")]
+    Crashed {
+        code: Option<i32>,
+        signal: Option<i32>,
+    },
+    #[error("broke the protocol: {message}")]
+    ProtocolViolation { message: String },
+    #[error("speaks protocol version {version}, not {}", p::PROTOCOL_VERSION)]
+    VersionMismatch { version: u32 },
+    /// No answer within the budget (or the grace after `will_terminate`): stopped.
+    #[error("did not answer in time ({reason:?}); stopped")]
+    Stopped { reason: TerminateReason },
+}
+
+impl CallFailure {
+    pub fn label(&self) -> &'static str {
+        match self {
+            CallFailure::SpawnFailed { .. } => "spawn_failed",
+            CallFailure::Crashed { .. } => "crashed",
+            CallFailure::ProtocolViolation { .. } => "protocol_violation",
+            CallFailure::VersionMismatch { .. } => "version_mismatch",
+            CallFailure::Stopped { .. } => "stopped",
+        }
+    }
+}
+
+/// Everything one launch needs.
+#[derive(Debug)]
+pub(crate) struct Launch<'a> {
+    pub manifest: &'a crate::Manifest,
+    pub init: InitializeParams,
+    pub reasons: Vec<CallReason>,
+    pub ctx: Context,
+    pub config: &'a HostConfig,
+    pub gate: watch::Receiver<Gate>,
+    pub stop: watch::Receiver<bool>,
+    /// Bumped when the user disables an extension, so a running call stops at once.
+    pub disabled: watch::Receiver<u64>,
+    /// Bumped after every transaction that changed jobs (for the daemon's transfer engine).
+    pub jobs_changed: &'a watch::Sender<u64>,
+}
+
+enum Event {
+    Line(Vec<u8>),
+    TooLong(usize),
+    Eof,
+}
+
+/// Reads one line of at most `max` bytes (newline excluded) into `buf`.
+async fn read_line_bounded<R: AsyncBufRead + Unpin>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> std::io::Result<Event> {
+    buf.clear();
+    let mut over = 0usize;
+    loop {
+        let avail = r.fill_buf().await?;
+        if avail.is_empty() {
+            return Ok(if over > 0 {
+                Event::TooLong(over)
+            } else if buf.is_empty() {
+                Event::Eof
+            } else {
+                Event::Line(std::mem::take(buf))
+            });
+        }
+        let (chunk, done) = match avail.iter().position(|b| *b == b'\n') {
+            Some(i) => (&avail[..i], Some(i + 1)),
+            None => (avail, None),
+        };
+        if over > 0 || buf.len() + chunk.len() > max {
+            over = over.max(buf.len()).saturating_add(chunk.len());
+            buf.clear();
+        } else {
+            buf.extend_from_slice(chunk);
+        }
+        let used = done.unwrap_or(avail.len());
+        r.consume(used);
+        if done.is_some() {
+            if over > 0 {
+                return Ok(Event::TooLong(over));
+            }
+            if buf.last() == Some(&b'\r') {
+                buf.pop();
+            }
+            return Ok(Event::Line(std::mem::take(buf)));
+        }
+    }
+}
+
+/// Sends `signal` to the whole process group `pgid` (the `kill` command: no unsafe code).
+async fn signal_group(pgid: u32, signal: &str) {
+    let _ = tokio::process::Command::new("kill")
+        .args(["-s", signal, "--", &format!("-{pgid}")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .await;
+}
+
+/// Copies the extension's stderr to its log file, keeping at most `max_bytes` per launch and
+/// draining the rest so the extension never blocks on a full pipe.
+async fn copy_log(mut from: tokio::process::ChildStderr, path: std::path::PathBuf, max_bytes: u64) {
+    let mut file = tokio::fs::File::create(&path).await.ok();
+    let mut written = 0u64;
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if let Some(f) = file.as_mut() {
+            let room = max_bytes.saturating_sub(written) as usize;
+            let take = n.min(room);
+            if take > 0 && f.write_all(&buf[..take]).await.is_err() {
+                file = None;
+            }
+            written += take as u64;
+            if take < n
+                && let Some(f) = file.as_mut()
+            {
+                let _ = f.write_all(b"\n[ferry: log truncated]\n").await;
+                file = None;
+            }
+        }
+    }
+}
+
+/// A token bucket: `rate` requests per second, bursts of `2 × rate`.
+struct RateLimit {
+    rate: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl RateLimit {
+    fn new(rate: u32) -> RateLimit {
+        let rate = f64::from(rate.max(1));
+        RateLimit {
+            rate,
+            tokens: rate * 2.0,
+            at: Instant::now(),
+        }
+    }
+
+    /// `None` if allowed, else how long until the next token.
+    fn take(&mut self) -> Option<u64> {
+        let now = Instant::now();
+        let dt = now.duration_since(self.at).as_secs_f64();
+        self.at = now;
+        self.tokens = (self.tokens + dt * self.rate).min(self.rate * 2.0);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            None
+        } else {
+            Some((((1.0 - self.tokens) / self.rate) * 1000.0).ceil() as u64)
+        }
+    }
+}
+
+const INITIALIZE_ID: i64 = 1;
+const PROCESS_JOBS_ID: i64 = 2;
+
+/// Runs one launch to its end. Never panics on anything the extension does.
+pub(crate) async fn run(mut l: Launch<'_>) -> CallOutcome {
+    let m = l.manifest;
+    let cfg = l.config;
+    let work_dir = cfg.data_dir.join("extensions").join(&m.id);
+    if let Err(e) = std::fs::create_dir_all(&work_dir) {
+        return spawn_failed(format!("cannot create {}: {e}", work_dir.display()));
+    }
+    let mut cmd = match &cfg.prlimit {
+        Some(prlimit) => {
+            let mut c = tokio::process::Command::new(prlimit);
+            c.arg(format!("--as={}", cfg.memory_limit_bytes))
+                .arg(format!("--nofile={}", cfg.open_files_limit))
+                .arg("--")
+                .arg(&m.exec);
+            c
+        }
+        None => tokio::process::Command::new(&m.exec),
+    };
+    cmd.args(&m.args)
+        .current_dir(&work_dir)
+        .env_clear()
+        .envs(
+            ["PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR"]
+                .iter()
+                .filter_map(|k| std::env::var_os(k).map(|v| (*k, v))),
+        )
+        .env("FERRY_EXTENSION_ID", &m.id)
+        .env("FERRY_EXTENSION_DATA_DIR", &work_dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => return spawn_failed(format!("{}: {e}", m.exec.display())),
+    };
+    let Some(pgid) = child.id() else {
+        return spawn_failed("the process vanished at start".into());
+    };
+    let (Some(stdin), Some(stdout), Some(stderr)) =
+        (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    else {
+        signal_group(pgid, "KILL").await;
+        return spawn_failed("no pipes to the process".into());
+    };
+    tokio::spawn(copy_log(
+        stderr,
+        log_path(&cfg.data_dir, &m.id),
+        cfg.max_log_bytes,
+    ));
+
+    // Reader: lines → events. Bounded channel: a flooding extension waits on its pipe.
+    let (line_tx, mut lines) = mpsc::channel::<Event>(64);
+    tokio::spawn(async move {
+        let mut r = BufReader::with_capacity(64 * 1024, stdout);
+        let mut buf = Vec::new();
+        loop {
+            let ev = match read_line_bounded(&mut r, &mut buf, p::MAX_MESSAGE_BYTES).await {
+                Ok(ev) => ev,
+                Err(_) => Event::Eof,
+            };
+            let last = !matches!(ev, Event::Line(_));
+            if line_tx.send(ev).await.is_err() || last {
+                break;
+            }
+        }
+    });
+    // Writer: never blocks the loop; an extension that stops reading fills the queue and is
+    // stopped as a violation.
+    let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(256);
+    tokio::spawn(async move {
+        let mut stdin = stdin;
+        while let Some(line) = out_rx.recv().await {
+            if stdin.write_all(&line).await.is_err() || stdin.flush().await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut out_tx = Some(out_tx);
+
+    let started = Instant::now();
+    let budget = Duration::from_millis(m.call_budget_ms);
+    let grace = Duration::from_millis(cfg.will_terminate_grace_ms.min(m.call_budget_ms / 2));
+    let mut warn_at = Some(started + budget - grace);
+    let mut term_at = started + budget;
+    let mut terminate_reason = TerminateReason::TimeBudget;
+    let mut termed = false;
+    let mut kill_at: Option<Instant> = None;
+    let mut rate = RateLimit::new(cfg.max_calls_per_second);
+    let mut initialized = false;
+    let mut outcome: Option<CallOutcome> = None;
+    let mut exit_status: Option<std::process::ExitStatus> = None;
+    let mut exited_at: Option<Instant> = None;
+    let (mut gate_live, mut stop_live, mut disabled_live) = (true, true, true);
+    // A gate that is already closed or a stop already asked for applies from the start.
+    if matches!(*l.gate.borrow(), Gate::Wait(_)) {
+        terminate_reason = TerminateReason::Conditions;
+        term_at = started + grace;
+        warn_at = Some(started);
+    }
+    if *l.stop.borrow() {
+        terminate_reason = TerminateReason::Shutdown;
+        term_at = started + grace;
+        warn_at = Some(started);
+    }
+    let mut consent_check = tokio::time::interval(Duration::from_millis(1000));
+    consent_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+    let send = |tx: &Option<mpsc::Sender<Vec<u8>>>, msg: Message| -> bool {
+        match tx {
+            Some(tx) => tx.try_send(msg.to_line()).is_ok(),
+            None => false,
+        }
+    };
+    let init_params = match serde_json::to_value(&l.init) {
+        Ok(v) => v,
+        Err(e) => return spawn_failed(e.to_string()),
+    };
+    send(
+        &out_tx,
+        Message::Request {
+            id: Id::Number(INITIALIZE_ID),
+            method: p::INITIALIZE.into(),
+            params: init_params,
+        },
+    );
+
+    // The main loop: until an outcome is known (then the process is wound down below).
+    while outcome.is_none() {
+        let deadline = [
+            warn_at,
+            Some(term_at),
+            kill_at,
+            exited_at.map(|t| t + Duration::from_millis(500)),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(term_at);
+        tokio::select! {
+            ev = lines.recv() => {
+                let line = match ev {
+                    Some(Event::Line(line)) => line,
+                    Some(Event::TooLong(n)) => {
+                        outcome = violation(format!("a line of {n} bytes, over the limit of {}", p::MAX_MESSAGE_BYTES));
+                        break;
+                    }
+                    Some(Event::Eof) | None => {
+                        // Output closed: wait for the exit status below.
+                        if exit_status.is_none() {
+                            exit_status = tokio::time::timeout(Duration::from_secs(2), child.wait()).await.ok().and_then(Result::ok);
+                        }
+                        outcome = Some(if termed { stopped(terminate_reason) } else { crashed(exit_status) });
+                        break;
+                    }
+                };
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                let msg = match Message::parse(&line) {
+                    Ok(msg) => msg,
+                    Err(e) => {
+                        // Garbage: stop (SPEC: it breaks the rules); there is no id to answer.
+                        outcome = violation(e.to_string());
+                        break;
+                    }
+                };
+                match msg {
+                    Message::Response { id, result } => {
+                        match (id, result) {
+                            (Id::Number(INITIALIZE_ID), Ok(v)) if !initialized => {
+                                match serde_json::from_value::<InitializeResult>(v) {
+                                    Ok(r) if r.protocol_version == p::PROTOCOL_VERSION => {
+                                        initialized = true;
+                                        let left = budget.saturating_sub(started.elapsed());
+                                        let params = ProcessJobsParams {
+                                            reasons: l.reasons.clone(),
+                                            time_budget_ms: left.as_millis() as u64,
+                                        };
+                                        let params = serde_json::to_value(&params).unwrap_or_default();
+                                        send(&out_tx, Message::Request {
+                                            id: Id::Number(PROCESS_JOBS_ID),
+                                            method: p::PROCESS_JOBS.into(),
+                                            params,
+                                        });
+                                    }
+                                    Ok(r) => {
+                                        outcome = Some(CallOutcome::Failed {
+                                            failure: CallFailure::VersionMismatch { version: r.protocol_version },
+                                        });
+                                    }
+                                    Err(e) => outcome = violation(format!("bad initialize answer: {e}")),
+                                }
+                            }
+                            (Id::Number(INITIALIZE_ID), Err(e)) if !initialized => {
+                                outcome = violation(format!("refused initialize: {e}"));
+                            }
+                            (Id::Number(PROCESS_JOBS_ID), Ok(v)) if initialized => {
+                                match serde_json::from_value::<ProcessJobsResult>(v) {
+                                    Ok(r) => {
+                                        let message = r.message.map(|mut s| {
+                                            if s.len() > 1024 {
+                                                let mut cut = 1024;
+                                                while !s.is_char_boundary(cut) { cut -= 1; }
+                                                s.truncate(cut);
+                                            }
+                                            s
+                                        });
+                                        outcome = Some(CallOutcome::Answered { status: r.status, message });
+                                    }
+                                    Err(e) => outcome = violation(format!("bad process_jobs answer: {e}")),
+                                }
+                            }
+                            (Id::Number(PROCESS_JOBS_ID), Err(e)) if initialized => {
+                                outcome = Some(CallOutcome::Answered {
+                                    status: ProcessStatus::Failure,
+                                    message: Some(e.message),
+                                });
+                            }
+                            (id, _) => outcome = violation(format!("an answer to a request never sent ({id:?})")),
+                        }
+                    }
+                    Message::Notification { .. } => {
+                        // Extensions have no notifications to send; ignored, but rate-limited
+                        // like requests so a flood costs the extension, not Ferry.
+                        if rate.take().is_some() {
+                            outcome = violation("a flood of notifications".into());
+                        }
+                    }
+                    Message::Request { id, method, params } => {
+                        let result = if !initialized {
+                            Err(RpcError::new(ErrorCode::NotNow, "no call is outstanding"))
+                        } else if !p::HOST_METHODS.contains(&method.as_str()) {
+                            Err(RpcError::new(ErrorCode::MethodNotFound, format!("no method {method:?}")))
+                        } else if termed {
+                            Err(RpcError::new(ErrorCode::NotNow, "the call's time is over"))
+                        } else if let Some(wait_ms) = rate.take() {
+                            let mut data = serde_json::Map::new();
+                            data.insert("retry_after_ms".into(), wait_ms.into());
+                            Err(RpcError::with_data(ErrorCode::RateLimited, "too many calls", data))
+                        } else {
+                            let ctx = l.ctx.clone();
+                            let is_tx = method == p::JOBS_TRANSACTION;
+                            let r = tokio::task::spawn_blocking(move || serve::handle(&ctx, &method, params))
+                                .await
+                                .unwrap_or_else(|_| Err(RpcError::new(ErrorCode::Internal, "the handler failed")));
+                            if is_tx && r.is_ok() {
+                                l.jobs_changed.send_modify(|n| *n = n.wrapping_add(1));
+                            }
+                            r
+                        };
+                        if !send(&out_tx, Message::Response { id, result }) {
+                            outcome = violation("does not read its input".into());
+                        }
+                    }
+                }
+            }
+            status = child.wait(), if exit_status.is_none() => {
+                // Exited (or its wait failed); give buffered output a moment to arrive.
+                exit_status = status.ok();
+                exited_at = Some(Instant::now());
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                let now = Instant::now();
+                if exited_at.is_some_and(|t| now >= t + Duration::from_millis(500)) {
+                    // Exited on our SIGTERM: stopped; on its own: crashed.
+                    outcome = Some(if termed { stopped(terminate_reason) } else { crashed(exit_status) });
+                } else if kill_at.is_some_and(|t| now >= t) {
+                    signal_group(pgid, "KILL").await;
+                    outcome = Some(stopped(terminate_reason));
+                } else if now >= term_at && !termed {
+                    termed = true;
+                    signal_group(pgid, "TERM").await;
+                    kill_at = Some(now + Duration::from_millis(cfg.term_grace_ms));
+                } else if warn_at.is_some_and(|t| now >= t) {
+                    warn_at = None;
+                    will_terminate(&out_tx, terminate_reason, grace);
+                }
+            }
+            changed = l.gate.changed(), if gate_live => {
+                if changed.is_err() {
+                    // The gate's sender is gone: nothing will turn it any more; carry on.
+                    gate_live = false;
+                } else if matches!(*l.gate.borrow(), Gate::Wait(_)) {
+                    terminate_reason = TerminateReason::Conditions;
+                    hurry(&mut warn_at, &mut term_at, &out_tx, terminate_reason, grace);
+                }
+            }
+            changed = l.stop.changed(), if stop_live => {
+                if changed.is_err() {
+                    stop_live = false;
+                } else if *l.stop.borrow() {
+                    terminate_reason = TerminateReason::Shutdown;
+                    hurry(&mut warn_at, &mut term_at, &out_tx, terminate_reason, grace);
+                    stop_live = false;
+                }
+            }
+            changed = l.disabled.changed(), if disabled_live => {
+                if changed.is_err() {
+                    disabled_live = false;
+                }
+                disabled_check(&l.ctx, &mut terminate_reason, &mut warn_at, &mut term_at, &out_tx, grace).await;
+            }
+            _ = consent_check.tick() => {
+                disabled_check(&l.ctx, &mut terminate_reason, &mut warn_at, &mut term_at, &out_tx, grace).await;
+            }
+        }
+    }
+
+    // Wind down: close stdin; let it exit on its own briefly, then TERM, then KILL.
+    out_tx.take();
+    drop(lines);
+    if exit_status.is_none() {
+        let exit_wait = Duration::from_millis(cfg.exit_grace_ms);
+        if tokio::time::timeout(exit_wait, child.wait()).await.is_err() {
+            signal_group(pgid, "TERM").await;
+            if tokio::time::timeout(Duration::from_millis(cfg.term_grace_ms), child.wait())
+                .await
+                .is_err()
+            {
+                signal_group(pgid, "KILL").await;
+                let _ = child.wait().await;
+            }
+        }
+    }
+    // Children that outlived the extension (same group) go too.
+    signal_group(pgid, "KILL").await;
+    outcome.unwrap_or(CallOutcome::Failed {
+        failure: CallFailure::Stopped {
+            reason: terminate_reason,
+        },
+    })
+}
+
+fn will_terminate(tx: &Option<mpsc::Sender<Vec<u8>>>, reason: TerminateReason, grace: Duration) {
+    if let Some(tx) = tx {
+        let params = WillTerminateParams {
+            reason,
+            grace_ms: grace.as_millis() as u64,
+        };
+        let _ = tx.try_send(
+            Message::Notification {
+                method: p::WILL_TERMINATE.into(),
+                params: serde_json::to_value(params).unwrap_or_default(),
+            }
+            .to_line(),
+        );
+    }
+}
+
+/// Moves the end of the call to now + grace, warning now (once).
+fn hurry(
+    warn_at: &mut Option<Instant>,
+    term_at: &mut Instant,
+    tx: &Option<mpsc::Sender<Vec<u8>>>,
+    reason: TerminateReason,
+    grace: Duration,
+) {
+    let end = Instant::now() + grace;
+    if end < *term_at {
+        *term_at = end;
+        if warn_at.is_some() {
+            *warn_at = None;
+            will_terminate(tx, reason, grace);
+        }
+    }
+}
+
+async fn disabled_check(
+    ctx: &Context,
+    reason: &mut TerminateReason,
+    warn_at: &mut Option<Instant>,
+    term_at: &mut Instant,
+    tx: &Option<mpsc::Sender<Vec<u8>>>,
+    grace: Duration,
+) {
+    let ctx2 = ctx.clone();
+    let enabled = tokio::task::spawn_blocking(move || {
+        ctx2.store
+            .lock()
+            .ok()
+            .and_then(|s| s.consent(&ctx2.extension).ok())
+            .map(|c| c.is_some_and(|c| c.is_enabled()))
+    })
+    .await
+    .ok()
+    .flatten();
+    if enabled == Some(false) {
+        *reason = TerminateReason::Disabled;
+        hurry(warn_at, term_at, tx, *reason, grace);
+    }
+}
+
+fn violation(message: String) -> Option<CallOutcome> {
+    Some(CallOutcome::Failed {
+        failure: CallFailure::ProtocolViolation { message },
+    })
+}
+
+fn stopped(reason: TerminateReason) -> CallOutcome {
+    CallOutcome::Failed {
+        failure: CallFailure::Stopped { reason },
+    }
+}
+
+fn crashed(status: Option<std::process::ExitStatus>) -> CallOutcome {
+    use std::os::unix::process::ExitStatusExt;
+    CallOutcome::Failed {
+        failure: CallFailure::Crashed {
+            code: status.and_then(|s| s.code()),
+            signal: status.and_then(|s| s.signal()),
+        },
+    }
+}
+
+fn spawn_failed(message: String) -> CallOutcome {
+    CallOutcome::Failed {
+        failure: CallFailure::SpawnFailed { message },
+    }
+}
+
+/// Where an extension's stderr of its latest launch is kept.
+pub fn log_path(data_dir: &Path, id: &str) -> std::path::PathBuf {
+    data_dir.join("extensions").join(id).join("stderr.log")
+}

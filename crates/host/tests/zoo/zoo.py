@@ -1,0 +1,219 @@
+#!/usr/bin/env python3
+"""A zoo of test extensions for Ferry's host, one behaviour per mode (argv[1]); stdlib only.
+
+`good` is a well-behaved backup extension: it creates one job per resource in scope, in
+pages, keeping its cursor in Ferry's key-value store. Every other mode misbehaves in one way
+(crash, hang, flood, garbage, rule breaking) so the host's containment can be shown.
+"""
+
+import json
+import os
+import signal
+import sys
+import time
+import uuid
+
+MODE = sys.argv[1] if len(sys.argv) > 1 else "good"
+_next_id = [100]
+_pending = []  # requests from Ferry that arrived while waiting for an answer
+
+
+def send(obj):
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def read():
+    if _pending:
+        return _pending.pop(0)
+    line = sys.stdin.readline()
+    if not line:
+        sys.exit(0)
+    return json.loads(line)
+
+
+def call(method, params=None):
+    _next_id[0] += 1
+    rid = _next_id[0]
+    send({"jsonrpc": "2.0", "id": rid, "method": method, "params": params or {}})
+    while True:
+        msg = sys.stdin.readline()
+        if not msg:
+            sys.exit(0)
+        msg = json.loads(msg)
+        if msg.get("id") == rid and "method" not in msg:
+            if "error" in msg:
+                raise RpcError(msg["error"])
+            return msg["result"]
+        _pending.append(msg)
+
+
+class RpcError(Exception):
+    def __init__(self, err):
+        super().__init__(err.get("message"))
+        data = err.get("data") or {}
+        self.code = data.get("code")
+        self.reason = data.get("reason")
+
+
+def uuid7():
+    ms = int(time.time() * 1000)
+    rand = uuid.uuid4().int & ((1 << 74) - 1)
+    value = (ms << 80) | (0x7 << 76) | ((rand >> 62) << 64) | (0b10 << 62) | (rand & ((1 << 62) - 1))
+    return str(uuid.UUID(int=value))
+
+
+def answer(rid, status, message=None):
+    result = {"status": status}
+    if message:
+        result["message"] = message
+    send({"jsonrpc": "2.0", "id": rid, "result": result})
+
+
+def create_item(init, resource):
+    base = init["destination_bases"][0].rstrip("/")
+    return {
+        "op": "create",
+        "id": uuid7(),
+        "resource_id": resource["id"],
+        "content_hash": resource["content_hash"],
+        "destination": {"method": "PUT", "url": base + "/" + resource["id"], "headers": []},
+        "metadata": {},
+    }
+
+
+def good(init, rid):
+    """Acknowledge finished jobs, then create jobs for the next page of resources."""
+    acks = call("jobs.fetch", {"action": "acknowledge"})["jobs"]
+    if acks:
+        call("jobs.transaction", {"items": [{"op": "acknowledge", "job": j["id"]} for j in acks]})
+    cursor = call("kv.get", {"key": "cursor"})["value"]
+    while True:
+        available = call("jobs.limit")["available"]
+        if available == 0:
+            return answer(rid, "processing", "at the job limit")
+        params = {"limit": min(available, 100)}
+        if cursor:
+            params["after"] = cursor
+        page = call("library.list_assets", params)
+        items = []
+        for asset in page["assets"]:
+            for r in asset["resources"]:
+                items.append(create_item(init, r))
+        if items:
+            call("jobs.transaction", {"items": items[: max(available, 1)]})
+        if page["assets"]:
+            cursor = page["assets"][-1]["id"]
+            call("kv.set", {"key": "cursor", "value": cursor})
+        if not page.get("next_after"):
+            return answer(rid, "completed", "up to date")
+
+
+def misbehave(init, rid):
+    if MODE == "hang" or MODE == "ignore_term":
+        while True:
+            time.sleep(3600)
+    if MODE == "crash_mid_transaction":
+        page = call("library.list_assets", {"limit": 5})
+        items = [create_item(init, r) for a in page["assets"] for r in a["resources"]]
+        send({"jsonrpc": "2.0", "id": 9999, "method": "jobs.transaction", "params": {"items": items}})
+        os._exit(7)
+    if MODE == "garbage":
+        sys.stdout.write("this is not JSON {{{\n")
+        sys.stdout.flush()
+        time.sleep(3600)
+    if MODE == "long_line":
+        sys.stdout.write("[" + "1," * (1024 * 1024) + "1]\n")
+        sys.stdout.flush()
+        time.sleep(3600)
+    if MODE == "spam":
+        junk = "spam " * 2000 + "\n"
+        for _ in range(2000):
+            sys.stderr.write(junk)
+        while True:
+            send({"jsonrpc": "2.0", "method": "hello", "params": {"x": "y" * 100}})
+    if MODE == "flood_requests":
+        # Floods requests and never reads an answer.
+        n = 0
+        while True:
+            n += 1
+            send({"jsonrpc": "2.0", "id": 10_000 + n, "method": "jobs.limit", "params": {}})
+    if MODE == "unknown_method":
+        try:
+            call("library.delete_everything", {})
+            return answer(rid, "completed", "unexpectedly allowed")
+        except RpcError as e:
+            return answer(rid, "failure", "refused: " + str(e.code))
+    if MODE == "over_limit":
+        page = call("library.list_assets", {"limit": 1000})
+        items = [create_item(init, r) for a in page["assets"] for r in a["resources"]]
+        items = items[: init["job_limit"] + 1]
+        try:
+            call("jobs.transaction", {"items": items})
+            return answer(rid, "completed", "unexpectedly allowed")
+        except RpcError as e:
+            return answer(rid, "failure", "refused: " + str(e.reason))
+    if MODE == "out_of_scope":
+        target = init["config"]["foreign_resource"]
+        item = {
+            "op": "create",
+            "id": uuid7(),
+            "resource_id": target["id"],
+            "content_hash": target["content_hash"],
+            "destination": {"method": "PUT", "url": init["destination_bases"][0] + "/x", "headers": []},
+            "metadata": {},
+        }
+        try:
+            call("jobs.transaction", {"items": [item]})
+            return answer(rid, "completed", "unexpectedly allowed")
+        except RpcError as e:
+            return answer(rid, "failure", "refused: " + str(e.reason))
+    if MODE == "bad_destination":
+        page = call("library.list_assets", {"limit": 1})
+        item = create_item(init, page["assets"][0]["resources"][0])
+        item["destination"]["url"] = "http://127.0.0.1:9/elsewhere/x"
+        try:
+            call("jobs.transaction", {"items": [item]})
+            return answer(rid, "completed", "unexpectedly allowed")
+        except RpcError as e:
+            return answer(rid, "failure", "refused: " + str(e.reason))
+    if MODE == "fork_linger":
+        pid = os.fork()
+        if pid == 0:
+            # The child keeps the pipes open and outlives its parent.
+            while True:
+                time.sleep(3600)
+        with open("child.pid", "w") as f:
+            f.write(str(pid))
+        answer(rid, "completed", "forked")
+        os._exit(0)
+    return answer(rid, "failure", "unknown mode " + MODE)
+
+
+def main():
+    if MODE == "ignore_term":
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if MODE == "crash_at_start":
+        sys.exit(3)
+    with open("launches", "a") as f:
+        f.write(MODE + "\n")
+    init = None
+    while True:
+        msg = read()
+        method = msg.get("method")
+        if method == "initialize":
+            init = msg["params"]
+            send({"jsonrpc": "2.0", "id": msg["id"], "result": {"protocol_version": 1}})
+        elif method == "process_jobs":
+            if MODE == "good":
+                good(init, msg["id"])
+            else:
+                misbehave(init, msg["id"])
+        elif method == "will_terminate":
+            pass
+        elif "id" in msg and method:
+            send({"jsonrpc": "2.0", "id": msg["id"], "error": {"code": -32601, "message": "no"}})
+
+
+if __name__ == "__main__":
+    main()

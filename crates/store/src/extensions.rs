@@ -1,0 +1,361 @@
+//! What Ferry keeps per extension: the user's consent, the extension's own key-value store,
+//! the host's runtime record, and the library queries the extension host answers from.
+//!
+//! Consent and job settings change together: granting writes the consent row and the job
+//! policy (bases, limit) in one commit; revoking records the disable, clears the bases (so no
+//! job can be created even by a caller that forgot to check consent) and cancels the
+//! extension's registered and pending jobs in that same commit.
+
+use crate::db::{Store, StoreError};
+use crate::jobs::{JobStoreError, cancel_all_in, load_policy, save_policy};
+use crate::library::{AssetRecord, ChangeKind, ChangesError, asset_from_row, bytes_path};
+use ferry_core::UrlBase;
+use ferry_core::job::Job;
+use rusqlite::{OptionalExtension, params};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// The user's consent for one extension, as recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Consent {
+    pub id: String,
+    /// `None`: the whole library; otherwise these folders (relative to a library root,
+    /// `/`-separated).
+    pub folders: Option<Vec<String>>,
+    pub bases: Vec<UrlBase>,
+    pub job_limit: u32,
+    pub enabled_at_ms: i64,
+    /// Set when the user disabled it; a later enable clears it.
+    pub disabled_at_ms: Option<i64>,
+}
+
+impl Consent {
+    pub fn is_enabled(&self) -> bool {
+        self.disabled_at_ms.is_none()
+    }
+}
+
+/// Why a key-value write was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum KvError {
+    /// The extension's store would exceed its total size: nothing was written.
+    #[error("the extension's key-value store is full ({used_bytes} of {max_bytes} bytes)")]
+    Full { used_bytes: usize, max_bytes: usize },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<rusqlite::Error> for KvError {
+    fn from(e: rusqlite::Error) -> KvError {
+        KvError::Store(StoreError::Sqlite(e))
+    }
+}
+
+fn corrupt(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(e.to_string())
+}
+
+type ConsentRow = (String, Option<String>, String, i64, i64, Option<i64>);
+
+fn consent_of(row: ConsentRow) -> Result<Consent, StoreError> {
+    let (id, folders, bases, job_limit, enabled_at_ms, disabled_at_ms) = row;
+    Ok(Consent {
+        folders: folders
+            .map(|f| serde_json::from_str(&f))
+            .transpose()
+            .map_err(corrupt)?,
+        bases: serde_json::from_str(&bases).map_err(corrupt)?,
+        job_limit: u32::try_from(job_limit).map_err(corrupt)?,
+        id,
+        enabled_at_ms,
+        disabled_at_ms,
+    })
+}
+
+const CONSENT_SELECT: &str =
+    "SELECT id, folders, bases, job_limit, enabled_at_ms, disabled_at_ms FROM extension_consent";
+
+impl Store {
+    /// Records the user's consent (enabling, or re-enabling with a new grant) and the job
+    /// policy it implies, in one commit.
+    pub fn grant_consent(&mut self, consent: &Consent) -> Result<(), JobStoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let folders = consent
+            .folders
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| JobStoreError::Corrupt(e.to_string()))?;
+        let bases = serde_json::to_string(&consent.bases)
+            .map_err(|e| JobStoreError::Corrupt(e.to_string()))?;
+        tx.execute(
+            "INSERT INTO extension_consent
+                 (id, folders, bases, job_limit, enabled_at_ms, disabled_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (id) DO UPDATE SET folders = ?2, bases = ?3, job_limit = ?4,
+                 enabled_at_ms = ?5, disabled_at_ms = ?6",
+            params![
+                consent.id,
+                folders,
+                bases,
+                i64::from(consent.job_limit),
+                consent.enabled_at_ms,
+                consent.disabled_at_ms
+            ],
+        )?;
+        let mut policy = load_policy(&tx, &consent.id)?;
+        policy.job_limit = consent.job_limit;
+        policy.bases = if consent.is_enabled() {
+            consent.bases.clone()
+        } else {
+            Vec::new()
+        };
+        save_policy(&tx, &consent.id, &policy)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Records that the user disabled `id`, clears its destination bases and cancels its
+    /// registered and pending jobs, all in one commit. Returns the cancelled jobs; `None` if
+    /// the extension was never enabled.
+    pub fn revoke_consent(
+        &mut self,
+        id: &str,
+        now_ms: i64,
+    ) -> Result<Option<Vec<Job>>, JobStoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let changed = tx.execute(
+            "UPDATE extension_consent SET disabled_at_ms = COALESCE(disabled_at_ms, ?2)
+             WHERE id = ?1",
+            params![id, now_ms],
+        )?;
+        if changed == 0 {
+            return Ok(None);
+        }
+        let mut policy = load_policy(&tx, id)?;
+        policy.bases.clear();
+        save_policy(&tx, id, &policy)?;
+        let cancelled = cancel_all_in(&tx, id, now_ms)?;
+        tx.commit()?;
+        Ok(Some(cancelled))
+    }
+
+    pub fn consent(&self, id: &str) -> Result<Option<Consent>, StoreError> {
+        let row: Option<ConsentRow> = self
+            .conn
+            .prepare_cached(&format!("{CONSENT_SELECT} WHERE id = ?1"))?
+            .query_row([id], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            })
+            .optional()?;
+        row.map(consent_of).transpose()
+    }
+
+    /// Every consent ever recorded (enabled or not), by id.
+    pub fn consents(&self) -> Result<Vec<Consent>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!("{CONSENT_SELECT} ORDER BY id"))?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(consent_of(row?)?);
+        }
+        Ok(out)
+    }
+
+    pub fn kv_get(&self, extension: &str, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT value FROM extension_kv WHERE extension = ?1 AND key = ?2")?
+            .query_row([extension, key], |r| r.get(0))
+            .optional()?)
+    }
+
+    /// Sets (or with `None` deletes) a key, durably; refuses a write that would take the
+    /// extension's keys and values over `max_total_bytes`.
+    pub fn kv_set(
+        &mut self,
+        extension: &str,
+        key: &str,
+        value: Option<&str>,
+        max_total_bytes: usize,
+    ) -> Result<(), KvError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        match value {
+            None => {
+                tx.execute(
+                    "DELETE FROM extension_kv WHERE extension = ?1 AND key = ?2",
+                    [extension, key],
+                )?;
+            }
+            Some(value) => {
+                let used: i64 = tx.query_row(
+                    "SELECT COALESCE(SUM(length(CAST(key AS BLOB)) + length(CAST(value AS BLOB))), 0)
+                     FROM extension_kv WHERE extension = ?1 AND key != ?2",
+                    [extension, key],
+                    |r| r.get(0),
+                )?;
+                let used = usize::try_from(used).unwrap_or(usize::MAX);
+                let after = used.saturating_add(key.len() + value.len());
+                if after > max_total_bytes {
+                    return Err(KvError::Full {
+                        used_bytes: used,
+                        max_bytes: max_total_bytes,
+                    });
+                }
+                tx.execute(
+                    "INSERT INTO extension_kv (extension, key, value) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (extension, key) DO UPDATE SET value = ?3",
+                    [extension, key, value],
+                )?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The extension's keys starting with `prefix`, sorted, at most `limit`.
+    pub fn kv_list(
+        &self,
+        extension: &str,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT key FROM extension_kv WHERE extension = ?1 AND substr(key, 1, length(?2)) = ?2
+             ORDER BY key LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(
+            params![extension, prefix, i64::try_from(limit).unwrap_or(i64::MAX)],
+            |r| r.get::<_, String>(0),
+        )?;
+        rows.map(|r| r.map_err(StoreError::from)).collect()
+    }
+
+    /// The extension host's runtime record for `id` (its own JSON), if any.
+    pub fn extension_runtime(&self, id: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT body FROM extension_runtime WHERE id = ?1")?
+            .query_row([id], |r| r.get(0))
+            .optional()?)
+    }
+
+    pub fn put_extension_runtime(
+        &mut self,
+        id: &str,
+        body: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO extension_runtime (id, body, updated_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (id) DO UPDATE SET body = ?2, updated_ms = ?3",
+            )?
+            .execute(params![id, body, now_ms])?;
+        Ok(())
+    }
+
+    /// The folder a deleted asset lived in, if it was deleted since tombstones were kept.
+    pub fn deleted_asset_dir(&self, asset_id: &str) -> Result<Option<PathBuf>, StoreError> {
+        let dir: Option<Vec<u8>> = self
+            .conn
+            .prepare_cached("SELECT dir FROM asset_tombstones WHERE asset_id = ?1")?
+            .query_row([asset_id], |r| r.get(0))
+            .optional()?;
+        Ok(dir.map(bytes_path))
+    }
+
+    /// Assets by ascending id after `after`, at most `limit`.
+    pub fn assets_by_id(
+        &self,
+        after: Option<&str>,
+        limit: u64,
+    ) -> Result<Vec<AssetRecord>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, dir, created_ms, updated_ms FROM assets WHERE ?1 IS NULL OR id > ?1
+             ORDER BY id LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(
+            params![after, i64::try_from(limit).unwrap_or(i64::MAX)],
+            asset_from_row,
+        )?;
+        rows.map(|r| r.map_err(StoreError::from)).collect()
+    }
+
+    /// The changes after `since` up to `until` (default: now), merged per asset (inserted then
+    /// updated is inserted; inserted then deleted is nothing) and sorted by asset id, with the
+    /// `until` token that was used.
+    pub fn merged_changes(
+        &self,
+        since: &str,
+        until: Option<&str>,
+    ) -> Result<(String, Vec<(String, ChangeKind)>), ChangesError> {
+        let until_seq = match until {
+            Some(t) => {
+                let seq = self.parse_token(t)?;
+                if seq > self.current_seq()? || seq < self.parse_token(since)? {
+                    return Err(ChangesError::InvalidToken(t.to_owned()));
+                }
+                seq
+            }
+            None => self.current_seq()?,
+        };
+        let sets = self.changes_since(since)?;
+        let mut merged: BTreeMap<String, Option<ChangeKind>> = BTreeMap::new();
+        for set in sets {
+            if self.parse_token(&set.token)? > until_seq {
+                break;
+            }
+            let kinds = [
+                (ChangeKind::Inserted, set.inserted),
+                (ChangeKind::Updated, set.updated),
+                (ChangeKind::Deleted, set.deleted),
+            ];
+            for (kind, ids) in kinds {
+                for id in ids {
+                    match merged.get_mut(&id) {
+                        Some(slot) => {
+                            *slot = match *slot {
+                                // Inserted then deleted earlier in the range: back as new.
+                                None => Some(kind),
+                                Some(prev) => prev.then(kind),
+                            }
+                        }
+                        None => {
+                            merged.insert(id, Some(kind));
+                        }
+                    }
+                }
+            }
+        }
+        let changes = merged
+            .into_iter()
+            .filter_map(|(id, k)| k.map(|k| (id, k)))
+            .collect();
+        Ok((self.token_string(until_seq), changes))
+    }
+}

@@ -1,0 +1,249 @@
+#!/usr/bin/env python3
+"""A Ferry extension in Python, standard library only: proof that the protocol
+(docs/protocol.md) needs no Rust. It uploads every resource of the library to one
+destination from its config, one transaction per asset, up to the job limit.
+
+Config (the manifest's [config]):
+    upload_url     where each resource is sent (POST), e.g. "https://example.org/v1/uploads"
+    authorization  optional value of the Authorization header
+"""
+
+import json
+import sys
+import uuid
+
+PROTOCOL_VERSION = 1
+MAX_LINE = 1024 * 1024
+
+
+def log(*args):
+    # stderr is the extension's log; stdout carries only protocol lines.
+    print("python-example:", *args, file=sys.stderr, flush=True)
+
+
+class HostError(Exception):
+    """An error answer from Ferry; `name` is the stable data.code."""
+
+    def __init__(self, method, error):
+        self.method = method
+        self.error = error if isinstance(error, dict) else {}
+        data = self.error.get("data") if isinstance(self.error.get("data"), dict) else {}
+        self.name = data.get("code")
+        self.reason = data.get("reason")
+        super().__init__(f"{method}: {self.error.get('message')} ({self.name})")
+
+    def transient(self):
+        return self.name in ("internal_error", "rate_limited", "unavailable")
+
+
+class Closed(Exception):
+    """Ferry closed our stdin."""
+
+
+class Conn:
+    def __init__(self, inp, out):
+        self.inp = inp
+        self.out = out
+        self.next_id = 0
+        self.terminating = False
+
+    def send(self, msg):
+        msg["jsonrpc"] = "2.0"
+        self.out.write(json.dumps(msg, separators=(",", ":")) + "\n")
+        self.out.flush()
+
+    def read(self):
+        """The next message, skipping lines that are not JSON-RPC objects."""
+        while True:
+            line = self.inp.readline(MAX_LINE + 2)
+            if not line:
+                raise Closed()
+            if len(line) > MAX_LINE + 1:
+                log("dropped an over-long line")
+                # Consume the rest of it.
+                while line and not line.endswith("\n"):
+                    line = self.inp.readline(MAX_LINE)
+                continue
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                log("ignored a line that is not JSON")
+                continue
+            if not isinstance(msg, dict) or msg.get("jsonrpc") != "2.0":
+                log("ignored a line that is not JSON-RPC 2.0")
+                continue
+            if msg.get("method") == "will_terminate" and "id" not in msg:
+                # Seen at once, even in the middle of our own calls.
+                self.terminating = True
+            return msg
+
+    def call(self, method, params=None):
+        self.next_id += 1
+        my_id = self.next_id
+        self.send({"id": my_id, "method": method, "params": params or {}})
+        while True:
+            msg = self.read()
+            if "method" in msg:
+                if "id" in msg:
+                    # Ferry never starts a call while ours is open; answer, don't crash.
+                    self.send({"id": msg["id"], "error": {
+                        "code": -32600, "message": "a call is still running",
+                        "data": {"code": "invalid_request"}}})
+                continue
+            if msg.get("id") != my_id:
+                continue
+            if "error" in msg:
+                raise HostError(method, msg["error"])
+            return msg.get("result")
+
+
+class Example:
+    def __init__(self, conn):
+        self.conn = conn
+        self.destination = None
+
+    def initialize(self, params):
+        config = params.get("config") or {}
+        url = config.get("upload_url")
+        if not isinstance(url, str):
+            raise ValueError("config.upload_url is required")
+        headers = []
+        if isinstance(config.get("authorization"), str):
+            headers.append(["authorization", config["authorization"]])
+        self.destination = {"method": "POST", "url": url, "headers": headers}
+
+    def fetch_all(self, action):
+        jobs, after = [], None
+        while True:
+            params = {"action": action}
+            if after:
+                params["after"] = after
+            page = self.conn.call("jobs.fetch", params)
+            jobs.extend(page["jobs"])
+            after = page.get("next_after")
+            if not after:
+                return jobs
+
+    def process_jobs(self, params):
+        c = self.conn
+        done = {"acknowledged": 0, "created": 0}
+        # Acknowledge finished jobs (this example records nothing from them).
+        finished = self.fetch_all("acknowledge")
+        if finished:
+            c.call("jobs.transaction",
+                   {"items": [{"op": "acknowledge", "job": j["id"]} for j in finished]})
+            done["acknowledged"] = len(finished)
+        live = {(j["resource_id"], j["content_hash"]) for j in self.fetch_all("process")}
+
+        # Where this pass stands: changes since the saved token (or, first time, a full
+        # pass), up to a fixed `until`, assets done up to `after` (both orders are by id).
+        cursor = c.call("kv.get", {"key": "cursor"})["value"]
+        if cursor:
+            cursor = json.loads(cursor)
+        else:
+            saved = c.call("kv.get", {"key": "token"})["value"]
+            cursor = {"since": saved, "until": None, "after": None}
+        try:
+            if cursor["since"] is None:
+                raise HostError("start", {"data": {"code": "change_token_expired"}})
+            ids, offset = [], 0
+            while True:
+                params = {"since": cursor["since"], "offset": offset}
+                if cursor["until"]:
+                    params["until"] = cursor["until"]
+                page = c.call("library.changes", params)
+                cursor["until"] = page["until"]
+                ids += [ch["asset_id"] for ch in page["changes"]
+                        if ch["kind"] != "deleted"
+                        and (cursor["after"] is None or ch["asset_id"] > cursor["after"])]
+                if page.get("next_offset") is None:
+                    break
+                offset = page["next_offset"]
+            assets = []
+            for i in range(0, len(ids), 1000):
+                assets += c.call("library.assets", {"ids": ids[i:i + 1000]})["assets"]
+        except HostError as e:
+            if e.name not in ("change_token_expired", "invalid_token"):
+                raise
+            if cursor["since"] is not None or cursor["until"] is None:
+                # Resynchronise: a full pass, then continue from the token taken now.
+                cursor = {"since": None, "after": None,
+                          "until": c.call("library.current_token")["token"]}
+            assets, after = [], cursor["after"]
+            while True:
+                page = c.call("library.list_assets", {"after": after} if after else {})
+                assets += page["assets"]
+                after = page.get("next_after")
+                if not after:
+                    break
+
+        available = c.call("jobs.limit")["available"]
+        for asset in assets:
+            items = [{
+                "op": "create", "id": str(uuid.uuid4()), "resource_id": r["id"],
+                "content_hash": r["content_hash"], "destination": self.destination,
+                "metadata": {"asset_id": asset["id"], "resource_type": r["resource_type"]},
+            } for r in asset["resources"] if (r["id"], r["content_hash"]) not in live]
+            if c.terminating or len(items) > available:
+                # Out of time or slots: remember how far this pass got.
+                c.call("kv.set", {"key": "cursor", "value": json.dumps(cursor)})
+                status = "processing" if done["created"] or c.terminating else "completed"
+                return {"status": status, "message": json.dumps(done)}
+            if items:
+                # One transaction per asset: a Live Photo or RAW+JPEG pair stays together.
+                c.call("jobs.transaction", {"items": items})
+                available -= len(items)
+                done["created"] += len(items)
+            cursor["after"] = asset["id"]
+        c.call("kv.set", {"key": "token", "value": cursor["until"]})
+        c.call("kv.set", {"key": "cursor", "value": None})
+        return {"status": "completed", "message": json.dumps(done)}
+
+
+def main():
+    conn = Conn(sys.stdin, sys.stdout)
+    ext = Example(conn)
+    initialized = False
+    while True:
+        try:
+            msg = conn.read()
+        except Closed:
+            return 0
+        method, msg_id = msg.get("method"), msg.get("id")
+        if method is None or msg_id is None:
+            continue  # a stray answer or a notification between calls
+        params = msg.get("params") if isinstance(msg.get("params"), dict) else {}
+        try:
+            if method == "initialize":
+                ext.initialize(params)
+                initialized = True
+                result = {"protocol_version": PROTOCOL_VERSION}
+            elif method == "process_jobs" and initialized:
+                conn.terminating = False
+                result = ext.process_jobs(params)
+            else:
+                conn.send({"id": msg_id, "error": {
+                    "code": -32601, "message": f"unknown method {method}",
+                    "data": {"code": "method_not_found"}}})
+                continue
+        except Closed:
+            return 0
+        except HostError as e:
+            log(e)
+            status = "processing" if e.transient() else "failure"
+            result = {"status": status, "message": str(e)}
+        except (ValueError, KeyError, TypeError) as e:
+            log("error:", repr(e))
+            if method == "initialize":
+                conn.send({"id": msg_id, "error": {
+                    "code": -32603, "message": str(e), "data": {"code": "internal_error"}}})
+                return 1
+            result = {"status": "failure", "message": repr(e)}
+        conn.send({"id": msg_id, "result": result})
+
+
+if __name__ == "__main__":
+    sys.exit(main())
