@@ -425,6 +425,7 @@ fn will_terminate_mid_call_then_the_next_call_finishes_without_duplicates() {
             CallOptions {
                 time_budget_ms: 30_000,
                 will_terminate_after_calls: Some(22),
+                ..CallOptions::default()
             },
         )
         .unwrap();
@@ -452,4 +453,50 @@ fn a_wrong_token_is_a_failure_with_a_reason() {
     assert!(r.message.unwrap().contains("401"));
     assert!(l.host().created.is_empty());
     assert!(l.close().unwrap().success());
+}
+
+#[test]
+fn killed_at_any_host_call_the_next_launch_loses_nothing_and_duplicates_nothing() {
+    let (_lib, root) = library();
+    let server = Server::start();
+    let state = install(&root);
+    // Room for the whole library: a relaunch that forgot what it created would create again.
+    let mut h = host(&state, &server, 50, &server.token);
+    // SIGKILL after the k-th host call, for every k in turn, each launch on top of what the
+    // previous kills left (jobs created, kv half-written, a cursor mid-page).
+    let mut kills = 0;
+    for (i, k) in (1..=32).enumerate() {
+        let mut l = h.launch(&mut backup_exe()).unwrap();
+        let r = l.process_jobs_with(
+            vec![CallReason::Continue],
+            CallOptions {
+                time_budget_ms: 30_000,
+                kill_after_calls: Some(k),
+                ..CallOptions::default()
+            },
+        );
+        // A call that finished before the k-th host call is fine too.
+        match r {
+            Err(ferry_extension::testing::HarnessError::Killed) => kills += 1,
+            Ok(r) => assert_ne!(r.status, ProcessStatus::Failure, "{r:?}"),
+            Err(e) => panic!("kill at {k}: {e}"),
+        }
+        drop(l);
+        // Mostly the jobs stay unsent, so the next launch meets them in flight.
+        if i % 4 == 3 {
+            transfer(&state, &server);
+        }
+    }
+    assert!(kills >= 16, "only {kills} calls were cut");
+    let mut l = h.launch(&mut backup_exe()).unwrap();
+    run_to_completion(&mut l, &state, &server);
+    assert!(l.close().unwrap().success());
+
+    let resources = all_resources(&state, &root);
+    let created: Vec<String> = h.created.iter().flatten().cloned().collect();
+    let unique: HashSet<&String> = created.iter().collect();
+    assert_eq!(unique.len(), created.len(), "a resource got two jobs");
+    assert_eq!(created.len(), resources.len());
+    let hashes: Vec<String> = resources.iter().map(|r| hex(&r.blake3)).collect();
+    assert_eq!(server.stored(&hashes).len(), hashes.len());
 }

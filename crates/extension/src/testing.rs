@@ -48,6 +48,9 @@ pub enum HarnessError {
     Jobs(#[from] JobStoreError),
     #[error("kv file: {0}")]
     Kv(String),
+    /// The harness killed the extension, as asked by [`CallOptions::kill_after_calls`].
+    #[error("killed by the harness")]
+    Killed,
 }
 
 /// What the manifest and the user's consent would give the extension.
@@ -555,6 +558,8 @@ pub struct CallOptions {
     pub time_budget_ms: u64,
     /// Send `will_terminate` after the extension made this many host calls in this call.
     pub will_terminate_after_calls: Option<usize>,
+    /// SIGKILL the extension right after answering this many host calls (crash tests).
+    pub kill_after_calls: Option<usize>,
 }
 
 /// One running extension process.
@@ -648,6 +653,12 @@ impl Launch<'_> {
                     let result = self.host.serve(&method, params);
                     self.send(&Message::Response { id: rid, result })?;
                     served += 1;
+                    if opts.kill_after_calls == Some(served) {
+                        let _ = self.child.kill();
+                        let _ = self.child.wait();
+                        self.stdin = None;
+                        return Err(HarnessError::Killed);
+                    }
                     if opts.will_terminate_after_calls == Some(served) {
                         let p = WillTerminateParams {
                             reason: TerminateReason::TimeBudget,
@@ -669,7 +680,7 @@ impl Launch<'_> {
             reasons,
             CallOptions {
                 time_budget_ms: 30_000,
-                will_terminate_after_calls: None,
+                ..CallOptions::default()
             },
         )
     }

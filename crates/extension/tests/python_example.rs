@@ -105,6 +105,7 @@ fn python_extension_uploads_every_resource_once_keeping_assets_whole() {
                 CallOptions {
                     time_budget_ms: 30_000,
                     will_terminate_after_calls: Some(2),
+                    ..CallOptions::default()
                 },
             )
             .unwrap();

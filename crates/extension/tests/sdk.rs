@@ -156,6 +156,7 @@ fn will_terminate_is_seen_inside_process_jobs() {
             CallOptions {
                 time_budget_ms: 30_000,
                 will_terminate_after_calls: Some(5),
+                ..CallOptions::default()
             },
         )
         .unwrap();
@@ -171,6 +172,7 @@ fn will_terminate_is_seen_inside_process_jobs() {
             CallOptions {
                 time_budget_ms: 30_000,
                 will_terminate_after_calls: Some(3),
+                ..CallOptions::default()
             },
         )
         .unwrap();
