@@ -216,7 +216,7 @@ mod tests {
 
     #[test]
     fn classification() {
-        for s in [408, 409, 423, 429, 500, 502, 503, 599] {
+        for s in [408, 409, 423, 429, 500, 502, 503, 507, 599] {
             assert!(http(s).is_transient(), "{s}");
         }
         for s in [400, 401, 403, 404, 410, 413, 415, 460] {
@@ -224,6 +224,8 @@ mod tests {
             assert_eq!(http(s).code(), ErrorCode::ClientError);
         }
         assert_eq!(http(503).code(), ErrorCode::ServerError);
+        // A full disk on the server: retry later, and say so if the budget runs out.
+        assert_eq!(http(507).code(), ErrorCode::ServerError);
         assert_eq!(Failure::ConnectionLost.code(), ErrorCode::NetworkLost);
         assert!(!Failure::ResourceChanged.is_transient());
     }

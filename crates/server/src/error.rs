@@ -43,6 +43,10 @@ pub enum ApiError {
     BodyInterrupted(String),
     #[error("request body idle for too long")]
     Timeout,
+    /// The server's disk (blobs, partial files or metadata) is full: nothing was lost, the
+    /// request may be repeated once there is room (507, retried by clients as a server error).
+    #[error("insufficient storage: {0}")]
+    InsufficientStorage(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -71,6 +75,7 @@ impl ApiError {
                 StatusCode::from_u16(460).unwrap_or(StatusCode::BAD_REQUEST)
             }
             ApiError::Timeout => StatusCode::REQUEST_TIMEOUT,
+            ApiError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -87,12 +92,18 @@ impl ApiError {
 
 impl From<std::io::Error> for ApiError {
     fn from(e: std::io::Error) -> Self {
+        if e.kind() == std::io::ErrorKind::StorageFull {
+            return ApiError::InsufficientStorage(format!("i/o: {e}"));
+        }
         ApiError::Internal(format!("i/o: {e}"))
     }
 }
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
+        if crate::meta::is_storage_full(&e) {
+            return ApiError::InsufficientStorage(format!("metadata store: {e}"));
+        }
         ApiError::Internal(format!("metadata store: {e}"))
     }
 }
@@ -100,6 +111,15 @@ impl From<sqlx::Error> for ApiError {
 impl From<object_store::Error> for ApiError {
     fn from(e: object_store::Error) -> Self {
         ApiError::Internal(format!("blob store: {e}"))
+    }
+}
+
+impl From<crate::blobs::BlobError> for ApiError {
+    fn from(e: crate::blobs::BlobError) -> Self {
+        match e {
+            crate::blobs::BlobError::Io(io) => io.into(),
+            crate::blobs::BlobError::Store(s) => s.into(),
+        }
     }
 }
 

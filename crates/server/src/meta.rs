@@ -145,27 +145,84 @@ async fn apply(conn: &mut SqliteConnection, op: &Op) -> Result<u64, sqlx::Error>
 
 /// Commits a batch: each write in its own savepoint, so one failing write (a duplicate id)
 /// fails alone while the others commit.
+///
+/// The transaction is driven with plain `BEGIN IMMEDIATE` / `COMMIT` statements, not sqlx's
+/// `Transaction`: when SQLite itself ends a transaction on an error (`SQLITE_FULL`, `SQLITE_IOERR`
+/// roll back on their own), sqlx's rollback-on-drop fails and its nesting counter stays behind;
+/// the next `begin` then issues `SAVEPOINT`s whose `RELEASE` may never commit, and every later
+/// write is answered as committed while only this connection sees it (a full disk produced
+/// receipts for objects the database never held). Here `BEGIN` fails if a transaction is still
+/// open and `COMMIT` fails if none is, so a write is reported committed only when it is.
 async fn commit_batch(
-    pool: &SqlitePool,
+    conn: &mut SqliteConnection,
     batch: &[Write],
 ) -> Result<Vec<Result<u64, sqlx::Error>>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    if sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut *conn)
+        .await
+        .is_err()
+    {
+        // A transaction a failed batch could not end: end it now, then start afresh.
+        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+        sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+    }
+    let r = apply_batch(conn, batch).await;
+    if r.is_err() {
+        // Whatever failed (a write, a savepoint, the commit), no transaction outlives the batch;
+        // "no transaction is active" (SQLite already rolled back) is fine.
+        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+    }
+    r
+}
+
+async fn apply_batch(
+    conn: &mut SqliteConnection,
+    batch: &[Write],
+) -> Result<Vec<Result<u64, sqlx::Error>>, sqlx::Error> {
     let mut results = Vec::with_capacity(batch.len());
     for w in batch {
         sqlx::query("SAVEPOINT ferry_write")
-            .execute(&mut *tx)
+            .execute(&mut *conn)
             .await?;
-        let r = apply(&mut tx, &w.op).await;
+        let r = apply(conn, &w.op).await;
         if r.is_err() {
             sqlx::query("ROLLBACK TO ferry_write")
-                .execute(&mut *tx)
+                .execute(&mut *conn)
                 .await?;
         }
-        sqlx::query("RELEASE ferry_write").execute(&mut *tx).await?;
+        sqlx::query("RELEASE ferry_write")
+            .execute(&mut *conn)
+            .await?;
         results.push(r);
     }
-    tx.commit().await?;
+    sqlx::query("COMMIT").execute(&mut *conn).await?;
     Ok(results)
+}
+
+/// Whether `e` says the database's disk is full (`SQLITE_FULL`, also as an extended code).
+pub fn is_storage_full(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(d) => d
+            .code()
+            .and_then(|c| c.parse::<i32>().ok())
+            .is_some_and(|c| c & 0xff == SQLITE_FULL),
+        sqlx::Error::Io(io) => io.kind() == std::io::ErrorKind::StorageFull,
+        _ => false,
+    }
+}
+
+/// SQLite's primary result code for "database or disk is full".
+const SQLITE_FULL: i32 = 13;
+
+/// The error each write of a failed batch gets: the batch's error cannot be cloned, so its
+/// class travels as the error's type (a full disk stays recognisable as one).
+fn batch_failure(e: &sqlx::Error) -> sqlx::Error {
+    let text = format!("batch commit failed: {e}");
+    if is_storage_full(e) {
+        sqlx::Error::Io(std::io::Error::new(std::io::ErrorKind::StorageFull, text))
+    } else {
+        sqlx::Error::Protocol(text)
+    }
 }
 
 async fn writer(pool: SqlitePool, mut queue: mpsc::Receiver<Write>) {
@@ -177,18 +234,19 @@ async fn writer(pool: SqlitePool, mut queue: mpsc::Receiver<Write>) {
                 Err(_) => break,
             }
         }
-        match commit_batch(&pool, &batch).await {
+        let result = match pool.acquire().await {
+            Ok(mut conn) => commit_batch(&mut conn, &batch).await,
+            Err(e) => Err(e),
+        };
+        match result {
             Ok(results) => {
                 for (w, r) in batch.into_iter().zip(results) {
                     let _ = w.done.send(r);
                 }
             }
             Err(e) => {
-                let text = e.to_string();
                 for w in batch {
-                    let _ = w.done.send(Err(sqlx::Error::Protocol(format!(
-                        "batch commit failed: {text}"
-                    ))));
+                    let _ = w.done.send(Err(batch_failure(&e)));
                 }
             }
         }
@@ -505,6 +563,86 @@ mod tests {
         m.add_token("phone", "h1", 1).await.unwrap();
         assert_eq!(m.token_name("h1").await.unwrap().as_deref(), Some("phone"));
         assert_eq!(m.token_name("h2").await.unwrap(), None);
+    }
+
+    /// A full disk fails batches in the two ways SQLite has: it rolls the whole transaction
+    /// back itself (`SQLITE_FULL` mid-write), or the commit fails and leaves it open. Triggers
+    /// reproduce both without a full disk: `RAISE(ROLLBACK)` ends the transaction from inside a
+    /// write, and a deferred foreign key fails the commit. Afterwards every write answered as
+    /// committed must be in the database as another connection sees it.
+    #[tokio::test]
+    async fn a_failed_batch_never_hides_later_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.db");
+        let m = Meta::open(Some(&path)).await.unwrap();
+        let other = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(SqliteConnectOptions::new().filename(&path))
+            .await
+            .unwrap();
+        for sql in [
+            "CREATE TABLE fault_parent (id TEXT PRIMARY KEY)",
+            "CREATE TABLE fault_child (parent TEXT REFERENCES fault_parent(id) DEFERRABLE INITIALLY DEFERRED)",
+            "CREATE TRIGGER fault_rollback AFTER INSERT ON uploads WHEN NEW.id = 'rolled-back' \
+             BEGIN SELECT RAISE(ROLLBACK, 'simulated: transaction rolled back by SQLite'); END",
+            "CREATE TRIGGER fault_commit AFTER INSERT ON uploads WHEN NEW.id = 'commit-fails' \
+             BEGIN INSERT INTO fault_child VALUES ('missing'); END",
+        ] {
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .execute(&other)
+                .await
+                .unwrap();
+        }
+        let visible = |id: &'static str| {
+            let other = other.clone();
+            async move {
+                let n: (i64,) = sqlx::query_as("SELECT count(*) FROM uploads WHERE id = ?")
+                    .bind(id)
+                    .fetch_one(&other)
+                    .await
+                    .unwrap();
+                n.0 == 1
+            }
+        };
+        // Twice each, in turn: the first failure may leave state behind that the next trips on.
+        for round in 0..2 {
+            assert!(m.create_upload(&upload("rolled-back", 1)).await.is_err());
+            assert!(m.create_upload(&upload("commit-fails", 1)).await.is_err());
+            let id: &'static str = ["after-1", "after-2"][round];
+            m.create_upload(&upload(id, 1)).await.unwrap();
+            assert!(
+                visible(id).await,
+                "{id} answered as committed but not in the database"
+            );
+            m.set_progress(id, 4, Some(10), 2).await.unwrap();
+        }
+        assert!(!visible("rolled-back").await);
+        assert!(!visible("commit-fails").await);
+        let (offset,): (i64,) =
+            sqlx::query_as("SELECT offset_bytes FROM uploads WHERE id = 'after-2'")
+                .fetch_one(&other)
+                .await
+                .unwrap();
+        assert_eq!(offset, 4);
+        // And after a restart (the writer's connection gone), the same.
+        m.close().await;
+        drop(m);
+        let m = Meta::open(Some(&path)).await.unwrap();
+        assert_eq!(
+            m.upload("after-1").await.unwrap().map(|u| u.offset_bytes),
+            Some(4)
+        );
+        assert_eq!(
+            m.upload("after-2").await.unwrap().map(|u| u.offset_bytes),
+            Some(4)
+        );
+    }
+
+    #[test]
+    fn storage_full_is_recognised() {
+        let full = std::io::Error::new(std::io::ErrorKind::StorageFull, "x");
+        assert!(is_storage_full(&sqlx::Error::Io(full)));
+        assert!(!is_storage_full(&sqlx::Error::PoolClosed));
     }
 
     #[tokio::test]

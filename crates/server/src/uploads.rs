@@ -255,7 +255,7 @@ impl Engine {
         .await?;
         let now = now_unix_ms();
         let row = UploadRow {
-            id,
+            id: id.clone(),
             protocol: protocol.into(),
             offset_bytes: 0,
             length_bytes,
@@ -266,7 +266,11 @@ impl Engine {
             created_unix_ms: now,
             expires_unix_ms: self.expires_from(now),
         };
-        self.meta.create_upload(&row).await?;
+        if let Err(e) = self.meta.create_upload(&row).await {
+            // No row points at the file: take it away now (a full disk needs the room).
+            let _ = tokio::fs::remove_file(self.partial_path(&id)).await;
+            return Err(e.into());
+        }
         Ok(row)
     }
 
@@ -452,7 +456,21 @@ impl Engine {
             let _ = to_writer.send(tail).await;
         }
         drop(to_writer);
-        let sink = join_sink(writer).await?;
+        let sink = match join_sink(writer).await {
+            Ok(s) => s,
+            Err(e) => {
+                // The write failed (a full disk): the chunk is not acknowledged, so give its
+                // bytes back to the disk and keep the upload at its recorded offset.
+                let path = self.partial_path(id);
+                let _ = run_blocking(move || {
+                    let f = std::fs::OpenOptions::new().write(true).open(&path)?;
+                    f.set_len(start)?;
+                    f.sync_data()
+                })
+                .await;
+                return Err(e);
+            }
+        };
         // A new file's name must be durable before an offset inside it is answered, unless this
         // request finishes the upload (then the object's own link and directory fsync count).
         let finishes =
@@ -561,10 +579,7 @@ impl Engine {
                 "Repr-Digest does not match the uploaded bytes; the upload was discarded".into(),
             ));
         }
-        self.blobs
-            .commit_file(&path, &blake3_hex)
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        self.blobs.commit_file(&path, &blake3_hex).await?;
         let object = ObjectRow {
             id: blake3_hex.clone(),
             sha256_hex,
@@ -573,8 +588,11 @@ impl Engine {
         };
         self.meta.complete_upload(&row.id, &object).await?;
         let _ = tokio::fs::remove_file(&path).await;
-        // An earlier identical object keeps its first creation time.
-        let object = self.meta.object(&blake3_hex).await?.unwrap_or(object);
+        // An earlier identical object keeps its first creation time. The receipt is answered
+        // from what the database holds, never from what this request meant to write.
+        let object = self.meta.object(&blake3_hex).await?.ok_or_else(|| {
+            ApiError::Internal(format!("object {blake3_hex} missing after its commit"))
+        })?;
         let row = UploadRow {
             object_id: Some(object.id.clone()),
             ..row.clone()

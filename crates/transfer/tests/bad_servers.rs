@@ -104,6 +104,31 @@ async fn server_errors_are_retried_then_fail_as_server_error() {
     );
 }
 
+/// A server whose disk is full answers 507 Insufficient Storage: not the job's fault, retried
+/// like any server error, and the upload goes through once there is room.
+#[tokio::test]
+async fn a_full_server_disk_is_retried_then_the_upload_succeeds() {
+    let posts = Arc::new(AtomicUsize::new(0));
+    let p = posts.clone();
+    let (addr, _) = scripted(Arc::new(move |_, method, body| match method.as_str() {
+        "OPTIONS" => answer(501, &[]),
+        "POST" if p.fetch_add(1, Ordering::SeqCst) < 2 => answer(507, &[]),
+        "POST" if body.len() == 1000 => answer(201, &[("ferry-size-bytes", "1000")]),
+        _ => answer(400, &[]),
+    }))
+    .await;
+    let (rig, id, _f) = one_job(addr, 4);
+    let report = run(&rig).await;
+    let job = rig.job(id);
+    assert_eq!(
+        (job.state, job.status),
+        (JobState::Succeeded, Some(201)),
+        "{job:?}"
+    );
+    assert_eq!(report.retried, 2);
+    assert_eq!(posts.load(Ordering::SeqCst), 3);
+}
+
 #[tokio::test]
 async fn retry_after_is_honoured_then_the_upload_succeeds() {
     let times: Arc<Mutex<Vec<Instant>>> = Arc::default();
