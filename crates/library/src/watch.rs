@@ -7,7 +7,8 @@
 
 use crate::scan::{ScanError, ScanEvent, ScanOptions, ScanReport, scan};
 use ferry_store::Store;
-use notify::RecursiveMode;
+use notify::event::{AccessKind, AccessMode};
+use notify::{EventKind, RecursiveMode};
 use notify_debouncer_full::{DebounceEventResult, new_debouncer};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
@@ -63,33 +64,37 @@ pub fn watch(
     on_event: &mut dyn FnMut(&ScanEvent),
     on_scan: &mut dyn FnMut(ScanCause, &ScanReport) -> ControlFlow<()>,
 ) -> Result<(), WatchError> {
-    let report = scan(store, roots, &opts.scan, on_event)?;
-    // The scan checked them; canonical paths match the event paths notify reports.
-    let roots: Vec<PathBuf> = roots
+    // Canonical paths match the event paths notify reports. A root that cannot be resolved is
+    // left to the scan below, which reports it as the caller expects.
+    let canonical: Vec<PathBuf> = roots
         .iter()
         .filter_map(|r| std::fs::canonicalize(r).ok())
         .collect();
-    if roots.is_empty() {
-        return Ok(());
-    }
-    if on_scan(ScanCause::Start, &report).is_break() {
-        return Ok(());
-    }
+    // Watch first, scan second: a photo that lands while the first scan runs, or just after
+    // it, is then seen by the watcher instead of being missed until the safety rescan.
     let (tx, rx) = mpsc::channel::<DebounceEventResult>();
     let mut debouncer =
         new_debouncer(Duration::from_millis(opts.debounce_ms), None, tx).map_err(|source| {
             WatchError::Watch {
-                path: roots[0].clone(),
+                path: roots.first().cloned().unwrap_or_default(),
                 source,
             }
         })?;
-    for root in &roots {
+    for root in &canonical {
         debouncer
             .watch(root, RecursiveMode::Recursive)
             .map_err(|source| WatchError::Watch {
                 path: root.clone(),
                 source,
             })?;
+    }
+    let report = scan(store, roots, &opts.scan, on_event)?;
+    let roots = canonical;
+    if roots.is_empty() {
+        return Ok(());
+    }
+    if on_scan(ScanCause::Start, &report).is_break() {
+        return Ok(());
     }
     let period = Duration::from_millis(opts.full_rescan_interval_ms.max(1000));
     let mut next_full = Instant::now() + period;
@@ -100,7 +105,7 @@ pub fn watch(
                 if events.iter().any(|e| e.need_rescan()) {
                     (ScanCause::Overflow, roots.clone())
                 } else {
-                    let paths = events.iter().flat_map(|e| e.paths.iter());
+                    let paths = changed_paths(&events);
                     let scopes = scopes_for(&roots, paths);
                     if scopes.is_empty() {
                         continue;
@@ -127,6 +132,22 @@ pub fn watch(
             return Ok(());
         }
     }
+}
+
+/// The paths of events that may change the index. Opening and reading are not changes: the
+/// scan itself opens folders and files, so acting on those would rescan forever. A close after
+/// writing is kept: it is often the only sign left that a copy has finished.
+fn changed_paths(
+    events: &[notify_debouncer_full::DebouncedEvent],
+) -> impl Iterator<Item = &PathBuf> {
+    events
+        .iter()
+        .filter(|e| match e.kind {
+            EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+            EventKind::Access(_) => false,
+            _ => true,
+        })
+        .flat_map(|e| e.paths.iter())
 }
 
 /// The folders to rescan for a set of event paths: each path's nearest existing folder inside
@@ -186,5 +207,40 @@ mod tests {
         assert_eq!(scopes, vec![r.clone()]);
         let scopes = scopes_for(std::slice::from_ref(&r), paths[..3].iter());
         assert_eq!(scopes, vec![r.join("a"), r.join("c")]);
+    }
+
+    use notify::event::{CreateKind, Event};
+    use notify_debouncer_full::DebouncedEvent;
+
+    fn event(kind: EventKind, path: &str) -> DebouncedEvent {
+        DebouncedEvent::new(
+            Event::new(kind).add_path(PathBuf::from(path)),
+            Instant::now(),
+        )
+    }
+
+    #[test]
+    fn reading_the_library_is_not_a_change() {
+        let events = vec![
+            event(
+                EventKind::Access(AccessKind::Open(AccessMode::Read)),
+                "/lib/a.jpg",
+            ),
+            event(
+                EventKind::Access(AccessKind::Close(AccessMode::Read)),
+                "/lib/a.jpg",
+            ),
+            event(EventKind::Create(CreateKind::File), "/lib/b.jpg"),
+            event(
+                EventKind::Access(AccessKind::Close(AccessMode::Write)),
+                "/lib/c.jpg",
+            ),
+        ];
+        let paths: Vec<_> = changed_paths(&events).collect();
+        assert_eq!(
+            paths,
+            [&PathBuf::from("/lib/b.jpg"), &PathBuf::from("/lib/c.jpg")]
+        );
+        assert_eq!(changed_paths(&events[..2]).count(), 0);
     }
 }
