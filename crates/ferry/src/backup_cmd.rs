@@ -22,17 +22,8 @@ use crate::{EXIT_AUTH, EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_INCOMPLETE, EXIT_UNREA
 pub struct BackupArgs {
     /// The folder of photos and videos to back up.
     pub dir: PathBuf,
-    /// A ferry-server URL (default: the built-in server on loopback, storing in the state folder).
-    #[arg(long, env = "FERRY_SERVER_URL", value_name = "URL")]
-    pub to: Option<String>,
-    /// The device token for --to (create one with `ferry-server token create`).
-    #[arg(
-        long,
-        env = "FERRY_TOKEN",
-        value_name = "TOKEN",
-        hide_env_values = true
-    )]
-    pub token: Option<String>,
+    #[command(flatten)]
+    pub server: ServerArgs,
     /// Keep going: back up new photos as they arrive, until interrupted.
     #[arg(long)]
     pub watch: bool,
@@ -60,23 +51,47 @@ fn json_out<T: serde::Serialize>(v: &T) -> bool {
     }
 }
 
+/// Where backups go, shared by `ferry backup` and `ferry daemon`.
+#[derive(Debug, clap::Args)]
+pub struct ServerArgs {
+    /// A ferry-server URL (default: the built-in server on loopback, storing in the state folder).
+    #[arg(long, env = "FERRY_SERVER_URL", value_name = "URL")]
+    pub to: Option<String>,
+    /// The device token for --to (create one with `ferry-server token create`).
+    #[arg(
+        long,
+        env = "FERRY_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+}
+
+impl ServerArgs {
+    /// The command line over the configuration; `Err(code)` after telling the user what is
+    /// missing.
+    pub fn target(&self, config: &FileConfig) -> anyhow::Result<Result<Target, ExitCode>> {
+        let Some(url) = self.to.clone().or_else(|| config.server.url.clone()) else {
+            return Ok(Ok(Target::Embedded));
+        };
+        let token = match self.token.clone() {
+            Some(t) => Some(t),
+            None => config.token()?,
+        };
+        let Some(token) = token else {
+            eprintln!(
+                "ferry: the server {url} needs a token: pass --token, set FERRY_TOKEN or [server] token in the configuration; create one with `ferry-server token create --name NAME --data DIR`"
+            );
+            return Ok(Err(ExitCode::from(EXIT_BAD_INPUT)));
+        };
+        Ok(Ok(Target::Remote { url, token }))
+    }
+}
+
 pub fn run(state_dir: &Path, config: &FileConfig, args: BackupArgs) -> anyhow::Result<ExitCode> {
-    let url = args.to.clone().or_else(|| config.server.url.clone());
-    let target = match url {
-        None => Target::Embedded,
-        Some(url) => {
-            let token = match args.token.clone() {
-                Some(t) => Some(t),
-                None => config.token()?,
-            };
-            let Some(token) = token else {
-                eprintln!(
-                    "ferry: --to {url} needs a token: pass --token (or set FERRY_TOKEN); create one with `ferry-server token create --name NAME --data DIR`"
-                );
-                return Ok(ExitCode::from(EXIT_BAD_INPUT));
-            };
-            Target::Remote { url, token }
-        }
+    let target = match args.server.target(config)? {
+        Ok(target) => target,
+        Err(code) => return Ok(code),
     };
     let observe = !args.now && config.observe_conditions();
     let opts = BackupOptions {

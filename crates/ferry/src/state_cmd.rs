@@ -467,35 +467,18 @@ pub struct DaemonArgs {
     /// A folder to watch and back up (adds to the configuration's [library] folders).
     #[arg(long = "folder", value_name = "DIR")]
     pub folders: Vec<PathBuf>,
-    #[arg(long, env = "FERRY_SERVER_URL", value_name = "URL")]
-    pub to: Option<String>,
-    #[arg(
-        long,
-        env = "FERRY_TOKEN",
-        value_name = "TOKEN",
-        hide_env_values = true
-    )]
-    pub token: Option<String>,
+    #[command(flatten)]
+    pub server: crate::backup_cmd::ServerArgs,
     /// Ignore the device's conditions (network, power, time windows).
     #[arg(long)]
     pub now: bool,
 }
 
 pub fn daemon(state_dir: &Path, config: &FileConfig, args: DaemonArgs) -> anyhow::Result<ExitCode> {
-    use ferry_daemon::backup::Target;
     use ferry_daemon::daemon::{DaemonError, DaemonOptions};
-    let url = args.to.clone().or_else(|| config.server.url.clone());
-    let target = match url {
-        None => Target::Embedded,
-        Some(url) => {
-            let Some(token) = args.token.clone().or(config.token()?) else {
-                eprintln!(
-                    "ferry: the server {url} needs a token: --token, FERRY_TOKEN or [server] token in the configuration"
-                );
-                return Ok(ExitCode::from(EXIT_BAD_INPUT));
-            };
-            Target::Remote { url, token }
-        }
+    let target = match args.server.target(config)? {
+        Ok(target) => target,
+        Err(code) => return Ok(code),
     };
     let mut folders = config.library.folders.clone();
     folders.extend(args.folders);
