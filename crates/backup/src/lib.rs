@@ -221,6 +221,70 @@ fn kv_put<T: Serialize>(host: &mut Host, key: &str, value: &T) -> Result<(), Ste
     Ok(())
 }
 
+fn parse_record(key: &str, value: Option<String>) -> Result<AssetRecord, StepError> {
+    match value {
+        None => Ok(AssetRecord::new()),
+        Some(v) => serde_json::from_str(&v).map_err(|e| StepError::Kv {
+            key: key.into(),
+            detail: e.to_string(),
+        }),
+    }
+}
+
+fn record_json(key: &str, record: &AssetRecord) -> Result<String, StepError> {
+    serde_json::to_string(record).map_err(|e| StepError::Kv {
+        key: key.into(),
+        detail: e.to_string(),
+    })
+}
+
+/// What a page of assets comes to, written at once by [`PageBatch::commit`].
+#[derive(Debug, Default)]
+struct PageBatch {
+    creates: Vec<TxItem>,
+    /// The created jobs' resources, live once the transaction commits.
+    created: Vec<(String, ContentHash)>,
+    /// Records of resources the server already holds.
+    records: Vec<(String, Option<String>)>,
+    known: u32,
+    /// The page entry this batch starts at.
+    first: usize,
+}
+
+impl PageBatch {
+    /// Creates the jobs in one transaction, then records what the server already holds in
+    /// one commit; returns `done` (the entries handled), or where the page stands if the
+    /// limit turned out smaller than counted (nothing of this batch is then written).
+    fn commit(
+        self,
+        host: &mut Host,
+        live: &mut HashSet<(String, ContentHash)>,
+        available: &mut u32,
+        report: &mut Report,
+        done: usize,
+    ) -> Result<usize, StepError> {
+        if !self.creates.is_empty() {
+            let n = self.creates.len() as u32;
+            match host.transaction(self.creates) {
+                Ok(_) => {}
+                Err(e) if e.rejection_reason() == Some("limit_exceeded") => {
+                    *available = 0;
+                    return Ok(self.first);
+                }
+                Err(e) => return Err(e.into()),
+            }
+            live.extend(self.created);
+            *available = available.saturating_sub(n);
+            report.created += n;
+        }
+        if !self.records.is_empty() {
+            host.kv_set_many(&self.records)?;
+            report.already_stored += self.known;
+        }
+        Ok(done)
+    }
+}
+
 fn asset_key(asset_id: &str) -> String {
     format!("{KV_ASSET_PREFIX}{asset_id}")
 }
@@ -288,12 +352,20 @@ impl Backup {
                 },
             ));
         }
-        // The outcome is recorded before the acknowledge deletes it (PhotoKit's step 5).
-        for (asset, stored) in by_asset {
-            let key = asset_key(&asset);
-            let mut record: AssetRecord = kv_json(host, &key)?.unwrap_or_default();
-            record.extend(stored);
-            kv_put(host, &key, &record)?;
+        // The outcome is recorded before the acknowledge deletes it (PhotoKit's step 5), a
+        // page of assets per commit.
+        let by_asset: Vec<(String, Vec<(String, Stored)>)> = by_asset.into_iter().collect();
+        for page in by_asset.chunks(MAX_PAGE_ITEMS as usize) {
+            let keys: Vec<String> = page.iter().map(|(asset, _)| asset_key(asset)).collect();
+            let current = host.kv_get_many(&keys)?;
+            let mut writes = Vec::with_capacity(page.len());
+            for ((key, value), (_, stored)) in keys.into_iter().zip(current).zip(page) {
+                let mut record = parse_record(&key, value)?;
+                record.extend(stored.iter().cloned());
+                let json = record_json(&key, &record)?;
+                writes.push((key, Some(json)));
+            }
+            host.kv_set_many(&writes)?;
         }
         let items: Vec<TxItem> = jobs
             .iter()
@@ -461,7 +533,11 @@ impl Backup {
 
     /// Handles a page of assets in order (`None`: nothing to do for that entry); returns how
     /// many entries are done. Stops at the first asset whose resources do not all fit in the
-    /// slots left, so an asset's resources are created together.
+    /// slots left, so an asset's resources are created together. The page costs a handful of
+    /// host calls, not a few per asset: its records are read in one `kv.get_many`, its jobs
+    /// created in one transaction, what the server already holds recorded in one
+    /// `kv.set_many` (each commit is an fsync; one per asset would cap the backup at the
+    /// disk's fsync rate).
     #[allow(clippy::too_many_arguments)]
     fn handle(
         &self,
@@ -474,6 +550,13 @@ impl Backup {
         report: &mut Report,
     ) -> Result<usize, StepError> {
         // What each asset still needs: resources neither stored nor in flight.
+        let keys: Vec<String> = entries.iter().flatten().map(|a| asset_key(&a.id)).collect();
+        let mut stored_records = keys
+            .iter()
+            .zip(host.kv_get_many(&keys)?)
+            .map(|(k, v)| parse_record(k, v))
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter();
         let mut needs: Vec<Vec<&ResourceView>> = Vec::new();
         let mut records: Vec<AssetRecord> = Vec::new();
         for entry in entries {
@@ -482,7 +565,7 @@ impl Backup {
                 records.push(AssetRecord::new());
                 continue;
             };
-            let record: AssetRecord = kv_json(host, &asset_key(&asset.id))?.unwrap_or_default();
+            let record = stored_records.next().unwrap_or_default();
             let need = asset
                 .resources
                 .iter()
@@ -504,9 +587,10 @@ impl Backup {
         } else {
             ready.client.stored(&hashes)?
         };
+        let mut batch = PageBatch::default();
         for (i, (entry, need)) in entries.iter().zip(&needs).enumerate() {
             if host.will_terminate_received() {
-                return Ok(i);
+                return batch.commit(host, live, available, report, i);
             }
             let Some(asset) = entry else { continue };
             if need.is_empty() {
@@ -516,34 +600,34 @@ impl Backup {
                 .iter()
                 .copied()
                 .partition(|r| on_server.contains(&r.content_hash));
-            if upload.len() as u32 > *available {
+            let slots = available.saturating_sub(batch.creates.len() as u32);
+            if upload.len() as u32 > slots {
                 // An asset larger than the whole limit can never fit: it goes in pieces,
                 // the rest on later calls (its created jobs are then live and skipped).
-                if upload.len() as u32 > job_limit && *available == job_limit {
-                    upload.truncate(*available as usize);
+                if upload.len() as u32 > job_limit && slots == job_limit {
+                    upload.truncate(slots as usize);
                 } else {
-                    return Ok(i);
+                    return batch.commit(host, live, available, report, i);
                 }
             }
+            // One transaction carries at most a page of items: flush before this asset
+            // would overflow it (an asset's resources stay in one transaction).
+            if batch.creates.len() + upload.len() > MAX_PAGE_ITEMS as usize {
+                let done = batch.commit(host, live, available, report, i)?;
+                if done < i {
+                    return Ok(done);
+                }
+                batch = PageBatch {
+                    first: i,
+                    ..PageBatch::default()
+                };
+            }
             let whole = upload.len() == need.len() - known.len();
-            if !upload.is_empty() {
-                let items: Vec<TxItem> = upload
-                    .iter()
-                    .map(|r| TxItem::Create(self.new_job(ready, asset, r)))
-                    .collect();
-                match host.transaction(items) {
-                    Ok(_) => {}
-                    Err(e) if e.rejection_reason() == Some("limit_exceeded") => {
-                        *available = 0;
-                        return Ok(i);
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-                for r in &upload {
-                    live.insert((r.id.clone(), r.content_hash));
-                }
-                *available -= upload.len() as u32;
-                report.created += upload.len() as u32;
+            for r in &upload {
+                batch
+                    .creates
+                    .push(TxItem::Create(self.new_job(ready, asset, r)));
+                batch.created.push((r.id.clone(), r.content_hash));
             }
             if !known.is_empty() {
                 let mut record = records[i].clone();
@@ -556,14 +640,16 @@ impl Backup {
                         },
                     );
                 }
-                kv_put(host, &asset_key(&asset.id), &record)?;
-                report.already_stored += known.len() as u32;
+                let key = asset_key(&asset.id);
+                let value = record_json(&key, &record)?;
+                batch.records.push((key, Some(value)));
+                batch.known += known.len() as u32;
             }
             if !whole {
-                return Ok(i);
+                return batch.commit(host, live, available, report, i);
             }
         }
-        Ok(entries.len())
+        batch.commit(host, live, available, report, entries.len())
     }
 
     fn new_job(&self, ready: &Ready, asset: &AssetView, r: &ResourceView) -> NewJob {

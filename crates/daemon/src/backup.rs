@@ -460,11 +460,19 @@ pub async fn run(
     }
 
     let mut decisions = gate.decisions.clone();
+    let mut decisions_live = true;
     let result: Result<(), BackupError> = async {
         loop {
             let decision = *decisions.borrow_and_update();
             progress.set_decision(decision);
+            let step_started = Instant::now();
+            let finished_at_step = Tally::get(&tally.succeeded) + Tally::get(&tally.failed);
             let mut outcome = bundled.step().await?;
+            tracing::debug!(
+                elapsed_ms = step_started.elapsed().as_millis() as u64,
+                ?outcome,
+                "extension step"
+            );
             engine.wake();
             if outcome == StepOutcome::Completed {
                 // Done only when its jobs are all sent and let go of, too.
@@ -494,20 +502,42 @@ pub async fn run(
             }
             let stepped = Instant::now();
             tokio::select! {
-                _ = tally.changed.notified() => {
-                    // Batch: one step per STEP_INTERVAL acknowledges and refills many jobs in
-                    // a commit each, instead of two commits per finished job. The engine
-                    // still holds up to the job limit meanwhile, so it never runs dry; only
-                    // when it has nothing left does the step come at once.
+                _ = async {
+                    // Batch: each step launches the extension, so it comes only when it pays —
+                    // a quarter of the job limit has finished since the last one (acknowledged
+                    // and refilled in a few commits), or the engine is about to run dry (fewer
+                    // transfers in flight than it may run: nothing queued). Never more often
+                    // than once per STEP_INTERVAL while transfers run.
                     let t = &progress.tally;
-                    let finished = Tally::get(&t.succeeded) + Tally::get(&t.failed);
-                    let outstanding = Tally::get(&progress.to_send).saturating_sub(finished);
-                    let idle = Tally::get(&t.started) <= finished;
-                    if outstanding > 0 && !idle {
+                    loop {
+                        t.changed.notified().await;
+                        let finished = Tally::get(&t.succeeded) + Tally::get(&t.failed);
+                        let in_flight = Tally::get(&t.started).saturating_sub(finished);
+                        // Jobs neither started nor finished-and-waiting-for-the-acknowledge
+                        // (those finished since the last step, counted high: a step may have
+                        // acknowledged some that finished while it ran).
+                        let starving = in_flight < opts.max_concurrent as u64 && {
+                            let unacked = lock(&shared)
+                                .and_then(|g| Ok(g.unacknowledged_count(extension::EXTENSION)?))
+                                .map_or(0, u64::from);
+                            let queued = unacked
+                                .saturating_sub(in_flight)
+                                .saturating_sub(finished.saturating_sub(finished_at_step));
+                            queued < opts.max_concurrent as u64
+                        };
+                        let batch = finished.saturating_sub(finished_at_step)
+                            >= u64::from(extension::JOB_LIMIT / 4);
+                        if starving || batch {
+                            break;
+                        }
+                    }
+                    if Tally::get(&t.started) > Tally::get(&t.succeeded) + Tally::get(&t.failed) {
                         tokio::time::sleep_until((stepped + STEP_INTERVAL).into()).await;
                     }
-                }
-                _ = decisions.changed() => {}
+                } => {}
+                // A gate that never changes (no policy: go now) has no sender: its `changed()`
+                // answers "closed" at once, and must not spin this loop.
+                r = decisions.changed(), if decisions_live => decisions_live = r.is_ok(),
                 Some(()) = rescan_rx.recv(), if opts.watch => {
                     plan(&shared, &client, &roots, &progress).await?;
                 }

@@ -14,6 +14,10 @@ use ferry_store::Store;
 /// The bundled extension's id (also the job store's extension name for its jobs).
 pub const EXTENSION: &str = "ferry-backup";
 
+/// Its job limit: enough queued work that the engine never waits on the extension between
+/// two of its (batched) steps, at any concurrency the command line allows.
+pub const JOB_LIMIT: u32 = 1000;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ExtensionError {
     #[error("installing {EXTENSION}: {0}")]
@@ -50,7 +54,7 @@ fn manifest_text(exe: &Path, server_url: &str, token: &str) -> String {
          capabilities = [\"upload\"]\n\
          scope = \"library\"\n\
          destination_bases = [{}]\n\
-         job_limit = 200\n\
+         job_limit = {JOB_LIMIT}\n\
          \n\
          [config]\n\
          server_url = {}\n\
@@ -96,7 +100,9 @@ impl Bundled {
     /// One `process_jobs` round now. Failures are tolerated a few times in a row (the host
     /// backs the extension off; here the caller simply calls again).
     pub async fn step(&mut self) -> Result<StepOutcome, ExtensionError> {
-        let detail = match self.host.call_now(EXTENSION).await? {
+        let outcome = self.host.call_now(EXTENSION).await?;
+        tracing::debug!(?outcome, "{EXTENSION} answered");
+        let detail = match outcome {
             CallOutcome::Answered {
                 status: ProcessStatus::Completed,
                 ..

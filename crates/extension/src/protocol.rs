@@ -61,9 +61,13 @@ pub const JOBS_LIMIT: &str = "jobs.limit";
 pub const KV_GET: &str = "kv.get";
 pub const KV_SET: &str = "kv.set";
 pub const KV_LIST: &str = "kv.list";
+/// Many keys in one call (at most [`MAX_PAGE_ITEMS`]).
+pub const KV_GET_MANY: &str = "kv.get_many";
+/// Many writes in one commit, all or none (at most [`MAX_PAGE_ITEMS`]).
+pub const KV_SET_MANY: &str = "kv.set_many";
 
 /// Every method an extension may call, for hosts that validate names up front.
-pub const HOST_METHODS: [&str; 10] = [
+pub const HOST_METHODS: [&str; 12] = [
     LIBRARY_CURRENT_TOKEN,
     LIBRARY_CHANGES,
     LIBRARY_ASSETS,
@@ -74,6 +78,8 @@ pub const HOST_METHODS: [&str; 10] = [
     KV_GET,
     KV_SET,
     KV_LIST,
+    KV_GET_MANY,
+    KV_SET_MANY,
 ];
 
 // ---- JSON-RPC envelope -------------------------------------------------------------------
@@ -622,6 +628,24 @@ pub struct KvGetResult {
 pub struct KvSetParams {
     pub key: String,
     pub value: Option<String>,
+}
+
+/// `kv.get_many`: the values in the keys' order, `null` for a key that is not set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvGetManyParams {
+    pub keys: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvGetManyResult {
+    pub values: Vec<Option<String>>,
+}
+
+/// `kv.set_many`: every entry or none, in one durable commit (a key named twice: the last
+/// entry wins).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvSetManyParams {
+    pub entries: Vec<KvSetParams>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -559,6 +559,68 @@ impl Host<'_> {
         Ok(())
     }
 
+    /// `kv.get_many`: the values of `keys` in their order (`None`: not set). Any number of
+    /// keys: more than a call may carry are asked for in several calls.
+    pub fn kv_get_many(&mut self, keys: &[String]) -> Result<Vec<Option<String>>, HostError> {
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(MAX_PAGE_ITEMS as usize) {
+            for k in chunk {
+                check_key(KV_GET_MANY, k)?;
+            }
+            let r: KvGetManyResult = self.call(
+                KV_GET_MANY,
+                &KvGetManyParams {
+                    keys: chunk.to_vec(),
+                },
+            )?;
+            if r.values.len() != chunk.len() {
+                return Err(HostError::Invalid {
+                    method: KV_GET_MANY.into(),
+                    detail: format!(
+                        "asked for {} keys, answered {} values",
+                        chunk.len(),
+                        r.values.len()
+                    ),
+                });
+            }
+            out.extend(r.values);
+        }
+        Ok(out)
+    }
+
+    /// `kv.set_many`: writes (a `None` value deletes) in one durable commit, all or none.
+    /// At most [`MAX_PAGE_ITEMS`] entries: split larger sets where a partial write is safe.
+    pub fn kv_set_many(&mut self, entries: &[(String, Option<String>)]) -> Result<(), HostError> {
+        if entries.len() > MAX_PAGE_ITEMS as usize {
+            return Err(HostError::Invalid {
+                method: KV_SET_MANY.into(),
+                detail: format!("more than {MAX_PAGE_ITEMS} entries"),
+            });
+        }
+        for (k, v) in entries {
+            check_key(KV_SET_MANY, k)?;
+            if v.as_ref().is_some_and(|v| v.len() > MAX_KV_VALUE_BYTES) {
+                return Err(HostError::Invalid {
+                    method: KV_SET_MANY.into(),
+                    detail: format!("value over {MAX_KV_VALUE_BYTES} bytes"),
+                });
+            }
+        }
+        let _: Empty = self.call(
+            KV_SET_MANY,
+            &KvSetManyParams {
+                entries: entries
+                    .iter()
+                    .map(|(key, value)| KvSetParams {
+                        key: key.clone(),
+                        value: value.clone(),
+                    })
+                    .collect(),
+            },
+        )?;
+        Ok(())
+    }
+
     /// `kv.list`: the keys starting with `prefix`.
     pub fn kv_list(&mut self, prefix: &str) -> Result<Vec<String>, HostError> {
         let r: KvListResult = self.call(

@@ -233,6 +233,32 @@ impl TestHost {
         Ok(())
     }
 
+    /// Applies kv writes all or none: checked first, then one durable file write.
+    fn kv_write(&self, entries: Vec<KvSetParams>) -> Result<Value, RpcError> {
+        if entries.iter().any(|e| {
+            e.key.is_empty()
+                || e.key.len() > MAX_KV_KEY_BYTES
+                || e.value
+                    .as_ref()
+                    .is_some_and(|v| v.len() > MAX_KV_VALUE_BYTES)
+        }) {
+            return Err(RpcError::new(ErrorCode::TooLarge, "key or value too large"));
+        }
+        let mut kv = self.read_kv()?;
+        for e in entries {
+            match e.value {
+                Some(v) => kv.insert(e.key, v),
+                None => kv.remove(&e.key),
+            };
+        }
+        let total: usize = kv.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if total > MAX_KV_TOTAL_BYTES {
+            return Err(RpcError::new(ErrorCode::StorageFull, "kv store full"));
+        }
+        self.write_kv(&kv)?;
+        ok(Empty {})
+    }
+
     /// Whether the extension may see this asset (its scope).
     fn visible(&self, store: &Store, asset: &AssetRecord) -> Result<bool, RpcError> {
         match &self.cfg.scope {
@@ -490,25 +516,24 @@ impl TestHost {
             }
             KV_SET => {
                 let p: KvSetParams = params(p)?;
-                if p.key.is_empty()
-                    || p.key.len() > MAX_KV_KEY_BYTES
-                    || p.value
-                        .as_ref()
-                        .is_some_and(|v| v.len() > MAX_KV_VALUE_BYTES)
-                {
-                    return Err(RpcError::new(ErrorCode::TooLarge, "key or value too large"));
+                self.kv_write(vec![p])
+            }
+            KV_GET_MANY => {
+                let p: KvGetManyParams = params(p)?;
+                if p.keys.len() > MAX_PAGE_ITEMS as usize {
+                    return Err(RpcError::new(ErrorCode::TooLarge, "too many keys"));
                 }
-                let mut kv = self.read_kv()?;
-                match p.value {
-                    Some(v) => kv.insert(p.key, v),
-                    None => kv.remove(&p.key),
-                };
-                let total: usize = kv.iter().map(|(k, v)| k.len() + v.len()).sum();
-                if total > MAX_KV_TOTAL_BYTES {
-                    return Err(RpcError::new(ErrorCode::StorageFull, "kv store full"));
+                let kv = self.read_kv()?;
+                ok(KvGetManyResult {
+                    values: p.keys.iter().map(|k| kv.get(k).cloned()).collect(),
+                })
+            }
+            KV_SET_MANY => {
+                let p: KvSetManyParams = params(p)?;
+                if p.entries.len() > MAX_PAGE_ITEMS as usize {
+                    return Err(RpcError::new(ErrorCode::TooLarge, "too many entries"));
                 }
-                self.write_kv(&kv)?;
-                ok(Empty {})
+                self.kv_write(p.entries)
             }
             KV_LIST => {
                 let p: KvListParams = params(p)?;

@@ -93,6 +93,9 @@ fn every_tagged_example_parses_into_its_type() {
             "KvGetParams" => round_trip::<KvGetParams>(*line, body),
             "KvGetResult" => round_trip::<KvGetResult>(*line, body),
             "KvSetParams" => round_trip::<KvSetParams>(*line, body),
+            "KvGetManyParams" => round_trip::<KvGetManyParams>(*line, body),
+            "KvGetManyResult" => round_trip::<KvGetManyResult>(*line, body),
+            "KvSetManyParams" => round_trip::<KvSetManyParams>(*line, body),
             "KvListParams" => round_trip::<KvListParams>(*line, body),
             "KvListResult" => round_trip::<KvListResult>(*line, body),
             "Empty" => round_trip::<Empty>(*line, body),
@@ -130,6 +133,9 @@ fn every_tagged_example_parses_into_its_type() {
         "KvSetParams",
         "KvListParams",
         "KvListResult",
+        "KvGetManyParams",
+        "KvGetManyResult",
+        "KvSetManyParams",
         "RpcError",
     ] {
         assert!(seen.contains(required), "no example of {required}");

@@ -96,6 +96,15 @@ fn main() -> ExitCode {
         eprintln!("ferry: extension-run knows one extension: ferry-backup");
         return ExitCode::from(EXIT_BAD_INPUT);
     }
+    // Logs go to stderr, warnings only unless FERRY_LOG says otherwise (e.g. `FERRY_LOG=info`,
+    // `FERRY_LOG=ferry_transfer=debug`): stdout carries the command's output.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
     let cli = Cli::parse();
     let state_dir = cli
         .state_dir

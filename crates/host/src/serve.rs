@@ -167,31 +167,36 @@ pub fn handle(
         }
         p::KV_SET => {
             let q: KvSetParams = params(raw)?;
-            check_key(&q.key)?;
-            if let Some(v) = &q.value
-                && v.len() > p::MAX_KV_VALUE_BYTES
-            {
-                return Err(err(
-                    ErrorCode::TooLarge,
-                    format!("a value is at most {} bytes", p::MAX_KV_VALUE_BYTES),
-                ));
+            check_entry(&q)?;
+            kv_write(ctx, &[(q.key.as_str(), q.value.as_deref())])
+        }
+        p::KV_GET_MANY => {
+            let q: p::KvGetManyParams = params(raw)?;
+            check_count(q.keys.len())?;
+            for k in &q.keys {
+                check_key(k)?;
             }
-            match lock(ctx)?.kv_set(
-                &ctx.extension,
-                &q.key,
-                q.value.as_deref(),
-                p::MAX_KV_TOTAL_BYTES,
-            ) {
-                Ok(()) => answer(&p::Empty {}),
-                Err(KvError::Full { .. }) => Err(err(
-                    ErrorCode::StorageFull,
-                    format!(
-                        "the key-value store holds at most {} bytes",
-                        p::MAX_KV_TOTAL_BYTES
-                    ),
-                )),
-                Err(KvError::Store(e)) => Err(store_err(e)),
+            let store = lock(ctx)?;
+            let values = q
+                .keys
+                .iter()
+                .map(|k| store.kv_get(&ctx.extension, k))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(store_err)?;
+            answer(&p::KvGetManyResult { values })
+        }
+        p::KV_SET_MANY => {
+            let q: p::KvSetManyParams = params(raw)?;
+            check_count(q.entries.len())?;
+            for e in &q.entries {
+                check_entry(e)?;
             }
+            let entries: Vec<(&str, Option<&str>)> = q
+                .entries
+                .iter()
+                .map(|e| (e.key.as_str(), e.value.as_deref()))
+                .collect();
+            kv_write(ctx, &entries)
         }
         p::KV_LIST => {
             let q: KvListParams = params(raw)?;
@@ -214,6 +219,47 @@ pub fn handle(
             format!("no method {other:?}"),
         )),
     }
+}
+
+/// One durable commit of kv writes, all or none.
+fn kv_write(
+    ctx: &Context,
+    entries: &[(&str, Option<&str>)],
+) -> Result<serde_json::Value, RpcError> {
+    match lock(ctx)?.kv_set_many(&ctx.extension, entries, p::MAX_KV_TOTAL_BYTES) {
+        Ok(()) => answer(&p::Empty {}),
+        Err(KvError::Full { .. }) => Err(err(
+            ErrorCode::StorageFull,
+            format!(
+                "the key-value store holds at most {} bytes",
+                p::MAX_KV_TOTAL_BYTES
+            ),
+        )),
+        Err(KvError::Store(e)) => Err(store_err(e)),
+    }
+}
+
+fn check_count(n: usize) -> Result<(), RpcError> {
+    if n > p::MAX_PAGE_ITEMS as usize {
+        return Err(err(
+            ErrorCode::TooLarge,
+            format!("at most {} keys in one call", p::MAX_PAGE_ITEMS),
+        ));
+    }
+    Ok(())
+}
+
+fn check_entry(e: &KvSetParams) -> Result<(), RpcError> {
+    check_key(&e.key)?;
+    if let Some(v) = &e.value
+        && v.len() > p::MAX_KV_VALUE_BYTES
+    {
+        return Err(err(
+            ErrorCode::TooLarge,
+            format!("a value is at most {} bytes", p::MAX_KV_VALUE_BYTES),
+        ));
+    }
+    Ok(())
 }
 
 fn check_key(key: &str) -> Result<(), RpcError> {

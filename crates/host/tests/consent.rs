@@ -347,6 +347,15 @@ fn out_of_scope_assets_never_appear_in_any_answer() {
     ask(p::KV_GET, json!({"key": "k"})).unwrap();
     note(p::KV_LIST);
     ask(p::KV_LIST, json!({"prefix": ""})).unwrap();
+    note(p::KV_SET_MANY);
+    ask(
+        p::KV_SET_MANY,
+        json!({"entries": [{"key": "a", "value": "1"}, {"key": "k", "value": null}]}),
+    )
+    .unwrap();
+    note(p::KV_GET_MANY);
+    let many = ask(p::KV_GET_MANY, json!({"keys": ["a", "k", "b"]})).unwrap();
+    assert_eq!(many, json!({"values": ["1", null, null]}));
 
     assert_eq!(tried.len(), p::HOST_METHODS.len(), "every method is tried");
     for (method, text) in &answers {

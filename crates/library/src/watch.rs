@@ -4,12 +4,15 @@
 //! copy is many events): each debounced batch of events becomes a scan of the folders it
 //! names, and the scan decides what changed. A full rescan runs on overflow, on any watcher
 //! error, and every `full_rescan_interval_ms` as a safety net.
+//!
+//! The debounce is this loop's own, on the raw watcher's channel: an idle watch sleeps in one
+//! blocking receive until an event or the next full rescan, with no periodic tick (a
+//! debouncer crate's 125 ms tick woke an idle daemon eight times a second).
 
 use crate::scan::{ScanError, ScanEvent, ScanOptions, ScanReport, scan};
 use ferry_store::Store;
 use notify::event::{AccessKind, AccessMode};
-use notify::{EventKind, RecursiveMode};
-use notify_debouncer_full::{DebounceEventResult, new_debouncer};
+use notify::{Event, EventKind, RecursiveMode, Watcher};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -72,16 +75,13 @@ pub fn watch(
         .collect();
     // Watch first, scan second: a photo that lands while the first scan runs, or just after
     // it, is then seen by the watcher instead of being missed until the safety rescan.
-    let (tx, rx) = mpsc::channel::<DebounceEventResult>();
-    let mut debouncer =
-        new_debouncer(Duration::from_millis(opts.debounce_ms), None, tx).map_err(|source| {
-            WatchError::Watch {
-                path: roots.first().cloned().unwrap_or_default(),
-                source,
-            }
-        })?;
+    let (tx, rx) = mpsc::channel::<notify::Result<Event>>();
+    let mut watcher = notify::recommended_watcher(tx).map_err(|source| WatchError::Watch {
+        path: roots.first().cloned().unwrap_or_default(),
+        source,
+    })?;
     for root in &canonical {
-        debouncer
+        watcher
             .watch(root, RecursiveMode::Recursive)
             .map_err(|source| WatchError::Watch {
                 path: root.clone(),
@@ -98,24 +98,47 @@ pub fn watch(
     }
     let period = Duration::from_millis(opts.full_rescan_interval_ms.max(1000));
     let mut next_full = Instant::now() + period;
+    let debounce = Duration::from_millis(opts.debounce_ms);
     loop {
         let wait = next_full.saturating_duration_since(Instant::now());
-        let (cause, scopes) = match rx.recv_timeout(wait) {
-            Ok(Ok(events)) => {
-                if events.iter().any(|e| e.need_rescan()) {
-                    (ScanCause::Overflow, roots.clone())
-                } else {
-                    let paths = changed_paths(&events);
-                    let scopes = scopes_for(&roots, paths);
-                    if scopes.is_empty() {
-                        continue;
-                    }
-                    (ScanCause::Events, scopes)
+        let first = match rx.recv_timeout(wait) {
+            Ok(r) => Some(r),
+            Err(mpsc::RecvTimeoutError::Timeout) => None,
+            Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
+        };
+        // The batch: every event until the folder has been quiet for the debounce time, but
+        // no longer than four of them (a copy that never pauses still gets scanned).
+        let periodic = first.is_none();
+        let mut batch: Vec<notify::Result<Event>> = first.into_iter().collect();
+        let batch_ends = Instant::now() + 4 * debounce;
+        if !periodic {
+            loop {
+                let quiet_for = debounce.min(batch_ends.saturating_duration_since(Instant::now()));
+                if quiet_for.is_zero() {
+                    break;
+                }
+                match rx.recv_timeout(quiet_for) {
+                    Ok(r) => batch.push(r),
+                    Err(mpsc::RecvTimeoutError::Timeout) => break,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
                 }
             }
-            Ok(Err(_errors)) => (ScanCause::Overflow, roots.clone()),
-            Err(mpsc::RecvTimeoutError::Timeout) => (ScanCause::Periodic, roots.clone()),
-            Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
+        }
+        let (cause, scopes) = if periodic {
+            (ScanCause::Periodic, roots.clone())
+        } else if batch.iter().any(|r| match r {
+            Ok(e) => e.need_rescan(),
+            Err(_) => true,
+        }) {
+            // A watcher error or a lost event: only a full scan knows what changed.
+            (ScanCause::Overflow, roots.clone())
+        } else {
+            let events: Vec<Event> = batch.into_iter().filter_map(Result::ok).collect();
+            let scopes = scopes_for(&roots, changed_paths(&events));
+            if scopes.is_empty() {
+                continue;
+            }
+            (ScanCause::Events, scopes)
         };
         if cause != ScanCause::Events {
             next_full = Instant::now() + period;
@@ -137,9 +160,7 @@ pub fn watch(
 /// The paths of events that may change the index. Opening and reading are not changes: the
 /// scan itself opens folders and files, so acting on those would rescan forever. A close after
 /// writing is kept: it is often the only sign left that a copy has finished.
-fn changed_paths(
-    events: &[notify_debouncer_full::DebouncedEvent],
-) -> impl Iterator<Item = &PathBuf> {
+fn changed_paths(events: &[Event]) -> impl Iterator<Item = &PathBuf> {
     events
         .iter()
         .filter(|e| match e.kind {
@@ -209,14 +230,10 @@ mod tests {
         assert_eq!(scopes, vec![r.join("a"), r.join("c")]);
     }
 
-    use notify::event::{CreateKind, Event};
-    use notify_debouncer_full::DebouncedEvent;
+    use notify::event::CreateKind;
 
-    fn event(kind: EventKind, path: &str) -> DebouncedEvent {
-        DebouncedEvent::new(
-            Event::new(kind).add_path(PathBuf::from(path)),
-            Instant::now(),
-        )
+    fn event(kind: EventKind, path: &str) -> Event {
+        Event::new(kind).add_path(PathBuf::from(path))
     }
 
     #[test]

@@ -201,36 +201,57 @@ impl Store {
         value: Option<&str>,
         max_total_bytes: usize,
     ) -> Result<(), KvError> {
+        self.kv_set_many(extension, &[(key, value)], max_total_bytes)
+    }
+
+    /// Sets (or deletes) many keys in one commit, all or none; a key named twice takes its
+    /// last value. Refuses the whole write if it would take the extension's keys and values
+    /// over `max_total_bytes`.
+    pub fn kv_set_many(
+        &mut self,
+        extension: &str,
+        entries: &[(&str, Option<&str>)],
+        max_total_bytes: usize,
+    ) -> Result<(), KvError> {
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        match value {
-            None => {
-                tx.execute(
-                    "DELETE FROM extension_kv WHERE extension = ?1 AND key = ?2",
-                    [extension, key],
-                )?;
-            }
-            Some(value) => {
-                let used: i64 = tx.query_row(
-                    "SELECT COALESCE(SUM(length(CAST(key AS BLOB)) + length(CAST(value AS BLOB))), 0)
-                     FROM extension_kv WHERE extension = ?1 AND key != ?2",
-                    [extension, key],
-                    |r| r.get(0),
-                )?;
-                let used = usize::try_from(used).unwrap_or(usize::MAX);
-                let after = used.saturating_add(key.len() + value.len());
-                if after > max_total_bytes {
-                    return Err(KvError::Full {
-                        used_bytes: used,
-                        max_bytes: max_total_bytes,
-                    });
+        for (key, value) in entries {
+            match value {
+                None => {
+                    tx.execute(
+                        "DELETE FROM extension_kv WHERE extension = ?1 AND key = ?2",
+                        [extension, key],
+                    )?;
                 }
-                tx.execute(
-                    "INSERT INTO extension_kv (extension, key, value) VALUES (?1, ?2, ?3)
-                     ON CONFLICT (extension, key) DO UPDATE SET value = ?3",
-                    [extension, key, value],
-                )?;
+                Some(value) => {
+                    tx.execute(
+                        "INSERT INTO extension_kv (extension, key, value) VALUES (?1, ?2, ?3)
+                         ON CONFLICT (extension, key) DO UPDATE SET value = ?3",
+                        [extension, key, value],
+                    )?;
+                }
+            }
+        }
+        // Measured once after the writes, inside the transaction: dropping it (no commit)
+        // undoes them all.
+        if entries.iter().any(|(_, v)| v.is_some()) {
+            let used: i64 = tx.query_row(
+                "SELECT COALESCE(SUM(length(CAST(key AS BLOB)) + length(CAST(value AS BLOB))), 0)
+                 FROM extension_kv WHERE extension = ?1",
+                [extension],
+                |r| r.get(0),
+            )?;
+            let used = usize::try_from(used).unwrap_or(usize::MAX);
+            if used > max_total_bytes {
+                let added: usize = entries
+                    .iter()
+                    .map(|(k, v)| v.map_or(0, |v| k.len() + v.len()))
+                    .sum();
+                return Err(KvError::Full {
+                    used_bytes: used.saturating_sub(added),
+                    max_bytes: max_total_bytes,
+                });
             }
         }
         tx.commit()?;

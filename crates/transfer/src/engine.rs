@@ -17,10 +17,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ferry_core::job::{Action, ErrorCode, Job, JobState, Outcome, TransferEvent};
+use ferry_core::job::{Action, ErrorCode, Job, JobState, Outcome, TransferEvent, TransitionError};
 use ferry_core::retry::{OriginBackoff, RetryPolicy, Verdict};
 use ferry_store::{JobStore, JobStoreError, Store};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
@@ -141,6 +141,85 @@ enum JobEnd {
     Gone,
 }
 
+/// What one recorded transfer event came to: its job's new state, or why it did not apply.
+type Recorded = Result<Result<Job, TransitionError>, EngineError>;
+
+/// Group commit of the workers' transfer events. Each `Start`/`Finish` is durable before its
+/// worker acts on it (the worker awaits the answer), but the events that arrive while one
+/// commit is in progress all go into the next one: with many transfers in flight, one fsync
+/// carries many state changes instead of one each (two per job would cap a loopback backup
+/// at the disk's fsync rate).
+#[derive(Debug, Clone)]
+struct Recorder {
+    queue: mpsc::UnboundedSender<(TransferEvent, oneshot::Sender<Recorded>)>,
+}
+
+impl Recorder {
+    /// Starts the committing task; it ends when the last `Recorder` clone is dropped.
+    fn start<J: JobStore + Send + 'static>(jobs: Arc<Mutex<J>>) -> Recorder {
+        let (queue, mut rx) =
+            mpsc::unbounded_channel::<(TransferEvent, oneshot::Sender<Recorded>)>();
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut batch = vec![first];
+                while let Ok(more) = rx.try_recv() {
+                    batch.push(more);
+                }
+                let (events, replies): (Vec<TransferEvent>, Vec<_>) = batch.into_iter().unzip();
+                let jobs = jobs.clone();
+                let results = tokio::task::spawn_blocking(move || commit_events(&jobs, &events))
+                    .await
+                    .unwrap_or_else(|e| {
+                        replies
+                            .iter()
+                            .map(|_| Err(EngineError::Task(e.to_string())))
+                            .collect()
+                    });
+                for (reply, result) in replies.into_iter().zip(results) {
+                    // A worker that was stopped meanwhile no longer listens: its event is
+                    // recorded all the same, as it would have been without batching.
+                    let _ = reply.send(result);
+                }
+            }
+        });
+        Recorder { queue }
+    }
+
+    /// Records one event; answers once it is committed.
+    async fn record(&self, event: TransferEvent) -> Recorded {
+        let (tx, rx) = oneshot::channel();
+        self.queue
+            .send((event, tx))
+            .map_err(|_| EngineError::Task("event recorder stopped".into()))?;
+        rx.await
+            .map_err(|_| EngineError::Task("event recorder stopped".into()))?
+    }
+}
+
+/// Commits `events` in one transaction; if that fails as a whole, each alone, so every event
+/// gets its own answer (and one bad event cannot fail its neighbours).
+fn commit_events<J: JobStore>(jobs: &Mutex<J>, events: &[TransferEvent]) -> Vec<Recorded> {
+    let Ok(mut j) = jobs.lock() else {
+        return events
+            .iter()
+            .map(|_| Err(EngineError::Task("job store lock poisoned".into())))
+            .collect();
+    };
+    match j.record(events, now_ms()) {
+        Ok(results) if results.len() == events.len() => results.into_iter().map(Ok).collect(),
+        _ => events
+            .iter()
+            .map(|e| match j.record(std::slice::from_ref(e), now_ms()) {
+                Ok(mut r) if r.len() == 1 => Ok(r.remove(0)),
+                Ok(_) => Err(EngineError::Task(
+                    "job store answered the wrong count".into(),
+                )),
+                Err(err) => Err(err.into()),
+            })
+            .collect(),
+    }
+}
+
 /// The transfer engine. `J` is the job store, shared with whoever creates jobs.
 #[derive(Debug)]
 pub struct Engine<J> {
@@ -245,12 +324,21 @@ impl<J: JobStore + Send + 'static> Engine<J> {
         let mut running: HashSet<Uuid> = HashSet::new();
         let mut tasks: JoinSet<(Uuid, String, Result<JobEnd, EngineError>)> = JoinSet::new();
         let mut turn = 0usize;
+        let recorder = Recorder::start(self.jobs.clone());
+        // The jobs to process, read again only when someone says there are new ones, the poll
+        // interval passes, or a job must be re-read (it will be retried): reading every job
+        // after each finished transfer made the loop quadratic in the job limit.
+        let mut cached: Vec<(usize, Job)> = Vec::new();
+        let mut stale = true;
         loop {
             let now = now_ms();
             let mut wake_at: Option<i64> = None;
-            let candidates = self.candidates(turn)?;
+            if stale {
+                cached = self.candidates(turn)?;
+                stale = false;
+            }
             let mut waiting = 0usize;
-            for (ext_index, job) in candidates {
+            for (ext_index, job) in &cached {
                 if running.contains(&job.id) {
                     continue;
                 }
@@ -288,8 +376,9 @@ impl<J: JobStore + Send + 'static> Engine<J> {
                 running.insert(job.id);
                 // The next pass starts with the extension after this one.
                 turn = ext_index + 1;
+                let job = job.clone();
                 let worker = Worker {
-                    jobs: self.jobs.clone(),
+                    recorder: recorder.clone(),
                     sessions: self.sessions.clone(),
                     locator: self.locator.clone(),
                     uploader: self.uploader.clone(),
@@ -318,6 +407,7 @@ impl<J: JobStore + Send + 'static> Engine<J> {
                     let Some(done) = done else { continue };
                     let (id, origin, r) = done.map_err(|e| EngineError::Task(e.to_string()))?;
                     running.remove(&id);
+                    cached.retain(|(_, j)| j.id != id);
                     if let Ok(mut origins) = self.origins.lock()
                         && let Some(o) = origins.get_mut(&origin)
                     {
@@ -326,20 +416,27 @@ impl<J: JobStore + Send + 'static> Engine<J> {
                     match r? {
                         JobEnd::Succeeded => report.succeeded += 1,
                         JobEnd::Failed => report.failed += 1,
-                        JobEnd::Retry => report.retried += 1,
+                        JobEnd::Retry => {
+                            report.retried += 1;
+                            stale = true;
+                        }
                         JobEnd::Gone => {}
                     }
+                    // Nothing cached left to start: look for more at once.
+                    if cached.iter().all(|(_, j)| running.contains(&j.id)) {
+                        stale = true;
+                    }
                 }
-                _ = sleep => {}
-                _ = self.wake.notified() => {}
+                _ = sleep => stale = true,
+                _ = self.wake.notified() => stale = true,
             }
         }
     }
 }
 
 /// What one job's task needs (owned, so the task is `'static`).
-struct Worker<J> {
-    jobs: Arc<Mutex<J>>,
+struct Worker {
+    recorder: Recorder,
     sessions: Arc<dyn UploadSessionStore>,
     locator: Arc<dyn ResourceLocator>,
     uploader: Arc<Uploader>,
@@ -347,34 +444,19 @@ struct Worker<J> {
     origins: Arc<Mutex<HashMap<String, OriginState>>>,
 }
 
-impl<J: JobStore + Send + 'static> Worker<J> {
-    /// Runs a job-store call on a blocking thread (SQLite commits fsync).
-    async fn with_jobs<R: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut J) -> Result<R, JobStoreError> + Send + 'static,
-    ) -> Result<R, EngineError> {
-        let jobs = self.jobs.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut j = jobs
-                .lock()
-                .map_err(|_| EngineError::Task("job store lock poisoned".into()))?;
-            f(&mut j).map_err(EngineError::from)
-        })
-        .await
-        .map_err(|e| EngineError::Task(e.to_string()))?
-    }
-
+impl Worker {
     /// Records a finish; `Gone` if the job is no longer pending (cancelled meanwhile).
     async fn finish(&self, id: Uuid, outcome: Outcome) -> Result<JobEnd, EngineError> {
         let failed = matches!(outcome, Outcome::Failed { .. });
         let r = self
-            .with_jobs(move |j| j.record(&[TransferEvent::Finish { job: id, outcome }], now_ms()))
+            .recorder
+            .record(TransferEvent::Finish { job: id, outcome })
             .await?;
         self.sessions.remove(id)?;
-        Ok(match r.into_iter().next() {
-            Some(Ok(_)) if failed => JobEnd::Failed,
-            Some(Ok(_)) => JobEnd::Succeeded,
-            _ => JobEnd::Gone,
+        Ok(match r {
+            Ok(_) if failed => JobEnd::Failed,
+            Ok(_) => JobEnd::Succeeded,
+            Err(_) => JobEnd::Gone,
         })
     }
 
@@ -387,9 +469,10 @@ impl<J: JobStore + Send + 'static> Worker<J> {
         let id = job.id;
         if job.state == JobState::Registered {
             let r = self
-                .with_jobs(move |j| j.record(&[TransferEvent::Start { job: id }], now_ms()))
+                .recorder
+                .record(TransferEvent::Start { job: id })
                 .await?;
-            if !matches!(r.first(), Some(Ok(_))) {
+            if r.is_err() {
                 return Ok(JobEnd::Gone);
             }
         }
