@@ -197,45 +197,41 @@ fn clean(s: &str, max: usize) -> String {
         .collect()
 }
 
+fn from_kv<T: for<'de> Deserialize<'de>>(
+    key: &str,
+    value: Option<String>,
+) -> Result<Option<T>, StepError> {
+    value
+        .map(|v| serde_json::from_str(&v))
+        .transpose()
+        .map_err(|e| StepError::Kv {
+            key: key.into(),
+            detail: e.to_string(),
+        })
+}
+
+fn to_kv<T: Serialize>(key: &str, value: &T) -> Result<String, StepError> {
+    serde_json::to_string(value).map_err(|e| StepError::Kv {
+        key: key.into(),
+        detail: e.to_string(),
+    })
+}
+
 fn kv_json<T: for<'de> Deserialize<'de>>(
     host: &mut Host,
     key: &str,
 ) -> Result<Option<T>, StepError> {
-    match host.kv_get(key)? {
-        None => Ok(None),
-        Some(v) => serde_json::from_str(&v)
-            .map(Some)
-            .map_err(|e| StepError::Kv {
-                key: key.into(),
-                detail: e.to_string(),
-            }),
-    }
+    let value = host.kv_get(key)?;
+    from_kv(key, value)
 }
 
 fn kv_put<T: Serialize>(host: &mut Host, key: &str, value: &T) -> Result<(), StepError> {
-    let text = serde_json::to_string(value).map_err(|e| StepError::Kv {
-        key: key.into(),
-        detail: e.to_string(),
-    })?;
-    host.kv_set(key, Some(&text))?;
+    host.kv_set(key, Some(&to_kv(key, value)?))?;
     Ok(())
 }
 
 fn parse_record(key: &str, value: Option<String>) -> Result<AssetRecord, StepError> {
-    match value {
-        None => Ok(AssetRecord::new()),
-        Some(v) => serde_json::from_str(&v).map_err(|e| StepError::Kv {
-            key: key.into(),
-            detail: e.to_string(),
-        }),
-    }
-}
-
-fn record_json(key: &str, record: &AssetRecord) -> Result<String, StepError> {
-    serde_json::to_string(record).map_err(|e| StepError::Kv {
-        key: key.into(),
-        detail: e.to_string(),
-    })
+    Ok(from_kv(key, value)?.unwrap_or_default())
 }
 
 /// What a page of assets comes to, written at once by [`PageBatch::commit`].
@@ -362,7 +358,7 @@ impl Backup {
             for ((key, value), (_, stored)) in keys.into_iter().zip(current).zip(page) {
                 let mut record = parse_record(&key, value)?;
                 record.extend(stored.iter().cloned());
-                let json = record_json(&key, &record)?;
+                let json = to_kv(&key, &record)?;
                 writes.push((key, Some(json)));
             }
             host.kv_set_many(&writes)?;
@@ -641,7 +637,7 @@ impl Backup {
                     );
                 }
                 let key = asset_key(&asset.id);
-                let value = record_json(&key, &record)?;
+                let value = to_kv(&key, &record)?;
                 batch.records.push((key, Some(value)));
                 batch.known += known.len() as u32;
             }

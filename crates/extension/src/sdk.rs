@@ -542,13 +542,7 @@ impl Host<'_> {
 
     /// `kv.set`; `None` deletes. Durable once it returns.
     pub fn kv_set(&mut self, key: &str, value: Option<&str>) -> Result<(), HostError> {
-        check_key(KV_SET, key)?;
-        if value.is_some_and(|v| v.len() > MAX_KV_VALUE_BYTES) {
-            return Err(HostError::Invalid {
-                method: KV_SET.into(),
-                detail: format!("value over {MAX_KV_VALUE_BYTES} bytes"),
-            });
-        }
+        check_entry(KV_SET, key, value)?;
         let _: Empty = self.call(
             KV_SET,
             &KvSetParams {
@@ -598,13 +592,7 @@ impl Host<'_> {
             });
         }
         for (k, v) in entries {
-            check_key(KV_SET_MANY, k)?;
-            if v.as_ref().is_some_and(|v| v.len() > MAX_KV_VALUE_BYTES) {
-                return Err(HostError::Invalid {
-                    method: KV_SET_MANY.into(),
-                    detail: format!("value over {MAX_KV_VALUE_BYTES} bytes"),
-                });
-            }
+            check_entry(KV_SET_MANY, k, v.as_deref())?;
         }
         let _: Empty = self.call(
             KV_SET_MANY,
@@ -631,6 +619,17 @@ impl Host<'_> {
         )?;
         Ok(r.keys)
     }
+}
+
+fn check_entry(method: &str, key: &str, value: Option<&str>) -> Result<(), HostError> {
+    check_key(method, key)?;
+    if value.is_some_and(|v| v.len() > MAX_KV_VALUE_BYTES) {
+        return Err(HostError::Invalid {
+            method: method.into(),
+            detail: format!("value over {MAX_KV_VALUE_BYTES} bytes"),
+        });
+    }
+    Ok(())
 }
 
 fn check_key(method: &str, key: &str) -> Result<(), HostError> {
