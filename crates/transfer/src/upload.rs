@@ -765,6 +765,8 @@ impl Uploader {
         let size = ctx.prepass.stamp.size_bytes;
         let mut restarts = 0u32;
         let mut resyncs = 0u32;
+        // Whether a refused append has already been checked against a HEAD (see below).
+        let mut refusal_checked = false;
         // Whether the offset in `session` must be confirmed by HEAD before appending.
         let mut confirm = session.upload_url.is_some();
         loop {
@@ -843,6 +845,15 @@ impl Uploader {
                 continue;
             }
             if status == 404 || status == 410 {
+                confirm = true;
+                continue;
+            }
+            if status == 400 && !refusal_checked {
+                // The draft's answer to an append after completion ("completed-upload"). After
+                // a kill the last process's final append may have completed the upload on the
+                // server after our HEAD: ask once more; a complete upload is verified and
+                // delivered like any other, anything else fails as the 400 it was.
+                refusal_checked = true;
                 confirm = true;
                 continue;
             }

@@ -129,6 +129,80 @@ async fn a_full_server_disk_is_retried_then_the_upload_succeeds() {
     assert_eq!(posts.load(Ordering::SeqCst), 3);
 }
 
+/// After a kill, the last process's final append can complete the upload on the server after
+/// the new process's HEAD said it was not: the next append is refused as "completed-upload"
+/// (400). The uploader asks again and, the upload being complete with our bytes, succeeds.
+#[tokio::test]
+async fn an_append_refused_because_the_upload_completed_meanwhile_succeeds() {
+    let completed = Arc::new(AtomicUsize::new(0));
+    let c = completed.clone();
+    let (addr, count) = scripted(Arc::new(move |_, method, _| match method.as_str() {
+        "OPTIONS" => answer(204, &[("upload-limit", "max-size=1000000")]),
+        "POST" => answer(
+            201,
+            &[
+                ("location", "/uploads/u1"),
+                ("upload-offset", "0"),
+                ("upload-complete", "?0"),
+            ],
+        ),
+        "PATCH" => {
+            c.store(1, Ordering::SeqCst);
+            answer(400, &[("content-type", "application/problem+json")])
+        }
+        "HEAD" if c.load(Ordering::SeqCst) == 1 => answer(
+            204,
+            &[
+                ("upload-offset", "1000"),
+                ("upload-complete", "?1"),
+                ("ferry-size-bytes", "1000"),
+            ],
+        ),
+        _ => answer(500, &[]),
+    }))
+    .await;
+    let (rig, id, _f) = one_job(addr, 11);
+    let report = run(&rig).await;
+    let job = rig.job(id);
+    assert_eq!(
+        (job.state, job.status),
+        (JobState::Succeeded, Some(204)),
+        "{job:?}"
+    );
+    assert_eq!(report.retried, 0);
+    // OPTIONS, POST, PATCH (refused), HEAD.
+    assert_eq!(count.load(Ordering::SeqCst), 4);
+}
+
+/// A 400 that is not explained by a completed upload fails the job as the 400 it is.
+#[tokio::test]
+async fn an_append_refused_with_400_on_an_incomplete_upload_fails() {
+    let (addr, _) = scripted(Arc::new(move |_, method, _| match method.as_str() {
+        "OPTIONS" => answer(204, &[("upload-limit", "max-size=1000000")]),
+        "POST" => answer(
+            201,
+            &[
+                ("location", "/uploads/u1"),
+                ("upload-offset", "0"),
+                ("upload-complete", "?0"),
+            ],
+        ),
+        "HEAD" => answer(204, &[("upload-offset", "0"), ("upload-complete", "?0")]),
+        _ => answer(400, &[]),
+    }))
+    .await;
+    let (rig, id, _f) = one_job(addr, 12);
+    let report = run(&rig).await;
+    let job = rig.job(id);
+    assert_eq!(
+        (job.state, job.status),
+        (JobState::Failed, Some(400)),
+        "{job:?}"
+    );
+    assert_eq!(job.error.as_ref().map(|e| e.as_str()), Some("client_error"));
+    assert_eq!(report.retried, 0);
+}
+
 #[tokio::test]
 async fn retry_after_is_honoured_then_the_upload_succeeds() {
     let times: Arc<Mutex<Vec<Instant>>> = Arc::default();
