@@ -383,7 +383,8 @@ pub fn unit_text(exe: &Path, state_dir: &Path) -> String {
          ExecStart=\"{}\" --state-dir \"{}\" daemon\n\
          Restart=on-failure\n\
          RestartSec=10\n\
-         # SIGTERM: the daemon stops sending and exits; uploads resume where they stopped.\n\
+         # SIGTERM: the daemon finishes the chunks in flight (at most 20 s), saves where each\n\
+         # upload stands and exits; the next start resumes from there.\n\
          KillSignal=SIGTERM\n\
          TimeoutStopSec=30\n\
          \n\

@@ -89,6 +89,9 @@ pub struct EngineConfig {
     pub transfer: TransferConfig,
     /// How often `run` looks for new jobs when nobody calls [`Engine::wake`].
     pub poll_interval: Duration,
+    /// When `run` is told to stop: how long the requests in flight get to finish (their
+    /// progress saved) before they are abandoned.
+    pub stop_grace: Duration,
 }
 
 impl Default for EngineConfig {
@@ -100,6 +103,7 @@ impl Default for EngineConfig {
             retry: RetryPolicy::default(),
             transfer: TransferConfig::default(),
             poll_interval: Duration::from_secs(5),
+            stop_grace: Duration::from_secs(20),
         }
     }
 }
@@ -137,6 +141,8 @@ enum JobEnd {
     Succeeded,
     Failed,
     Retry,
+    /// The engine is stopping; the job's progress is saved and it stays `pending`.
+    Stopped,
     /// The job left `process` under us (cancelled): nothing to record.
     Gone,
 }
@@ -303,23 +309,28 @@ impl<J: JobStore + Send + 'static> Engine<J> {
     /// Processes jobs until none is left to process; returns what happened. Jobs waiting for
     /// a retry keep the run alive until they end.
     pub async fn run_until_idle(&self) -> Result<RunReport, EngineError> {
-        self.run_loop(None).await
+        self.run_loop(false, std::future::pending()).await
     }
 
-    /// Processes jobs until `stop` resolves; in-flight transfers are abandoned (their sessions
-    /// let the next run resume them).
+    /// Processes jobs until `stop` resolves, then drains: no new job or chunk is started, the
+    /// requests in flight finish and their progress is saved (at most `stop_grace`; after that
+    /// they are abandoned, and their sessions still let the next run resume them).
     pub async fn run(
         &self,
         stop: impl std::future::Future<Output = ()>,
     ) -> Result<RunReport, EngineError> {
-        tokio::pin!(stop);
-        tokio::select! {
-            r = self.run_loop(Some(())) => r,
-            _ = &mut stop => Ok(RunReport::default()),
-        }
+        self.run_loop(true, stop).await
     }
 
-    async fn run_loop(&self, forever: Option<()>) -> Result<RunReport, EngineError> {
+    async fn run_loop(
+        &self,
+        forever: bool,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> Result<RunReport, EngineError> {
+        tokio::pin!(stop);
+        // Set once `stop` resolved: the moment the requests in flight are abandoned.
+        let mut draining_until: Option<tokio::time::Instant> = None;
+        self.uploader.set_stopping(false);
         let mut report = RunReport::default();
         let mut running: HashSet<Uuid> = HashSet::new();
         let mut tasks: JoinSet<(Uuid, String, Result<JobEnd, EngineError>)> = JoinSet::new();
@@ -333,11 +344,17 @@ impl<J: JobStore + Send + 'static> Engine<J> {
         loop {
             let now = now_ms();
             let mut wake_at: Option<i64> = None;
-            if stale {
+            if stale && draining_until.is_none() {
                 cached = self.candidates(turn)?;
                 stale = false;
             }
             let mut waiting = 0usize;
+            if draining_until.is_some() {
+                if tasks.is_empty() {
+                    return Ok(report);
+                }
+                cached.clear();
+            }
             for (ext_index, job) in &cached {
                 if running.contains(&job.id) {
                     continue;
@@ -392,7 +409,7 @@ impl<J: JobStore + Send + 'static> Engine<J> {
                     (id, origin, r)
                 });
             }
-            if tasks.is_empty() && waiting == 0 && forever.is_none() {
+            if tasks.is_empty() && waiting == 0 && !forever {
                 return Ok(report);
             }
             // At least 1 ms: a zero poll interval must not become a busy loop (or a clamp panic).
@@ -402,6 +419,12 @@ impl<J: JobStore + Send + 'static> Engine<J> {
                 None => poll_ms,
             };
             let sleep = tokio::time::sleep(Duration::from_millis(sleep_ms as u64));
+            let abandon = async {
+                match draining_until {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 done = tasks.join_next(), if !tasks.is_empty() => {
                     let Some(done) = done else { continue };
@@ -420,15 +443,28 @@ impl<J: JobStore + Send + 'static> Engine<J> {
                             report.retried += 1;
                             stale = true;
                         }
-                        JobEnd::Gone => {}
+                        JobEnd::Stopped | JobEnd::Gone => {}
                     }
                     // Nothing cached left to start: look for more at once.
                     if cached.iter().all(|(_, j)| running.contains(&j.id)) {
                         stale = true;
                     }
                 }
-                _ = sleep => stale = true,
-                _ = self.wake.notified() => stale = true,
+                _ = sleep, if draining_until.is_none() => stale = true,
+                _ = self.wake.notified(), if draining_until.is_none() => stale = true,
+                _ = &mut stop, if draining_until.is_none() => {
+                    self.uploader.set_stopping(true);
+                    draining_until = Some(tokio::time::Instant::now() + self.config.stop_grace);
+                    tracing::info!(in_flight = tasks.len(), "stopping: finishing the requests in flight");
+                }
+                _ = abandon, if draining_until.is_some() => {
+                    tracing::warn!(
+                        in_flight = tasks.len(),
+                        grace_ms = self.config.stop_grace.as_millis() as u64,
+                        "stopping: requests still in flight after the grace period are abandoned; their uploads resume from the last saved offset"
+                    );
+                    return Ok(report);
+                }
             }
         }
     }
@@ -511,6 +547,7 @@ impl Worker {
                 .await
             }
             Err(UploadError::Session(e)) => Err(e.into()),
+            Err(UploadError::Stopped) => Ok(JobEnd::Stopped),
             Err(UploadError::Failed(f)) => {
                 let now = now_ms();
                 if let Ok(mut o) = self.origins.lock() {

@@ -19,6 +19,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -146,6 +147,10 @@ pub enum UploadError {
     /// The session could not be saved: progress would not survive a crash, so stop.
     #[error(transparent)]
     Session(#[from] SessionStoreError),
+    /// The engine is stopping: the request in flight was finished and its progress saved; no
+    /// further one was sent. Not a failure: the next run resumes from the saved offset.
+    #[error("stopped after the request in flight")]
+    Stopped,
 }
 
 /// An HTTP answer with its (bounded) body already read.
@@ -264,6 +269,8 @@ pub struct Uploader {
     config: TransferConfig,
     preflight: PreflightCache,
     bandwidth: Option<Arc<Bandwidth>>,
+    /// Set while the engine drains: no new request is sent (see [`Uploader::set_stopping`]).
+    stopping: AtomicBool,
 }
 
 impl Uploader {
@@ -295,11 +302,25 @@ impl Uploader {
             preflight: PreflightCache::new(config.preflight_ttl),
             bandwidth: config.max_bytes_per_s.map(|r| Arc::new(Bandwidth::new(r))),
             config,
+            stopping: AtomicBool::new(false),
         })
     }
 
     pub fn config(&self) -> &TransferConfig {
         &self.config
+    }
+
+    /// While set, uploads finish the request in flight (its progress saved) and then end with
+    /// [`UploadError::Stopped`] instead of sending the next chunk.
+    pub fn set_stopping(&self, stopping: bool) {
+        self.stopping.store(stopping, Ordering::SeqCst);
+    }
+
+    fn check_stopping(&self) -> Result<(), UploadError> {
+        if self.stopping.load(Ordering::SeqCst) {
+            return Err(UploadError::Stopped);
+        }
+        Ok(())
     }
 
     /// Sends one request and reads its answer, cutting it when it makes no progress for the
@@ -431,6 +452,7 @@ impl Uploader {
         session: &mut UploadSession,
         sessions: &dyn UploadSessionStore,
     ) -> Result<Delivered, UploadError> {
+        self.check_stopping()?;
         let url = Url::parse(&job.destination.url).map_err(|e| {
             UploadFailure::new(Failure::RedirectRefused, format!("destination URL: {e}"))
         })?;
@@ -491,6 +513,8 @@ impl Uploader {
             chunk_bytes: chunk,
             caps,
         };
+        // The pre-pass may have taken a while: a stop meanwhile sends nothing.
+        self.check_stopping()?;
         match protocol {
             Protocol::Plain => self.plain(&ctx).await,
             Protocol::Tus | Protocol::Ietf => {
@@ -770,6 +794,9 @@ impl Uploader {
         // Whether the offset in `session` must be confirmed by HEAD before appending.
         let mut confirm = session.upload_url.is_some();
         loop {
+            // Every acknowledged chunk was saved at the end of the last turn: a stop here
+            // loses nothing and cuts nothing.
+            self.check_stopping()?;
             let Some(upload_url) = session.upload_url.clone() else {
                 if let Some(d) = self.create(ctx, protocol, session, sessions).await? {
                     return Ok(d);

@@ -252,3 +252,71 @@ async fn bandwidth_cap_holds_across_concurrent_uploads() {
         );
     }
 }
+
+/// Stopping drains: the chunk in flight is finished and saved, no further one is sent, the job
+/// stays pending, and the next run resumes from exactly there. (Abandoning the chunk instead
+/// would leave the server holding part of it, past the saved offset.)
+#[tokio::test]
+async fn stop_finishes_the_chunk_in_flight_then_the_next_run_resumes() {
+    const CHUNK: u64 = 256 << 10;
+    let srv = server().await;
+    let files = tempfile::tempdir().unwrap();
+    let mut config = test_config(Some(ferry_transfer::Protocol::Ietf), CHUNK);
+    // 512 KiB/s after a one-second burst: each later chunk is in flight for about half a second.
+    config.transfer.max_bytes_per_s = Some(512 << 10);
+    let rig = rig(config, &srv.handle.base_url());
+    let data = bytes(2 << 20, 241);
+    let path = write_file(files.path(), "big", &data);
+    let id = rig.add_job(
+        EXT,
+        &path,
+        hash(&data),
+        destination(srv.addr()),
+        BTreeMap::new(),
+    );
+    let sessions = rig.sessions.clone();
+    let stop = async move {
+        // Once two chunks are acknowledged the third is on its way: stop then.
+        loop {
+            if let Some(s) = sessions.load(id).unwrap()
+                && s.offset_bytes >= 2 * CHUNK
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    let report = tokio::time::timeout(Duration::from_secs(60), rig.engine.run(stop))
+        .await
+        .expect("engine hung")
+        .unwrap();
+    assert_eq!(report.succeeded, 0);
+    assert_eq!(rig.job(id).state, JobState::Pending);
+    let session = rig.sessions.load(id).unwrap().expect("the session is kept");
+    let saved = session.offset_bytes;
+    assert!(
+        saved >= 2 * CHUNK && saved < data.len() as u64,
+        "saved {saved}"
+    );
+    assert_eq!(saved % CHUNK, 0, "a whole chunk was finished, not cut");
+    let head = reqwest::Client::new()
+        .head(session.upload_url.clone().unwrap())
+        .header("upload-draft-interop-version", "8")
+        .send()
+        .await
+        .unwrap();
+    let on_server: u64 = head.headers()["upload-offset"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(on_server, saved, "the server holds exactly what was saved");
+
+    let report = run(&rig).await;
+    assert_eq!(report.succeeded, 1);
+    assert_eq!(rig.job(id).state, JobState::Succeeded);
+    assert_eq!(
+        srv.object(&hex(&data)).await.as_deref(),
+        Some(data.as_slice())
+    );
+}

@@ -119,6 +119,7 @@ pub fn test_config(prefer: Option<Protocol>, chunk_bytes: u64) -> EngineConfig {
             ..TransferConfig::default()
         },
         poll_interval: Duration::from_millis(200),
+        stop_grace: Duration::from_secs(20),
     }
 }
 
