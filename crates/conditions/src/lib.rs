@@ -210,12 +210,10 @@ impl Observer {
                     ticks.tick().await;
                     loop {
                         ticks.tick().await;
-                        let root = root.clone();
-                        let Ok(reading) =
-                            tokio::task::spawn_blocking(move || sysfs::read(&root)).await
-                        else {
-                            continue;
-                        };
+                        // A few small reads of a memory file system: done in place, as a
+                        // blocking-pool thread started (and ended) every minute would cost
+                        // more than the reads.
+                        let reading = sysfs::read(&root);
                         shared.update(|p| p.sysfs = reading);
                     }
                 }));

@@ -408,7 +408,9 @@ pub async fn run(
         extensions: vec![extension::EXTENSION.to_owned()],
         max_concurrent: opts.max_concurrent.max(1),
         max_concurrent_per_origin: opts.max_concurrent.max(1),
-        poll_interval: Duration::from_secs(2),
+        // Every step wakes the engine and retries carry their own time: the poll is only a
+        // safety net, and an idle daemon must not wake more often than once a minute.
+        poll_interval: Duration::from_secs(60),
         ..EngineConfig::default()
     };
     let engine = Arc::new(Engine::new(
@@ -501,6 +503,10 @@ pub async fn run(
                 progress.set_phase(Phase::Sending);
             }
             let stepped = Instant::now();
+            // An extension with more to do is asked again after a while even when no transfer
+            // finishes; one that is done (or may not run now) waits for a reason — a finished
+            // transfer, new files, the conditions turning — so an idle daemon sleeps.
+            let ask_again = outcome != StepOutcome::Completed && decision.is_allow();
             tokio::select! {
                 _ = async {
                     // Batch: each step launches the extension, so it comes only when it pays —
@@ -542,7 +548,7 @@ pub async fn run(
                     plan(&shared, &client, &roots, &progress).await?;
                 }
                 r = stop.changed() => if r.is_err() || *stop.borrow() { return Ok(()) },
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)), if ask_again => {}
             }
         }
     }

@@ -48,11 +48,14 @@ impl Gate {
         let mut conditions = observer.subscribe();
         let first = decide(&policy, &conditions.borrow(), &local_now());
         let (tx, rx) = watch::channel(first);
+        // Only time windows change with the clock alone: without them an idle daemon has no
+        // reason to wake up every minute.
+        let clock_matters = !policy.time_windows.is_empty();
         let task = tokio::spawn(async move {
             loop {
                 tokio::select! {
                     r = conditions.changed() => if r.is_err() { return },
-                    _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+                    _ = tokio::time::sleep(Duration::from_secs(60)), if clock_matters => {}
                 }
                 let d = decide(&policy, &conditions.borrow_and_update(), &local_now());
                 tx.send_if_modified(|old| {

@@ -66,10 +66,14 @@ impl Embedded {
             .ok()
             .and_then(|p| p.trim().parse().ok());
         let at = |port: u16| {
-            Config::new(
+            let mut c = Config::new(
                 &data_dir,
                 std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-            )
+            );
+            // Unfinished uploads live a day; collecting them every ten minutes is plenty, and
+            // keeps the daemon's own server from waking it every minute.
+            c.gc_interval = Duration::from_secs(600);
+            c
         };
         let handle = match last_port {
             Some(p) => match Server::start(at(p)).await {

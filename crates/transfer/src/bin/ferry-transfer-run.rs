@@ -3,7 +3,8 @@
 //! crash tests can `kill -9` a real process mid-upload, and for manual runs and benchmarks.
 //!
 //! Usage: `ferry-transfer-run --db PATH --ext NAME [--ext NAME…] [--resource-dir DIR]
-//! [--prefer ietf|tus|plain] [--chunk-bytes N] [--concurrency N] [--enqueue-to URL]`. Without
+//! [--prefer ietf|tus|plain] [--chunk-bytes N] [--concurrency N] [--max-bytes-per-s N]
+//! [--enqueue-to URL]`. Without
 //! `--resource-dir` resources are found in the library index; with it, a resource id names a
 //! file in DIR. `--enqueue-to URL` first creates one job per file in DIR (for the first
 //! `--ext`, POST to URL), as an extension would: for benchmarks and manual runs.
@@ -36,7 +37,8 @@ fn usage(why: &str) -> ExitCode {
     eprintln!("ferry-transfer-run: {why}");
     eprintln!(
         "usage: ferry-transfer-run --db PATH --ext NAME [--ext NAME...] [--resource-dir DIR] \
-         [--prefer ietf|tus|plain] [--chunk-bytes N] [--concurrency N]"
+         [--prefer ietf|tus|plain] [--chunk-bytes N] [--concurrency N] [--max-bytes-per-s N] \
+         [--enqueue-to URL]"
     );
     ExitCode::from(2)
 }
@@ -74,6 +76,11 @@ fn main() -> ExitCode {
                     config.max_concurrent_per_origin = n;
                 }
                 Err(_) => return usage("--concurrency is a number"),
+            },
+            // A bandwidth cap: slow enough that a torture's faults land mid-upload on any machine.
+            "--max-bytes-per-s" => match v.parse() {
+                Ok(n) if n > 0 => config.transfer.max_bytes_per_s = Some(n),
+                _ => return usage("--max-bytes-per-s is a positive number"),
             },
             _ => return usage(&format!("unknown argument {a}")),
         }
