@@ -35,16 +35,45 @@ fn next(x: &mut u64) -> u64 {
     *x
 }
 
+/// One crash scenario: how many resources, how big, how many kills and when.
+struct Scenario {
+    files: usize,
+    /// Largest file; every file spans several chunks when `multi_chunk`.
+    multi_chunk: bool,
+    kills: u64,
+    /// A kill lands this long after the start: `min_ms + rand % spread_ms`.
+    min_ms: u64,
+    spread_ms: u64,
+    /// Trickle the proxy (bytes/s) so kills land mid-upload; `None`: full speed.
+    trickle: Option<u64>,
+}
+
 async fn crash_and_resume(prefer: &str, seed_offset: u8) {
+    crash_scenario(
+        prefer,
+        seed_offset,
+        Scenario {
+            files: 10,
+            multi_chunk: true,
+            kills: 6,
+            min_ms: 30,
+            spread_ms: 400,
+            trickle: Some(3 << 20),
+        },
+    )
+    .await
+}
+
+async fn crash_scenario(prefer: &str, seed_offset: u8, sc: Scenario) {
     let seed = seed();
     eprintln!("crash test ({prefer}) seed {seed} (FERRY_TEST_SEED={seed} reruns it)");
     let mut rng = seed | 1;
     let srv = server().await;
     let proxy = FaultProxy::start(srv.addr()).await.unwrap();
     // Slow enough that kills land mid-upload.
-    proxy.set(Plan::always(Fault::Trickle {
-        bytes_per_s: 3 << 20,
-    }));
+    if let Some(bytes_per_s) = sc.trickle {
+        proxy.set(Plan::always(Fault::Trickle { bytes_per_s }));
+    }
     let work = tempfile::tempdir().unwrap();
     let res_dir = work.path().join("res");
     std::fs::create_dir(&res_dir).unwrap();
@@ -58,11 +87,26 @@ async fn crash_and_resume(prefer: &str, seed_offset: u8) {
                 &[UrlBase::parse(&format!("http://{}", proxy.addr())).unwrap()],
             )
             .unwrap();
+        // All jobs at once, as a backup of the whole library made with a raised job limit.
+        store
+            .set_job_limit(EXT, u32::try_from(sc.files).unwrap().max(200))
+            .unwrap();
         let mut items = Vec::new();
-        for i in 0..10u8 {
-            // Every file spans several chunks (creation carries no body, see the report).
-            let size = CHUNK as usize + 1 + (next(&mut rng) % (6 * CHUNK)) as usize;
-            let data = bytes(size, seed_offset.wrapping_add(i));
+        for i in 0..sc.files {
+            // Multi-chunk: every file spans several chunks (creation carries no body). Else
+            // mostly photos that fit one request (created with their body), some larger.
+            let size = if sc.multi_chunk {
+                CHUNK as usize + 1 + (next(&mut rng) % (6 * CHUNK)) as usize
+            } else if next(&mut rng) % 10 == 0 {
+                CHUNK as usize + (next(&mut rng) % (3 * CHUNK)) as usize
+            } else {
+                8 + (next(&mut rng) % CHUNK) as usize
+            };
+            let mut data = bytes(size, seed_offset.wrapping_add(i as u8));
+            // Distinct contents, even for files of one size and seed.
+            if size >= 8 {
+                data[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            }
             let name = format!("r{i}");
             std::fs::write(res_dir.join(&name), &data).unwrap();
             items.push(TxItem::Create(NewJob {
@@ -88,14 +132,20 @@ async fn crash_and_resume(prefer: &str, seed_offset: u8) {
             .spawn()
             .unwrap()
     };
-    let kills = 6;
+    let kills = sc.kills;
     for _ in 0..kills {
         let mut child = run();
-        let after_ms = 30 + next(&mut rng) % 400;
+        let after_ms = sc.min_ms + next(&mut rng) % sc.spread_ms;
         tokio::time::sleep(Duration::from_millis(after_ms)).await;
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
     }
+    // How far the killed runs got (the kills are meant to land mid-backup).
+    let done_before = Store::open(&db)
+        .unwrap()
+        .fetch(EXT, ferry_core::job::Action::Acknowledge)
+        .unwrap()
+        .len();
     let mut child = run();
     let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
         .await
@@ -114,6 +164,7 @@ async fn crash_and_resume(prefer: &str, seed_offset: u8) {
     for j in finished {
         assert_eq!(j.state, JobState::Succeeded, "seed {seed}: {j:?}");
     }
+    let mut duplicates = 0u64;
     for data in &files {
         assert_eq!(
             srv.object(&hex(data)).await.as_deref(),
@@ -121,10 +172,21 @@ async fn crash_and_resume(prefer: &str, seed_offset: u8) {
             "seed {seed}"
         );
         let r = srv.receipts(&hex(data)).await;
-        assert_eq!(
-            r["receipts"].as_array().unwrap().len(),
-            1,
-            "seed {seed}: uploaded once"
+        let receipts = r["receipts"].as_array().unwrap().len() as u64;
+        assert!(receipts >= 1, "seed {seed}: no receipt");
+        duplicates += receipts - 1;
+    }
+    if sc.multi_chunk {
+        // The upload URL is saved before any byte is sent: a restart always resumes it.
+        assert_eq!(duplicates, 0, "seed {seed}: uploaded once");
+    } else {
+        // A file sent whole with its creation can be completed by the server and the process
+        // killed before it saved the upload's URL: the restart sends it again. The store keeps
+        // one object (content-addressed); only a second receipt records it, at most one per
+        // transfer in flight per kill.
+        assert!(
+            duplicates <= kills * 3,
+            "seed {seed}: {duplicates} duplicate uploads for {kills} kills"
         );
     }
     let sent = proxy.stats().bytes_to_server;
@@ -134,7 +196,10 @@ async fn crash_and_resume(prefer: &str, seed_offset: u8) {
         sent <= bound,
         "seed {seed}: sent {sent} for {total} (bound {bound})"
     );
-    eprintln!("crash test ({prefer}): {total} bytes of files, {sent} bytes sent");
+    eprintln!(
+        "crash test ({prefer}): {} files, {kills} kills, {total} bytes of files, {sent} bytes sent, {duplicates} duplicate uploads; before the last run {done_before} jobs had finished",
+        files.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,4 +210,23 @@ async fn ietf_kill_9_at_random_points_then_resume() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tus_kill_9_at_random_points_then_resume() {
     crash_and_resume("tus", 190).await;
+}
+
+/// The scenario: a backup of 500 resources, `kill -9` of the uploader 30 times at
+/// random moments, then a run to the end: every resource is on the server with its digest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_thirty_times_during_500_resources() {
+    crash_scenario(
+        "ietf",
+        210,
+        Scenario {
+            files: 500,
+            multi_chunk: false,
+            kills: 30,
+            min_ms: 20,
+            spread_ms: 200,
+            trickle: None,
+        },
+    )
+    .await;
 }
