@@ -97,7 +97,7 @@ async fn crash_scenario(prefer: &str, seed_offset: u8, sc: Scenario) {
             // mostly photos that fit one request (created with their body), some larger.
             let size = if sc.multi_chunk {
                 CHUNK as usize + 1 + (next(&mut rng) % (6 * CHUNK)) as usize
-            } else if next(&mut rng) % 10 == 0 {
+            } else if next(&mut rng).is_multiple_of(10) {
                 CHUNK as usize + (next(&mut rng) % (3 * CHUNK)) as usize
             } else {
                 8 + (next(&mut rng) % CHUNK) as usize
