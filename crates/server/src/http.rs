@@ -416,6 +416,7 @@ async fn create(
                     length_bytes: None,
                     check,
                     ietf: false,
+                    repr_sha256: None,
                 };
                 Some(e.append(&row.id, append, body).await?)
             } else {
@@ -458,6 +459,7 @@ async fn create(
                 length_bytes: None,
                 check,
                 ietf: true,
+                repr_sha256: None,
             };
             let outcome = e.append(&row.id, append, body).await?;
             let mut res = StatusCode::CREATED.into_response();
@@ -485,6 +487,7 @@ async fn create(
                 length_bytes: None,
                 check,
                 ietf: true,
+                repr_sha256: None,
             };
             let outcome = e.append(&row.id, append, body).await?;
             let mut res = StatusCode::CREATED.into_response();
@@ -580,6 +583,7 @@ async fn patch_upload(
                 length_bytes: tus_u64(&h, "upload-length")?,
                 check: tus_checksum(&h)?,
                 ietf: false,
+                repr_sha256: None,
             };
             let outcome = e.append(&id, append, body).await?;
             let mut res = StatusCode::NO_CONTENT.into_response();
@@ -614,6 +618,9 @@ async fn patch_upload(
                 length_bytes: sf_u64(&h, "upload-length")?,
                 check: digest(&h, "content-digest")?.map(ChunkCheck::ContentDigestSha256),
                 ietf: true,
+                // A client still hashing when it created the upload sends the digest with a
+                // later append (in practice the last).
+                repr_sha256: digest(&h, "repr-digest")?,
             };
             let outcome = e.append(&id, append, body).await?;
             let status = match &outcome {

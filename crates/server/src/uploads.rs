@@ -67,6 +67,9 @@ pub struct Append {
     pub check: Option<ChunkCheck>,
     /// Draft clients get 409 for a busy upload, tus clients 423.
     pub ietf: bool,
+    /// `Repr-Digest` (SHA-256 of the whole upload) sent with this append: checked against
+    /// the one given at creation, and against the bytes when this append completes.
+    pub repr_sha256: Option<[u8; 32]>,
 }
 
 #[derive(Debug)]
@@ -322,6 +325,14 @@ impl Engine {
             }
             return Err(ApiError::Completed);
         }
+        let repr_hex = req.repr_sha256.map(|d| hex(&d));
+        if let (Some(given), Some(expected)) = (&repr_hex, &row.expected_sha256_hex)
+            && given != expected
+        {
+            return Err(ApiError::DigestMismatch(
+                "Repr-Digest differs from the one the upload was created with".into(),
+            ));
+        }
         if req.offset_bytes != row.offset_bytes {
             return Err(ApiError::OffsetMismatch {
                 expected: row.offset_bytes,
@@ -544,6 +555,9 @@ impl Engine {
             offset_bytes: new_offset,
             length_bytes: length,
             expires_unix_ms: expires,
+            // The completing append's digest is checked like a creation's (an earlier append's
+            // is not kept: the client sends it again with the last one).
+            expected_sha256_hex: row.expected_sha256_hex.or(repr_hex),
             ..row
         };
         if !complete {

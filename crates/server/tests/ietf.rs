@@ -375,3 +375,85 @@ async fn a_cut_final_append_keeps_its_bytes_but_does_not_complete() {
     assert_eq!(r.status(), 200);
     assert_object_headers(&r, &data);
 }
+
+/// A client still hashing when it created the upload sends `Repr-Digest` with the append that
+/// completes it: a right one completes, a wrong one discards the upload (no object), and one
+/// that differs from the digest given at creation is refused before any byte is written.
+#[tokio::test]
+async fn repr_digest_on_the_completing_append_is_verified() {
+    let s = open_server().await;
+    let data = bytes(2_000_000, 7);
+
+    let loc = create_empty(&s, "8").await;
+    let r = s
+        .ietf_append(&loc, 0, false)
+        .body(data[..1_000_000].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let r = s
+        .ietf_append(&loc, 1_000_000, true)
+        .header("repr-digest", sha256_field(&data))
+        .body(data[1_000_000..].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_object_headers(&r, &data);
+
+    let other = bytes(2_000_000, 8);
+    let loc = create_empty(&s, "8").await;
+    let r = s
+        .ietf_append(&loc, 0, true)
+        .header("repr-digest", sha256_field(&data))
+        .body(other.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = s
+        .req("HEAD", &loc)
+        .header("upload-draft-interop-version", "8")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404, "a mismatching upload is discarded whole");
+    let r = s
+        .req("GET", &format!("/v1/objects/{}", blake3_hex(&other)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        404,
+        "no object for bytes that failed their digest"
+    );
+
+    // Created with one digest, completed with another: refused, the upload kept as it was.
+    let r = s
+        .req("POST", "/v1/uploads")
+        .header("upload-draft-interop-version", "8")
+        .header("upload-complete", "?0")
+        .header("repr-digest", sha256_field(&data))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let loc = header(&r, "location").unwrap().to_string();
+    let r = s
+        .ietf_append(&loc, 0, true)
+        .header("repr-digest", sha256_field(&other))
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = s
+        .req("HEAD", &loc)
+        .header("upload-draft-interop-version", "8")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(header(&r, "upload-offset"), Some("0"));
+}

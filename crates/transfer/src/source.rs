@@ -67,6 +67,11 @@ fn io_error(path: &Path, e: std::io::Error) -> SourceError {
     }
 }
 
+/// The file's stamp now (a `stat`), for an upload that starts before its pre-pass ends.
+pub fn stamp(path: &Path) -> Result<FileStamp, SourceError> {
+    FileStamp::of(path).map_err(|e| io_error(path, e))
+}
+
 /// The result of the pre-pass: the file as it was when it matched the pinned hash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Prepass {

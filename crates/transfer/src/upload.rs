@@ -2,8 +2,11 @@
 //! offset, verified against the job's pinned hash.
 //!
 //! The steps of one attempt ([`Uploader::upload`]):
-//! 1. Pre-pass: hash the file; it must still match the pinned BLAKE3 (else `resource_changed`,
-//!    nothing sent). A session whose recorded stamp still matches skips the re-hash.
+//! 1. Pre-pass: hash the file; it must still match the pinned BLAKE3 (else `resource_changed`).
+//!    A session whose recorded stamp still matches skips the re-hash. For a draft upload of
+//!    several chunks the pre-pass runs while the first chunks are sent and is awaited before
+//!    the last one, which carries the `Repr-Digest` (a file that no longer matches is never
+//!    completed); otherwise it ends before anything is sent.
 //! 2. Preflight (cached `OPTIONS`) → protocol and limits; a session already holding an upload
 //!    URL keeps its protocol.
 //! 3. Resume: `HEAD` the upload URL for the offset (an expired upload starts over).
@@ -34,7 +37,7 @@ use uuid::Uuid;
 use crate::bandwidth::Bandwidth;
 use crate::preflight::{self, Capabilities, PreflightCache, Protocol};
 use crate::session::{SessionStoreError, UploadSession, UploadSessionStore};
-use crate::source::{self, Prepass, SourceError, StreamProbe};
+use crate::source::{self, FileStamp, Prepass, SourceError, StreamProbe};
 
 /// The draft interop version Ferry speaks (draft -09 onwards).
 pub const IETF_INTEROP_VERSION: &str = "8";
@@ -460,21 +463,18 @@ impl Uploader {
             return Err(UploadFailure::new(Failure::RedirectRefused, "not an http(s) URL").into());
         }
 
-        // 1. Pre-pass (skipped when the file's stamp is the one recorded).
-        let prepass = match session.prepass {
-            Some(p) if source::check_stamp(job.source_path, &p.stamp).is_ok() => p,
+        // 1. Pre-pass (skipped when the file's stamp is the one recorded), started here and
+        //    awaited below, or before the last chunk (see `Uploader::sha256`).
+        let (stamp, digest, pending) = match session.prepass {
+            Some(p) if source::check_stamp(job.source_path, &p.stamp).is_ok() => {
+                (p.stamp, std::sync::OnceLock::from(p.sha256), None)
+            }
             _ => {
+                let stamp = source::stamp(job.source_path).map_err(UploadFailure::from)?;
                 let path = job.source_path.to_owned();
                 let pinned = job.pinned_blake3;
-                let p = tokio::task::spawn_blocking(move || source::prepass(&path, &pinned))
-                    .await
-                    .map_err(|e| {
-                        UploadFailure::from(SourceError::Unreadable(format!("hash task: {e}")))
-                    })?
-                    .map_err(UploadFailure::from)?;
-                session.prepass = Some(p);
-                sessions.save(session)?;
-                p
+                let task = tokio::task::spawn_blocking(move || source::prepass(&path, &pinned));
+                (stamp, std::sync::OnceLock::new(), Some(task))
             }
         };
 
@@ -484,7 +484,7 @@ impl Uploader {
             (Some(p), Some(_)) => p,
             _ => preflight::choose(&caps, self.config.prefer),
         };
-        let size = prepass.stamp.size_bytes;
+        let size = stamp.size_bytes;
         let max_size = match protocol {
             Protocol::Ietf => caps.ietf.and_then(|l| l.max_size_bytes),
             Protocol::Tus => caps.tus.as_ref().and_then(|t| t.max_size_bytes),
@@ -509,10 +509,17 @@ impl Uploader {
         let ctx = Ctx {
             job,
             url,
-            prepass,
+            stamp,
+            digest,
+            pending: std::sync::Mutex::new(pending),
             chunk_bytes: chunk,
             caps,
         };
+        // Only the draft can send the digest with the last of several chunks; everything else
+        // needs it in the first request.
+        if !(protocol == Protocol::Ietf && size > chunk) {
+            self.sha256(&ctx, session, sessions).await?;
+        }
         // The pre-pass may have taken a while: a stop meanwhile sends nothing.
         self.check_stopping()?;
         match protocol {
@@ -521,6 +528,48 @@ impl Uploader {
                 self.resumable(&ctx, protocol, session, sessions).await
             }
         }
+    }
+
+    /// The file's SHA-256, from the pre-pass: awaited (once) if it still runs. A file whose
+    /// stamp moved since the upload began counts as changed, whatever the hash says.
+    async fn sha256(
+        &self,
+        ctx: &Ctx<'_>,
+        session: &mut UploadSession,
+        sessions: &dyn UploadSessionStore,
+    ) -> Result<[u8; 32], UploadError> {
+        if let Some(d) = ctx.digest.get() {
+            return Ok(*d);
+        }
+        let task = ctx.pending.lock().ok().and_then(|mut t| t.take());
+        let Some(task) = task else {
+            return Err(UploadFailure::from(SourceError::Unreadable(
+                "the pre-pass ended without a result".into(),
+            ))
+            .into());
+        };
+        let p = task
+            .await
+            .map_err(|e| UploadFailure::from(SourceError::Unreadable(format!("hash task: {e}"))))?
+            .map_err(UploadFailure::from)?;
+        if p.stamp != ctx.stamp {
+            return Err(UploadFailure::from(SourceError::Changed(format!(
+                "{} changed while it was being sent",
+                ctx.job.source_path.display()
+            )))
+            .into());
+        }
+        session.prepass = Some(p);
+        sessions.save(session)?;
+        let _ = ctx.digest.set(p.sha256);
+        Ok(p.sha256)
+    }
+
+    /// The digest for requests that need it known before they start (the pre-pass has ended).
+    fn known_sha256(ctx: &Ctx<'_>) -> Result<[u8; 32], UploadFailure> {
+        ctx.digest.get().copied().ok_or_else(|| {
+            UploadFailure::from(SourceError::Unreadable("the pre-pass has not ended".into()))
+        })
     }
 
     async fn terminate(&self, job: &UploadJob<'_>, protocol: Option<Protocol>, upload_url: &str) {
@@ -538,8 +587,8 @@ impl Uploader {
         }
     }
 
-    fn verify(&self, ctx: &Ctx<'_>, a: &Answer) -> Result<(), UploadFailure> {
-        let size = ctx.prepass.stamp.size_bytes;
+    fn verify(&self, ctx: &Ctx<'_>, a: &Answer, sha256: &[u8; 32]) -> Result<(), UploadFailure> {
+        let size = ctx.stamp.size_bytes;
         let bad = |why: String| UploadFailure::from_answer(Failure::BadResponse, a, why);
         if let Some(b3) = a.text("ferry-blake3")
             && !b3.eq_ignore_ascii_case(&ctx.job.pinned_blake3.to_hex())
@@ -548,7 +597,7 @@ impl Uploader {
         }
         if let Some(rd) = a.text("repr-digest")
             && rd.contains("sha-256=")
-            && !rd.contains(&sha256_field(&ctx.prepass.sha256)["sha-256=".len()..])
+            && !rd.contains(&sha256_field(sha256)["sha-256=".len()..])
         {
             return Err(bad(format!("server's Repr-Digest {rd} is not ours")));
         }
@@ -571,7 +620,7 @@ impl Uploader {
             protocol,
             status: a.status.as_u16(),
             headers: lower_headers(&a.headers),
-            size_bytes: ctx.prepass.stamp.size_bytes,
+            size_bytes: ctx.stamp.size_bytes,
         }
     }
 
@@ -583,8 +632,8 @@ impl Uploader {
         len: u64,
         probe: &Arc<StreamProbe>,
     ) -> Result<reqwest::Body, UploadFailure> {
-        if offset + len == ctx.prepass.stamp.size_bytes {
-            source::check_stamp(ctx.job.source_path, &ctx.prepass.stamp)?;
+        if offset + len == ctx.stamp.size_bytes {
+            source::check_stamp(ctx.job.source_path, &ctx.stamp)?;
         }
         Ok(source::range_body(
             ctx.job.source_path,
@@ -596,7 +645,8 @@ impl Uploader {
     }
 
     async fn plain(&self, ctx: &Ctx<'_>) -> Result<Delivered, UploadError> {
-        let size = ctx.prepass.stamp.size_bytes;
+        let size = ctx.stamp.size_bytes;
+        let sha256 = Self::known_sha256(ctx)?;
         let probe = StreamProbe::new();
         let method = match ctx.job.destination.method {
             Method::Post => reqwest::Method::POST,
@@ -605,7 +655,7 @@ impl Uploader {
         };
         let mut b = self
             .request(method, &ctx.url, ctx.job)
-            .header("repr-digest", sha256_field(&ctx.prepass.sha256))
+            .header("repr-digest", sha256_field(&sha256))
             .header(reqwest::header::CONTENT_LENGTH, size);
         if let Some(m) = metadata_field(ctx.job.metadata) {
             b = b.header("ferry-metadata", m);
@@ -617,7 +667,7 @@ impl Uploader {
                 UploadFailure::from_answer(classify_status(&a), &a, "upload refused").into(),
             );
         }
-        self.verify(ctx, &a)?;
+        self.verify(ctx, &a, &sha256)?;
         Ok(self.delivered(Protocol::Plain, ctx, &a))
     }
 
@@ -641,7 +691,7 @@ impl Uploader {
         session: &mut UploadSession,
         sessions: &dyn UploadSessionStore,
     ) -> Result<Option<Delivered>, UploadError> {
-        let size = ctx.prepass.stamp.size_bytes;
+        let size = ctx.stamp.size_bytes;
         let with_body = size <= ctx.chunk_bytes
             && match protocol {
                 Protocol::Tus => ctx
@@ -658,8 +708,11 @@ impl Uploader {
         };
         let mut b = self
             .proto_headers(self.request(method, &ctx.url, ctx.job), protocol)
-            .header("repr-digest", sha256_field(&ctx.prepass.sha256))
             .header("upload-length", size);
+        // Still hashing (a draft upload of several chunks): the last chunk carries it.
+        if let Some(d) = ctx.digest.get() {
+            b = b.header("repr-digest", sha256_field(d));
+        }
         if let Some(m) = metadata_field(ctx.job.metadata) {
             let name = if protocol == Protocol::Tus {
                 "upload-metadata"
@@ -711,7 +764,7 @@ impl Uploader {
                 _ => a.text("upload-complete") == Some("?1"),
             };
             if done {
-                self.verify(ctx, &a)?;
+                self.verify(ctx, &a, &Self::known_sha256(ctx)?)?;
                 return Ok(Some(self.delivered(protocol, ctx, &a)));
             }
             session.offset_bytes = a.offset().filter(|o| *o <= size).unwrap_or(0);
@@ -763,7 +816,7 @@ impl Uploader {
                 "HEAD refused",
             ));
         }
-        let size = ctx.prepass.stamp.size_bytes;
+        let size = ctx.stamp.size_bytes;
         let offset = a.offset().filter(|o| *o <= size).ok_or_else(|| {
             UploadFailure::from_answer(
                 Failure::BadResponse,
@@ -786,7 +839,7 @@ impl Uploader {
         session: &mut UploadSession,
         sessions: &dyn UploadSessionStore,
     ) -> Result<Delivered, UploadError> {
-        let size = ctx.prepass.stamp.size_bytes;
+        let size = ctx.stamp.size_bytes;
         let mut restarts = 0u32;
         let mut resyncs = 0u32;
         // Whether a refused append has already been checked against a HEAD (see below).
@@ -822,7 +875,8 @@ impl Uploader {
                         continue;
                     }
                     Some((_, true, a)) => {
-                        self.verify(ctx, &a)?;
+                        let sha256 = self.sha256(ctx, session, sessions).await?;
+                        self.verify(ctx, &a, &sha256)?;
                         return Ok(self.delivered(protocol, ctx, &a));
                     }
                     Some((offset, false, _)) => {
@@ -850,9 +904,19 @@ impl Uploader {
                     let b = b.header("content-type", "application/offset+octet-stream");
                     self.tus_checksum(ctx, b, offset, len).await?
                 }
-                _ => b
-                    .header("content-type", "application/partial-upload")
-                    .header("upload-complete", if last { "?1" } else { "?0" }),
+                _ => {
+                    let mut b = b
+                        .header("content-type", "application/partial-upload")
+                        .header("upload-complete", if last { "?1" } else { "?0" });
+                    if last {
+                        // The request that completes the upload carries the digest the
+                        // server checks before it makes the object (awaited here when the
+                        // pre-pass ran beside the first chunks).
+                        let sha256 = self.sha256(ctx, session, sessions).await?;
+                        b = b.header("repr-digest", sha256_field(&sha256));
+                    }
+                    b
+                }
             };
             let b = b.body(self.body(ctx, offset, len, &probe)?);
             let a = self.send(b, probe).await?;
@@ -886,7 +950,7 @@ impl Uploader {
             }
             if status == 460 {
                 // tus checksum mismatch: the file changed under us, or the bytes were damaged.
-                source::check_stamp(ctx.job.source_path, &ctx.prepass.stamp)
+                source::check_stamp(ctx.job.source_path, &ctx.stamp)
                     .map_err(UploadFailure::from)?;
                 return Err(UploadFailure::from_answer(
                     Failure::BadResponse,
@@ -930,7 +994,8 @@ impl Uploader {
                     )
                     .into());
                 }
-                self.verify(ctx, &a)?;
+                let sha256 = self.sha256(ctx, session, sessions).await?;
+                self.verify(ctx, &a, &sha256)?;
                 return Ok(self.delivered(protocol, ctx, &a));
             }
             sessions.save(session)?;
@@ -943,7 +1008,12 @@ impl Uploader {
 struct Ctx<'a> {
     job: &'a UploadJob<'a>,
     url: Url,
-    prepass: Prepass,
+    /// The file when this attempt began: its size, and what the last chunk is checked against.
+    stamp: FileStamp,
+    /// The file's SHA-256 once the pre-pass has ended.
+    digest: std::sync::OnceLock<[u8; 32]>,
+    /// The pre-pass, while it still runs beside the first chunks.
+    pending: std::sync::Mutex<Option<tokio::task::JoinHandle<Result<Prepass, SourceError>>>>,
     chunk_bytes: u64,
     caps: Capabilities,
 }

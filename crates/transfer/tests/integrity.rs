@@ -1,5 +1,6 @@
 //! A file that changed is never completed on the server, whenever it changed: before the
-//! first byte, between attempts, or while an attempt was sending.
+//! first byte, between attempts, or while an attempt was sending. (Only a draft upload of
+//! several chunks sends anything before its pre-pass ends, and never its last chunk.)
 
 mod common;
 
@@ -29,7 +30,8 @@ async fn changed_before_send_fails_without_sending() {
             test_config(Some(p), CHUNK),
             &format!("http://{}", proxy.addr()),
         );
-        let old = bytes(50_000, 80 + i as u8);
+        // Three whole chunks and a last one of 10,848 bytes.
+        let old = bytes(60_000, 80 + i as u8);
         let path = write_file(files.path(), &format!("c{i}"), &old);
         let id = rig.add_job(
             EXT,
@@ -38,8 +40,9 @@ async fn changed_before_send_fails_without_sending() {
             destination(proxy.addr()),
             BTreeMap::new(),
         );
-        let new = bytes(50_000, 90 + i as u8);
+        let new = bytes(60_000, 90 + i as u8);
         std::fs::write(&path, &new).unwrap();
+        let sent_before = proxy.stats().bytes_to_server;
         let report = run(&rig).await;
         let job = rig.job(id);
         assert_eq!(job.state, JobState::Failed);
@@ -48,11 +51,22 @@ async fn changed_before_send_fails_without_sending() {
             Some("resource_changed")
         );
         assert_eq!(report.retried, 0, "a changed file is not retried");
-        assert_eq!(
-            proxy.stats().bytes_to_server,
-            0,
-            "{p:?}: nothing may be sent"
-        );
+        let sent = proxy.stats().bytes_to_server - sent_before;
+        if p == Protocol::Ietf {
+            // A draft upload of several chunks hashes while its first chunks go out; the
+            // last one, which would complete it, waits for the hash and is never sent.
+            let before_last = (new.len() as u64 - 1) / CHUNK * CHUNK;
+            assert!(
+                sent < before_last + 4096,
+                "{p:?}: the completing chunk may not be sent ({sent} bytes, headers included)"
+            );
+        } else {
+            // At most the OPTIONS preflight, which runs beside the pre-pass: no file byte.
+            assert!(
+                sent <= 100,
+                "{p:?}: nothing but a preflight may be sent ({sent} bytes)"
+            );
+        }
         assert_eq!(srv.object(&hex(&old)).await, None);
         assert_eq!(srv.object(&hex(&new)).await, None);
     }
