@@ -745,7 +745,12 @@ async fn object_receipts(
         .await?
         .into_iter()
         .map(|(upload, m)| {
-            serde_json::json!({ "upload_id": upload, "metadata": serde_json::from_str::<serde_json::Value>(&m).unwrap_or_default() })
+            // Read back as the map of strings it was stored as: a `serde_json::Value` would
+            // give serde_json's private key `$serde_json::private::RawValue` a meaning (found
+            // by fuzzing server_fields).
+            let metadata = serde_json::from_str::<std::collections::BTreeMap<String, String>>(&m)
+                .unwrap_or_default();
+            serde_json::json!({ "upload_id": upload, "metadata": metadata })
         })
         .collect();
     Ok((

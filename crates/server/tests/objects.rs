@@ -204,3 +204,35 @@ async fn metadata_is_bounded_and_validated() {
         assert_eq!(r.status(), 400, "{}", &bad[..bad.len().min(40)]);
     }
 }
+
+/// Found by fuzzing (server_fields): a metadata key that serde_json treats as its own private
+/// marker when read into a `Value`. It is an ordinary key: stored and answered as sent.
+#[tokio::test]
+async fn a_metadata_key_serde_json_reserves_is_kept_as_sent() {
+    let s = open_server().await;
+    let data = bytes(1000, 22);
+    let meta = format!("$serde_json::private::RawValue {}", b64(b"x"));
+    let r = s
+        .req("POST", "/v1/uploads")
+        .header("ferry-metadata", &meta)
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let r = s
+        .req(
+            "GET",
+            &format!("/v1/objects/{}/receipts", blake3_hex(&data)),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Checked on the text: reading it into a `serde_json::Value` trips over that very key.
+    let text = r.text().await.unwrap();
+    assert!(
+        text.contains(r#""metadata":{"$serde_json::private::RawValue":"x"}"#),
+        "{text}"
+    );
+}

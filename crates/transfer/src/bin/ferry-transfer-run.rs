@@ -4,10 +4,11 @@
 //!
 //! Usage: `ferry-transfer-run --db PATH --ext NAME [--ext NAME…] [--resource-dir DIR]
 //! [--prefer ietf|tus|plain] [--chunk-bytes N] [--concurrency N] [--max-bytes-per-s N]
-//! [--enqueue-to URL]`. Without
+//! [--enqueue-to URL | --enqueue-only URL]`. Without
 //! `--resource-dir` resources are found in the library index; with it, a resource id names a
 //! file in DIR. `--enqueue-to URL` first creates one job per file in DIR (for the first
-//! `--ext`, POST to URL), as an extension would: for benchmarks and manual runs.
+//! `--ext`, POST to URL), as an extension would: for benchmarks and manual runs;
+//! `--enqueue-only URL` creates them and exits (a benchmark then times the upload alone).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -38,7 +39,7 @@ fn usage(why: &str) -> ExitCode {
     eprintln!(
         "usage: ferry-transfer-run --db PATH --ext NAME [--ext NAME...] [--resource-dir DIR] \
          [--prefer ietf|tus|plain] [--chunk-bytes N] [--concurrency N] [--max-bytes-per-s N] \
-         [--enqueue-to URL]"
+         [--enqueue-to URL | --enqueue-only URL]"
     );
     ExitCode::from(2)
 }
@@ -47,6 +48,7 @@ fn main() -> ExitCode {
     let mut db = None;
     let mut dir = None;
     let mut enqueue_to: Option<String> = None;
+    let mut enqueue_only = false;
     let mut config = EngineConfig::default();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -58,6 +60,10 @@ fn main() -> ExitCode {
             "--ext" => config.extensions.push(v),
             "--resource-dir" => dir = Some(PathBuf::from(v)),
             "--enqueue-to" => enqueue_to = Some(v),
+            "--enqueue-only" => {
+                enqueue_to = Some(v);
+                enqueue_only = true;
+            }
             "--prefer" => {
                 config.transfer.prefer = Some(match v.as_str() {
                     "ietf" => Protocol::Ietf,
@@ -110,6 +116,9 @@ fn main() -> ExitCode {
         if let Err(e) = enqueue(&mut s, &config.extensions[0], d, url) {
             eprintln!("ferry-transfer-run: enqueue: {e}");
             return ExitCode::FAILURE;
+        }
+        if enqueue_only {
+            return ExitCode::SUCCESS;
         }
     }
     let locator: Arc<dyn ResourceLocator> = match dir {
