@@ -110,10 +110,9 @@ pub fn run(state_dir: &Path, config: &FileConfig, args: BackupArgs) -> anyhow::R
             Target::Embedded => "the built-in server".to_owned(),
             Target::Remote { url, .. } => url.clone(),
         };
-        eprintln!(
-            "ferry: backing up {} to {to} with the ferry-backup extension (running this command is your consent)",
-            args.dir.display()
-        );
+        // Two lines, each short enough for an 80-column terminal with a usual path.
+        eprintln!("ferry: backing up {} to {to}", args.dir.display());
+        eprintln!("       with the ferry-backup extension (running this command is your consent)");
     }
     let progress = Arc::new(Progress::default());
     let done = Arc::new(AtomicBool::new(false));
