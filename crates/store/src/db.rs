@@ -1,7 +1,7 @@
 //! Opening the database: pragmas for durability, migrations, the library's identity.
 
 use crate::schema::MIGRATIONS;
-use rusqlite::{Connection, OptionalExtension};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 use std::path::{Path, PathBuf};
 
 /// What went wrong with the store. Callers treat all of these as fatal for the operation:
@@ -28,6 +28,22 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+/// Runs `f` again while SQLite answers "busy" without having waited (at most 10 s).
+fn retry_busy<T>(mut f: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match f() {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            r => return r,
+        }
+    }
+}
+
 /// A handle on Ferry's database. Not `Sync`: one owner (a thread or a task) at a time.
 #[derive(Debug)]
 pub struct Store {
@@ -43,9 +59,14 @@ impl Store {
             source,
         };
         let conn = Connection::open(path).map_err(open_err)?;
-        // WAL + FULL: a commit is on disk when `commit` returns, and readers never block it.
-        conn.pragma_update(None, "journal_mode", "WAL")
+        // First: another process opening the same new store at the same moment (the daemon
+        // and a `ferry status`) holds its locks only briefly, so wait instead of failing.
+        conn.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(open_err)?;
+        // WAL + FULL: a commit is on disk when `commit` returns, and readers never block it.
+        // Switching a new file to WAL can answer "busy" without waiting for the busy timeout
+        // while another connection does the same: retried.
+        retry_busy(|| conn.pragma_update(None, "journal_mode", "WAL")).map_err(open_err)?;
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(open_err)?;
         conn.pragma_update(None, "foreign_keys", "ON")
@@ -57,8 +78,6 @@ impl Store {
         conn.pragma_update(None, "temp_store", "MEMORY")
             .map_err(open_err)?;
         conn.set_prepared_statement_cache_capacity(64);
-        conn.busy_timeout(std::time::Duration::from_secs(10))
-            .map_err(open_err)?;
         let mut store = Store {
             conn,
             library_id: String::new(),
@@ -68,30 +87,39 @@ impl Store {
         Ok(store)
     }
 
+    /// One migration per write transaction, the version read inside it: two processes that
+    /// open a new store at once each apply a step only if the other has not (a version read
+    /// before the transaction let both run the first one, and the second failed).
     fn migrate(&mut self, path: &Path) -> Result<(), StoreError> {
-        let version: usize = self
-            .conn
-            .query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))?
-            .try_into()
-            .unwrap_or(usize::MAX);
-        if version > MIGRATIONS.len() {
-            return Err(StoreError::TooNew {
-                path: path.to_owned(),
-                found: version,
-                known: MIGRATIONS.len(),
-            });
-        }
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
-            let tx = self.conn.transaction()?;
+        loop {
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let version: usize = tx
+                .query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))?
+                .try_into()
+                .unwrap_or(usize::MAX);
+            if version > MIGRATIONS.len() {
+                return Err(StoreError::TooNew {
+                    path: path.to_owned(),
+                    found: version,
+                    known: MIGRATIONS.len(),
+                });
+            }
+            let Some(sql) = MIGRATIONS.get(version) else {
+                return Ok(());
+            };
             tx.execute_batch(sql)?;
-            tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+            tx.pragma_update(None, "user_version", (version + 1) as i64)?;
             tx.commit()?;
         }
-        Ok(())
     }
 
     fn ensure_library_id(&mut self) -> Result<String, StoreError> {
-        let tx = self.conn.transaction()?;
+        // Immediate, as above: two first opens must agree on one id.
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let existing: Option<String> = tx
             .query_row("SELECT value FROM meta WHERE key = 'library_id'", [], |r| {
                 r.get(0)
