@@ -410,7 +410,7 @@ pub async fn run(
         max_concurrent_per_origin: opts.max_concurrent.max(1),
         // Every step wakes the engine and retries carry their own time: the poll is only a
         // safety net, and an idle daemon must not wake more often than once a minute.
-        poll_interval: Duration::from_secs(60),
+        poll_interval: Duration::from_secs(600),
         ..EngineConfig::default()
     };
     let engine = Arc::new(Engine::new(
