@@ -20,6 +20,14 @@ async fn create_empty(s: &TestServer, version: &str) -> String {
     header(&r, "location").unwrap().to_string()
 }
 
+async fn head_v8(s: &TestServer, loc: &str) -> reqwest::Response {
+    s.req("HEAD", loc)
+        .header("upload-draft-interop-version", "8")
+        .send()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn options_advertises_both_protocols_and_limits() {
     let s = open_server().await;
@@ -412,12 +420,7 @@ async fn repr_digest_on_the_completing_append_is_verified() {
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
-    let r = s
-        .req("HEAD", &loc)
-        .header("upload-draft-interop-version", "8")
-        .send()
-        .await
-        .unwrap();
+    let r = head_v8(&s, &loc).await;
     assert_eq!(r.status(), 404, "a mismatching upload is discarded whole");
     let r = s
         .req("GET", &format!("/v1/objects/{}", blake3_hex(&other)))
@@ -449,11 +452,6 @@ async fn repr_digest_on_the_completing_append_is_verified() {
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
-    let r = s
-        .req("HEAD", &loc)
-        .header("upload-draft-interop-version", "8")
-        .send()
-        .await
-        .unwrap();
+    let r = head_v8(&s, &loc).await;
     assert_eq!(header(&r, "upload-offset"), Some("0"));
 }

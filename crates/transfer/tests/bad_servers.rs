@@ -50,6 +50,21 @@ fn answer(status: u16, headers: &[(&str, &str)]) -> Response {
     b.body(Body::empty()).unwrap()
 }
 
+/// A draft server's answer to OPTIONS, or to the creation of an empty upload at `/uploads/u1`.
+fn ietf_preflight_or_creation(method: &Method) -> Response {
+    if method == Method::OPTIONS {
+        return answer(204, &[("upload-limit", "max-size=1000000")]);
+    }
+    answer(
+        201,
+        &[
+            ("location", "/uploads/u1"),
+            ("upload-offset", "0"),
+            ("upload-complete", "?0"),
+        ],
+    )
+}
+
 fn one_job(addr: SocketAddr, seed: u8) -> (Rig, uuid::Uuid, tempfile::TempDir) {
     let files = tempfile::tempdir().unwrap();
     let rig = rig(test_config(None, 64 << 10), &format!("http://{addr}"));
@@ -137,15 +152,7 @@ async fn an_append_refused_because_the_upload_completed_meanwhile_succeeds() {
     let completed = Arc::new(AtomicUsize::new(0));
     let c = completed.clone();
     let (addr, count) = scripted(Arc::new(move |_, method, _| match method.as_str() {
-        "OPTIONS" => answer(204, &[("upload-limit", "max-size=1000000")]),
-        "POST" => answer(
-            201,
-            &[
-                ("location", "/uploads/u1"),
-                ("upload-offset", "0"),
-                ("upload-complete", "?0"),
-            ],
-        ),
+        "OPTIONS" | "POST" => ietf_preflight_or_creation(method),
         "PATCH" => {
             c.store(1, Ordering::SeqCst);
             answer(400, &[("content-type", "application/problem+json")])
@@ -178,15 +185,7 @@ async fn an_append_refused_because_the_upload_completed_meanwhile_succeeds() {
 #[tokio::test]
 async fn an_append_refused_with_400_on_an_incomplete_upload_fails() {
     let (addr, _) = scripted(Arc::new(move |_, method, _| match method.as_str() {
-        "OPTIONS" => answer(204, &[("upload-limit", "max-size=1000000")]),
-        "POST" => answer(
-            201,
-            &[
-                ("location", "/uploads/u1"),
-                ("upload-offset", "0"),
-                ("upload-complete", "?0"),
-            ],
-        ),
+        "OPTIONS" | "POST" => ietf_preflight_or_creation(method),
         "HEAD" => answer(204, &[("upload-offset", "0"), ("upload-complete", "?0")]),
         _ => answer(400, &[]),
     }))
