@@ -469,13 +469,21 @@ pub async fn run(
             progress.set_decision(decision);
             let step_started = Instant::now();
             let finished_at_step = Tally::get(&tally.succeeded) + Tally::get(&tally.failed);
-            let mut outcome = bundled.step().await?;
-            tracing::debug!(
-                elapsed_ms = step_started.elapsed().as_millis() as u64,
-                ?outcome,
-                "extension step"
-            );
-            engine.wake();
+            let mut outcome = if opts.watch && !decision.is_allow() {
+                // The extension runs only when the conditions allow, like the transfers: while
+                // they say wait it is not launched; the decision turning, new files or a stop
+                // wake this loop.
+                StepOutcome::Processing
+            } else {
+                let outcome = bundled.step().await?;
+                tracing::debug!(
+                    elapsed_ms = step_started.elapsed().as_millis() as u64,
+                    ?outcome,
+                    "extension step"
+                );
+                engine.wake();
+                outcome
+            };
             if outcome == StepOutcome::Completed {
                 // Done only when its jobs are all sent and let go of, too.
                 let g = lock(&shared)?;
