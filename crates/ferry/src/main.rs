@@ -97,12 +97,16 @@ fn main() -> ExitCode {
         return ExitCode::from(EXIT_BAD_INPUT);
     }
     // Logs go to stderr, warnings only unless FERRY_LOG says otherwise (e.g. `FERRY_LOG=info`,
-    // `FERRY_LOG=ferry_transfer=debug`): stdout carries the command's output.
+    // `FERRY_LOG=ferry_transfer=debug`): stdout carries the command's output. The metadata
+    // parser's own complaints about broken files are off by default: the scan already reports
+    // each such file, with its reason, and a person should not read "ERROR" for a file Ferry
+    // handled.
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,nom_exif=off")),
         )
         .init();
     let cli = Cli::parse();
