@@ -15,6 +15,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = sf::parse_non_negative_integer(raw);
     let _ = sf::parse_dictionary(raw);
     let _ = sf::sha256_from_digest_field(raw);
+    let _ = sf::repr_digests(raw);
     if let Ok(json) = http::parse_metadata(raw) {
         // Whatever is accepted is stored as a JSON object of strings, and read back as one
         // (not as a `Value`: serde_json's `$serde_json::private::RawValue` key, a crash this

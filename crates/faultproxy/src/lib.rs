@@ -28,6 +28,9 @@ pub enum Fault {
     StallAfter { bytes: u64 },
     /// Forward client→server at most this many bytes per second.
     Trickle { bytes_per_s: u64 },
+    /// Forward faithfully, but flip the lowest bit of the client→server byte at this position
+    /// (counted from the connection's first byte): a middlebox that damages what it carries.
+    FlipAfter { bytes: u64 },
     /// Accept, then close at once without reading.
     AcceptThenClose,
     /// Accept, then reset at once.
@@ -284,6 +287,11 @@ async fn carry(
                 }
                 Ok(n) => n,
             };
+            if let Fault::FlipAfter { bytes } = fault
+                && (sent..sent + n as u64).contains(&bytes)
+            {
+                buf[(bytes - sent) as usize] ^= 1;
+            }
             if sw.write_all(&buf[..n]).await.is_err() {
                 return false;
             }

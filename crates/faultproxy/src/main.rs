@@ -6,7 +6,7 @@
 //! `error: …`); end of stdin stops the proxy.
 //!
 //! Commands: `none`; `reset-after BYTES [N]`; `close-after BYTES [N]`; `stall-after BYTES [N]`;
-//! `trickle BYTES_PER_S [N]`; `accept-close [N]`; `accept-reset [N]`;
+//! `trickle BYTES_PER_S [N]`; `flip-after BYTES [N]`; `accept-close [N]`; `accept-reset [N]`;
 //! `respond STATUS RETRY_AFTER_S [N]`; `cut` (reset every open connection; also releases
 //! stalls); `stats`. `N` limits the fault to the next N connections (default: all).
 
@@ -115,6 +115,7 @@ fn command(proxy: &FaultProxy, line: &str) -> Result<String, String> {
             },
             count(2)?,
         ),
+        Some("flip-after") => (Fault::FlipAfter { bytes: num(1)? }, count(2)?),
         Some("accept-close") => (Fault::AcceptThenClose, count(1)?),
         Some("accept-reset") => (Fault::AcceptThenReset, count(1)?),
         Some("respond") => {

@@ -143,3 +143,26 @@ async fn respond_answers_for_the_server_then_forwards_again() {
     assert!(ok && answer == b"ok");
     assert_eq!(got.recv().await, Some(10));
 }
+
+#[tokio::test]
+async fn flip_damages_exactly_one_bit_at_its_position() {
+    // A server that keeps what it receives.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = listener.local_addr().unwrap();
+    let (tx, mut got) = mpsc::unbounded_channel::<Vec<u8>>();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut all = Vec::new();
+        let _ = s.read_to_end(&mut all).await;
+        let _ = tx.send(all);
+    });
+    let proxy = FaultProxy::start(server).await.unwrap();
+    proxy.set(Plan::once(Fault::FlipAfter { bytes: 100_000 }));
+    let (ok, _) = send(proxy.addr(), 300_000).await;
+    assert!(ok);
+    let received = got.recv().await.unwrap();
+    assert_eq!(received.len(), 300_000);
+    let damaged: Vec<usize> = (0..received.len()).filter(|i| received[*i] != 7).collect();
+    assert_eq!(damaged, [100_000]);
+    assert_eq!(received[100_000], 6);
+}

@@ -39,6 +39,11 @@ pub enum ApiError {
     ChecksumMismatch,
     #[error("digest mismatch: {0}")]
     DigestMismatch(String),
+    /// The completed bytes do not hash to the promised `Repr-Digest`: the upload was dropped
+    /// whole (answered with `Ferry-Problem: upload-discarded`, so a client starts over, or
+    /// finds its file changed, without asking).
+    #[error("digest mismatch: {0}")]
+    UploadDiscarded(String),
     #[error("request body stopped: {0}")]
     BodyInterrupted(String),
     #[error("request body idle for too long")]
@@ -60,6 +65,7 @@ impl ApiError {
             | ApiError::Completed
             | ApiError::InconsistentLength(_)
             | ApiError::DigestMismatch(_)
+            | ApiError::UploadDiscarded(_)
             | ApiError::BodyInterrupted(_) => StatusCode::BAD_REQUEST,
             ApiError::UnsupportedTusVersion => StatusCode::PRECONDITION_FAILED,
             ApiError::NotFound => StatusCode::NOT_FOUND,
@@ -162,6 +168,12 @@ impl IntoResponse for ApiError {
             }
             ApiError::OffsetMismatch { expected, .. } => {
                 h.insert("upload-offset", HeaderValue::from(expected));
+            }
+            ApiError::UploadDiscarded(_) => {
+                h.insert(
+                    "ferry-problem",
+                    HeaderValue::from_static("upload-discarded"),
+                );
             }
             _ => {}
         }

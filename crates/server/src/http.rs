@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::ApiError;
 use crate::meta::{ObjectRow, UploadRow};
-use crate::sf;
+use crate::sf::{self, ReprDigests};
 use crate::uploads::{Append, ChunkCheck, Engine, Outcome, valid_object_id};
 
 pub const UPLOADS_PATH: &str = "/v1/uploads";
@@ -268,6 +268,14 @@ fn digest(h: &HeaderMap, name: &str) -> Result<Option<[u8; 32]>, ApiError> {
         .map(Option::flatten)
 }
 
+/// The whole-upload digests a request promises in `Repr-Digest` (none when it sends none).
+fn repr(h: &HeaderMap) -> Result<ReprDigests, ApiError> {
+    Ok(text(h, "repr-digest")?
+        .map(|v| sf::repr_digests(v).map_err(|e| bad_field("repr-digest", e)))
+        .transpose()?
+        .unwrap_or_default())
+}
+
 fn tus_checksum(h: &HeaderMap) -> Result<Option<ChunkCheck>, ApiError> {
     let Some(v) = text(h, "upload-checksum")? else {
         return Ok(None);
@@ -359,6 +367,10 @@ async fn options(State(s): State<Arc<AppState>>) -> Response {
     set(h, "tus-checksum-algorithm", "sha1,sha256,md5");
     set(h, "accept-patch", "application/partial-upload");
     set(h, "upload-limit", upload_limit(&s.engine));
+    // RFC 9530: the digests this server wants with an upload, BLAKE3 first. It checks either
+    // before an upload becomes an object, so a client that knows the BLAKE3 already (Ferry's
+    // jobs pin it) need not hash the file again to send it.
+    set(h, "want-repr-digest", "blake3=9, sha-256=5");
     set(h, "allow", "OPTIONS, POST, PUT, HEAD, PATCH, DELETE");
     res
 }
@@ -401,13 +413,7 @@ async fn create(
             let check = tus_checksum(&h)?;
             let (meta_json, meta_raw) = metadata(&h)?;
             let row = e
-                .create(
-                    "tus",
-                    length,
-                    meta_json,
-                    meta_raw,
-                    digest(&h, "repr-digest")?,
-                )
+                .create("tus", length, meta_json, meta_raw, repr(&h)?)
                 .await?;
             let outcome = if with_body || length == Some(0) {
                 let append = Append {
@@ -416,7 +422,7 @@ async fn create(
                     length_bytes: None,
                     check,
                     ietf: false,
-                    repr_sha256: None,
+                    repr: ReprDigests::default(),
                 };
                 Some(e.append(&row.id, append, body).await?)
             } else {
@@ -445,13 +451,7 @@ async fn create(
             let (meta_json, meta_raw) = metadata(&h)?;
             let check = digest(&h, "content-digest")?.map(ChunkCheck::ContentDigestSha256);
             let row = e
-                .create(
-                    "ietf",
-                    length,
-                    meta_json,
-                    meta_raw,
-                    digest(&h, "repr-digest")?,
-                )
+                .create("ietf", length, meta_json, meta_raw, repr(&h)?)
                 .await?;
             let append = Append {
                 offset_bytes: 0,
@@ -459,7 +459,7 @@ async fn create(
                 length_bytes: None,
                 check,
                 ietf: true,
-                repr_sha256: None,
+                repr: ReprDigests::default(),
             };
             let outcome = e.append(&row.id, append, body).await?;
             let mut res = StatusCode::CREATED.into_response();
@@ -473,13 +473,7 @@ async fn create(
             let check = digest(&h, "content-digest")?.map(ChunkCheck::ContentDigestSha256);
             let length = tus_u64(&h, "content-length")?;
             let row = e
-                .create(
-                    "plain",
-                    length,
-                    meta_json,
-                    meta_raw,
-                    digest(&h, "repr-digest")?,
-                )
+                .create("plain", length, meta_json, meta_raw, repr(&h)?)
                 .await?;
             let append = Append {
                 offset_bytes: 0,
@@ -487,7 +481,7 @@ async fn create(
                 length_bytes: None,
                 check,
                 ietf: true,
-                repr_sha256: None,
+                repr: ReprDigests::default(),
             };
             let outcome = e.append(&row.id, append, body).await?;
             let mut res = StatusCode::CREATED.into_response();
@@ -583,7 +577,7 @@ async fn patch_upload(
                 length_bytes: tus_u64(&h, "upload-length")?,
                 check: tus_checksum(&h)?,
                 ietf: false,
-                repr_sha256: None,
+                repr: ReprDigests::default(),
             };
             let outcome = e.append(&id, append, body).await?;
             let mut res = StatusCode::NO_CONTENT.into_response();
@@ -620,7 +614,7 @@ async fn patch_upload(
                 ietf: true,
                 // A client still hashing when it created the upload sends the digest with a
                 // later append (in practice the last).
-                repr_sha256: digest(&h, "repr-digest")?,
+                repr: repr(&h)?,
             };
             let outcome = e.append(&id, append, body).await?;
             let status = match &outcome {

@@ -27,6 +27,8 @@ pub struct UploadRow {
     pub metadata_raw: Option<String>,
     /// From `Repr-Digest` at creation: the whole upload must hash to this.
     pub expected_sha256_hex: Option<String>,
+    /// From `Repr-Digest` (`blake3`) at creation: the same promise in BLAKE3.
+    pub expected_blake3_hex: Option<String>,
     pub object_id: Option<String>,
     pub created_unix_ms: i64,
     pub expires_unix_ms: i64,
@@ -84,7 +86,7 @@ const MAX_BATCH_WRITES: usize = 512;
 async fn apply(conn: &mut SqliteConnection, op: &Op) -> Result<u64, sqlx::Error> {
     let r = match op {
         Op::CreateUpload(u) => sqlx::query(
-            "INSERT INTO uploads (id, protocol, offset_bytes, length_bytes, metadata_json, metadata_raw, expected_sha256_hex, object_id, created_unix_ms, expires_unix_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO uploads (id, protocol, offset_bytes, length_bytes, metadata_json, metadata_raw, expected_sha256_hex, expected_blake3_hex, object_id, created_unix_ms, expires_unix_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&u.id)
         .bind(&u.protocol)
@@ -93,6 +95,7 @@ async fn apply(conn: &mut SqliteConnection, op: &Op) -> Result<u64, sqlx::Error>
         .bind(&u.metadata_json)
         .bind(&u.metadata_raw)
         .bind(&u.expected_sha256_hex)
+        .bind(&u.expected_blake3_hex)
         .bind(&u.object_id)
         .bind(u.created_unix_ms)
         .bind(u.expires_unix_ms)
@@ -262,11 +265,12 @@ type UploadTuple = (
     Option<String>,
     Option<String>,
     Option<String>,
+    Option<String>,
     i64,
     i64,
 );
 
-const UPLOAD_COLUMNS: &str = "id, protocol, offset_bytes, length_bytes, metadata_json, metadata_raw, expected_sha256_hex, object_id, created_unix_ms, expires_unix_ms";
+const UPLOAD_COLUMNS: &str = "id, protocol, offset_bytes, length_bytes, metadata_json, metadata_raw, expected_sha256_hex, expected_blake3_hex, object_id, created_unix_ms, expires_unix_ms";
 
 fn upload_from(t: UploadTuple) -> UploadRow {
     UploadRow {
@@ -277,9 +281,10 @@ fn upload_from(t: UploadTuple) -> UploadRow {
         metadata_json: t.4,
         metadata_raw: t.5,
         expected_sha256_hex: t.6,
-        object_id: t.7,
-        created_unix_ms: t.8,
-        expires_unix_ms: t.9,
+        expected_blake3_hex: t.7,
+        object_id: t.8,
+        created_unix_ms: t.9,
+        expires_unix_ms: t.10,
     }
 }
 
@@ -482,6 +487,7 @@ mod tests {
             metadata_json: "{}".into(),
             metadata_raw: None,
             expected_sha256_hex: None,
+            expected_blake3_hex: None,
             object_id: None,
             created_unix_ms: 1,
             expires_unix_ms,

@@ -246,6 +246,42 @@ impl Parser<'_> {
     }
 }
 
+/// The digests of a whole upload a client may promise in `Repr-Digest`: `sha-256` (RFC 9530)
+/// and `blake3` (not in IANA's registry; Ferry's own clients send it to servers that ask for it
+/// with `Want-Repr-Digest`, and this server checks it like the other).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ReprDigests {
+    pub sha256: Option<[u8; 32]>,
+    pub blake3: Option<[u8; 32]>,
+}
+
+impl ReprDigests {
+    pub fn is_empty(&self) -> bool {
+        self.sha256.is_none() && self.blake3.is_none()
+    }
+}
+
+/// Finds `sha-256` and `blake3` in a `Repr-Digest` value; other algorithms are ignored, as
+/// RFC 9530 lets a recipient do. A known algorithm with a malformed value is an error.
+pub fn repr_digests(raw: &str) -> Result<ReprDigests, SfError> {
+    let mut d = ReprDigests::default();
+    for (key, item) in parse_dictionary(raw)? {
+        let slot = match key.as_str() {
+            "sha-256" => &mut d.sha256,
+            "blake3" => &mut d.blake3,
+            _ => continue,
+        };
+        let Item::Bytes(b) = item else {
+            return Err(SfError("a digest must be a byte sequence"));
+        };
+        *slot = Some(
+            b.try_into()
+                .map_err(|_| SfError("sha-256 and blake3 digests are 32 bytes"))?,
+        );
+    }
+    Ok(d)
+}
+
 /// Finds `sha-256` in a `Repr-Digest`/`Content-Digest` value. `Ok(None)` when the field names
 /// only algorithms this server does not check, which RFC 9530 lets a recipient ignore.
 pub fn sha256_from_digest_field(raw: &str) -> Result<Option<[u8; 32]>, SfError> {
@@ -307,5 +343,21 @@ mod tests {
         assert_eq!(sha256_from_digest_field("md5=:AAAA:"), Ok(None));
         assert!(sha256_from_digest_field("sha-256=:AAAA:").is_err());
         assert!(sha256_from_digest_field("sha-256=abc").is_err());
+        let one = [1u8; 32];
+        let both = format!(
+            "md5=:AAAA:, blake3={}, sha-256={}",
+            serialize_bytes(&one),
+            serialize_bytes(&zero)
+        );
+        assert_eq!(
+            repr_digests(&both),
+            Ok(ReprDigests {
+                sha256: Some(zero),
+                blake3: Some(one)
+            })
+        );
+        assert_eq!(repr_digests("md5=:AAAA:"), Ok(ReprDigests::default()));
+        assert!(repr_digests("blake3=:AAAA:").is_err());
+        assert!(repr_digests("blake3=7").is_err());
     }
 }

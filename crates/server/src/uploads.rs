@@ -28,6 +28,7 @@ use std::io::Write as _;
 use crate::blobs::Blobs;
 use crate::error::ApiError;
 use crate::meta::{Meta, ObjectRow, UploadRow};
+use crate::sf::ReprDigests;
 
 /// Size of the blocks handed to the writer thread.
 const BLOCK_BYTES: usize = 1 << 20;
@@ -67,9 +68,9 @@ pub struct Append {
     pub check: Option<ChunkCheck>,
     /// Draft clients get 409 for a busy upload, tus clients 423.
     pub ietf: bool,
-    /// `Repr-Digest` (SHA-256 of the whole upload) sent with this append: checked against
-    /// the one given at creation, and against the bytes when this append completes.
-    pub repr_sha256: Option<[u8; 32]>,
+    /// `Repr-Digest` (SHA-256 and/or BLAKE3 of the whole upload) sent with this append:
+    /// checked against the ones given at creation, and against the bytes when it completes.
+    pub repr: ReprDigests,
 }
 
 #[derive(Debug)]
@@ -233,7 +234,7 @@ impl Engine {
         length_bytes: Option<u64>,
         metadata_json: String,
         metadata_raw: Option<String>,
-        expected_sha256: Option<[u8; 32]>,
+        expected: ReprDigests,
     ) -> Result<UploadRow, ApiError> {
         if let Some(l) = length_bytes
             && l > self.limits.max_size_bytes
@@ -264,7 +265,8 @@ impl Engine {
             length_bytes,
             metadata_json,
             metadata_raw,
-            expected_sha256_hex: expected_sha256.map(|d| hex(&d)),
+            expected_sha256_hex: expected.sha256.map(|d| hex(&d)),
+            expected_blake3_hex: expected.blake3.map(|d| hex(&d)),
             object_id: None,
             created_unix_ms: now,
             expires_unix_ms: self.expires_from(now),
@@ -325,9 +327,11 @@ impl Engine {
             }
             return Err(ApiError::Completed);
         }
-        let repr_hex = req.repr_sha256.map(|d| hex(&d));
-        if let (Some(given), Some(expected)) = (&repr_hex, &row.expected_sha256_hex)
-            && given != expected
+        let repr_sha256_hex = req.repr.sha256.map(|d| hex(&d));
+        let repr_blake3_hex = req.repr.blake3.map(|d| hex(&d));
+        let differs = |given: &Option<String>, expected: &Option<String>| matches!((given, expected), (Some(g), Some(e)) if g != e);
+        if differs(&repr_sha256_hex, &row.expected_sha256_hex)
+            || differs(&repr_blake3_hex, &row.expected_blake3_hex)
         {
             return Err(ApiError::DigestMismatch(
                 "Repr-Digest differs from the one the upload was created with".into(),
@@ -557,7 +561,8 @@ impl Engine {
             expires_unix_ms: expires,
             // The completing append's digest is checked like a creation's (an earlier append's
             // is not kept: the client sends it again with the last one).
-            expected_sha256_hex: row.expected_sha256_hex.or(repr_hex),
+            expected_sha256_hex: row.expected_sha256_hex.or(repr_sha256_hex),
+            expected_blake3_hex: row.expected_blake3_hex.or(repr_blake3_hex),
             ..row
         };
         if !complete {
@@ -583,13 +588,15 @@ impl Engine {
                 run_blocking(move || hash_file(&p)).await?
             }
         };
-        if let Some(expected) = &row.expected_sha256_hex
-            && *expected != sha256_hex
+        let mismatch =
+            |expected: &Option<String>, got: &str| expected.as_deref().is_some_and(|e| e != got);
+        if mismatch(&row.expected_sha256_hex, &sha256_hex)
+            || mismatch(&row.expected_blake3_hex, &blake3_hex)
         {
             // The upload can never become what the client promised: drop it whole.
             self.meta.delete_upload(&row.id).await?;
             let _ = tokio::fs::remove_file(&path).await;
-            return Err(ApiError::DigestMismatch(
+            return Err(ApiError::UploadDiscarded(
                 "Repr-Digest does not match the uploaded bytes; the upload was discarded".into(),
             ));
         }

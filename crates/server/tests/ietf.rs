@@ -455,3 +455,93 @@ async fn repr_digest_on_the_completing_append_is_verified() {
     let r = head_v8(&s, &loc).await;
     assert_eq!(header(&r, "upload-offset"), Some("0"));
 }
+
+fn blake3_field(data: &[u8]) -> String {
+    format!(
+        "blake3={}",
+        ferry_server::sf::serialize_bytes(blake3::hash(data).as_bytes())
+    )
+}
+
+/// The server asks for a BLAKE3 `Repr-Digest` (`Want-Repr-Digest`) and keeps the promise it
+/// was made at creation: bytes that hash to it become the object; bytes that do not are
+/// discarded whole, answered with `Ferry-Problem: upload-discarded`, and no object appears.
+#[tokio::test]
+async fn a_blake3_promised_at_creation_is_checked_at_completion() {
+    let s = open_server().await;
+    let r = s.req("OPTIONS", "/v1/uploads").send().await.unwrap();
+    let want = ferry_server::sf::parse_dictionary(header(&r, "want-repr-digest").unwrap()).unwrap();
+    assert_eq!(want[0].0, "blake3", "BLAKE3 is the server's first choice");
+
+    let data = bytes(3_000_000, 21);
+    let create = |promise: String| {
+        s.req("POST", "/v1/uploads")
+            .header("upload-draft-interop-version", "8")
+            .header("upload-complete", "?0")
+            .header("repr-digest", promise)
+            .send()
+    };
+    // Kept: in two appends, the promise only at creation.
+    let r = create(blake3_field(&data)).await.unwrap();
+    assert_eq!(r.status(), 201);
+    let loc = header(&r, "location").unwrap().to_string();
+    let r = s
+        .ietf_append(&loc, 0, false)
+        .body(data[..1_000_000].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let r = s
+        .ietf_append(&loc, 1_000_000, true)
+        .body(data[1_000_000..].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_object_headers(&r, &data);
+
+    // Broken: the last part is other bytes (a file edited while it was sent).
+    let mut mixed = data.clone();
+    mixed[2_999_999] ^= 1;
+    let r = create(blake3_field(&data)).await.unwrap();
+    let loc = header(&r, "location").unwrap().to_string();
+    let r = s
+        .ietf_append(&loc, 0, true)
+        .body(mixed.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(header(&r, "ferry-problem"), Some("upload-discarded"));
+    assert_eq!(head_v8(&s, &loc).await.status(), 404);
+    let r = s
+        .req("GET", &format!("/v1/objects/{}", blake3_hex(&mixed)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        404,
+        "no object for bytes that broke the promise"
+    );
+
+    // A completing append that promises another BLAKE3 than the creation did: refused before
+    // any byte is written, the upload kept as it was.
+    let r = create(blake3_field(&data)).await.unwrap();
+    let loc = header(&r, "location").unwrap().to_string();
+    let r = s
+        .ietf_append(&loc, 0, true)
+        .header("repr-digest", blake3_field(&mixed))
+        .body(mixed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(header(&r, "ferry-problem"), None);
+    assert_eq!(header(&head_v8(&s, &loc).await, "upload-offset"), Some("0"));
+
+    // A malformed BLAKE3 is a clear 400, not an ignored field.
+    let r = create("blake3=:AAAA:".into()).await.unwrap();
+    assert_eq!(r.status(), 400);
+}

@@ -48,6 +48,10 @@ pub struct Capabilities {
     pub ietf: Option<UploadLimit>,
     /// tus 1.0.0 is supported.
     pub tus: Option<TusCaps>,
+    /// The server asks for a BLAKE3 `Repr-Digest` (`Want-Repr-Digest: blake3=…`, as
+    /// ferry-server does): it checks the promised hash before an upload becomes an object, so
+    /// the job's pinned BLAKE3 can be sent as it is, without hashing the file first.
+    pub wants_blake3: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -145,7 +149,21 @@ pub fn parse_capabilities(status: u16, h: &HeaderMap) -> Result<Capabilities, Ba
                 .map(list)
                 .unwrap_or_default(),
         });
-    Ok(Capabilities { ietf, tus })
+    // RFC 9530: `Want-Repr-Digest: blake3=9, sha-256=5`; a preference of 0 means "not
+    // acceptable", garbage means nothing.
+    let wants_blake3 = header_text(h, "want-repr-digest").is_some_and(|v| {
+        v.split(',').any(|m| {
+            m.split_once('=').is_some_and(|(k, p)| {
+                k.trim() == "blake3"
+                    && sf_integer(p.split(';').next().unwrap_or("")).unwrap_or(0) > 0
+            })
+        })
+    });
+    Ok(Capabilities {
+        ietf,
+        tus,
+        wants_blake3,
+    })
 }
 
 /// Chooses the protocol: the caller's preference if the server speaks it, else the draft, then
@@ -240,6 +258,7 @@ mod tests {
                 "upload-limit",
                 "max-size=1000, max-append-size=100, max-age=60",
             ),
+            ("want-repr-digest", "blake3=9, sha-256=5"),
         ]);
         let c = parse_capabilities(204, &h).unwrap();
         assert_eq!(
@@ -253,6 +272,21 @@ mod tests {
         let t = c.tus.clone().unwrap();
         assert!(t.checksum_sha256() && t.has("creation-with-upload"));
         assert_eq!(t.max_size_bytes, Some(1000));
+        assert!(c.wants_blake3);
+        for (v, wants) in [
+            ("sha-256=5", false),
+            ("blake3=0", false),
+            ("blake3", false),
+            ("blake3=x, sha-256=1", false),
+            ("sha-256=3,blake3=1", true),
+        ] {
+            let h = headers(&[("want-repr-digest", v)]);
+            assert_eq!(
+                parse_capabilities(200, &h).unwrap().wants_blake3,
+                wants,
+                "{v}"
+            );
+        }
         assert_eq!(choose(&c, None), Protocol::Ietf);
         assert_eq!(choose(&c, Some(Protocol::Tus)), Protocol::Tus);
         assert_eq!(choose(&c, Some(Protocol::Plain)), Protocol::Plain);

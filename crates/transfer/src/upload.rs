@@ -2,13 +2,15 @@
 //! offset, verified against the job's pinned hash.
 //!
 //! The steps of one attempt ([`Uploader::upload`]):
-//! 1. Pre-pass: hash the file; it must still match the pinned BLAKE3 (else `resource_changed`).
-//!    A session whose recorded stamp still matches skips the re-hash. For a draft upload of
-//!    several chunks the pre-pass runs while the first chunks are sent and is awaited before
-//!    the last one, which carries the `Repr-Digest` (a file that no longer matches is never
-//!    completed); otherwise it ends before anything is sent.
-//! 2. Preflight (cached `OPTIONS`) → protocol and limits; a session already holding an upload
+//! 1. Preflight (cached `OPTIONS`) → protocol and limits; a session already holding an upload
 //!    URL keeps its protocol.
+//! 2. Pre-pass: hash the file; it must still match the pinned BLAKE3 (else `resource_changed`).
+//!    Skipped when a session's recorded stamp still matches, and when the server asks for a
+//!    BLAKE3 `Repr-Digest` (ferry-server): the pinned hash is promised at creation and the
+//!    server refuses other bytes (`Ferry-Problem: upload-discarded`; the file is read then,
+//!    to tell a change from damage on the way). For a draft upload of several chunks the
+//!    pre-pass runs while the first chunks are sent and is awaited before the last one, which
+//!    carries the `Repr-Digest`; otherwise it ends before anything is sent.
 //! 3. Resume: `HEAD` the upload URL for the offset (an expired upload starts over).
 //! 4. Append chunks of at most the server's `max-append-size` and the configured cap, saving
 //!    the acknowledged offset after each. Before the final chunk the file's stamp is checked
@@ -463,11 +465,26 @@ impl Uploader {
             return Err(UploadFailure::new(Failure::RedirectRefused, "not an http(s) URL").into());
         }
 
-        // 1. Pre-pass (skipped when the file's stamp is the one recorded), started here and
-        //    awaited below, or before the last chunk (see `Uploader::sha256`).
+        // 1. Protocol.
+        let caps = self.capabilities(&url, job).await?;
+        let protocol = match (session.protocol, &session.upload_url) {
+            (Some(p), Some(_)) => p,
+            _ => preflight::choose(&caps, self.config.prefer),
+        };
+        // A server that checks the pinned BLAKE3 itself (it asks for it, and the protocol can
+        // carry it) refuses any bytes that are not the job's: the file is not read twice.
+        let server_checks = caps.wants_blake3 && protocol != Protocol::Tus;
+
+        // 2. Pre-pass (skipped when the file's stamp is the one recorded, or the server
+        //    checks), started here and awaited below, or before the last chunk (see
+        //    `Uploader::sha256`).
         let (stamp, digest, pending) = match session.prepass {
             Some(p) if source::check_stamp(job.source_path, &p.stamp).is_ok() => {
                 (p.stamp, std::sync::OnceLock::from(p.sha256), None)
+            }
+            _ if server_checks => {
+                let stamp = source::stamp(job.source_path).map_err(UploadFailure::from)?;
+                (stamp, std::sync::OnceLock::new(), None)
             }
             _ => {
                 let stamp = source::stamp(job.source_path).map_err(UploadFailure::from)?;
@@ -476,13 +493,6 @@ impl Uploader {
                 let task = tokio::task::spawn_blocking(move || source::prepass(&path, &pinned));
                 (stamp, std::sync::OnceLock::new(), Some(task))
             }
-        };
-
-        // 2. Protocol.
-        let caps = self.capabilities(&url, job).await?;
-        let protocol = match (session.protocol, &session.upload_url) {
-            (Some(p), Some(_)) => p,
-            _ => preflight::choose(&caps, self.config.prefer),
         };
         let size = stamp.size_bytes;
         let max_size = match protocol {
@@ -514,10 +524,12 @@ impl Uploader {
             pending: std::sync::Mutex::new(pending),
             chunk_bytes: chunk,
             caps,
+            server_checks,
         };
         // Only the draft can send the digest with the last of several chunks; everything else
         // needs it in the first request.
-        if !(protocol == Protocol::Ietf && size > chunk) {
+        let digest_later = server_checks || protocol == Protocol::Ietf && size > chunk;
+        if !digest_later {
             self.sha256(&ctx, session, sessions).await?;
         }
         // The pre-pass may have taken a while: a stop meanwhile sends nothing.
@@ -565,11 +577,79 @@ impl Uploader {
         Ok(p.sha256)
     }
 
-    /// The digest for requests that need it known before they start (the pre-pass has ended).
-    fn known_sha256(ctx: &Ctx<'_>) -> Result<[u8; 32], UploadFailure> {
-        ctx.digest.get().copied().ok_or_else(|| {
-            UploadFailure::from(SourceError::Unreadable("the pre-pass has not ended".into()))
-        })
+    /// Checks a completing answer against what we know: the SHA-256 is awaited first unless
+    /// the server checked the pinned BLAKE3 itself (then the receipt's SHA-256 is recorded as
+    /// the server computed it).
+    async fn receipt(
+        &self,
+        ctx: &Ctx<'_>,
+        session: &mut UploadSession,
+        sessions: &dyn UploadSessionStore,
+        a: &Answer,
+    ) -> Result<(), UploadError> {
+        let sha256 = if ctx.server_checks {
+            if a.text("ferry-blake3").is_none() {
+                // It asked for the BLAKE3 but does not say what it stored: read the file once
+                // more, as the pre-pass would have, before calling the job done.
+                self.source_unchanged(ctx).await?;
+            }
+            ctx.digest.get().copied()
+        } else {
+            Some(self.sha256(ctx, session, sessions).await?)
+        };
+        self.verify(ctx, a, sha256.as_ref())?;
+        Ok(())
+    }
+
+    /// The file still matches the job's pinned hash, and its stamp is the one this attempt
+    /// began with.
+    async fn source_unchanged(&self, ctx: &Ctx<'_>) -> Result<Prepass, UploadFailure> {
+        let path = ctx.job.source_path.to_owned();
+        let pinned = ctx.job.pinned_blake3;
+        let p = tokio::task::spawn_blocking(move || source::prepass(&path, &pinned))
+            .await
+            .map_err(|e| SourceError::Unreadable(format!("hash task: {e}")))??;
+        if p.stamp != ctx.stamp {
+            return Err(SourceError::Changed(format!(
+                "{} changed while it was being sent",
+                ctx.job.source_path.display()
+            ))
+            .into());
+        }
+        Ok(p)
+    }
+
+    /// The `Repr-Digest` to promise: the pinned BLAKE3 to a server that checks it, the SHA-256
+    /// once known. `None` while neither is.
+    fn repr_field(ctx: &Ctx<'_>) -> Option<String> {
+        let mut parts = Vec::new();
+        if ctx.server_checks {
+            parts.push(format!(
+                "blake3=:{}:",
+                STANDARD.encode(ctx.job.pinned_blake3.0)
+            ));
+        }
+        if let Some(d) = ctx.digest.get() {
+            parts.push(sha256_field(d));
+        }
+        (!parts.is_empty()).then(|| parts.join(", "))
+    }
+
+    /// The server dropped an upload whose bytes broke the promised digest
+    /// (`Ferry-Problem: upload-discarded`): the file changed (the job fails
+    /// `resource_changed`) or the bytes were damaged on the way (retried from zero). Reading
+    /// the file once more tells which.
+    async fn discarded(&self, ctx: &Ctx<'_>, a: &Answer) -> UploadError {
+        match self.source_unchanged(ctx).await {
+            Err(f) => f.into(),
+            Ok(_) => UploadFailure::from_answer(
+                Failure::BadResponse,
+                a,
+                "the server's bytes did not match the file, which still matches the job: \
+                 damaged on the way, sent again",
+            )
+            .into(),
+        }
     }
 
     async fn terminate(&self, job: &UploadJob<'_>, protocol: Option<Protocol>, upload_url: &str) {
@@ -587,7 +667,12 @@ impl Uploader {
         }
     }
 
-    fn verify(&self, ctx: &Ctx<'_>, a: &Answer, sha256: &[u8; 32]) -> Result<(), UploadFailure> {
+    fn verify(
+        &self,
+        ctx: &Ctx<'_>,
+        a: &Answer,
+        sha256: Option<&[u8; 32]>,
+    ) -> Result<(), UploadFailure> {
         let size = ctx.stamp.size_bytes;
         let bad = |why: String| UploadFailure::from_answer(Failure::BadResponse, a, why);
         if let Some(b3) = a.text("ferry-blake3")
@@ -595,7 +680,7 @@ impl Uploader {
         {
             return Err(bad(format!("server stored BLAKE3 {b3}, not ours")));
         }
-        if let Some(rd) = a.text("repr-digest")
+        if let (Some(rd), Some(sha256)) = (a.text("repr-digest"), sha256)
             && rd.contains("sha-256=")
             && !rd.contains(&sha256_field(sha256)["sha-256=".len()..])
         {
@@ -646,7 +731,6 @@ impl Uploader {
 
     async fn plain(&self, ctx: &Ctx<'_>) -> Result<Delivered, UploadError> {
         let size = ctx.stamp.size_bytes;
-        let sha256 = Self::known_sha256(ctx)?;
         let probe = StreamProbe::new();
         let method = match ctx.job.destination.method {
             Method::Post => reqwest::Method::POST,
@@ -655,19 +739,24 @@ impl Uploader {
         };
         let mut b = self
             .request(method, &ctx.url, ctx.job)
-            .header("repr-digest", sha256_field(&sha256))
             .header(reqwest::header::CONTENT_LENGTH, size);
+        if let Some(d) = Self::repr_field(ctx) {
+            b = b.header("repr-digest", d);
+        }
         if let Some(m) = metadata_field(ctx.job.metadata) {
             b = b.header("ferry-metadata", m);
         }
         let b = b.body(self.body(ctx, 0, size, &probe)?);
         let a = self.send(b, probe).await?;
+        if is_discarded(&a) {
+            return Err(self.discarded(ctx, &a).await);
+        }
         if !a.status.is_success() {
             return Err(
                 UploadFailure::from_answer(classify_status(&a), &a, "upload refused").into(),
             );
         }
-        self.verify(ctx, &a, &sha256)?;
+        self.verify(ctx, &a, ctx.digest.get())?;
         Ok(self.delivered(Protocol::Plain, ctx, &a))
     }
 
@@ -710,8 +799,8 @@ impl Uploader {
             .proto_headers(self.request(method, &ctx.url, ctx.job), protocol)
             .header("upload-length", size);
         // Still hashing (a draft upload of several chunks): the last chunk carries it.
-        if let Some(d) = ctx.digest.get() {
-            b = b.header("repr-digest", sha256_field(d));
+        if let Some(d) = Self::repr_field(ctx) {
+            b = b.header("repr-digest", d);
         }
         if let Some(m) = metadata_field(ctx.job.metadata) {
             let name = if protocol == Protocol::Tus {
@@ -736,6 +825,9 @@ impl Uploader {
             b.header(reqwest::header::CONTENT_LENGTH, 0)
         };
         let a = self.send(b, probe).await?;
+        if is_discarded(&a) {
+            return Err(self.discarded(ctx, &a).await);
+        }
         if !a.status.is_success() {
             return Err(
                 UploadFailure::from_answer(classify_status(&a), &a, "creation refused").into(),
@@ -764,7 +856,7 @@ impl Uploader {
                 _ => a.text("upload-complete") == Some("?1"),
             };
             if done {
-                self.verify(ctx, &a, &Self::known_sha256(ctx)?)?;
+                self.receipt(ctx, session, sessions, &a).await?;
                 return Ok(Some(self.delivered(protocol, ctx, &a)));
             }
             session.offset_bytes = a.offset().filter(|o| *o <= size).unwrap_or(0);
@@ -875,8 +967,7 @@ impl Uploader {
                         continue;
                     }
                     Some((_, true, a)) => {
-                        let sha256 = self.sha256(ctx, session, sessions).await?;
-                        self.verify(ctx, &a, &sha256)?;
+                        self.receipt(ctx, session, sessions, &a).await?;
                         return Ok(self.delivered(protocol, ctx, &a));
                     }
                     Some((offset, false, _)) => {
@@ -912,14 +1003,24 @@ impl Uploader {
                         // The request that completes the upload carries the digest the
                         // server checks before it makes the object (awaited here when the
                         // pre-pass ran beside the first chunks).
-                        let sha256 = self.sha256(ctx, session, sessions).await?;
-                        b = b.header("repr-digest", sha256_field(&sha256));
+                        if !ctx.server_checks {
+                            self.sha256(ctx, session, sessions).await?;
+                        }
+                        if let Some(d) = Self::repr_field(ctx) {
+                            b = b.header("repr-digest", d);
+                        }
                     }
                     b
                 }
             };
             let b = b.body(self.body(ctx, offset, len, &probe)?);
             let a = self.send(b, probe).await?;
+            if is_discarded(&a) {
+                // The upload is gone on the server: whatever comes next starts from zero.
+                session.restart();
+                sessions.save(session)?;
+                return Err(self.discarded(ctx, &a).await);
+            }
             let status = a.status.as_u16();
             if status == 409 {
                 // The server's offset is not ours (a cut append it kept part of): ask, go on.
@@ -994,8 +1095,7 @@ impl Uploader {
                     )
                     .into());
                 }
-                let sha256 = self.sha256(ctx, session, sessions).await?;
-                self.verify(ctx, &a, &sha256)?;
+                self.receipt(ctx, session, sessions, &a).await?;
                 return Ok(self.delivered(protocol, ctx, &a));
             }
             sessions.save(session)?;
@@ -1016,6 +1116,13 @@ struct Ctx<'a> {
     pending: std::sync::Mutex<Option<tokio::task::JoinHandle<Result<Prepass, SourceError>>>>,
     chunk_bytes: u64,
     caps: Capabilities,
+    /// The server checks the pinned BLAKE3 promised in `Repr-Digest` (no pre-pass here).
+    server_checks: bool,
+}
+
+/// The server's answer that it dropped the upload because its bytes broke the promised digest.
+fn is_discarded(a: &Answer) -> bool {
+    a.status == StatusCode::BAD_REQUEST && a.text("ferry-problem") == Some("upload-discarded")
 }
 
 #[cfg(test)]

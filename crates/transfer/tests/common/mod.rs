@@ -57,6 +57,23 @@ impl TestServer {
         Some(r.bytes().await.unwrap().to_vec())
     }
 
+    /// How many objects the server stores (files under its blob folder).
+    pub fn object_count(&self) -> usize {
+        fn count(d: &std::path::Path) -> usize {
+            std::fs::read_dir(d).map_or(0, |entries| {
+                entries
+                    .flatten()
+                    .map(|e| match e.file_type() {
+                        Ok(t) if t.is_dir() => count(&e.path()),
+                        Ok(t) if t.is_file() => 1,
+                        _ => 0,
+                    })
+                    .sum()
+            })
+        }
+        count(&self.dir.path().join("blobs"))
+    }
+
     pub async fn receipts(&self, blake3_hex: &str) -> serde_json::Value {
         let r = reqwest::get(format!(
             "{}/v1/objects/{blake3_hex}/receipts",
