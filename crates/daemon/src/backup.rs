@@ -44,6 +44,8 @@ pub struct BackupOptions {
     pub target: Target,
     /// Obey the device's conditions (network, power, ...) through this policy; `None`: go now.
     pub policy: Option<ferry_core::Policy>,
+    /// Where the conditions the policy judges are read from.
+    pub observer: ferry_conditions::ObserverConfig,
     pub max_concurrent: usize,
     /// Keep going as files arrive, until `stop` is set. Without it the run ends when
     /// everything is sent, or at once when the conditions say wait.
@@ -420,7 +422,7 @@ pub async fn run(
         engine_config,
     )?);
     let gate = match &opts.policy {
-        Some(policy) => Gate::observe(policy.clone(), Default::default()).await,
+        Some(policy) => Gate::observe(policy.clone(), opts.observer.clone()).await,
         None => Gate::open(),
     };
     let (engine_stop_tx, engine_stop_rx) = watch::channel(false);

@@ -76,6 +76,12 @@ pub struct ConditionsSection {
     /// Obey the device's conditions (default true). `false`: upload whatever the network,
     /// power or time.
     pub observe: Option<bool>,
+    /// Where sysfs is mounted (default `/sys`): a container that sees the host's elsewhere,
+    /// or a test's fake tree.
+    pub sysfs_root: Option<PathBuf>,
+    /// How often power and temperature are re-read from sysfs, which sends no change
+    /// notifications (default 60,000; at least 100).
+    pub sysfs_poll_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -182,6 +188,18 @@ impl FileConfig {
 
     pub fn observe_conditions(&self) -> bool {
         self.conditions.observe.unwrap_or(true)
+    }
+
+    /// Where the conditions are read from.
+    pub fn observer(&self) -> ferry_conditions::ObserverConfig {
+        let mut o = ferry_conditions::ObserverConfig::default();
+        if let Some(root) = &self.conditions.sysfs_root {
+            o.sysfs_root = Some(root.clone());
+        }
+        if let Some(ms) = self.conditions.sysfs_poll_ms {
+            o.sysfs_poll = std::time::Duration::from_millis(ms.max(100));
+        }
+        o
     }
 }
 

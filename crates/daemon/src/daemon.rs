@@ -19,6 +19,7 @@ pub struct DaemonOptions {
     pub folders: Vec<PathBuf>,
     pub target: Target,
     pub policy: Option<ferry_core::Policy>,
+    pub observer: ferry_conditions::ObserverConfig,
     pub max_concurrent: usize,
 }
 
@@ -127,6 +128,7 @@ pub async fn run(
             state_dir: opts.state_dir.clone(),
             target: opts.target.clone(),
             policy: opts.policy.clone(),
+            observer: opts.observer.clone(),
             max_concurrent: opts.max_concurrent,
             watch: true,
         },

@@ -99,6 +99,7 @@ pub fn run(state_dir: &Path, config: &FileConfig, args: BackupArgs) -> anyhow::R
         state_dir: state_dir.to_owned(),
         target,
         policy: observe.then(|| config.policy()),
+        observer: config.observer(),
         max_concurrent: args
             .concurrency
             .unwrap_or_else(|| config.max_concurrent())

@@ -137,7 +137,9 @@ fn main() -> ExitCode {
         Command::Backup(args) => backup_cmd::run(&state_dir, &config, args),
         Command::Library(cmd) => library_cmd::run(&state_dir, cmd),
         Command::Extensions(args) => extensions_cmd::run(&state_dir, args),
-        Command::Conditions { json, watch } => conditions(config.policy(), json, watch),
+        Command::Conditions { json, watch } => {
+            conditions(config.policy(), config.observer(), json, watch)
+        }
     };
     finish(result)
 }
@@ -152,14 +154,19 @@ fn finish(result: anyhow::Result<ExitCode>) -> ExitCode {
     }
 }
 
-fn conditions(policy: ferry_core::Policy, json: bool, watch: bool) -> anyhow::Result<ExitCode> {
-    use ferry_conditions::{Observer, ObserverConfig, local_now, report};
+fn conditions(
+    policy: ferry_core::Policy,
+    observer: ferry_conditions::ObserverConfig,
+    json: bool,
+    watch: bool,
+) -> anyhow::Result<ExitCode> {
+    use ferry_conditions::{Observer, local_now, report};
     use ferry_core::policy::decide;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let observer = Observer::start(ObserverConfig::default()).await;
+        let observer = Observer::start(observer).await;
         let show = |c: &ferry_core::Conditions| -> anyhow::Result<()> {
             let now = local_now();
             if json {

@@ -489,6 +489,7 @@ pub fn daemon(state_dir: &Path, config: &FileConfig, args: DaemonArgs) -> anyhow
         folders,
         target,
         policy: (!args.now && config.observe_conditions()).then(|| config.policy()),
+        observer: config.observer(),
         max_concurrent: config.max_concurrent(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
