@@ -75,6 +75,17 @@ impl Gate {
 
 /// Runs `engine` while the gate allows, pauses it while it says wait, returns when `stop`
 /// turns true. A pause abandons transfers in flight; their sessions resume them later.
+/// The policy's bandwidth cap and file-size limit, handed to the engine.
+fn apply_limits<J: JobStore + Send + 'static>(engine: &Engine<J>, d: &Decision) {
+    if let Decision::Allow {
+        bandwidth_cap_bytes_per_s,
+        max_file_bytes,
+    } = d
+    {
+        engine.set_policy_limits(*bandwidth_cap_bytes_per_s, *max_file_bytes);
+    }
+}
+
 pub async fn drive_engine<J: JobStore + Send + 'static>(
     engine: Arc<Engine<J>>,
     mut decisions: watch::Receiver<Decision>,
@@ -95,14 +106,18 @@ pub async fn drive_engine<J: JobStore + Send + 'static>(
             }
             continue;
         }
+        apply_limits(&engine, &decisions.borrow());
         let mut d = decisions.clone();
         let mut s = stop.clone();
+        let limits = engine.clone();
         let until = async move {
             loop {
                 tokio::select! {
                     r = d.changed() => match r {
                         Ok(()) if !d.borrow_and_update().is_allow() => return,
-                        Ok(()) => {}
+                        // Still allowed, maybe under other limits (a metered network came or
+                        // went): the running engine takes them at once.
+                        Ok(()) => apply_limits(&limits, &d.borrow()),
                         // Closed while allowing: it allows for good; only stop ends the run.
                         Err(_) => { let _ = s.wait_for(|s| *s).await; return }
                     },

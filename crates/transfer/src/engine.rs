@@ -14,6 +14,7 @@
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, Hasher};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -236,6 +237,9 @@ pub struct Engine<J> {
     config: EngineConfig,
     origins: Arc<Mutex<HashMap<String, OriginState>>>,
     wake: Arc<Notify>,
+    /// The policy's largest file allowed now (a metered network's small-file allowance); `0`:
+    /// no limit. Larger files wait (see [`Engine::set_policy_limits`]).
+    max_file_bytes: AtomicU64,
 }
 
 fn origin_of(url: &str) -> String {
@@ -266,7 +270,36 @@ impl<J: JobStore + Send + 'static> Engine<J> {
             config,
             origins: Arc::new(Mutex::new(HashMap::new())),
             wake: Arc::new(Notify::new()),
+            max_file_bytes: AtomicU64::new(0),
         })
+    }
+
+    /// What the device's policy allows now: an upload rate not to exceed (over the configured
+    /// one, from the next block of every transfer) and the largest file that may start (a
+    /// metered network's small-file allowance; larger files wait, uploads already running go
+    /// on). `None`: no such limit.
+    pub fn set_policy_limits(
+        &self,
+        bandwidth_cap_bytes_per_s: Option<u64>,
+        max_file_bytes: Option<u64>,
+    ) {
+        self.uploader.set_policy_cap(bandwidth_cap_bytes_per_s);
+        let new = max_file_bytes.map_or(0, |m| m.max(1));
+        if self.max_file_bytes.swap(new, Ordering::SeqCst) != new {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Whether the job's file is over the policy's size limit now (a file that cannot be
+    /// looked at is not: its upload fails with the reason).
+    fn too_large_now(&self, job: &Job) -> bool {
+        let max = self.max_file_bytes.load(Ordering::SeqCst);
+        max > 0
+            && self
+                .locator
+                .locate(&job.resource_id)
+                .and_then(|p| std::fs::metadata(p).ok())
+                .is_some_and(|m| m.len() > max)
     }
 
     /// Tells a running engine that new jobs were committed.
@@ -361,6 +394,14 @@ impl<J: JobStore + Send + 'static> Engine<J> {
                 }
                 if running.len() >= self.config.max_concurrent.max(1) {
                     waiting += 1;
+                    continue;
+                }
+                if self.too_large_now(job) {
+                    // Waits for the limit to go (a wake); a run that is not `forever` ends
+                    // without it rather than wait for another network.
+                    if forever {
+                        waiting += 1;
+                    }
                     continue;
                 }
                 let session = self.sessions.load(job.id)?;

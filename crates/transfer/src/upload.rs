@@ -273,7 +273,8 @@ pub struct Uploader {
     client: reqwest::Client,
     config: TransferConfig,
     preflight: PreflightCache,
-    bandwidth: Option<Arc<Bandwidth>>,
+    /// The cap over every transfer: the configured one, lowered by [`Uploader::set_policy_cap`].
+    bandwidth: Arc<Bandwidth>,
     /// Set while the engine drains: no new request is sent (see [`Uploader::set_stopping`]).
     stopping: AtomicBool,
 }
@@ -305,10 +306,20 @@ impl Uploader {
         Ok(Uploader {
             client,
             preflight: PreflightCache::new(config.preflight_ttl),
-            bandwidth: config.max_bytes_per_s.map(|r| Arc::new(Bandwidth::new(r))),
+            bandwidth: Arc::new(Bandwidth::new(config.max_bytes_per_s)),
             config,
             stopping: AtomicBool::new(false),
         })
+    }
+
+    /// A further cap from the device's policy (`None`: only the configured one holds); it
+    /// applies from the next block of every transfer.
+    pub fn set_policy_cap(&self, bytes_per_s: Option<u64>) {
+        let rate = match (self.config.max_bytes_per_s, bytes_per_s) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.bandwidth.set_rate(rate);
     }
 
     pub fn config(&self) -> &TransferConfig {
@@ -725,7 +736,8 @@ impl Uploader {
             offset,
             len,
             probe.clone(),
-            self.bandwidth.clone(),
+            // Uncapped bodies skip the bucket (and read in whole blocks).
+            self.bandwidth.rate().map(|_| self.bandwidth.clone()),
         ))
     }
 

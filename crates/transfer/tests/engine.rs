@@ -320,3 +320,51 @@ async fn stop_finishes_the_chunk_in_flight_then_the_next_run_resumes() {
         Some(data.as_slice())
     );
 }
+
+/// The device's policy limits a running engine: under a metered network's small-file
+/// allowance only the small file goes (the large one waits, and a run that is not `forever`
+/// ends without it); the allowance lifted, the large one goes, under the policy's rate cap.
+#[tokio::test]
+async fn policy_limits_hold_back_large_files_and_cap_the_rate() {
+    let srv = server().await;
+    let files = tempfile::tempdir().unwrap();
+    let rig = rig(
+        test_config(Some(ferry_transfer::Protocol::Ietf), 256 << 10),
+        &srv.handle.base_url(),
+    );
+    let small = bytes(50_000, 240);
+    let large = bytes(3 << 20, 241);
+    let mut ids = Vec::new();
+    for (name, data) in [("small", &small), ("large", &large)] {
+        let path = write_file(files.path(), name, data);
+        ids.push(rig.add_job(
+            EXT,
+            &path,
+            hash(data),
+            destination(srv.addr()),
+            BTreeMap::new(),
+        ));
+    }
+    rig.engine.set_policy_limits(None, Some(100_000));
+    let report = run(&rig).await;
+    assert_eq!(report.succeeded, 1, "{report:?}");
+    assert_eq!(rig.job(ids[0]).state, JobState::Succeeded);
+    assert_eq!(rig.job(ids[1]).state, JobState::Registered, "never started");
+    assert_eq!(srv.object(&hex(&large)).await, None);
+
+    let rate = 1u64 << 20;
+    rig.engine.set_policy_limits(Some(rate), None);
+    let started = std::time::Instant::now();
+    let report = run(&rig).await;
+    let elapsed = started.elapsed();
+    assert_eq!(report.succeeded, 1, "{report:?}");
+    // 3 MiB at 1 MiB/s with one second of burst: at least two seconds.
+    assert!(
+        elapsed >= Duration::from_millis(1900),
+        "policy cap not held: {elapsed:?}"
+    );
+    assert_eq!(
+        srv.object(&hex(&large)).await.as_deref(),
+        Some(large.as_slice())
+    );
+}
