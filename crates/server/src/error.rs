@@ -44,6 +44,13 @@ pub enum ApiError {
     /// finds its file changed, without asking).
     #[error("digest mismatch: {0}")]
     UploadDiscarded(String),
+    /// An `Idempotency-Key` seen before with another request shape (protocol, length,
+    /// digests): 422, as draft-ietf-httpapi-idempotency-key-header says.
+    #[error("Idempotency-Key was already used for a different upload")]
+    IdempotencyKeyReused,
+    /// Another request with the same `Idempotency-Key` is being handled: 409, try again.
+    #[error("a request with this Idempotency-Key is still in progress")]
+    IdempotencyConflict,
     #[error("request body stopped: {0}")]
     BodyInterrupted(String),
     #[error("request body idle for too long")]
@@ -70,9 +77,10 @@ impl ApiError {
             ApiError::UnsupportedTusVersion => StatusCode::PRECONDITION_FAILED,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::Gone => StatusCode::GONE,
-            ApiError::OffsetMismatch { .. } | ApiError::Locked { ietf: true } => {
-                StatusCode::CONFLICT
-            }
+            ApiError::OffsetMismatch { .. }
+            | ApiError::Locked { ietf: true }
+            | ApiError::IdempotencyConflict => StatusCode::CONFLICT,
+            ApiError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Locked { ietf: false } => StatusCode::LOCKED,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,

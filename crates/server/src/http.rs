@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 use crate::error::ApiError;
 use crate::meta::{ObjectRow, UploadRow};
 use crate::sf::{self, ReprDigests};
-use crate::uploads::{Append, ChunkCheck, Engine, Outcome, valid_object_id};
+use crate::uploads::{Append, ChunkCheck, Created, Engine, Outcome, scoped_key, valid_object_id};
 
 pub const UPLOADS_PATH: &str = "/v1/uploads";
 const TUS_EXTENSIONS: &str =
@@ -412,9 +412,13 @@ async fn create(
             };
             let check = tus_checksum(&h)?;
             let (meta_json, meta_raw) = metadata(&h)?;
-            let row = e
-                .create("tus", length, meta_json, meta_raw, repr(&h)?)
-                .await?;
+            let row = match e
+                .create("tus", length, meta_json, meta_raw, repr(&h)?, key(&h)?)
+                .await?
+            {
+                Created::New(row) => row,
+                Created::Existing(row) => return existing(e, Proto::Tus, row, body).await,
+            };
             let outcome = if with_body || length == Some(0) {
                 let append = Append {
                     offset_bytes: 0,
@@ -450,9 +454,13 @@ async fn create(
             let length = sf_u64(&h, "upload-length")?;
             let (meta_json, meta_raw) = metadata(&h)?;
             let check = digest(&h, "content-digest")?.map(ChunkCheck::ContentDigestSha256);
-            let row = e
-                .create("ietf", length, meta_json, meta_raw, repr(&h)?)
-                .await?;
+            let row = match e
+                .create("ietf", length, meta_json, meta_raw, repr(&h)?, key(&h)?)
+                .await?
+            {
+                Created::New(row) => row,
+                Created::Existing(row) => return existing(e, Proto::Ietf(v), row, body).await,
+            };
             let append = Append {
                 offset_bytes: 0,
                 complete,
@@ -472,9 +480,13 @@ async fn create(
             let (meta_json, meta_raw) = metadata(&h)?;
             let check = digest(&h, "content-digest")?.map(ChunkCheck::ContentDigestSha256);
             let length = tus_u64(&h, "content-length")?;
-            let row = e
-                .create("plain", length, meta_json, meta_raw, repr(&h)?)
-                .await?;
+            let row = match e
+                .create("plain", length, meta_json, meta_raw, repr(&h)?, key(&h)?)
+                .await?
+            {
+                Created::New(row) => row,
+                Created::Existing(row) => return existing(e, Proto::Plain, row, body).await,
+            };
             let append = Append {
                 offset_bytes: 0,
                 complete: true,
@@ -493,6 +505,81 @@ async fn create(
             Ok(res)
         }
     }
+}
+
+/// The creation's `Idempotency-Key` (draft-ietf-httpapi-idempotency-key-header: an sf-string;
+/// a bare token is taken as it is), scoped to the request's credentials.
+fn key(h: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = text(h, "idempotency-key")? else {
+        return Ok(None);
+    };
+    let v = v.trim();
+    let inner = v
+        .strip_prefix('"')
+        .and_then(|s| s.strip_suffix('"'))
+        .unwrap_or(v);
+    let printable = |b: u8| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\';
+    if inner.is_empty() || inner.len() > 255 || !inner.bytes().all(printable) {
+        return Err(ApiError::BadRequest(
+            "Idempotency-Key must be a string of 1 to 255 printable ASCII characters".into(),
+        ));
+    }
+    let auth = h.get(header::AUTHORIZATION).map(|v| v.as_bytes());
+    Ok(Some(scoped_key(auth, inner)))
+}
+
+/// The answer to a creation whose idempotency key names an upload that exists: that upload, as
+/// the first creation would have been answered had its answer arrived (finished: the object;
+/// not yet: where to resume). The body is read to its end and dropped, so the client, still
+/// sending, gets to read the answer.
+async fn existing(
+    e: &Engine,
+    proto: Proto,
+    row: UploadRow,
+    body: Body,
+) -> Result<Response, ApiError> {
+    use futures_util::StreamExt as _;
+    let mut stream = body.into_data_stream();
+    loop {
+        match tokio::time::timeout(e.limits.body_idle_timeout, stream.next()).await {
+            Ok(Some(Ok(_))) => {}
+            Ok(Some(Err(err))) => return Err(ApiError::BodyInterrupted(err.to_string())),
+            Ok(None) => break,
+            Err(_) => return Err(ApiError::Timeout),
+        }
+    }
+    let row = if row.object_id.is_some() {
+        row
+    } else {
+        e.get_settled(&row.id).await?
+    };
+    let outcome = match &row.object_id {
+        Some(o) => {
+            let object = e.meta.object(o).await?.ok_or(ApiError::Gone)?;
+            Outcome::Complete(row.clone(), object)
+        }
+        None => Outcome::Progress(row.clone()),
+    };
+    let mut res = StatusCode::CREATED.into_response();
+    let hm = res.headers_mut();
+    location(hm, &row.id);
+    match proto {
+        Proto::Tus => {
+            set(hm, "tus-resumable", "1.0.0");
+            set(hm, "upload-offset", row.offset_bytes);
+            match &outcome {
+                Outcome::Complete(_, o) => object_headers(hm, o),
+                Outcome::Progress(r) => set(hm, "upload-expires", expires_http(r.expires_unix_ms)),
+            }
+        }
+        Proto::Ietf(v) => ietf_outcome_headers(hm, e, v, &outcome),
+        Proto::Plain => {
+            if let Outcome::Complete(_, o) = &outcome {
+                object_headers(hm, o);
+            }
+        }
+    }
+    Ok(res)
 }
 
 fn ietf_outcome_headers(hm: &mut HeaderMap, e: &Engine, version: u8, outcome: &Outcome) {

@@ -29,6 +29,8 @@ pub struct UploadRow {
     pub expected_sha256_hex: Option<String>,
     /// From `Repr-Digest` (`blake3`) at creation: the same promise in BLAKE3.
     pub expected_blake3_hex: Option<String>,
+    /// The creation's `Idempotency-Key`, scoped to its credentials (see `uploads::scoped_key`).
+    pub idempotency_key: Option<String>,
     pub object_id: Option<String>,
     pub created_unix_ms: i64,
     pub expires_unix_ms: i64,
@@ -86,7 +88,7 @@ const MAX_BATCH_WRITES: usize = 512;
 async fn apply(conn: &mut SqliteConnection, op: &Op) -> Result<u64, sqlx::Error> {
     let r = match op {
         Op::CreateUpload(u) => sqlx::query(
-            "INSERT INTO uploads (id, protocol, offset_bytes, length_bytes, metadata_json, metadata_raw, expected_sha256_hex, expected_blake3_hex, object_id, created_unix_ms, expires_unix_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO uploads (id, protocol, offset_bytes, length_bytes, metadata_json, metadata_raw, expected_sha256_hex, expected_blake3_hex, idempotency_key, object_id, created_unix_ms, expires_unix_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&u.id)
         .bind(&u.protocol)
@@ -96,6 +98,7 @@ async fn apply(conn: &mut SqliteConnection, op: &Op) -> Result<u64, sqlx::Error>
         .bind(&u.metadata_raw)
         .bind(&u.expected_sha256_hex)
         .bind(&u.expected_blake3_hex)
+        .bind(&u.idempotency_key)
         .bind(&u.object_id)
         .bind(u.created_unix_ms)
         .bind(u.expires_unix_ms)
@@ -266,11 +269,12 @@ type UploadTuple = (
     Option<String>,
     Option<String>,
     Option<String>,
+    Option<String>,
     i64,
     i64,
 );
 
-const UPLOAD_COLUMNS: &str = "id, protocol, offset_bytes, length_bytes, metadata_json, metadata_raw, expected_sha256_hex, expected_blake3_hex, object_id, created_unix_ms, expires_unix_ms";
+const UPLOAD_COLUMNS: &str = "id, protocol, offset_bytes, length_bytes, metadata_json, metadata_raw, expected_sha256_hex, expected_blake3_hex, idempotency_key, object_id, created_unix_ms, expires_unix_ms";
 
 fn upload_from(t: UploadTuple) -> UploadRow {
     UploadRow {
@@ -282,9 +286,10 @@ fn upload_from(t: UploadTuple) -> UploadRow {
         metadata_raw: t.5,
         expected_sha256_hex: t.6,
         expected_blake3_hex: t.7,
-        object_id: t.8,
-        created_unix_ms: t.9,
-        expires_unix_ms: t.10,
+        idempotency_key: t.8,
+        object_id: t.9,
+        created_unix_ms: t.10,
+        expires_unix_ms: t.11,
     }
 }
 
@@ -352,6 +357,16 @@ impl Meta {
         let sql = format!("SELECT {UPLOAD_COLUMNS} FROM uploads WHERE id = ?");
         let row: Option<UploadTuple> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(upload_from))
+    }
+
+    /// The upload created with this (scoped) idempotency key, if it still exists.
+    pub async fn upload_by_key(&self, key: &str) -> Result<Option<UploadRow>, sqlx::Error> {
+        let sql = format!("SELECT {UPLOAD_COLUMNS} FROM uploads WHERE idempotency_key = ?");
+        let row: Option<UploadTuple> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(key)
             .fetch_optional(&self.pool)
             .await?;
         Ok(row.map(upload_from))
@@ -488,6 +503,7 @@ mod tests {
             metadata_raw: None,
             expected_sha256_hex: None,
             expected_blake3_hex: None,
+            idempotency_key: None,
             object_id: None,
             created_unix_ms: 1,
             expires_unix_ms,

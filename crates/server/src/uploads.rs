@@ -73,6 +73,23 @@ pub struct Append {
     pub repr: ReprDigests,
 }
 
+/// What a creation yields: a new upload, or the one its idempotency key already names.
+#[derive(Debug)]
+pub enum Created {
+    New(UploadRow),
+    Existing(UploadRow),
+}
+
+/// An `Idempotency-Key` as stored: scoped to the request's credentials, so two devices (two
+/// tokens) that happen to pick the same key never meet. A hash, so no token is stored.
+pub fn scoped_key(authorization: Option<&[u8]>, key: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(authorization.unwrap_or_default());
+    h.update([0u8]);
+    h.update(key.as_bytes());
+    hex(&h.finalize())
+}
+
 #[derive(Debug)]
 pub enum Outcome {
     Progress(UploadRow),
@@ -227,7 +244,9 @@ impl Engine {
     }
 
     /// Creates an empty upload: the partial file exists (and its name is durable) before the
-    /// row that points at it.
+    /// row that points at it. With an idempotency key (already scoped, see [`scoped_key`]) that
+    /// an upload of the same shape holds, that upload is the answer instead: a client that
+    /// never saw its first creation's answer gets the same upload, finished or to resume.
     pub async fn create(
         &self,
         protocol: &str,
@@ -235,7 +254,35 @@ impl Engine {
         metadata_json: String,
         metadata_raw: Option<String>,
         expected: ReprDigests,
-    ) -> Result<UploadRow, ApiError> {
+        idempotency_key: Option<String>,
+    ) -> Result<Created, ApiError> {
+        if let Some(key) = &idempotency_key
+            && let Some(row) = self.meta.upload_by_key(key).await?
+        {
+            let hex_of = |d: Option<[u8; 32]>| d.map(|d| hex(&d));
+            let agrees =
+                |given: Option<String>, held: &Option<String>| given.is_none() || given == *held;
+            if row.protocol != protocol
+                || length_bytes.is_some() && length_bytes != row.length_bytes
+                || !agrees(hex_of(expected.sha256), &row.expected_sha256_hex)
+                || !agrees(hex_of(expected.blake3), &row.expected_blake3_hex)
+            {
+                return Err(ApiError::IdempotencyKeyReused);
+            }
+            let expired = row.object_id.is_none() && row.expires_unix_ms <= now_unix_ms();
+            if row.object_id.is_some() || !(expired || protocol == "plain") {
+                return Ok(Created::Existing(row));
+            }
+            // A plain upload cannot resume, and an expired one is as good as gone: start over
+            // under the same key (an append still running on it answers "busy").
+            let slot = self.slot(&row.id);
+            let _guard = slot
+                .try_lock_owned()
+                .map_err(|_| ApiError::IdempotencyConflict)?;
+            self.meta.delete_upload(&row.id).await?;
+            let _ = tokio::fs::remove_file(self.partial_path(&row.id)).await;
+            self.forget_slot(&row.id);
+        }
         if let Some(l) = length_bytes
             && l > self.limits.max_size_bytes
         {
@@ -267,6 +314,7 @@ impl Engine {
             metadata_raw,
             expected_sha256_hex: expected.sha256.map(|d| hex(&d)),
             expected_blake3_hex: expected.blake3.map(|d| hex(&d)),
+            idempotency_key,
             object_id: None,
             created_unix_ms: now,
             expires_unix_ms: self.expires_from(now),
@@ -274,9 +322,15 @@ impl Engine {
         if let Err(e) = self.meta.create_upload(&row).await {
             // No row points at the file: take it away now (a full disk needs the room).
             let _ = tokio::fs::remove_file(self.partial_path(&id)).await;
+            if let sqlx::Error::Database(d) = &e
+                && d.is_unique_violation()
+            {
+                // The same key, created by a request running beside this one.
+                return Err(ApiError::IdempotencyConflict);
+            }
             return Err(e.into());
         }
-        Ok(row)
+        Ok(Created::New(row))
     }
 
     /// The upload as a client may see it: missing, expired and malformed ids are errors.

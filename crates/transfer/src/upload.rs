@@ -751,6 +751,7 @@ impl Uploader {
         };
         let mut b = self
             .request(method, &ctx.url, ctx.job)
+            .header("idempotency-key", idempotency_key(ctx))
             .header(reqwest::header::CONTENT_LENGTH, size);
         if let Some(d) = Self::repr_field(ctx) {
             b = b.header("repr-digest", d);
@@ -809,7 +810,8 @@ impl Uploader {
         };
         let mut b = self
             .proto_headers(self.request(method, &ctx.url, ctx.job), protocol)
-            .header("upload-length", size);
+            .header("upload-length", size)
+            .header("idempotency-key", idempotency_key(ctx));
         // Still hashing (a draft upload of several chunks): the last chunk carries it.
         if let Some(d) = Self::repr_field(ctx) {
             b = b.header("repr-digest", d);
@@ -861,18 +863,17 @@ impl Uploader {
         }
         session.protocol = Some(protocol);
         session.upload_url = Some(upload_url.to_string());
-        session.offset_bytes = 0;
-        if with_body {
-            let done = match protocol {
-                Protocol::Tus => a.offset() == Some(size),
-                _ => a.text("upload-complete") == Some("?1"),
-            };
-            if done {
-                self.receipt(ctx, session, sessions, &a).await?;
-                return Ok(Some(self.delivered(protocol, ctx, &a)));
-            }
-            session.offset_bytes = a.offset().filter(|o| *o <= size).unwrap_or(0);
+        // Done or part-way: the body went through, or the idempotency key named an upload a
+        // killed run made (finished, or where to resume).
+        let done = match protocol {
+            Protocol::Tus => a.offset() == Some(size),
+            _ => a.text("upload-complete") == Some("?1"),
+        };
+        if done {
+            self.receipt(ctx, session, sessions, &a).await?;
+            return Ok(Some(self.delivered(protocol, ctx, &a)));
         }
+        session.offset_bytes = a.offset().filter(|o| *o <= size).unwrap_or(0);
         sessions.save(session)?;
         Ok(None)
     }
@@ -1130,6 +1131,13 @@ struct Ctx<'a> {
     caps: Capabilities,
     /// The server checks the pinned BLAKE3 promised in `Repr-Digest` (no pre-pass here).
     server_checks: bool,
+}
+
+/// The job's creations all carry its id (draft-ietf-httpapi-idempotency-key-header): a creation
+/// repeated after a kill -9 that lost its answer gets the same upload back from a server that
+/// honours it (ferry-server), not a second one.
+fn idempotency_key(ctx: &Ctx<'_>) -> String {
+    format!("\"{}\"", ctx.job.job_id)
 }
 
 /// The server's answer that it dropped the upload because its bytes broke the promised digest.
