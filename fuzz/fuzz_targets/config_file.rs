@@ -16,5 +16,10 @@ fuzz_target!(|data: &[u8]| {
         let _ = config.policy();
         assert!(config.max_concurrent() >= 1, "at least one transfer at a time");
         let _ = config.observe_conditions();
+        let observer = config.observer();
+        assert!(
+            observer.sysfs_poll >= std::time::Duration::from_millis(100),
+            "sysfs is never re-read in a busy loop"
+        );
     }
 });

@@ -208,6 +208,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn conditions_sources_are_configurable_and_never_poll_in_a_loop() {
+        let p = Path::new("/x/config.toml");
+        let c = FileConfig::parse(
+            p,
+            "[conditions]\nsysfs_root = \"/host/sys\"\nsysfs_poll_ms = 0\n",
+        )
+        .unwrap();
+        let o = c.observer();
+        assert_eq!(o.sysfs_root.as_deref(), Some(Path::new("/host/sys")));
+        assert_eq!(o.sysfs_poll, std::time::Duration::from_millis(100));
+        let d = FileConfig::default().observer();
+        assert_eq!(d.sysfs_root.as_deref(), Some(Path::new("/sys")));
+        assert_eq!(d.sysfs_poll, std::time::Duration::from_secs(60));
+    }
+
+    #[test]
     fn unknown_keys_and_bad_urls_are_refused_with_the_path() {
         let p = Path::new("/x/config.toml");
         let e = FileConfig::parse(p, "[server]\nurll = \"x\"\n").unwrap_err();

@@ -34,7 +34,7 @@ use crate::sf::ReprDigests;
 const BLOCK_BYTES: usize = 1 << 20;
 /// Blocks queued for the writer thread of one append.
 const QUEUE_BLOCKS: usize = 8;
-/// The writer fsyncs after this many bytes, so writeback overlaps with receiving.
+/// The writer starts writeback after this many bytes, so the disk works while bytes arrive.
 const SYNC_EVERY_BYTES: usize = 16 << 20;
 
 #[derive(Debug, Clone)]
@@ -471,15 +471,16 @@ impl Engine {
         let (to_writer, mut blocks) = tokio::sync::mpsc::channel::<BytesMut>(QUEUE_BLOCKS);
         let writer = tokio::task::spawn_blocking(move || {
             let mut s = sink;
-            let mut unsynced_bytes = 0usize;
+            let mut written = start;
+            let mut flushed = start;
             while let Some(block) = blocks.blocking_recv() {
-                unsynced_bytes += block.len();
+                written += block.len() as u64;
                 s = s.write_block(block)?;
-                // Flush as we go: waiting for the end would leave gigabytes dirty and make
-                // the final fsync as long as the whole disk write.
-                if unsynced_bytes >= SYNC_EVERY_BYTES {
-                    s.file.sync_data()?;
-                    unsynced_bytes = 0;
+                // Write behind as we go: waiting for the end would leave gigabytes dirty and
+                // make the final fsync as long as the whole disk write.
+                if written - flushed >= SYNC_EVERY_BYTES as u64 {
+                    write_behind(&s.file, flushed, written - flushed)?;
+                    flushed = written;
                 }
             }
             Ok(s)
@@ -540,21 +541,6 @@ impl Engine {
                 return Err(e);
             }
         };
-        // A new file's name must be durable before an offset inside it is answered, unless this
-        // request finishes the upload (then the object's own link and directory fsync count).
-        let finishes =
-            failure.is_none() && (req.complete || length == Some(start + received_bytes));
-        let dir_sync = (start == 0 && !finishes).then(|| self.partial_dir.clone());
-        let sink = run_blocking(move || {
-            let s = sink;
-            s.file.sync_data()?;
-            if let Some(dir) = dir_sync {
-                std::fs::File::open(dir)?.sync_all()?;
-            }
-            Ok(s)
-        })
-        .await?;
-
         let mut verdict = failure;
         let mut sink = sink;
         if verdict.is_none()
@@ -598,12 +584,46 @@ impl Engine {
         let complete = verdict.is_none() && (req.complete || length == Some(new_offset));
         let length = if complete { Some(new_offset) } else { length };
         let expires = self.expires_from(now_unix_ms());
-        if !complete {
+        // A new file's name must be durable before an offset inside it is answered, unless this
+        // request finishes the upload (then the object's own link and directory fsync count).
+        let dir_sync = (start == 0 && !complete).then(|| self.partial_dir.clone());
+        let sync = run_blocking(move || {
+            let s = sink;
+            s.file.sync_data()?;
+            if let Some(dir) = dir_sync {
+                std::fs::File::open(dir)?.sync_all()?;
+            }
+            Ok(s)
+        });
+        let mut sink = if complete {
             // On completion the offset is committed with the object, in one transaction.
-            self.meta
-                .set_progress(id, new_offset, length, expires)
-                .await?;
-        }
+            sync.await?
+        } else {
+            // The bytes and the offset are made durable at once, and the offset is answered
+            // only when both are: between appends this is the only wait (a chunk boundary
+            // leaves the stream idle). A power cut between the two can leave a committed
+            // offset past the file's end; the next append finds the file shorter than its
+            // offset and answers the upload as gone, and the client starts it again.
+            let (synced, committed) = tokio::join!(
+                sync,
+                self.meta.set_progress(id, new_offset, length, expires)
+            );
+            match (synced, committed) {
+                (Ok(s), Ok(_)) => s,
+                (Err(e), Ok(_)) => {
+                    // The offset went in but its bytes may not be on the disk (a failed fsync
+                    // can drop them): take the offset back before anyone reads it.
+                    self.meta
+                        .set_progress(id, start, row.length_bytes, row.expires_unix_ms)
+                        .await?;
+                    return Err(e);
+                }
+                (Err(e), Err(_)) => return Err(e),
+                // The bytes are safe but the offset is not recorded: the upload stays where it
+                // was (the next append cuts the file back to it).
+                (Ok(_), Err(e)) => return Err(e.into()),
+            }
+        };
         slot.running = sink.running.take().filter(|r| r.offset_bytes == new_offset);
         if let Some(err) = verdict {
             // Interrupted but kept: the client will resume from `new_offset`.
@@ -734,6 +754,38 @@ impl Engine {
             }
         }
         Ok(collected)
+    }
+}
+
+/// Starts writing `len` bytes from `offset` to the disk without waiting for it (Linux
+/// `sync_file_range(SYNC_FILE_RANGE_WRITE)`): the stream goes on while the disk catches up,
+/// and the `fdatasync` that makes an offset durable (always done before it is answered) finds
+/// little left to write. Elsewhere, a plain `fdatasync` here.
+fn write_behind(file: &std::fs::File, offset: u64, len: u64) -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd as _;
+        let (Ok(off), Ok(n)) = (i64::try_from(offset), i64::try_from(len)) else {
+            return file.sync_data();
+        };
+        // SAFETY: a valid open descriptor and plain integers; no memory is passed.
+        #[allow(unsafe_code)]
+        let r =
+            unsafe { libc::sync_file_range(file.as_raw_fd(), off, n, libc::SYNC_FILE_RANGE_WRITE) };
+        if r == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        // A file system that cannot (EINVAL, ENOSYS…): the blocking flush of before.
+        if e.raw_os_error() == Some(libc::ENOSPC) || e.raw_os_error() == Some(libc::EIO) {
+            return Err(e);
+        }
+        file.sync_data()
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (offset, len);
+        file.sync_data()
     }
 }
 
