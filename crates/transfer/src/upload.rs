@@ -743,24 +743,35 @@ impl Uploader {
 
     async fn plain(&self, ctx: &Ctx<'_>) -> Result<Delivered, UploadError> {
         let size = ctx.stamp.size_bytes;
-        let probe = StreamProbe::new();
         let method = match ctx.job.destination.method {
             Method::Post => reqwest::Method::POST,
             Method::Put => reqwest::Method::PUT,
             Method::Patch => reqwest::Method::PATCH,
         };
-        let mut b = self
-            .request(method, &ctx.url, ctx.job)
-            .header("idempotency-key", idempotency_key(ctx))
-            .header(reqwest::header::CONTENT_LENGTH, size);
-        if let Some(d) = Self::repr_field(ctx) {
-            b = b.header("repr-digest", d);
-        }
-        if let Some(m) = metadata_field(ctx.job.metadata) {
-            b = b.header("ferry-metadata", m);
-        }
-        let b = b.body(self.body(ctx, 0, size, &probe)?);
-        let a = self.send(b, probe).await?;
+        let mut with_key = true;
+        let a = loop {
+            let probe = StreamProbe::new();
+            let mut b = self
+                .request(method.clone(), &ctx.url, ctx.job)
+                .header(reqwest::header::CONTENT_LENGTH, size);
+            if with_key {
+                b = b.header("idempotency-key", idempotency_key(ctx, Protocol::Plain));
+            }
+            if let Some(d) = Self::repr_field(ctx) {
+                b = b.header("repr-digest", d);
+            }
+            if let Some(m) = metadata_field(ctx.job.metadata) {
+                b = b.header("ferry-metadata", m);
+            }
+            let b = b.body(self.body(ctx, 0, size, &probe)?);
+            let a = self.send(b, probe).await?;
+            // The key names an upload of another shape (see `create`): once more without it.
+            if with_key && a.status == StatusCode::UNPROCESSABLE_ENTITY {
+                with_key = false;
+                continue;
+            }
+            break a;
+        };
         if is_discarded(&a) {
             return Err(self.discarded(ctx, &a).await);
         }
@@ -808,37 +819,19 @@ impl Uploader {
             (_, Method::Put) => reqwest::Method::PUT,
             (_, Method::Patch) => reqwest::Method::PATCH,
         };
-        let mut b = self
-            .proto_headers(self.request(method, &ctx.url, ctx.job), protocol)
-            .header("upload-length", size)
-            .header("idempotency-key", idempotency_key(ctx));
-        // Still hashing (a draft upload of several chunks): the last chunk carries it.
-        if let Some(d) = Self::repr_field(ctx) {
-            b = b.header("repr-digest", d);
+        let (b, probe) = self
+            .creation(ctx, protocol, method.clone(), with_body, true)
+            .await?;
+        let mut a = self.send(b, probe).await?;
+        if a.status == StatusCode::UNPROCESSABLE_ENTITY {
+            // The key names an upload of another shape (made under another protocol, or
+            // before the server asked for BLAKE3): create afresh without it. At worst the
+            // server keeps an unfinished upload until it expires.
+            let (b, probe) = self
+                .creation(ctx, protocol, method, with_body, false)
+                .await?;
+            a = self.send(b, probe).await?;
         }
-        if let Some(m) = metadata_field(ctx.job.metadata) {
-            let name = if protocol == Protocol::Tus {
-                "upload-metadata"
-            } else {
-                "ferry-metadata"
-            };
-            b = b.header(name, m);
-        }
-        if protocol == Protocol::Ietf {
-            b = b.header("upload-complete", if with_body { "?1" } else { "?0" });
-        }
-        let probe = StreamProbe::new();
-        let b = if with_body {
-            let mut b = b.header(reqwest::header::CONTENT_LENGTH, size);
-            if protocol == Protocol::Tus {
-                b = b.header("content-type", "application/offset+octet-stream");
-                b = self.tus_checksum(ctx, b, 0, size).await?;
-            }
-            b.body(self.body(ctx, 0, size, &probe)?)
-        } else {
-            b.header(reqwest::header::CONTENT_LENGTH, 0)
-        };
-        let a = self.send(b, probe).await?;
         if is_discarded(&a) {
             return Err(self.discarded(ctx, &a).await);
         }
@@ -876,6 +869,51 @@ impl Uploader {
         session.offset_bytes = a.offset().filter(|o| *o <= size).unwrap_or(0);
         sessions.save(session)?;
         Ok(None)
+    }
+
+    /// The creation request, with the job's `Idempotency-Key` or without it.
+    async fn creation(
+        &self,
+        ctx: &Ctx<'_>,
+        protocol: Protocol,
+        method: reqwest::Method,
+        with_body: bool,
+        with_key: bool,
+    ) -> Result<(reqwest::RequestBuilder, Arc<StreamProbe>), UploadError> {
+        let size = ctx.stamp.size_bytes;
+        let mut b = self
+            .proto_headers(self.request(method, &ctx.url, ctx.job), protocol)
+            .header("upload-length", size);
+        if with_key {
+            b = b.header("idempotency-key", idempotency_key(ctx, protocol));
+        }
+        // Still hashing (a draft upload of several chunks): the last chunk carries it.
+        if let Some(d) = Self::repr_field(ctx) {
+            b = b.header("repr-digest", d);
+        }
+        if let Some(m) = metadata_field(ctx.job.metadata) {
+            let name = if protocol == Protocol::Tus {
+                "upload-metadata"
+            } else {
+                "ferry-metadata"
+            };
+            b = b.header(name, m);
+        }
+        if protocol == Protocol::Ietf {
+            b = b.header("upload-complete", if with_body { "?1" } else { "?0" });
+        }
+        let probe = StreamProbe::new();
+        let b = if with_body {
+            let mut b = b.header(reqwest::header::CONTENT_LENGTH, size);
+            if protocol == Protocol::Tus {
+                b = b.header("content-type", "application/offset+octet-stream");
+                b = self.tus_checksum(ctx, b, 0, size).await?;
+            }
+            b.body(self.body(ctx, 0, size, &probe)?)
+        } else {
+            b.header(reqwest::header::CONTENT_LENGTH, 0)
+        };
+        Ok((b, probe))
     }
 
     async fn tus_checksum(
@@ -1136,8 +1174,8 @@ struct Ctx<'a> {
 /// The job's creations all carry its id (draft-ietf-httpapi-idempotency-key-header): a creation
 /// repeated after a kill -9 that lost its answer gets the same upload back from a server that
 /// honours it (ferry-server), not a second one.
-fn idempotency_key(ctx: &Ctx<'_>) -> String {
-    format!("\"{}\"", ctx.job.job_id)
+fn idempotency_key(ctx: &Ctx<'_>, protocol: Protocol) -> String {
+    format!("\"{}-{}\"", ctx.job.job_id, protocol.as_str())
 }
 
 /// The server's answer that it dropped the upload because its bytes broke the promised digest.

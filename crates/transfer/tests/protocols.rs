@@ -185,3 +185,40 @@ async fn bearer_token_is_sent_on_every_request() {
         assert_eq!((j.state, j.status), (JobState::Failed, Some(401)), "{p:?}");
     }
 }
+
+/// An upload the server already holds under the job's `Idempotency-Key` but in another shape
+/// (made before the server asked for BLAKE3, or by an older client): the server answers 422,
+/// and the uploader creates afresh without the key instead of failing the job.
+#[tokio::test]
+async fn a_key_taken_by_another_shape_does_not_fail_the_job() {
+    let srv = server().await;
+    let files = tempfile::tempdir().unwrap();
+    for (i, prefer) in [Protocol::Ietf, Protocol::Plain].into_iter().enumerate() {
+        let rig = rig(test_config(Some(prefer), 1 << 20), &srv.handle.base_url());
+        let data = bytes(100_000, 60 + i as u8);
+        let path = write_file(files.path(), &format!("k{i}"), &data);
+        let id = rig.add_job(
+            EXT,
+            &path,
+            hash(&data),
+            destination(srv.addr()),
+            BTreeMap::new(),
+        );
+        // The same key, another protocol and length: an upload the job's creation cannot be.
+        let key = format!("\"{id}-{}\"", prefer.as_str());
+        let r = reqwest::Client::new()
+            .post(format!("{}/v1/uploads", srv.handle.base_url()))
+            .header("upload-draft-interop-version", "8")
+            .header("upload-complete", "?0")
+            .header("upload-length", 5)
+            .header("idempotency-key", &key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        let report = run(&rig).await;
+        assert_eq!(report.succeeded, 1, "{prefer:?}: {report:?}");
+        assert_eq!(rig.job(id).state, JobState::Succeeded);
+        assert_eq!(srv.object(&hex(&data)).await.as_deref(), Some(&data[..]));
+    }
+}
