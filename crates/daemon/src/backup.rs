@@ -304,7 +304,16 @@ async fn plan(
 ) -> Result<(), BackupError> {
     let resources = resources_under(store, roots)?;
     let hashes: Vec<String> = resources.iter().map(|r| hex(&r.blake3)).collect();
-    let present = client.present(&hashes).await?;
+    let present = match client.present(&hashes).await {
+        Ok(p) => p,
+        // The totals are for display; a server in trouble now (down, 5xx) leaves them as
+        // they were rather than stopping the backup (the uploads retry on their own).
+        Err(e @ (ServerError::Unreachable { .. } | ServerError::BadResponse { .. })) => {
+            tracing::warn!(error = %e, "could not ask the server what it holds; totals not updated");
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    };
     let (mut n, mut bytes, mut stored, mut stored_bytes) = (0u64, 0u64, 0u64, 0u64);
     for r in &resources {
         n += 1;
@@ -395,8 +404,26 @@ pub async fn run(
     if let Ok(mut u) = progress.server_url.lock() {
         *u = url.clone();
     }
-    // Proves the URL and token before anything is queued.
-    client.present(&[]).await?;
+    // Proves the URL and token before anything is queued. A daemon (watch) waits out a
+    // server that is down or failing (5xx), as its uploads would; a one-shot backup says so
+    // at once. A refused token is never waited out: the user must fix it.
+    let mut wait = Duration::from_secs(1);
+    loop {
+        match client.present(&[]).await {
+            Ok(_) => break,
+            Err(e @ (ServerError::Unreachable { .. } | ServerError::BadResponse { .. }))
+                if opts.watch =>
+            {
+                tracing::warn!(error = %e, retry_in_s = wait.as_secs(), "server not ready; waiting");
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stop.wait_for(|s| *s) => return Err(e.into()),
+                }
+                wait = (wait * 2).min(Duration::from_secs(60));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 
     let tally = progress.tally.clone();
     let shared: SharedStore = Arc::new(Mutex::new(Tracked::new(store, tally.clone())));
