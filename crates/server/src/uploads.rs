@@ -3,7 +3,9 @@
 //! Write path of one append (the contract every protocol handler relies on):
 //! 1. take the upload's lock (a second concurrent append is refused, never interleaved);
 //! 2. cut the partial file back to the recorded offset (bytes past it were never acknowledged);
-//! 3. stream the body into the file in 1 MiB blocks, hashing on a blocking thread;
+//! 3. stream the body into the file in 1 MiB blocks on a blocking thread, while a second one
+//!    hashes them (the upload's hasher may finish after the append is answered: only the
+//!    completing append waits for it);
 //! 4. `fsync` the file, check the chunk digest (a mismatch cuts the chunk off again);
 //! 5. commit the new offset in SQL; only now is the offset answered to the client;
 //! 6. on completion, hash (or reuse the running hash), link the file into the blob store,
@@ -18,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use md5::Md5;
 use sha1::Sha1;
@@ -34,8 +36,11 @@ use crate::sf::ReprDigests;
 const BLOCK_BYTES: usize = 1 << 20;
 /// Blocks queued for the writer thread of one append.
 const QUEUE_BLOCKS: usize = 8;
-/// The writer starts writeback after this many bytes, so the disk works while bytes arrive.
-const SYNC_EVERY_BYTES: usize = 16 << 20;
+/// The writer starts writeback after this many bytes, so the disk works while bytes arrive
+/// and the fsync at the end of an append finds at most this much left to write (4 MiB kept a
+/// 64 MiB-chunked upload at `curl -T`'s speed on the bench machine; 16 MiB cost ~7 ms per
+/// chunk boundary, 2 MiB no better than 4).
+const SYNC_EVERY_BYTES: usize = 4 << 20;
 
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -105,9 +110,69 @@ struct Running {
     sha256: Sha256,
 }
 
+impl Running {
+    fn new() -> Running {
+        Running {
+            offset_bytes: 0,
+            blake3: blake3::Hasher::new(),
+            sha256: Sha256::new(),
+        }
+    }
+}
+
+/// The running hashes as the last append left them, answered by that append's hasher, which
+/// may work through its last blocks after the append was answered (a chunk boundary then waits
+/// for the disk, never for the hashes). `None`: lost (a failure), completion reads the file.
+type PendingHashes = tokio::sync::oneshot::Receiver<Option<Running>>;
+
+/// What an append tells its hasher.
+enum HashInput {
+    Block(Bytes),
+    /// The append is committed: its bytes count. Without it (an append that failed or was cut
+    /// back), the hasher answers the hashes as they were before the append.
+    Keep,
+}
+
+/// Starts the hasher of one append that begins at `start`. It takes the running hashes of
+/// `0..start` (waiting for the previous append's hasher if needed; hashes of another offset
+/// are dropped, and completion then reads the file again) and answers the hashes after the
+/// append, or before it if the append was not kept.
+fn spawn_hasher(
+    previous: Option<PendingHashes>,
+    start: u64,
+) -> (tokio::sync::mpsc::Sender<HashInput>, PendingHashes) {
+    let (to_hasher, mut inputs) = tokio::sync::mpsc::channel::<HashInput>(QUEUE_BLOCKS);
+    let (done, answer) = tokio::sync::oneshot::channel();
+    tokio::task::spawn_blocking(move || {
+        let before = if start == 0 {
+            Some(Running::new())
+        } else {
+            previous
+                .and_then(|p| p.blocking_recv().ok().flatten())
+                .filter(|r| r.offset_bytes == start)
+        };
+        let mut after = before.clone();
+        let mut keep = false;
+        while let Some(input) = inputs.blocking_recv() {
+            match input {
+                HashInput::Block(b) => {
+                    if let Some(r) = &mut after {
+                        r.blake3.update(&b);
+                        r.sha256.update(&b);
+                        r.offset_bytes += b.len() as u64;
+                    }
+                }
+                HashInput::Keep => keep = true,
+            }
+        }
+        let _ = done.send(if keep { after } else { before });
+    });
+    (to_hasher, answer)
+}
+
 #[derive(Debug, Default)]
 struct Slot {
-    running: Option<Running>,
+    running: Option<PendingHashes>,
 }
 
 #[derive(Debug)]
@@ -180,20 +245,14 @@ impl ChunkHasher {
 /// The state moved into the blocking writer for each block.
 struct Sink {
     file: std::fs::File,
-    running: Option<Running>,
     chunk: Option<ChunkHasher>,
 }
 
 impl Sink {
-    fn write_block(mut self, block: BytesMut) -> std::io::Result<Sink> {
-        self.file.write_all(&block)?;
-        if let Some(r) = &mut self.running {
-            r.blake3.update(&block);
-            r.sha256.update(&block);
-            r.offset_bytes += block.len() as u64;
-        }
+    fn write_block(mut self, block: &[u8]) -> std::io::Result<Sink> {
+        self.file.write_all(block)?;
         if let Some(c) = &mut self.chunk {
-            c.update(&block);
+            c.update(block);
         }
         Ok(self)
     }
@@ -427,15 +486,6 @@ impl Engine {
             .saturating_sub(row.offset_bytes)
             .min(self.limits.max_append_size_bytes);
 
-        let running = match &slot.running {
-            Some(r) if r.offset_bytes == row.offset_bytes => Some(r.clone()),
-            _ if row.offset_bytes == 0 => Some(Running {
-                offset_bytes: 0,
-                blake3: blake3::Hasher::new(),
-                sha256: Sha256::new(),
-            }),
-            _ => None,
-        };
         let path = self.partial_path(id);
         let start = row.offset_bytes;
         let file = run_blocking(move || {
@@ -461,21 +511,25 @@ impl Engine {
             ApiError::Internal(_) => ApiError::Gone,
             e => e,
         })?;
+        let (to_hasher, hashed) = spawn_hasher(slot.running.take(), start);
+        // Until this append is kept, the upload's hashes are what its hasher answers without
+        // `Keep`: those of `0..start`.
+        slot.running = Some(hashed);
         let sink = Sink {
             file,
-            running,
             chunk: req.check.as_ref().map(ChunkHasher::new),
         };
-        // The writer thread writes, hashes and flushes while the next blocks arrive; the queue
-        // bounds what one append holds in memory to QUEUE_BLOCKS MiB.
-        let (to_writer, mut blocks) = tokio::sync::mpsc::channel::<BytesMut>(QUEUE_BLOCKS);
+        // The writer thread writes and flushes while the next blocks arrive, the hasher hashes
+        // the same blocks beside it; each queue bounds what one append holds in memory to
+        // QUEUE_BLOCKS MiB.
+        let (to_writer, mut blocks) = tokio::sync::mpsc::channel::<Bytes>(QUEUE_BLOCKS);
         let writer = tokio::task::spawn_blocking(move || {
             let mut s = sink;
             let mut written = start;
             let mut flushed = start;
             while let Some(block) = blocks.blocking_recv() {
                 written += block.len() as u64;
-                s = s.write_block(block)?;
+                s = s.write_block(&block)?;
                 // Write behind as we go: waiting for the end would leave gigabytes dirty and
                 // make the final fsync as long as the whole disk write.
                 if written - flushed >= SYNC_EVERY_BYTES as u64 {
@@ -515,15 +569,19 @@ impl Engine {
             block.extend_from_slice(&chunk);
             if block.len() >= BLOCK_BYTES {
                 let full = std::mem::replace(&mut block, BytesMut::with_capacity(BLOCK_BYTES));
-                if to_writer.send(full).await.is_err() {
+                let full = full.freeze();
+                if to_writer.send(full.clone()).await.is_err() {
                     // The writer stopped on an I/O error; joining it below reports that error.
                     break;
                 }
+                // A hasher that ended (it cannot, short of a panic) only costs completion a
+                // second read of the file.
+                let _ = to_hasher.send(HashInput::Block(full)).await;
             }
         }
-        let tail = std::mem::take(&mut block);
-        if !tail.is_empty() {
-            let _ = to_writer.send(tail).await;
+        let tail = std::mem::take(&mut block).freeze();
+        if !tail.is_empty() && to_writer.send(tail.clone()).await.is_ok() {
+            let _ = to_hasher.send(HashInput::Block(tail)).await;
         }
         drop(to_writer);
         let sink = match join_sink(writer).await {
@@ -588,16 +646,15 @@ impl Engine {
         // request finishes the upload (then the object's own link and directory fsync count).
         let dir_sync = (start == 0 && !complete).then(|| self.partial_dir.clone());
         let sync = run_blocking(move || {
-            let s = sink;
-            s.file.sync_data()?;
+            sink.file.sync_data()?;
             if let Some(dir) = dir_sync {
                 std::fs::File::open(dir)?.sync_all()?;
             }
-            Ok(s)
+            Ok(())
         });
-        let mut sink = if complete {
+        if complete {
             // On completion the offset is committed with the object, in one transaction.
-            sync.await?
+            sync.await?;
         } else {
             // The bytes and the offset are made durable at once, and the offset is answered
             // only when both are: between appends this is the only wait (a chunk boundary
@@ -609,7 +666,7 @@ impl Engine {
                 self.meta.set_progress(id, new_offset, length, expires)
             );
             match (synced, committed) {
-                (Ok(s), Ok(_)) => s,
+                (Ok(()), Ok(_)) => {}
                 (Err(e), Ok(_)) => {
                     // The offset went in but its bytes may not be on the disk (a failed fsync
                     // can drop them): take the offset back before anyone reads it.
@@ -621,10 +678,12 @@ impl Engine {
                 (Err(e), Err(_)) => return Err(e),
                 // The bytes are safe but the offset is not recorded: the upload stays where it
                 // was (the next append cuts the file back to it).
-                (Ok(_), Err(e)) => return Err(e.into()),
+                (Ok(()), Err(e)) => return Err(e.into()),
             }
-        };
-        slot.running = sink.running.take().filter(|r| r.offset_bytes == new_offset);
+        }
+        // The append is kept (its offset is committed): its bytes count in the upload's hashes.
+        let _ = to_hasher.send(HashInput::Keep).await;
+        drop(to_hasher);
         if let Some(err) = verdict {
             // Interrupted but kept: the client will resume from `new_offset`.
             return Err(err);
@@ -642,7 +701,10 @@ impl Engine {
         if !complete {
             return Ok(Outcome::Progress(row));
         }
-        let running = slot.running.take();
+        let running = match slot.running.take() {
+            Some(hashes) => hashes.await.ok().flatten(),
+            None => None,
+        };
         let result = self.finish(&row, running).await;
         drop(slot);
         self.forget_slot(id);
