@@ -748,30 +748,27 @@ impl Uploader {
             Method::Put => reqwest::Method::PUT,
             Method::Patch => reqwest::Method::PATCH,
         };
-        let mut with_key = true;
-        let a = loop {
-            let probe = StreamProbe::new();
-            let mut b = self
-                .request(method.clone(), &ctx.url, ctx.job)
-                .header(reqwest::header::CONTENT_LENGTH, size);
-            if with_key {
-                b = b.header("idempotency-key", idempotency_key(ctx, Protocol::Plain));
-            }
-            if let Some(d) = Self::repr_field(ctx) {
-                b = b.header("repr-digest", d);
-            }
-            if let Some(m) = metadata_field(ctx.job.metadata) {
-                b = b.header("ferry-metadata", m);
-            }
-            let b = b.body(self.body(ctx, 0, size, &probe)?);
-            let a = self.send(b, probe).await?;
-            // The key names an upload of another shape (see `create`): once more without it.
-            if with_key && a.status == StatusCode::UNPROCESSABLE_ENTITY {
-                with_key = false;
-                continue;
-            }
-            break a;
-        };
+        let a = self
+            .send_keyed(|with_key| {
+                let method = method.clone();
+                async move {
+                    let probe = StreamProbe::new();
+                    let mut b = self
+                        .request(method, &ctx.url, ctx.job)
+                        .header(reqwest::header::CONTENT_LENGTH, size);
+                    if with_key {
+                        b = b.header("idempotency-key", idempotency_key(ctx, Protocol::Plain));
+                    }
+                    if let Some(d) = Self::repr_field(ctx) {
+                        b = b.header("repr-digest", d);
+                    }
+                    if let Some(m) = metadata_field(ctx.job.metadata) {
+                        b = b.header("ferry-metadata", m);
+                    }
+                    Ok((b.body(self.body(ctx, 0, size, &probe)?), probe))
+                }
+            })
+            .await?;
         if is_discarded(&a) {
             return Err(self.discarded(ctx, &a).await);
         }
@@ -819,19 +816,11 @@ impl Uploader {
             (_, Method::Put) => reqwest::Method::PUT,
             (_, Method::Patch) => reqwest::Method::PATCH,
         };
-        let (b, probe) = self
-            .creation(ctx, protocol, method.clone(), with_body, true)
+        let a = self
+            .send_keyed(|with_key| {
+                self.creation(ctx, protocol, method.clone(), with_body, with_key)
+            })
             .await?;
-        let mut a = self.send(b, probe).await?;
-        if a.status == StatusCode::UNPROCESSABLE_ENTITY {
-            // The key names an upload of another shape (made under another protocol, or
-            // before the server asked for BLAKE3): create afresh without it. At worst the
-            // server keeps an unfinished upload until it expires.
-            let (b, probe) = self
-                .creation(ctx, protocol, method, with_body, false)
-                .await?;
-            a = self.send(b, probe).await?;
-        }
         if is_discarded(&a) {
             return Err(self.discarded(ctx, &a).await);
         }
@@ -869,6 +858,26 @@ impl Uploader {
         session.offset_bytes = a.offset().filter(|o| *o <= size).unwrap_or(0);
         sessions.save(session)?;
         Ok(None)
+    }
+
+    /// Sends a creation built with the job's `Idempotency-Key`, and once more without it when
+    /// the server answers `422`: the key names an upload of another shape (made under another
+    /// protocol, or before the server asked for BLAKE3), so this one is made afresh. At worst
+    /// the server keeps an unfinished upload until it expires.
+    async fn send_keyed<F, Fut>(&self, build: F) -> Result<Answer, UploadError>
+    where
+        F: Fn(bool) -> Fut,
+        Fut: std::future::Future<
+                Output = Result<(reqwest::RequestBuilder, Arc<StreamProbe>), UploadError>,
+            >,
+    {
+        let (b, probe) = build(true).await?;
+        let a = self.send(b, probe).await?;
+        if a.status != StatusCode::UNPROCESSABLE_ENTITY {
+            return Ok(a);
+        }
+        let (b, probe) = build(false).await?;
+        Ok(self.send(b, probe).await?)
     }
 
     /// The creation request, with the job's `Idempotency-Key` or without it.
