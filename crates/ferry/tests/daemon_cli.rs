@@ -1,8 +1,10 @@
 //! The real `ferry` binary as a person uses it after the first backup: the daemon (control
 //! socket, lock, watching, SIGTERM), `status`, `why`, `jobs ls`, `history`, `config`,
-//! `service`, a backup that cannot complete, and a closed stdout, with their exit codes.
+//! `service`, a backup that cannot complete, a server that is not up yet, and a closed stdout,
+//! with their exit codes.
 
 use serde_json::Value;
+use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -301,4 +303,90 @@ fn a_closed_stdout_is_no_panic() {
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!err.contains("panicked"), "{err}");
+}
+
+/// A daemon started before its server (a reboot brings both up in any order) waits for it with
+/// backoff instead of ending, and backs everything up once the server answers.
+#[test]
+fn a_daemon_waits_for_a_server_that_is_not_up_yet() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let token = runtime
+        .block_on(ferry_server::create_token(data.path(), "test"))
+        .unwrap();
+    // A loopback port with nothing listening on it, yet.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let url = format!("http://{addr}");
+    let env = Env::new();
+    let lib = tempfile::tempdir().unwrap();
+    copy_dir(&fixtures().join("plain"), &lib.path().join("plain"));
+    let lib_s = lib.path().to_str().unwrap();
+    let mut daemon = env
+        .cmd(&[
+            "daemon", "--folder", lib_s, "--now", "--to", &url, "--token", &token,
+        ])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = daemon.stderr.take().unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut said = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if line.contains("server not ready; waiting") => break,
+            Ok(line) => said.push(line),
+            Err(e) => panic!("the daemon never said it waits ({e}); it said: {said:?}"),
+        }
+    }
+    assert!(
+        daemon.try_wait().unwrap().is_none(),
+        "the daemon ended instead of waiting: {said:?}"
+    );
+
+    let handle = runtime
+        .block_on(ferry_server::Server::start(ferry_server::Config::new(
+            data.path(),
+            addr,
+        )))
+        .unwrap();
+    wait_for("everything backed up once the server is up", || {
+        let out = env.run(&["status", "--json"]);
+        let v = json(&out);
+        out.status.code() == Some(0)
+            && v["status"]["resources_backed_up"].as_u64().unwrap_or(0) >= 2
+            && v["status"]["resources_not_backed_up"].as_u64() == Some(0)
+    });
+
+    let pid = daemon.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let code = loop {
+        if let Some(s) = daemon.try_wait().unwrap() {
+            break s.code();
+        }
+        assert!(Instant::now() < deadline, "daemon did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(code, Some(0));
+    runtime.block_on(handle.shutdown());
 }
