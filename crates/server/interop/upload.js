@@ -55,6 +55,8 @@ function upload(file, protocol, extra = {}) {
 }
 
 /// Starts an upload, aborts it once half the bytes are sent, then resumes it from its URL.
+/// In 8 MiB chunks: an abort called from a progress event stops the next chunk from starting,
+/// so the upload cannot finish first however fast the server is (in one request it could).
 async function interruptedThenResumed(file, protocol) {
   const size = fs.statSync(file).size
   const url = await new Promise((resolve, reject) => {
@@ -63,6 +65,7 @@ async function interruptedThenResumed(file, protocol) {
       endpoint,
       protocol,
       uploadSize: size,
+      chunkSize: 8 * MB,
       metadata: { filename: path.basename(file), protocol },
       onProgress(sent) {
         if (sent > size / 2 && up.url) {
