@@ -122,7 +122,11 @@ impl Server {
         let gc_state = state.clone();
         let gc_interval = config.gc_interval;
         let gc = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(gc_interval);
+            // The first collection one interval after start, not at once: an expired upload
+            // is refused (410) until then anyway, and a collection racing the first requests
+            // would turn that answer into a 404 at random.
+            let mut tick =
+                tokio::time::interval_at(tokio::time::Instant::now() + gc_interval, gc_interval);
             loop {
                 tick.tick().await;
                 match gc_state
