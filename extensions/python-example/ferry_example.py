@@ -75,6 +75,12 @@ class Conn:
             if not isinstance(msg, dict) or msg.get("jsonrpc") != "2.0":
                 log("ignored a line that is not JSON-RPC 2.0")
                 continue
+            if "method" not in msg and msg.get("id") is None:
+                # Ferry could not read a line of ours (not JSON, or not JSON-RPC) and says so
+                # with a null id: no call of ours waits for it. Log it and carry on.
+                error = msg.get("error") if isinstance(msg.get("error"), dict) else {}
+                log("Ferry could not read a line of ours:", error.get("message"))
+                continue
             if msg.get("method") == "will_terminate" and "id" not in msg:
                 # Seen at once, even in the middle of our own calls.
                 self.terminating = True

@@ -7,23 +7,17 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use ferry_core::policy::{Decision, WaitReason};
 use ferry_library::{ScanError, ScanEvent, ScanOptions};
+use ferry_store::Store;
 use ferry_store::library::hex;
-use ferry_store::{JobStore, Store};
-use ferry_transfer::{Engine, EngineConfig};
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::extension::{self, Bundled, StepOutcome};
-use crate::gate::{Gate, drive_engine};
-use crate::server::{Embedded, ServerClient, ServerError};
-use crate::tracked::{Locator, Sessions, SharedStore, Tally, Tracked};
-
-/// Shortest time between two job creation steps while the engine is busy.
-const STEP_INTERVAL: Duration = Duration::from_millis(100);
+use crate::extension::{self, BundledConsent};
+use crate::server::{ServerClient, ServerError};
+use crate::tracked::{SharedStore, Tally, Tracked};
 
 /// Where to send the backup.
 #[derive(Debug, Clone)]
@@ -135,13 +129,13 @@ impl Progress {
         self.phase.lock().map(|p| *p).unwrap_or_default()
     }
 
-    fn set_phase(&self, p: Phase) {
+    pub(crate) fn set_phase(&self, p: Phase) {
         if let Ok(mut ph) = self.phase.lock() {
             *ph = p;
         }
     }
 
-    fn set_decision(&self, d: Decision) {
+    pub(crate) fn set_decision(&self, d: Decision) {
         if let Ok(mut x) = self.decision.lock() {
             *x = Some(d);
         }
@@ -154,6 +148,12 @@ impl Progress {
 
     fn waiting_reason(&self) -> Option<WaitReason> {
         self.decision().and_then(|d| d.wait_reason())
+    }
+
+    pub(crate) fn set_server_url(&self, url: &str) {
+        if let Ok(mut u) = self.server_url.lock() {
+            *u = url.to_owned();
+        }
     }
 
     /// The server the run sends to (empty before it is known).
@@ -205,7 +205,7 @@ pub struct Missing {
 }
 
 /// The result of a backup.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Default)]
 pub struct BackupSummary {
     pub dirs: Vec<PathBuf>,
     pub server_url: String,
@@ -233,7 +233,7 @@ pub fn now_ms() -> i64 {
     ferry_transfer::engine::now_ms()
 }
 
-fn scan_into(
+pub(crate) fn scan_into(
     store: &mut Store,
     dirs: &[PathBuf],
     state_dir: &Path,
@@ -261,22 +261,13 @@ fn scan_into(
     ferry_library::scan(store, dirs, &opts, &mut on_event)
 }
 
-fn is_folder_error(e: &ScanError) -> bool {
-    matches!(
-        e,
-        ScanError::RootNotFound(_)
-            | ScanError::RootNotADirectory(_)
-            | ScanError::RootUnreadable { .. }
-    )
-}
-
 fn lock(store: &SharedStore) -> Result<std::sync::MutexGuard<'_, Tracked>, BackupError> {
     store
         .lock()
         .map_err(|_| BackupError::Internal("store lock poisoned".into()))
 }
 
-fn resources_under(
+pub(crate) fn resources_under(
     store: &SharedStore,
     roots: &[PathBuf],
 ) -> Result<Vec<ferry_store::library::ResourceRecord>, BackupError> {
@@ -296,7 +287,7 @@ fn resources_under(
 
 /// Asks the server which resources under `roots` it lacks: the totals progress shows. (The
 /// extension asks again for itself: it decides what to send.)
-async fn plan(
+pub(crate) async fn plan(
     store: &SharedStore,
     client: &ServerClient,
     roots: &[PathBuf],
@@ -339,325 +330,24 @@ async fn plan(
     Ok(())
 }
 
-/// Runs a backup to completion (or, with `watch`, until `stop` turns true).
+/// Runs a backup to completion (or, with `watch`, until `stop` turns true): Ferry's loop
+/// ([`crate::run`]) with the bundled extension alone, consented by the command line.
 pub async fn run(
     opts: BackupOptions,
     progress: Arc<Progress>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> Result<BackupSummary, BackupError> {
-    let started = Instant::now();
-    std::fs::create_dir_all(&opts.state_dir).map_err(|e| BackupError::State {
-        dir: opts.state_dir.clone(),
-        detail: e.to_string(),
-    })?;
-    let db_path = opts.state_dir.join("ferry.db");
-    let open = || {
-        Store::open(&db_path).map_err(|e| BackupError::State {
-            dir: opts.state_dir.clone(),
-            detail: e.to_string(),
-        })
+    let run = crate::run::RunOptions {
+        dirs: opts.dirs,
+        extensions_dir: ferry_host::default_extensions_dir(),
+        state_dir: opts.state_dir,
+        bundled: Some((opts.target, BundledConsent::Grant)),
+        only_bundled: true,
+        policy: opts.policy,
+        observer: opts.observer,
+        max_concurrent: opts.max_concurrent,
+        watch: opts.watch,
+        extensions_changed: Arc::default(),
     };
-    let mut store = open()?;
-
-    // 1. Index the folder.
-    progress.set_phase(Phase::Indexing);
-    let (store, scan_report) = {
-        let dirs = opts.dirs.clone();
-        let state_dir = opts.state_dir.clone();
-        let p = progress.clone();
-        tokio::task::spawn_blocking(move || {
-            let r = scan_into(&mut store, &dirs, &state_dir, &p);
-            (store, r)
-        })
-        .await
-        .map_err(|e| BackupError::Internal(e.to_string()))?
-    };
-    let scan_report = scan_report.map_err(|e| {
-        if is_folder_error(&e) {
-            BackupError::Folder(e)
-        } else {
-            BackupError::Scan(e)
-        }
-    })?;
-    let mut roots = Vec::new();
-    for dir in &opts.dirs {
-        roots.push(std::fs::canonicalize(dir).map_err(|e| {
-            BackupError::Folder(ScanError::RootUnreadable {
-                path: dir.clone(),
-                source: e,
-            })
-        })?);
-    }
-
-    // 2. The server.
-    progress.set_phase(Phase::Checking);
-    let embedded = match &opts.target {
-        Target::Embedded => Some(Embedded::start(&opts.state_dir).await?),
-        Target::Remote { .. } => None,
-    };
-    let (url, token) = match (&opts.target, &embedded) {
-        (Target::Remote { url, token }, _) => (url.clone(), token.clone()),
-        (Target::Embedded, Some(e)) => (e.base_url(), e.token.clone()),
-        (Target::Embedded, None) => unreachable!("embedded server started above"),
-    };
-    let client = ServerClient::new(&url, &token)?;
-    if let Ok(mut u) = progress.server_url.lock() {
-        *u = url.clone();
-    }
-    // Proves the URL and token before anything is queued. A daemon (watch) waits out a
-    // server that is down or failing (5xx), as its uploads would; a one-shot backup says so
-    // at once. A refused token is never waited out: the user must fix it.
-    let mut wait = Duration::from_secs(1);
-    loop {
-        match client.present(&[]).await {
-            Ok(_) => break,
-            Err(e @ (ServerError::Unreachable { .. } | ServerError::BadResponse { .. }))
-                if opts.watch =>
-            {
-                tracing::warn!(error = %e, retry_in_s = wait.as_secs(), "server not ready; waiting");
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = stop.wait_for(|s| *s) => return Err(e.into()),
-                }
-                wait = (wait * 2).min(Duration::from_secs(60));
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-
-    let tally = progress.tally.clone();
-    let shared: SharedStore = Arc::new(Mutex::new(Tracked::new(store, tally.clone())));
-    plan(&shared, &client, &roots, &progress).await?;
-    // The command line is the consent: install and enable the bundled extension.
-    let mut bundled = Bundled::install(&opts.state_dir, &url, &token)?;
-
-    // 3. Send, under the conditions.
-    progress.set_phase(Phase::Sending);
-    let engine_config = EngineConfig {
-        extensions: vec![extension::EXTENSION.to_owned()],
-        max_concurrent: opts.max_concurrent.max(1),
-        max_concurrent_per_origin: opts.max_concurrent.max(1),
-        // Every step wakes the engine and retries carry their own time: the poll is only a
-        // safety net, and an idle daemon must not wake more often than once a minute.
-        poll_interval: Duration::from_secs(600),
-        ..EngineConfig::default()
-    };
-    let engine = Arc::new(Engine::new(
-        shared.clone(),
-        Arc::new(Sessions::new(shared.clone()).map_err(ferry_transfer::EngineError::from)?),
-        Arc::new(Locator(shared.clone())),
-        engine_config,
-    )?);
-    let gate = match &opts.policy {
-        Some(policy) => Gate::observe(policy.clone(), opts.observer.clone()).await,
-        None => Gate::open(),
-    };
-    let (engine_stop_tx, engine_stop_rx) = watch::channel(false);
-    let runner = tokio::spawn(drive_engine(
-        engine.clone(),
-        gate.decisions.clone(),
-        engine_stop_rx,
-    ));
-
-    // Watching: a second connection keeps the index in step; each scan re-plans.
-    let (rescan_tx, mut rescan_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-    let watch_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    if opts.watch {
-        let mut watch_store = open()?;
-        let dirs = opts.dirs.clone();
-        let state_dir = opts.state_dir.clone();
-        let stop_flag = watch_stop.clone();
-        std::thread::spawn(move || {
-            let wopts = ferry_library::WatchOptions {
-                scan: ScanOptions {
-                    exclude: vec![state_dir],
-                    ..ScanOptions::default()
-                },
-                ..Default::default()
-            };
-            let mut on_scan = |_cause, _r: &ferry_library::ScanReport| {
-                if stop_flag.load(Ordering::Relaxed) || rescan_tx.send(()).is_err() {
-                    std::ops::ControlFlow::Break(())
-                } else {
-                    std::ops::ControlFlow::Continue(())
-                }
-            };
-            if let Err(e) =
-                ferry_library::watch(&mut watch_store, &dirs, &wopts, &mut |_| {}, &mut on_scan)
-            {
-                tracing::warn!(error = %e, "watching stopped");
-            }
-        });
-    }
-
-    let mut decisions = gate.decisions.clone();
-    let mut decisions_live = true;
-    let result: Result<(), BackupError> = async {
-        loop {
-            let decision = *decisions.borrow_and_update();
-            progress.set_decision(decision);
-            let step_started = Instant::now();
-            let finished_at_step = Tally::get(&tally.succeeded) + Tally::get(&tally.failed);
-            let mut outcome = if opts.watch && !decision.is_allow() {
-                // The extension runs only when the conditions allow, like the transfers: while
-                // they say wait it is not launched; the decision turning, new files or a stop
-                // wake this loop.
-                StepOutcome::Processing
-            } else {
-                let outcome = bundled.step().await?;
-                tracing::debug!(
-                    elapsed_ms = step_started.elapsed().as_millis() as u64,
-                    ?outcome,
-                    "extension step"
-                );
-                engine.wake();
-                outcome
-            };
-            if outcome == StepOutcome::Completed {
-                // Done only when its jobs are all sent and let go of, too.
-                let g = lock(&shared)?;
-                let open = !g
-                    .fetch(extension::EXTENSION, ferry_core::Action::Process)?
-                    .is_empty()
-                    || !g
-                        .fetch(extension::EXTENSION, ferry_core::Action::Acknowledge)?
-                        .is_empty();
-                if open {
-                    outcome = StepOutcome::Processing;
-                }
-            }
-            if outcome == StepOutcome::Completed {
-                if !opts.watch {
-                    return Ok(());
-                }
-                progress.set_phase(Phase::Watching);
-            } else if !opts.watch && !decision.is_allow() {
-                // A one-shot backup does not wait for conditions that may not change for
-                // hours: it ends now, and the summary names the reason for what is missing.
-                // Its jobs stay registered; the next run or the daemon sends them.
-                return Ok(());
-            } else {
-                progress.set_phase(Phase::Sending);
-            }
-            let stepped = Instant::now();
-            // An extension with more to do is asked again after a while even when no transfer
-            // finishes; one that is done (or may not run now) waits for a reason — a finished
-            // transfer, new files, the conditions turning — so an idle daemon sleeps.
-            let ask_again = outcome != StepOutcome::Completed && decision.is_allow();
-            tokio::select! {
-                _ = async {
-                    // Batch: each step launches the extension, so it comes only when it pays —
-                    // a quarter of the job limit has finished since the last one (acknowledged
-                    // and refilled in a few commits), or the engine is about to run dry (fewer
-                    // transfers in flight than it may run: nothing queued). Never more often
-                    // than once per STEP_INTERVAL while transfers run.
-                    let t = &progress.tally;
-                    loop {
-                        t.changed.notified().await;
-                        let finished = Tally::get(&t.succeeded) + Tally::get(&t.failed);
-                        let in_flight = Tally::get(&t.started).saturating_sub(finished);
-                        // Jobs neither started nor finished-and-waiting-for-the-acknowledge
-                        // (those finished since the last step, counted high: a step may have
-                        // acknowledged some that finished while it ran).
-                        let starving = in_flight < opts.max_concurrent as u64 && {
-                            let unacked = lock(&shared)
-                                .and_then(|g| Ok(g.unacknowledged_count(extension::EXTENSION)?))
-                                .map_or(0, u64::from);
-                            let queued = unacked
-                                .saturating_sub(in_flight)
-                                .saturating_sub(finished.saturating_sub(finished_at_step));
-                            queued < opts.max_concurrent as u64
-                        };
-                        let batch = finished.saturating_sub(finished_at_step)
-                            >= u64::from(extension::JOB_LIMIT / 4);
-                        if starving || batch {
-                            break;
-                        }
-                    }
-                    if Tally::get(&t.started) > Tally::get(&t.succeeded) + Tally::get(&t.failed) {
-                        tokio::time::sleep_until((stepped + STEP_INTERVAL).into()).await;
-                    }
-                } => {}
-                // A gate that never changes (no policy: go now) has no sender: its `changed()`
-                // answers "closed" at once, and must not spin this loop.
-                r = decisions.changed(), if decisions_live => decisions_live = r.is_ok(),
-                Some(()) = rescan_rx.recv(), if opts.watch => {
-                    plan(&shared, &client, &roots, &progress).await?;
-                }
-                r = stop.changed() => if r.is_err() || *stop.borrow() { return Ok(()) },
-                _ = tokio::time::sleep(Duration::from_secs(1)), if ask_again => {}
-            }
-        }
-    }
-    .await;
-    watch_stop.store(true, Ordering::Relaxed);
-    let _ = engine_stop_tx.send(true);
-    match runner.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => return Err(e.into()),
-        Err(e) => return Err(BackupError::Internal(e.to_string())),
-    }
-    result?;
-
-    // 4. Verify against the server's digests.
-    progress.set_phase(Phase::Verifying);
-    let resources = resources_under(&shared, &roots)?;
-    let hashes: Vec<String> = resources.iter().map(|r| hex(&r.blake3)).collect();
-    let present = client.present(&hashes).await?;
-    let waiting = progress.waiting_reason();
-    let mut missing = Vec::new();
-    let mut assets = HashSet::new();
-    let mut bytes = 0;
-    {
-        let g = lock(&shared)?;
-        for (r, h) in resources.iter().zip(&hashes) {
-            assets.insert(r.asset_id.as_str());
-            bytes += r.size;
-            if present.contains(h) {
-                continue;
-            }
-            let last = g
-                .receipts_for_hash(&ferry_core::ContentHash(r.blake3))?
-                .into_iter()
-                .next();
-            let why = match (last.and_then(|rc| rc.error), waiting) {
-                (Some(code), _) => code.to_string(),
-                (None, Some(w)) => w.code().to_owned(),
-                (None, None) => "not_sent".to_owned(),
-            };
-            missing.push(Missing {
-                path: r.path.clone(),
-                resource_id: r.id.clone(),
-                blake3: h.clone(),
-                why,
-            });
-        }
-    }
-    progress.set_phase(Phase::Done);
-    let snap = progress.snapshot();
-    let summary = BackupSummary {
-        dirs: roots.clone(),
-        server_url: url,
-        embedded_server_dir: embedded.as_ref().map(|e| e.data_dir.clone()),
-        assets: assets.len() as u64,
-        resources: resources.len() as u64,
-        bytes,
-        sent: snap.sent,
-        bytes_sent: snap.bytes_sent,
-        already_stored: snap.already_stored,
-        failed: snap.failed,
-        verified: (resources.len() - missing.len()) as u64,
-        missing,
-        index_issues: scan_report
-            .counts_by_reason
-            .iter()
-            .filter(|(k, _)| !k.is_expected())
-            .map(|(_, v)| v)
-            .sum(),
-        elapsed_ms: started.elapsed().as_millis() as u64,
-    };
-    if let Some(e) = embedded {
-        e.handle.shutdown().await;
-    }
-    Ok(summary)
+    crate::run::run(run, progress, stop).await
 }

@@ -34,6 +34,8 @@ pub struct ControlState {
     pub stop: watch::Sender<bool>,
     pub started_ms: i64,
     pub folders: Vec<PathBuf>,
+    /// Notified by `POST /v1/wake` (`ferry extensions enable/disable` after a consent change).
+    pub extensions_changed: Arc<tokio::sync::Notify>,
 }
 
 fn problem(status: StatusCode, message: impl Into<String>) -> Response {
@@ -131,6 +133,12 @@ async fn history(State(s): State<ControlState>, Query(q): Query<HistoryQuery>) -
     .await
 }
 
+/// Consent or the installed extensions changed: the host looks again now.
+async fn wake(State(s): State<ControlState>) -> Response {
+    s.extensions_changed.notify_one();
+    axum::Json(serde_json::json!({ "woken": true })).into_response()
+}
+
 async fn stop(State(s): State<ControlState>) -> Response {
     let _ = s.stop.send(true);
     axum::Json(serde_json::json!({ "stopping": true })).into_response()
@@ -143,6 +151,7 @@ pub fn router(state: ControlState) -> Router {
         .route("/v1/jobs", get(jobs))
         .route("/v1/history", get(history))
         .route("/v1/stop", post(stop))
+        .route("/v1/wake", post(wake))
         .with_state(state)
 }
 

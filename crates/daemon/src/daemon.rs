@@ -1,7 +1,8 @@
-//! `ferry daemon`: the long-lived process. It watches the configured folders, keeps creating
-//! and running jobs under the conditions (the same loop as `ferry backup --watch`), and
-//! serves the control API on a Unix socket. One daemon per state folder (a lock file), and
-//! SIGTERM/SIGINT or `POST /v1/stop` end it cleanly.
+//! `ferry daemon`: the long-lived process. It watches the configured folders, runs every
+//! installed and enabled extension when it has work and the conditions allow, sends their
+//! jobs ([`crate::run`], the loop `ferry backup` uses too), and serves the control API on a
+//! Unix socket. One daemon per state folder (a lock file), and SIGTERM/SIGINT or
+//! `POST /v1/stop` end it cleanly.
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -9,15 +10,22 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use crate::backup::{self, BackupError, BackupOptions, Progress, Target};
+use crate::backup::{self, BackupError, Progress, Target};
 use crate::control::{self, ControlState};
+use crate::extension::{self, BundledConsent};
+use crate::run::RunOptions;
 
 #[derive(Debug, Clone)]
 pub struct DaemonOptions {
     pub state_dir: PathBuf,
     pub runtime_dir: PathBuf,
     pub folders: Vec<PathBuf>,
-    pub target: Target,
+    /// The person's extensions folder.
+    pub extensions_dir: PathBuf,
+    /// The bundled extension's server, when one is configured (`--to`, `[server]`). `None`:
+    /// the built-in server, unless another extension is enabled (then the bundled one does
+    /// not run: the person backs up through their own extensions).
+    pub target: Option<Target>,
     pub policy: Option<ferry_core::Policy>,
     pub observer: ferry_conditions::ObserverConfig,
     pub max_concurrent: usize,
@@ -83,6 +91,22 @@ impl StateLock {
     }
 }
 
+/// Whether an extension other than the bundled one is installed and enabled.
+fn other_extension_enabled(opts: &DaemonOptions) -> Result<bool, DaemonError> {
+    let store = ferry_store::Store::open(&opts.state_dir.join("ferry.db")).map_err(|e| {
+        BackupError::State {
+            dir: opts.state_dir.clone(),
+            detail: e.to_string(),
+        }
+    })?;
+    let config = ferry_host::HostConfig::new(opts.extensions_dir.clone(), opts.state_dir.clone());
+    let (installed, _) = ferry_host::manifest::load_dirs(&config.manifest_dirs());
+    let consents = store.consents().map_err(BackupError::from)?;
+    Ok(consents.iter().any(|c| {
+        c.is_enabled() && c.id != extension::EXTENSION && installed.iter().any(|m| m.id == c.id)
+    }))
+}
+
 /// Runs the daemon until `stop` turns true (the caller wires signals to it).
 pub async fn run(
     opts: DaemonOptions,
@@ -98,6 +122,17 @@ pub async fn run(
         dir: opts.state_dir.clone(),
         detail: e.to_string(),
     })?;
+    let bundled = match &opts.target {
+        Some(t) => Some(t.clone()),
+        None if other_extension_enabled(&opts)? => {
+            tracing::info!(
+                "no server configured and other extensions are enabled: the bundled extension does not run"
+            );
+            None
+        }
+        None => Some(Target::Embedded),
+    };
+    let extensions_changed = Arc::new(tokio::sync::Notify::new());
     let listener = control::bind(&opts.runtime_dir).map_err(|source| DaemonError::Socket {
         path: opts.runtime_dir.clone(),
         source,
@@ -108,6 +143,7 @@ pub async fn run(
         stop: stop.clone(),
         started_ms: backup::now_ms(),
         folders: opts.folders.clone(),
+        extensions_changed: extensions_changed.clone(),
     };
     let mut serve_stop = stop.subscribe();
     let server = tokio::spawn(async move {
@@ -122,15 +158,18 @@ pub async fn run(
         }
     });
     tracing::info!(folders = ?opts.folders, "ferry daemon running");
-    let result = backup::run(
-        BackupOptions {
+    let result = crate::run::run(
+        RunOptions {
             dirs: opts.folders.clone(),
             state_dir: opts.state_dir.clone(),
-            target: opts.target.clone(),
+            extensions_dir: opts.extensions_dir.clone(),
+            bundled: bundled.map(|t| (t, BundledConsent::UnlessRevoked)),
+            only_bundled: false,
             policy: opts.policy.clone(),
             observer: opts.observer.clone(),
             max_concurrent: opts.max_concurrent,
             watch: true,
+            extensions_changed,
         },
         progress,
         stop.subscribe(),

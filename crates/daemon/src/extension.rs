@@ -1,56 +1,56 @@
-//! Job creation through the extension host: `ferry backup` installs the bundled `ferry-backup`
-//! extension (a manifest whose program is this very binary, `ferry extension-run
-//! ferry-backup`), enables it (the command line is the consent), and calls it until it reports
-//! `completed`. The extension decides what to upload; Ferry only runs it.
+//! The bundled extension: `ferry backup` and the daemon back the library up to a ferry-server
+//! through the reference extension, installed like any other (a manifest whose program is this
+//! very binary, `ferry extension-run ferry-backup`) but written by Ferry into the state
+//! folder's `extensions/`, and consented by the command line. The extension decides what to
+//! upload; the host runs it (see [`crate::run`]).
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 
-use ferry_extension::protocol::ProcessStatus;
 use ferry_host::consent::{self, Grant};
-use ferry_host::{CallOutcome, Host, HostConfig, manifest};
+use ferry_host::manifest;
 use ferry_store::Store;
 
-/// The bundled extension's id (also the job store's extension name for its jobs).
-pub const EXTENSION: &str = "ferry-backup";
+/// The bundled extension's id (also the job store's extension name for its jobs). Distinct
+/// from `ferry-backup`, the id of the same program installed by hand for another server, so
+/// the two never share consent, jobs or key-value records.
+pub const EXTENSION: &str = "bundled";
+
+/// The id the bundled extension had before it was renamed (its manifest is replaced).
+const OLD_EXTENSION: &str = "ferry-backup";
 
 /// Its job limit: enough queued work that the engine never waits on the extension between
-/// two of its (batched) steps, at any concurrency the command line allows.
+/// two of its (batched) calls, at any concurrency the command line allows.
 pub const JOB_LIMIT: u32 = 1000;
+
+/// How the bundled extension's consent is taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BundledConsent {
+    /// `ferry backup DIR`: running the command is the consent.
+    Grant,
+    /// The daemon: enabled the first time; a person who disabled it keeps it disabled.
+    UnlessRevoked,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExtensionError {
-    #[error("installing {EXTENSION}: {0}")]
+    #[error("installing the bundled extension: {0}")]
     Install(String),
     #[error(transparent)]
     Host(#[from] ferry_host::HostError),
-    #[error("{EXTENSION} failed {calls} calls in a row; last: {detail}")]
+    #[error("the bundled extension failed {calls} calls in a row; last: {detail}")]
     Failing { calls: u32, detail: String },
-}
-
-/// Whether the extension has more to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StepOutcome {
-    Processing,
-    Completed,
-}
-
-/// The installed, enabled extension and the host that runs it.
-#[derive(Debug)]
-pub struct Bundled {
-    host: Host,
-    failures: u32,
 }
 
 fn manifest_text(exe: &Path, server_url: &str, token: &str) -> String {
     let q = |s: &str| toml::Value::String(s.to_owned()).to_string();
     let base = format!("{}/v1/", server_url.trim_end_matches('/'));
     format!(
-        "# Written by `ferry backup`: the bundled extension, run in-process by the ferry binary.\n\
+        "# Written by `ferry backup` / `ferry daemon`: the bundled extension (ferry-backup, run\n\
+         # in-process by the ferry binary). Rewritten at every start; edit the server instead.\n\
          id = \"{EXTENSION}\"\n\
-         name = \"Back up to a ferry-server\"\n\
+         name = \"Back up to a ferry-server (bundled)\"\n\
          exec = {}\n\
-         args = [\"extension-run\", \"{EXTENSION}\"]\n\
+         args = [\"extension-run\", \"ferry-backup\"]\n\
          capabilities = [\"upload\"]\n\
          scope = \"library\"\n\
          destination_bases = [{}]\n\
@@ -66,72 +66,56 @@ fn manifest_text(exe: &Path, server_url: &str, token: &str) -> String {
     )
 }
 
-impl Bundled {
-    /// Writes the manifest (mode 0600: it holds the token) into `state_dir/extensions`,
-    /// records the consent, and starts a host on its own store connection.
-    pub fn install(
-        state_dir: &Path,
-        server_url: &str,
-        token: &str,
-    ) -> Result<Bundled, ExtensionError> {
-        let exe = std::env::current_exe()
-            .map_err(|e| ExtensionError::Install(format!("the ferry binary's path: {e}")))?;
-        let ext_dir: PathBuf = state_dir.join("extensions");
-        let path = ext_dir.join(format!("{EXTENSION}.toml"));
-        crate::server::write_private(&path, manifest_text(&exe, server_url, token).as_bytes())
-            .map_err(|e| ExtensionError::Install(format!("{}: {e}", path.display())))?;
-        let m =
-            manifest::Manifest::load(&path).map_err(|e| ExtensionError::Install(e.to_string()))?;
-        let mut store = Store::open(&state_dir.join("ferry.db"))
-            .map_err(|e| ExtensionError::Install(e.to_string()))?;
-        consent::enable(
-            &mut store,
-            &m,
-            Grant::requested(&m),
-            crate::backup::now_ms(),
-        )?;
-        let host = Host::new(
-            Arc::new(Mutex::new(store)),
-            HostConfig::new(ext_dir, state_dir.to_owned()),
-        )?;
-        Ok(Bundled { host, failures: 0 })
+/// Writes the manifest (mode 0600: it holds the token) into `state_dir/extensions` and
+/// records the consent as `consent` says.
+pub fn install(
+    state_dir: &Path,
+    server_url: &str,
+    token: &str,
+    consent: BundledConsent,
+) -> Result<(), ExtensionError> {
+    let exe = std::env::current_exe()
+        .map_err(|e| ExtensionError::Install(format!("the ferry binary's path: {e}")))?;
+    let ext_dir: PathBuf = state_dir.join("extensions");
+    let mut store = Store::open(&state_dir.join("ferry.db"))
+        .map_err(|e| ExtensionError::Install(e.to_string()))?;
+    retire_old_id(&ext_dir, &mut store)?;
+    let path = ext_dir.join(format!("{EXTENSION}.toml"));
+    crate::server::write_private(&path, manifest_text(&exe, server_url, token).as_bytes())
+        .map_err(|e| ExtensionError::Install(format!("{}: {e}", path.display())))?;
+    let m = manifest::Manifest::load(&path).map_err(|e| ExtensionError::Install(e.to_string()))?;
+    let revoked = store
+        .consent(EXTENSION)
+        .map_err(ferry_host::HostError::from)?
+        .is_some_and(|c| !c.is_enabled());
+    if consent == BundledConsent::UnlessRevoked && revoked {
+        tracing::warn!(
+            "the bundled extension is disabled; `ferry extensions enable {EXTENSION}` turns it back on"
+        );
+        return Ok(());
     }
+    consent::enable(
+        &mut store,
+        &m,
+        Grant::requested(&m),
+        crate::backup::now_ms(),
+    )?;
+    Ok(())
+}
 
-    /// One `process_jobs` round now. Failures are tolerated a few times in a row (the host
-    /// backs the extension off; here the caller simply calls again).
-    pub async fn step(&mut self) -> Result<StepOutcome, ExtensionError> {
-        let outcome = self.host.call_now(EXTENSION).await?;
-        tracing::debug!(?outcome, "{EXTENSION} answered");
-        let detail = match outcome {
-            CallOutcome::Answered {
-                status: ProcessStatus::Completed,
-                ..
-            } => {
-                self.failures = 0;
-                return Ok(StepOutcome::Completed);
-            }
-            CallOutcome::Answered {
-                status: ProcessStatus::Processing,
-                ..
-            } => {
-                self.failures = 0;
-                return Ok(StepOutcome::Processing);
-            }
-            CallOutcome::Answered { message, .. } => {
-                message.unwrap_or_else(|| "it answered failure".into())
-            }
-            CallOutcome::Failed { failure } => format!("{failure:?}"),
-            CallOutcome::NotEnabled => {
-                return Err(ferry_host::HostError::NotEnabled(EXTENSION.into()).into());
-            }
-        };
-        self.failures += 1;
-        if self.failures >= 3 {
-            return Err(ExtensionError::Failing {
-                calls: self.failures,
-                detail,
-            });
-        }
-        Ok(StepOutcome::Processing)
+/// Before the rename, the bundled extension was `ferry-backup` in the state folder: its
+/// manifest goes and its consent is withdrawn (its queued jobs are cancelled; the new one asks
+/// the server what it holds, so nothing is sent twice).
+fn retire_old_id(ext_dir: &Path, store: &mut Store) -> Result<(), ExtensionError> {
+    let old = ext_dir.join(format!("{OLD_EXTENSION}.toml"));
+    let Ok(m) = manifest::Manifest::load(&old) else {
+        return Ok(());
+    };
+    if m.args.first().map(String::as_str) != Some("extension-run") {
+        return Ok(());
     }
+    consent::disable(store, OLD_EXTENSION, crate::backup::now_ms())?;
+    std::fs::remove_file(&old)
+        .map_err(|e| ExtensionError::Install(format!("{}: {e}", old.display())))?;
+    Ok(())
 }

@@ -15,5 +15,6 @@ pub mod daemon;
 pub mod extension;
 pub mod gate;
 pub mod report;
+pub mod run;
 pub mod server;
 pub mod tracked;

@@ -137,6 +137,9 @@ impl JobStore for Tracked {
     fn cancel_all(&mut self, extension: &str, now_ms: i64) -> Result<Vec<Job>, JobStoreError> {
         self.inner.cancel_all(extension, now_ms)
     }
+    fn extensions(&self) -> Result<Vec<String>, JobStoreError> {
+        self.inner.extensions()
+    }
 }
 
 /// Upload sessions in the same database, through the same lock as the jobs.

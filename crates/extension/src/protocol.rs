@@ -14,12 +14,12 @@
 //!   `library.*`, `jobs.*` and `kv.*` methods below. Request ids of the two directions are
 //!   independent.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-use ferry_core::job::{Action, Job, TxItem};
+use ferry_core::job::{Action, Job, Rejection, TransactionError, TxItem};
 use ferry_core::resource::{ResourceMetadata, ResourceType};
-use ferry_core::{ContentHash, UrlBase};
-use serde::{Deserialize, Serialize};
+use ferry_core::{ContentHash, DestinationError, Method, UrlBase};
+use serde::{Deserialize, Deserializer, Serialize};
 use uuid::Uuid;
 
 /// The protocol version this crate speaks.
@@ -28,6 +28,11 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// The longest line either side may write, newline excluded. A longer line is a protocol
 /// violation: Ferry stops an extension that writes one.
 pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+
+/// How many lines that are not JSON, or not JSON-RPC 2.0 messages, Ferry answers in one launch
+/// (`parse_error` / `invalid_request`, see [`FrameError::answer`]); the next one stops the
+/// extension as a protocol violation. Enough for a stray `print`, not for a flood.
+pub const MAX_BAD_LINES: u32 = 16;
 
 /// The most items one page of a `library.*` or `jobs.fetch` answer carries.
 pub const MAX_PAGE_ITEMS: u32 = 1000;
@@ -85,18 +90,28 @@ pub const HOST_METHODS: [&str; 12] = [
 // ---- JSON-RPC envelope -------------------------------------------------------------------
 
 /// A JSON-RPC id: Ferry uses numbers; an extension may use numbers or strings.
+///
+/// `Null` is only ever the id of an error answer to a line whose id could not be read (not
+/// JSON, or not a valid request): JSON-RPC 2.0 answers those with `"id": null`. A request
+/// written with `"id": null` is read as a notification, as before.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Id {
     Number(i64),
     String(String),
+    Null,
 }
 
 /// Any one line, before it is known what it is. Parse with [`Message::parse`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RawMessage {
     pub jsonrpc: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// `None`: no `id` member; `Some(Id::Null)`: `"id": null`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present_id"
+    )]
     pub id: Option<Id>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,
@@ -126,15 +141,25 @@ pub enum Message {
     },
 }
 
+/// A present `id` member: `null` is [`Id::Null`] (an absent one stays `None`, by `default`).
+fn present_id<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Id>, D::Error> {
+    Ok(Some(Option::<Id>::deserialize(d)?.unwrap_or(Id::Null)))
+}
+
 /// Why a line is not a message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FrameError {
     #[error("line of {0} bytes is over the limit of {MAX_MESSAGE_BYTES}")]
     TooLong(usize),
+    /// Not JSON at all (JSON-RPC's "Parse error").
     #[error("not JSON: {0}")]
     Parse(String),
-    #[error("not a JSON-RPC 2.0 message: {0}")]
-    Invalid(&'static str),
+    /// JSON, but not a valid JSON-RPC 2.0 message (JSON-RPC's "Invalid Request"). `id` is
+    /// what an answer carries: the line's own id when it reads as a request gone wrong (it
+    /// has a `method`, or neither `result` nor `error`) and its id is a number or a string;
+    /// else [`Id::Null`] (a broken answer's id names one of the other side's requests).
+    #[error("not a JSON-RPC 2.0 message: {reason}")]
+    Invalid { reason: String, id: Id },
 }
 
 impl FrameError {
@@ -143,32 +168,118 @@ impl FrameError {
         match self {
             FrameError::TooLong(_) => RpcError::new(ErrorCode::TooLarge, self.to_string()),
             FrameError::Parse(_) => RpcError::new(ErrorCode::ParseError, self.to_string()),
-            FrameError::Invalid(_) => RpcError::new(ErrorCode::InvalidRequest, self.to_string()),
+            FrameError::Invalid { .. } => {
+                RpcError::new(ErrorCode::InvalidRequest, self.to_string())
+            }
+        }
+    }
+
+    /// The answer JSON-RPC 2.0 asks for: `parse_error` with `"id": null` to a line that is
+    /// not JSON, `invalid_request` with the id described at [`FrameError::Invalid`] to one
+    /// that is not a valid message. `None` for a line over the limit: that one is never
+    /// answered (Ferry stops an extension that writes one).
+    pub fn answer(&self) -> Option<Message> {
+        let id = match self {
+            FrameError::TooLong(_) => return None,
+            FrameError::Parse(_) => Id::Null,
+            FrameError::Invalid { id, .. } => id.clone(),
+        };
+        Some(Message::Response {
+            id,
+            result: Err(self.to_rpc()),
+        })
+    }
+
+    fn invalid(reason: impl Into<String>, id: Id) -> FrameError {
+        FrameError::Invalid {
+            reason: cut_reason(reason.into()),
+            id,
         }
     }
 }
 
+/// Longest reason a [`FrameError`] keeps: serde quotes the strings it refuses, and an answer
+/// quoting a whole line back could be over the limit itself.
+const MAX_REASON_BYTES: usize = 256;
+
+fn cut_reason(mut reason: String) -> String {
+    if reason.len() > MAX_REASON_BYTES {
+        let mut cut = MAX_REASON_BYTES;
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        reason.truncate(cut);
+        reason.push('…');
+    }
+    reason
+}
+
+/// The id to answer an invalid message with (see [`FrameError::Invalid`]).
+fn answer_id(id: Option<Id>, has_method: bool, has_result_or_error: bool) -> Id {
+    if !has_method && has_result_or_error {
+        return Id::Null;
+    }
+    id.unwrap_or(Id::Null)
+}
+
 impl Message {
-    /// Parses one line (without its newline).
+    /// Parses one line (without its newline): a JSON object with `"jsonrpc": "2.0"` and a
+    /// `method` (a request with an `id`, else a notification) or an `id` with exactly one of
+    /// `result` / `error` (an answer; only an error answer may have `"id": null`).
     pub fn parse(line: &[u8]) -> Result<Message, FrameError> {
         if line.len() > MAX_MESSAGE_BYTES {
             return Err(FrameError::TooLong(line.len()));
         }
-        let raw: RawMessage =
-            serde_json::from_slice(line).map_err(|e| FrameError::Parse(e.to_string()))?;
+        let raw: RawMessage = match serde_json::from_slice(line) {
+            // serde would read an array as the struct's fields in order: not a message.
+            Ok(raw) if line.trim_ascii_start().starts_with(b"{") => raw,
+            Ok(_) => {
+                return Err(FrameError::invalid("a message is a JSON object", Id::Null));
+            }
+            // Valid JSON of the wrong shape (a missing `jsonrpc`, an id that is an object,
+            // not an object at all, ...).
+            Err(e) if e.classify() == serde_json::error::Category::Data => {
+                let value = serde_json::from_slice::<serde_json::Value>(line).ok();
+                let obj = value.as_ref().and_then(|v| v.as_object());
+                let id = match obj {
+                    Some(o) => answer_id(
+                        o.get("id").and_then(|v| match v {
+                            serde_json::Value::Number(_) | serde_json::Value::String(_) => {
+                                Id::deserialize(v).ok()
+                            }
+                            _ => None,
+                        }),
+                        o.contains_key("method"),
+                        o.contains_key("result") || o.contains_key("error"),
+                    ),
+                    None => Id::Null,
+                };
+                return Err(FrameError::invalid(e.to_string(), id));
+            }
+            Err(e) => return Err(FrameError::Parse(cut_reason(e.to_string()))),
+        };
+        let has_method = raw.method.is_some();
+        let has_outcome = raw.result.is_some() || raw.error.is_some();
+        let invalid = |reason: &str, id: Option<Id>| {
+            FrameError::invalid(reason, answer_id(id, has_method, has_outcome))
+        };
         if raw.jsonrpc != "2.0" {
-            return Err(FrameError::Invalid("jsonrpc must be \"2.0\""));
+            return Err(invalid("jsonrpc must be \"2.0\"", raw.id));
         }
         match (raw.id, raw.method, raw.result, raw.error) {
+            // `"id": null` on a request: read as a notification, as it always was.
+            (Some(Id::Null) | None, Some(method), None, None) => Ok(Message::Notification {
+                method,
+                params: raw.params.unwrap_or(serde_json::Value::Null),
+            }),
             (Some(id), Some(method), None, None) => Ok(Message::Request {
                 id,
                 method,
                 params: raw.params.unwrap_or(serde_json::Value::Null),
             }),
-            (None, Some(method), None, None) => Ok(Message::Notification {
-                method,
-                params: raw.params.unwrap_or(serde_json::Value::Null),
-            }),
+            (Some(Id::Null), None, Some(_), None) => {
+                Err(invalid("only an error answer may have a null id", None))
+            }
             (Some(id), None, Some(result), None) => Ok(Message::Response {
                 id,
                 result: Ok(result),
@@ -177,8 +288,10 @@ impl Message {
                 id,
                 result: Err(error),
             }),
-            _ => Err(FrameError::Invalid(
-                "a message has a method (request, notification) or exactly one of result/error",
+            (id, _, _, _) => Err(invalid(
+                "a message has a method (request, notification) or an id and exactly one of \
+                 result/error (an answer)",
+                id,
             )),
         }
     }
@@ -596,6 +709,115 @@ pub struct TransactionParams {
     pub items: Vec<TxItem>,
 }
 
+/// `jobs.transaction` params as a host reads them.
+///
+/// A destination whose `method` is a string other than `POST`, `PUT` or `PATCH` breaks a
+/// destination rule, not the shape of the params: the item is read with `POST` in its place
+/// and listed in `bad_methods`, so that the host refuses it as `transaction_rejected` /
+/// `bad_destination` at its index, like any other broken destination rule. Anything else
+/// malformed (a method that is not a string, a bad id, a missing field, ...) is an `Err`:
+/// `invalid_params`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransactionRequest {
+    /// Every item, in order. Those named in `bad_methods` carry `POST` in place of the
+    /// method they asked for: never commit a request whose `bad_methods` is not empty.
+    pub items: Vec<TxItem>,
+    /// One rejection (`bad_destination`) per item whose method Ferry cannot send with, by
+    /// ascending index.
+    pub bad_methods: Vec<TransactionError>,
+}
+
+/// Longest method name quoted back in a rejection.
+const MAX_QUOTED_METHOD_BYTES: usize = 64;
+
+impl TransactionRequest {
+    /// Reads the params (`null` reads as `{}`, which lacks `items`). The error is the message
+    /// for `invalid_params` (cut short: serde quotes what it refuses).
+    pub fn parse(params: serde_json::Value) -> Result<TransactionRequest, String> {
+        #[derive(Deserialize)]
+        struct Items {
+            items: Vec<serde_json::Value>,
+        }
+        let params = if params.is_null() {
+            serde_json::Value::Object(Default::default())
+        } else {
+            params
+        };
+        let raw: Items = serde_json::from_value(params).map_err(|e| cut_reason(e.to_string()))?;
+        let mut items = Vec::with_capacity(raw.items.len());
+        let mut bad_methods = Vec::new();
+        for (index, mut value) in raw.items.into_iter().enumerate() {
+            let item = match TxItem::deserialize(&value) {
+                Ok(item) => item,
+                Err(first) => {
+                    let Some(method) = replace_unsendable_method(&mut value) else {
+                        return Err(cut_reason(format!("items[{index}]: {first}")));
+                    };
+                    // With a sendable method in its place, the item must read; if it still
+                    // does not, its other fault is what the extension must fix.
+                    let item = TxItem::deserialize(&value)
+                        .map_err(|e| cut_reason(format!("items[{index}]: {e}")))?;
+                    bad_methods.push(TransactionError {
+                        index,
+                        job: item.job_id(),
+                        reason: Rejection::Destination(DestinationError::Method(method)),
+                    });
+                    item
+                }
+            };
+            items.push(item);
+        }
+        Ok(TransactionRequest { items, bad_methods })
+    }
+}
+
+/// If the item's `destination.method` is a string that is not a [`Method`], puts `POST` in its
+/// place and returns the name asked for (cut to [`MAX_QUOTED_METHOD_BYTES`]).
+fn replace_unsendable_method(item: &mut serde_json::Value) -> Option<String> {
+    let slot = item.get_mut("destination")?.get_mut("method")?;
+    let name = slot.as_str()?;
+    if Method::deserialize(&*slot).is_ok() {
+        return None;
+    }
+    let mut cut = name.len().min(MAX_QUOTED_METHOD_BYTES);
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let name = name[..cut].to_owned();
+    *slot = serde_json::Value::String(Method::Post.as_str().into());
+    Some(name)
+}
+
+/// The first offending item of a transaction when a host refuses some items itself, before
+/// the job rules (an out-of-scope resource or job, a method it cannot send with): the job
+/// rules still win for an item before the first refused one. `refused` holds the refused
+/// indices; `plan` applies the job rules ([`ferry_core::job::plan_transaction`] against the
+/// store, writing nothing) to the other items, in order. Returns the job rules' rejection,
+/// with its index in `items`, if it names an item before the first refused one; `None` if
+/// the host's own refusal stands (or nothing was refused).
+pub fn earlier_rejection<E>(
+    items: &[TxItem],
+    refused: &BTreeSet<usize>,
+    plan: impl FnOnce(&[TxItem]) -> Result<Option<TransactionError>, E>,
+) -> Result<Option<TransactionError>, E> {
+    let Some(&first) = refused.first() else {
+        return Ok(None);
+    };
+    let (at, kept): (Vec<usize>, Vec<TxItem>) = items
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !refused.contains(i))
+        .map(|(i, item)| (i, item.clone()))
+        .unzip();
+    Ok(plan(&kept)?.and_then(|mut t| {
+        let index = *at.get(t.index)?;
+        (index < first).then(|| {
+            t.index = index;
+            t
+        })
+    }))
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TransactionResult {
     /// The ids of the jobs the transaction touched, in item order.
@@ -706,19 +928,258 @@ mod tests {
         ));
         assert!(matches!(
             Message::parse(br#"{"jsonrpc":"1.0","id":1,"method":"x"}"#),
-            Err(FrameError::Invalid(_))
+            Err(FrameError::Invalid { .. })
         ));
         assert!(matches!(
             Message::parse(
                 br#"{"jsonrpc":"2.0","id":1,"result":1,"error":{"code":1,"message":"x"}}"#
             ),
-            Err(FrameError::Invalid(_))
+            Err(FrameError::Invalid { .. })
         ));
         let long = vec![b' '; MAX_MESSAGE_BYTES + 1];
         assert_eq!(
             Message::parse(&long),
             Err(FrameError::TooLong(MAX_MESSAGE_BYTES + 1))
         );
+        assert_eq!(FrameError::TooLong(1).answer(), None);
+    }
+
+    /// The id each bad line is answered with, and the error's code.
+    #[test]
+    fn bad_lines_are_answered_as_json_rpc_says() {
+        let s = |v: &str| Id::String(v.into());
+        let cases: &[(&[u8], ErrorCode, Id)] = &[
+            (b"{not json", ErrorCode::ParseError, Id::Null),
+            (b"hello", ErrorCode::ParseError, Id::Null),
+            (
+                br#"{"jsonrpc":"2.0","id":4,"method":"x""#,
+                ErrorCode::ParseError,
+                Id::Null,
+            ),
+            // JSON, but not a message: the id is echoed when it reads as a request.
+            (
+                br#"{"jsonrpc":"1.0","id":"a","method":"jobs.limit"}"#,
+                ErrorCode::InvalidRequest,
+                s("a"),
+            ),
+            (
+                br#"{"jsonrpc":"2.0","id":5,"params":{}}"#,
+                ErrorCode::InvalidRequest,
+                Id::Number(5),
+            ),
+            (
+                br#"{"id":6,"method":"jobs.limit"}"#,
+                ErrorCode::InvalidRequest,
+                Id::Number(6),
+            ),
+            (
+                br#"{"jsonrpc":2,"id":7,"method":"jobs.limit"}"#,
+                ErrorCode::InvalidRequest,
+                Id::Number(7),
+            ),
+            (
+                br#"{"jsonrpc":"2.0","id":8,"method":5}"#,
+                ErrorCode::InvalidRequest,
+                Id::Number(8),
+            ),
+            (
+                br#"{"jsonrpc":"2.0","id":{"n":1},"method":"x"}"#,
+                ErrorCode::InvalidRequest,
+                Id::Null,
+            ),
+            (
+                br#"{"jsonrpc":"2.0","id":1.5,"method":"x"}"#,
+                ErrorCode::InvalidRequest,
+                Id::Null,
+            ),
+            (
+                br#"{"jsonrpc":"2.0","id":true,"method":"x"}"#,
+                ErrorCode::InvalidRequest,
+                Id::Null,
+            ),
+            // A broken answer: its id is one of the other side's, so the answer has none.
+            (
+                br#"{"jsonrpc":"2.0","id":2,"result":1,"error":{"code":1,"message":"x"}}"#,
+                ErrorCode::InvalidRequest,
+                Id::Null,
+            ),
+            (
+                br#"{"jsonrpc":"1.0","id":2,"result":{}}"#,
+                ErrorCode::InvalidRequest,
+                Id::Null,
+            ),
+            (
+                br#"{"jsonrpc":"2.0","id":null,"result":{}}"#,
+                ErrorCode::InvalidRequest,
+                Id::Null,
+            ),
+            (
+                br#"{"jsonrpc":"2.0","method":"x","result":1}"#,
+                ErrorCode::InvalidRequest,
+                Id::Null,
+            ),
+            // Not an object: an array would otherwise read as the fields in order.
+            (
+                br#"["2.0",1,"jobs.limit"]"#,
+                ErrorCode::InvalidRequest,
+                Id::Null,
+            ),
+            (b"[]", ErrorCode::InvalidRequest, Id::Null),
+            (b"5", ErrorCode::InvalidRequest, Id::Null),
+            (b"null", ErrorCode::InvalidRequest, Id::Null),
+            (br#""text""#, ErrorCode::InvalidRequest, Id::Null),
+        ];
+        for (line, code, id) in cases {
+            let text = String::from_utf8_lossy(line);
+            let e = Message::parse(line).expect_err(&text);
+            match e.answer() {
+                Some(Message::Response {
+                    id: got,
+                    result: Err(err),
+                }) => {
+                    assert_eq!(&got, id, "{text}");
+                    assert_eq!(err.kind(), Some(*code), "{text}");
+                    assert_eq!(err.code, code.number(), "{text}");
+                }
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn an_answer_never_quotes_a_whole_line_back() {
+        let huge = "x".repeat(MAX_MESSAGE_BYTES / 2);
+        let line = format!(r#"{{"jsonrpc":"2.0","id":1,"error":"{huge}"}}"#);
+        let e = Message::parse(line.as_bytes()).unwrap_err();
+        let answer = e.answer().unwrap().to_line();
+        assert!(answer.len() < 1024, "{} bytes", answer.len());
+    }
+
+    #[test]
+    fn an_error_answer_without_id_is_a_message_of_its_own() {
+        let line = br#"{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"not JSON","data":{"code":"parse_error"}}}"#;
+        let m = Message::parse(line).unwrap();
+        let Message::Response {
+            id: Id::Null,
+            result: Err(e),
+        } = &m
+        else {
+            panic!("{m:?}")
+        };
+        assert_eq!(e.kind(), Some(ErrorCode::ParseError));
+        let back = m.to_line();
+        assert_eq!(&back[..back.len() - 1], &line[..]);
+        // What it always was: a request with a null id is a notification; an answer without
+        // an id member is no message.
+        assert_eq!(
+            Message::parse(br#"{"jsonrpc":"2.0","id":null,"method":"x"}"#).unwrap(),
+            Message::Notification {
+                method: "x".into(),
+                params: serde_json::Value::Null
+            }
+        );
+        assert!(Message::parse(br#"{"jsonrpc":"2.0","error":{"code":1,"message":"x"}}"#).is_err());
+    }
+
+    fn tx_item(op: &str, n: u8, method: serde_json::Value) -> serde_json::Value {
+        let id = format!("0190f5a0-0000-7000-8000-0000000000{n:02}");
+        let destination = serde_json::json!({"method": method,
+            "url": "http://127.0.0.1:1/v1/uploads", "headers": []});
+        match op {
+            "create" => serde_json::json!({"op": "create", "id": id, "resource_id": "r1",
+                "content_hash": "00".repeat(32), "destination": destination}),
+            _ => serde_json::json!({"op": "retry", "job": id, "destination": destination}),
+        }
+    }
+
+    #[test]
+    fn a_method_ferry_cannot_send_is_a_bad_destination_not_bad_params() {
+        use serde_json::json;
+        let r = TransactionRequest::parse(json!({"items": [
+            tx_item("create", 1, json!("PUT")),
+            tx_item("create", 2, json!("GET")),
+            tx_item("retry", 3, json!("post")),
+            json!({"op": "retry", "job": "0190f5a0-0000-7000-8000-000000000004", "destination": null}),
+        ]}))
+        .unwrap();
+        assert_eq!(r.items.len(), 4);
+        let got: Vec<(usize, String, &str)> = r
+            .bad_methods
+            .iter()
+            .map(|t| (t.index, t.job.to_string(), t.code()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    1,
+                    "0190f5a0-0000-7000-8000-000000000002".into(),
+                    "bad_destination"
+                ),
+                (
+                    2,
+                    "0190f5a0-0000-7000-8000-000000000003".into(),
+                    "bad_destination"
+                ),
+            ]
+        );
+        assert!(
+            r.bad_methods[0].to_string().contains("\"GET\""),
+            "{}",
+            r.bad_methods[0]
+        );
+        // A long name is cut where it is quoted back.
+        let long = "X".repeat(10_000);
+        let r = TransactionRequest::parse(json!({"items": [tx_item("create", 1, json!(long))]}))
+            .unwrap();
+        assert!(r.bad_methods[0].to_string().len() < 300);
+
+        // Faults of another kind stay invalid params, whatever the method.
+        for bad in [
+            json!({"items": [tx_item("create", 1, json!(5))]}),
+            json!({"items": [tx_item("create", 1, json!(null))]}),
+            json!({"items": [{"op": "create", "id": "nope", "resource_id": "r1",
+                "content_hash": "00".repeat(32),
+                "destination": {"method": "GET", "url": "http://127.0.0.1:1/", "headers": []}}]}),
+            json!({"items": [{"op": "explode"}]}),
+            json!({"items": 3}),
+            json!({}),
+            serde_json::Value::Null,
+        ] {
+            assert!(TransactionRequest::parse(bad.clone()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_job_rules_win_only_for_an_earlier_item() {
+        let items: Vec<TxItem> = (1..=4)
+            .map(|n| {
+                serde_json::from_value(tx_item("create", n, serde_json::json!("PUT"))).unwrap()
+            })
+            .collect();
+        let refused: BTreeSet<usize> = [2].into();
+        let rejection = |index: usize| TransactionError {
+            index,
+            job: items[0].job_id(),
+            reason: Rejection::JobExists,
+        };
+        // The plan sees items 0, 1 and 3; its index 2 is item 3, after the refused one.
+        let plan_saw = std::cell::Cell::new(0);
+        let r = earlier_rejection(&items, &refused, |kept| {
+            plan_saw.set(kept.len());
+            Ok::<_, ()>(Some(rejection(2)))
+        });
+        assert_eq!(r, Ok(None));
+        assert_eq!(plan_saw.get(), 3);
+        let r = earlier_rejection(&items, &refused, |_| Ok::<_, ()>(Some(rejection(1))));
+        assert_eq!(r.unwrap().map(|t| t.index), Some(1));
+        let r = earlier_rejection(&items, &refused, |_| Ok::<_, ()>(None));
+        assert_eq!(r, Ok(None));
+        // Nothing refused: nothing to decide here.
+        let r = earlier_rejection(&items, &BTreeSet::new(), |_| {
+            Ok::<_, ()>(Some(rejection(0)))
+        });
+        assert_eq!(r, Ok(None));
     }
 
     #[test]

@@ -226,6 +226,18 @@ fn reader_loop(input: impl Read, tx: Sender<Incoming>, terminate: Arc<TerminateS
             }
         };
         match &msg {
+            // The host could not read a line of ours (not JSON, or not JSON-RPC): it answers
+            // with a null id, so no call of ours is waiting for this. Logged, never fatal.
+            Message::Response {
+                id: Id::Null,
+                result,
+            } => {
+                match result {
+                    Err(e) => eprintln!("ferry-extension: the host could not read a line: {e}"),
+                    Ok(_) => eprintln!("ferry-extension: ignored an answer without an id"),
+                }
+                continue;
+            }
             Message::Notification { method, params } if method == WILL_TERMINATE => {
                 let p = serde_json::from_value::<WillTerminateParams>(params.clone()).ok();
                 if let Ok(mut slot) = terminate.params.lock() {

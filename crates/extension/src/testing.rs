@@ -188,6 +188,7 @@ impl TestHost {
             stdin,
             lines: rx,
             next_id: 0,
+            bad_lines: 0,
         };
         let init = InitializeParams {
             protocol_version: PROTOCOL_VERSION,
@@ -459,9 +460,15 @@ impl TestHost {
                 ok(FetchResult { jobs, next_after })
             }
             JOBS_TRANSACTION => {
-                let p: TransactionParams = params(p)?;
+                let p = TransactionRequest::parse(p)
+                    .map_err(|e| RpcError::new(ErrorCode::InvalidParams, e))?;
                 let mut store = lock()?;
+                // The host's own refusals (scope, then a method it cannot send with), by item;
+                // the job rules still name an earlier offending item, as the host does.
+                let mut refusals: Vec<(usize, RpcError)> = Vec::new();
+                let mut bad_methods = p.bad_methods.iter().peekable();
                 for (index, item) in p.items.iter().enumerate() {
+                    let bad_method = bad_methods.next_if(|t| t.index == index);
                     if let TxItem::Create(new) = item {
                         let known = match store.resource(&new.resource_id).map_err(unavailable)? {
                             Some(r) => match store.asset(&r.asset_id).map_err(unavailable)? {
@@ -471,9 +478,40 @@ impl TestHost {
                             None => false,
                         };
                         if !known {
-                            return Err(rejected("unknown_resource", index, "no such resource"));
+                            refusals.push((
+                                index,
+                                rejected("unknown_resource", index, "no such resource"),
+                            ));
+                            continue;
                         }
                     }
+                    if let Some(t) = bad_method {
+                        refusals.push((index, rejected(t.code(), index, &t.to_string())));
+                    }
+                }
+                if let Some((_, refusal)) = refusals.first() {
+                    let refused = refusals.iter().map(|(i, _)| *i).collect();
+                    let earlier = earlier_rejection(&p.items, &refused, |kept| {
+                        let mut jobs = std::collections::HashMap::new();
+                        for id in ferry_core::job::referenced_ids(kept) {
+                            if let Some(j) = store.job(id).map_err(unavailable)? {
+                                jobs.insert(id, j);
+                            }
+                        }
+                        let view = ferry_core::job::TxView {
+                            extension: &ext,
+                            jobs: &jobs,
+                            unacknowledged: store
+                                .unacknowledged_count(&ext)
+                                .map_err(unavailable)?,
+                        };
+                        let policy = store.policy(&ext).map_err(unavailable)?;
+                        Ok(ferry_core::job::plan_transaction(&view, kept, &policy, now_ms()).err())
+                    })?;
+                    return Err(match earlier {
+                        Some(e) => rejected(e.code(), e.index, &e.to_string()),
+                        None => refusal.clone(),
+                    });
                 }
                 match store.transaction(&ext, &p.items, now_ms()) {
                     Ok(jobs) => {
@@ -585,6 +623,9 @@ pub struct CallOptions {
     pub will_terminate_after_calls: Option<usize>,
     /// SIGKILL the extension right after answering this many host calls (crash tests).
     pub kill_after_calls: Option<usize>,
+    /// After answering this many host calls, send what a host sends to a line it could not
+    /// read: a `parse_error` answer with `"id": null` (tests that an extension carries on).
+    pub null_id_error_after_calls: Option<usize>,
 }
 
 /// One running extension process.
@@ -595,6 +636,8 @@ pub struct Launch<'h> {
     stdin: Option<ChildStdin>,
     lines: Receiver<Vec<u8>>,
     next_id: i64,
+    /// Lines answered `parse_error` / `invalid_request` so far.
+    bad_lines: u32,
 }
 
 impl Launch<'_> {
@@ -624,16 +667,36 @@ impl Launch<'_> {
         Ok(())
     }
 
+    /// The next message. As the host does: blank lines are skipped, and a line that is not
+    /// JSON or not JSON-RPC is answered (`parse_error` / `invalid_request`) and skipped, up to
+    /// [`MAX_BAD_LINES`] in the launch; one more is a protocol violation.
     fn next_message(&mut self) -> Result<Message, HarnessError> {
-        let line = match self.lines.recv_timeout(ANSWER_DEADLINE) {
-            Ok(l) => l,
-            Err(RecvTimeoutError::Timeout) => return Err(HarnessError::Timeout(ANSWER_DEADLINE)),
-            Err(RecvTimeoutError::Disconnected) => return Err(HarnessError::Closed),
-        };
-        let body = line.strip_suffix(b"\n").ok_or_else(|| {
-            HarnessError::Protocol(format!("line of {} bytes without newline", line.len()))
-        })?;
-        Message::parse(body).map_err(|e| HarnessError::Protocol(e.to_string()))
+        loop {
+            let line = match self.lines.recv_timeout(ANSWER_DEADLINE) {
+                Ok(l) => l,
+                Err(RecvTimeoutError::Timeout) => {
+                    return Err(HarnessError::Timeout(ANSWER_DEADLINE));
+                }
+                Err(RecvTimeoutError::Disconnected) => return Err(HarnessError::Closed),
+            };
+            let body = line.strip_suffix(b"\n").ok_or_else(|| {
+                HarnessError::Protocol(format!("line of {} bytes without newline", line.len()))
+            })?;
+            if body.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let e = match Message::parse(body) {
+                Ok(m) => return Ok(m),
+                Err(e) => e,
+            };
+            match e.answer() {
+                Some(answer) if self.bad_lines < MAX_BAD_LINES => {
+                    self.bad_lines += 1;
+                    self.send(&answer)?;
+                }
+                _ => return Err(HarnessError::Protocol(e.to_string())),
+            }
+        }
     }
 
     fn request(&mut self, method: &str, params: Value) -> Result<Value, HarnessError> {
@@ -683,6 +746,12 @@ impl Launch<'_> {
                         let _ = self.child.wait();
                         self.stdin = None;
                         return Err(HarnessError::Killed);
+                    }
+                    if opts.null_id_error_after_calls == Some(served) {
+                        let answer = FrameError::Parse("a test of the extension".into()).answer();
+                        if let Some(answer) = answer {
+                            self.send(&answer)?;
+                        }
                     }
                     if opts.will_terminate_after_calls == Some(served) {
                         let p = WillTerminateParams {

@@ -172,5 +172,10 @@ fn every_method_error_code_and_limit_is_documented() {
     assert!(doc.contains("256 B") && MAX_KV_KEY_BYTES == 256);
     assert!(doc.contains("64 MiB") && MAX_KV_TOTAL_BYTES == 64 * 1024 * 1024);
     assert!(doc.contains("10,000") && MAX_CHANGES_PAGE_ITEMS == 10_000);
+    assert!(
+        doc.contains(&format!("| {MAX_BAD_LINES} per launch, each answered"))
+            && doc.contains(&format!("answers at most **{MAX_BAD_LINES}** such lines")),
+        "the number of unreadable lines Ferry answers ({MAX_BAD_LINES}) is not documented"
+    );
     assert!(doc.contains(&format!("version {PROTOCOL_VERSION}")));
 }

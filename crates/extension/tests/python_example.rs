@@ -177,3 +177,55 @@ fn python_extension_uploads_every_resource_once_keeping_assets_whole() {
     assert!(host.calls.iter().any(|c| c == LIBRARY_CHANGES));
     assert!(!host.calls.iter().any(|c| c == LIBRARY_LIST_ASSETS));
 }
+
+/// What a host sends about a line of the extension's it could not read (an error answer with
+/// `"id": null`), between calls and in the middle of one: the example logs it and carries on.
+#[test]
+fn an_error_answer_without_id_is_logged_and_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("library");
+    copy_dir(&fixtures().join("plain"), &root.join("plain"));
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let mut store = Store::open(&state.join("ferry.db")).unwrap();
+    scan(
+        &mut store,
+        std::slice::from_ref(&root),
+        &ScanOptions::default(),
+        &mut |_| {},
+    )
+    .unwrap();
+    let store = Arc::new(Mutex::new(store));
+    let mut host = TestHost::new(
+        store.clone(),
+        &state.join("kv.json"),
+        HostConfig {
+            extension_id: EXT.into(),
+            config: serde_json::json!({"upload_url": "http://127.0.0.1:9/v1/uploads"}),
+            scope: Scope::Library,
+            destination_bases: vec![UrlBase::parse("http://127.0.0.1:9/v1/").unwrap()],
+            job_limit: 100,
+        },
+    )
+    .unwrap();
+    let mut l = host.launch(&mut python()).unwrap();
+    l.send_line(
+        br#"{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"not JSON","data":{"code":"parse_error"}}}
+"#,
+    )
+    .unwrap();
+    let r = l
+        .process_jobs_with(
+            vec![CallReason::FirstRun],
+            CallOptions {
+                time_budget_ms: 30_000,
+                null_id_error_after_calls: Some(1),
+                ..CallOptions::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(r.status, ProcessStatus::Completed, "{r:?}");
+    assert!(l.close().unwrap().success());
+    // It did its work: a job per resource of plain/ (three photos).
+    assert_eq!(store.lock().unwrap().unacknowledged_count(EXT).unwrap(), 3);
+}

@@ -195,6 +195,12 @@ fn bad_input_from_the_host_is_survived() {
     l.send_line(br#"{"jsonrpc":"2.0","method":"no_such_notification"}"#)
         .unwrap();
     l.send_line(b"\n").unwrap();
+    // What a host answers to a line it could not read: an error with a null id.
+    l.send_line(
+        br#"{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"not JSON","data":{"code":"parse_error"}}}
+"#,
+    )
+    .unwrap();
     match l.request_with(
         "no_such_method",
         serde_json::json!({}),
@@ -214,6 +220,29 @@ fn bad_input_from_the_host_is_survived() {
     // Still working after all that.
     let r = l.process_jobs(vec![CallReason::FirstRun]).unwrap();
     assert_eq!(message(&r)["listed"], 3, "{r:?}");
+    assert!(l.close().unwrap().success());
+}
+
+/// An error answer with a null id arriving while the extension waits on its own call is not
+/// taken for that call's answer: it is logged and skipped, and the call completes.
+#[test]
+fn an_error_answer_without_id_mid_call_is_skipped() {
+    let f = fixture(&["plain"]);
+    let mut h = host(&f, serde_json::json!({"mode": "report"}), Scope::Library);
+    let mut l = h.launch(&mut probe()).unwrap();
+    for after in 1..=3 {
+        let r = l
+            .process_jobs_with(
+                vec![CallReason::FirstRun],
+                CallOptions {
+                    time_budget_ms: 30_000,
+                    null_id_error_after_calls: Some(after),
+                    ..CallOptions::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(r.status, ProcessStatus::Completed, "{r:?}");
+    }
     assert!(l.close().unwrap().success());
 }
 

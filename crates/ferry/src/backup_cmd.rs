@@ -113,7 +113,9 @@ pub fn run(state_dir: &Path, config: &FileConfig, args: BackupArgs) -> anyhow::R
         };
         // Two lines, each short enough for an 80-column terminal with a usual path.
         eprintln!("ferry: backing up {} to {to}", args.dir.display());
-        eprintln!("       with the ferry-backup extension (running this command is your consent)");
+        eprintln!(
+            "       with the bundled ferry-backup extension (running this command is your consent)"
+        );
     }
     let progress = Arc::new(Progress::default());
     let done = Arc::new(AtomicBool::new(false));

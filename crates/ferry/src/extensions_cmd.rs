@@ -90,19 +90,35 @@ fn status_line(s: &ExtensionStatus) -> String {
     line
 }
 
-/// A `--folder` value as a folder relative to the library root.
+/// A `--folder` value as a folder relative to the library's roots: a path inside a root
+/// (absolute, or relative to the current folder), or the root-relative form itself (a folder
+/// that exists under a root, or any well-formed one while no root is known yet).
 fn relative_folder(folder: &str, roots: &[PathBuf]) -> Option<String> {
-    let p = Path::new(folder);
-    let rel = if p.is_absolute() {
-        let p = std::fs::canonicalize(p).unwrap_or_else(|_| p.to_owned());
-        roots
-            .iter()
-            .find_map(|r| p.strip_prefix(r).ok().map(Path::to_owned))?
-    } else {
-        p.to_owned()
+    let as_text = |rel: &Path| -> Option<String> {
+        let text = rel.to_str()?.trim_end_matches('/').to_owned();
+        manifest::valid_folder(&text).then_some(text)
     };
-    let text = rel.to_str()?.trim_end_matches('/').to_owned();
-    manifest::valid_folder(&text).then_some(text)
+    let p = Path::new(folder);
+    // A path on disk (absolute, or from here) that lies inside a root.
+    if let Ok(real) = std::fs::canonicalize(p) {
+        if let Some(rel) = roots.iter().find_map(|r| real.strip_prefix(r).ok()) {
+            return as_text(rel);
+        }
+    }
+    if p.is_absolute() {
+        return None;
+    }
+    // The root-relative form.
+    let text = as_text(p)?;
+    (roots.is_empty() || roots.iter().any(|r| r.join(&text).is_dir())).then_some(text)
+}
+
+/// Tells a running daemon that consent changed, so it acts without a restart (no daemon: the
+/// next one reads the store anyway).
+fn wake_daemon(state_dir: &Path) {
+    let socket =
+        ferry_daemon::config::runtime_dir(state_dir).join(ferry_daemon::control::SOCKET_NAME);
+    let _ = ferry_daemon::control::request(&socket, "POST", "/v1/wake");
 }
 
 pub fn run(state_dir: &Path, args: ExtensionsArgs) -> anyhow::Result<ExitCode> {
@@ -110,11 +126,11 @@ pub fn run(state_dir: &Path, args: ExtensionsArgs) -> anyhow::Result<ExitCode> {
         .extensions_dir
         .unwrap_or_else(ferry_host::default_extensions_dir);
     let (host, store) = open(state_dir, &extensions_dir)?;
-    let find =
-        |id: &str| -> anyhow::Result<Option<Manifest>> { Ok(manifest::find(&extensions_dir, id)?) };
+    let dirs = host.config().manifest_dirs();
+    let find = |id: &str| -> anyhow::Result<Option<Manifest>> { Ok(manifest::find_in(&dirs, id)?) };
     match args.command {
         ExtensionsCommand::List { json } => {
-            let (_, broken) = manifest::load_dir(&extensions_dir);
+            let (_, broken) = manifest::load_dirs(&dirs);
             for e in &broken {
                 eprintln!("ferry: skipped: {e}");
             }
@@ -211,8 +227,16 @@ pub fn run(state_dir: &Path, args: ExtensionsArgs) -> anyhow::Result<ExitCode> {
                     match relative_folder(f, &roots) {
                         Some(r) => rel.push(r),
                         None => {
+                            let listed: Vec<String> =
+                                roots.iter().map(|r| r.display().to_string()).collect();
                             eprintln!(
-                                "ferry: {f:?} is not a folder of the library (relative to its root, or a path inside it)"
+                                "ferry: {f:?} is not a folder of the library; give a folder inside one of its roots (a path, or relative to the root): {}",
+                                if listed.is_empty() {
+                                    "none yet (run `ferry library scan DIR` or the daemon first)"
+                                        .to_owned()
+                                } else {
+                                    listed.join(", ")
+                                }
                             );
                             return Ok(ExitCode::from(EXIT_BAD_INPUT));
                         }
@@ -257,6 +281,7 @@ pub fn run(state_dir: &Path, args: ExtensionsArgs) -> anyhow::Result<ExitCode> {
                     Err(e) => return Err(e.into()),
                 }
             };
+            wake_daemon(state_dir);
             if json {
                 json_line(&serde_json::json!({
                     "id": c.id,
@@ -273,6 +298,7 @@ pub fn run(state_dir: &Path, args: ExtensionsArgs) -> anyhow::Result<ExitCode> {
         }
         ExtensionsCommand::Disable { id, json } => {
             let report = host.disable(&id)?;
+            wake_daemon(state_dir);
             if json {
                 json_line(&report)?;
             } else if report.was_enabled {

@@ -152,6 +152,11 @@ fn scan(
         }
         Err(e) => return Err(e.into()),
     };
+    // The folder is a library root from now on: consent limited to folders is resolved
+    // against the roots.
+    if let Ok(root) = std::fs::canonicalize(dir) {
+        ferry_daemon::run::record_root(store, &root)?;
+    }
     if json {
         json_line(&serde_json::json!({"event": "report", "report": &report}))?;
     } else {
@@ -188,6 +193,9 @@ fn watch(store: &mut Store, state_dir: &Path, dir: &Path, json: bool) -> anyhow:
         }
         std::ops::ControlFlow::Continue(())
     };
+    if let Ok(root) = std::fs::canonicalize(dir) {
+        ferry_daemon::run::record_root(store, &root)?;
+    }
     match ferry_library::watch(store, &[dir.to_owned()], &opts, &mut |_| {}, &mut on_scan) {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(ferry_library::WatchError::Scan(

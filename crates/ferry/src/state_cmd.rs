@@ -477,9 +477,15 @@ pub struct DaemonArgs {
 
 pub fn daemon(state_dir: &Path, config: &FileConfig, args: DaemonArgs) -> anyhow::Result<ExitCode> {
     use ferry_daemon::daemon::{DaemonError, DaemonOptions};
-    let target = match args.server.target(config)? {
-        Ok(target) => target,
-        Err(code) => return Ok(code),
+    // No server given: the daemon decides (the built-in one, unless other extensions do the
+    // backing up).
+    let target = if args.server.to.is_some() || config.server.url.is_some() {
+        match args.server.target(config)? {
+            Ok(target) => Some(target),
+            Err(code) => return Ok(code),
+        }
+    } else {
+        None
     };
     let mut folders = config.library.folders.clone();
     folders.extend(args.folders);
@@ -487,6 +493,7 @@ pub fn daemon(state_dir: &Path, config: &FileConfig, args: DaemonArgs) -> anyhow
         state_dir: state_dir.to_owned(),
         runtime_dir: runtime_dir(state_dir),
         folders,
+        extensions_dir: ferry_host::default_extensions_dir(),
         target,
         policy: (!args.now && config.observe_conditions()).then(|| config.policy()),
         observer: config.observer(),

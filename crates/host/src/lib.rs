@@ -76,9 +76,22 @@ pub enum Gate {
 /// Where the host finds extensions and keeps their files, and its limits.
 #[derive(Debug, Clone)]
 pub struct HostConfig {
+    /// The person's extensions folder (manifests installed by hand or by a package).
     pub extensions_dir: PathBuf,
     /// Each extension gets `<data_dir>/extensions/<id>/` as its working folder and log place.
+    /// `<data_dir>/extensions/` also holds the manifests Ferry writes itself (the bundled
+    /// extension), searched after `extensions_dir`.
     pub data_dir: PathBuf,
+    /// Run only these extensions (`ferry backup` runs only the bundled one); `None`: all.
+    pub only: Option<Vec<String>>,
+    /// Never run these, even when installed and enabled.
+    pub except: Vec<String>,
+    /// Finished jobs are acknowledged in batches: an extension is called for them when a
+    /// quarter of its job limit has finished, when fewer than this many of its jobs are left
+    /// queued (the transfer engine is about to run dry: set it to the engine's concurrency),
+    /// or when the oldest finished one has waited `ack_delay_ms`.
+    pub refill_below: u32,
+    pub ack_delay_ms: u64,
     /// How long after `will_terminate` the answer may take before SIGTERM.
     pub will_terminate_grace_ms: u64,
     /// How long after SIGTERM before SIGKILL.
@@ -131,8 +144,47 @@ impl HostConfig {
             continue_delay_ms: 100,
             poll_interval_ms: 2_000,
             max_concurrent_calls: 8,
+            only: None,
+            except: Vec::new(),
+            refill_below: 8,
+            ack_delay_ms: 30_000,
         }
     }
+
+    /// Where manifests are looked for, in order.
+    pub fn manifest_dirs(&self) -> Vec<PathBuf> {
+        let bundled = self.data_dir.join("extensions");
+        let mut dirs = vec![self.extensions_dir.clone()];
+        if bundled != self.extensions_dir {
+            dirs.push(bundled);
+        }
+        dirs
+    }
+
+    /// Whether this host runs `id` at all.
+    pub fn runs(&self, id: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|only| only.iter().any(|o| o == id))
+            && !self.except.iter().any(|e| e == id)
+    }
+}
+
+/// Whether an extension has anything left to do, as far as Ferry can tell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settled {
+    /// Up to date: it answered `completed` for the library as it is, and none of its jobs
+    /// is queued, in flight or waiting to be acknowledged or retried.
+    Yes,
+    /// Still working (or about to be called).
+    No,
+    /// Its last calls failed: `consecutive` in a row, the last with `last_error`.
+    Failing {
+        consecutive: u32,
+        last_error: String,
+    },
+    /// Not installed or not enabled.
+    Absent,
 }
 
 /// What the host remembers per extension across calls (persisted as JSON in the store).
@@ -195,6 +247,8 @@ struct Inner {
     wake: Notify,
     disabled: watch::Sender<u64>,
     jobs_changed: watch::Sender<u64>,
+    /// Bumped after every call's outcome is recorded.
+    calls: watch::Sender<u64>,
 }
 
 /// The extension host. Cheap to clone (one shared state).
@@ -225,6 +279,7 @@ impl Host {
                 wake: Notify::new(),
                 disabled: watch::channel(0).0,
                 jobs_changed: watch::channel(0).0,
+                calls: watch::channel(0).0,
             }),
         })
     }
@@ -241,6 +296,41 @@ impl Host {
     /// Bumped after every transaction an extension made (new jobs for the transfer engine).
     pub fn jobs_changed(&self) -> watch::Receiver<u64> {
         self.inner.jobs_changed.subscribe()
+    }
+
+    /// Bumped after every call ends (its outcome recorded): see [`Host::settled`].
+    pub fn calls(&self) -> watch::Receiver<u64> {
+        self.inner.calls.subscribe()
+    }
+
+    /// Whether `id` is done for now (see [`Settled`]).
+    pub fn settled(&self, id: &str) -> Result<Settled, HostError> {
+        let Some(c) = self.lock_store()?.consent(id)?.filter(Consent::is_enabled) else {
+            return Ok(Settled::Absent);
+        };
+        if manifest::find_in(&self.inner.config.manifest_dirs(), id)?.is_none() {
+            return Ok(Settled::Absent);
+        }
+        let rt = self.with_runtime(id, |rt| rt.clone());
+        if rt.enabled_at_ms == c.enabled_at_ms && rt.consecutive_failures > 0 && !rt.running {
+            return Ok(Settled::Failing {
+                consecutive: rt.consecutive_failures,
+                last_error: rt.last_error.unwrap_or_default(),
+            });
+        }
+        if rt.running || rt.continue_requested || rt.enabled_at_ms != c.enabled_at_ms {
+            return Ok(Settled::No);
+        }
+        let store = self.lock_store()?;
+        if rt.completed_token.as_deref() != Some(store.current_change_token()?.as_str()) {
+            return Ok(Settled::No);
+        }
+        let counts = store.job_counts(id)?;
+        Ok(if counts.open() == 0 && counts.finished() == 0 {
+            Settled::Yes
+        } else {
+            Settled::No
+        })
     }
 
     /// Disables `id` (consent revoked, jobs cancelled, one commit) and stops its running call
@@ -277,7 +367,7 @@ impl Host {
 
     /// Status of every installed or consented extension, by id.
     pub fn status(&self) -> Vec<ExtensionStatus> {
-        let (manifests, _) = manifest::load_dir(&self.inner.config.extensions_dir);
+        let (manifests, _) = manifest::load_dirs(&self.inner.config.manifest_dirs());
         let consents: Vec<Consent> = self
             .inner
             .store
@@ -346,7 +436,7 @@ impl Host {
     /// One launch and `process_jobs` round of `id` now, whatever its backoff (for `ferry
     /// backup`). Waits for a call of the same extension already running.
     pub async fn call_now(&self, id: &str) -> Result<CallOutcome, HostError> {
-        let m = manifest::find(&self.inner.config.extensions_dir, id)?
+        let m = manifest::find_in(&self.inner.config.manifest_dirs(), id)?
             .ok_or_else(|| HostError::NotInstalled(id.to_owned()))?;
         let (_gate_tx, gate) = watch::channel(Gate::Allow);
         let (_stop_tx, stop) = watch::channel(false);
@@ -392,32 +482,74 @@ impl Host {
             }
         }
         let since = rt.last_call_started_ms.unwrap_or(i64::MIN);
-        if serve::finished_since(&store, &c.id, ferry_core::job::Action::Acknowledge, since)
-            .unwrap_or(false)
+        let counts = store.job_counts(&c.id).ok()?;
+        let last_ended = rt.last_call_ended_ms.unwrap_or(i64::MIN);
+        if counts.finished() > 0
+            && self.acknowledge_due(counts, c.job_limit, now, last_ended)
+            && serve::finished_since(&store, &c.id, ferry_core::job::Action::Acknowledge, since)
+                .unwrap_or(false)
         {
             reasons.push(CallReason::JobsFinished);
         }
-        if serve::finished_since(&store, &c.id, ferry_core::job::Action::Retry, since)
-            .unwrap_or(false)
+        if counts.failed > 0
+            && serve::finished_since(&store, &c.id, ferry_core::job::Action::Retry, since)
+                .unwrap_or(false)
         {
             reasons.push(CallReason::RetryAvailable);
         }
         (!reasons.is_empty()).then_some(reasons)
     }
 
+    /// Whether finished jobs are worth a launch now. Each call starts a process, so finished
+    /// jobs are acknowledged in batches (a quarter of the job limit), unless the extension's
+    /// queue is about to run dry (its next jobs are created in the same call) or the oldest
+    /// has waited `ack_delay_ms`; never sooner than `continue_delay_ms` after the last call.
+    fn acknowledge_due(
+        &self,
+        counts: ferry_store::JobCounts,
+        job_limit: u32,
+        now: i64,
+        last_call_ended_ms: i64,
+    ) -> bool {
+        let cfg = &self.inner.config;
+        if now < last_call_ended_ms.saturating_add(cfg.continue_delay_ms as i64) {
+            return false;
+        }
+        counts.registered < cfg.refill_below
+            || counts.finished() >= (job_limit / 4).max(1)
+            || now >= last_call_ended_ms.saturating_add(cfg.ack_delay_ms as i64)
+    }
+
     /// When the scheduler should look at `c` again without being woken.
     fn next_due_ms(&self, id: &str) -> Option<i64> {
-        self.with_runtime(id, |rt| {
-            if rt.running {
-                None
-            } else if rt.consecutive_failures > 0 {
+        let cfg = &self.inner.config;
+        let (running, due, last_ended) = self.with_runtime(id, |rt| {
+            let last_ended = rt.last_call_ended_ms.unwrap_or(0);
+            let due = if rt.consecutive_failures > 0 {
                 Some(rt.backoff_until_ms)
             } else if rt.continue_requested {
-                Some(
-                    rt.last_call_ended_ms.unwrap_or(0) + self.inner.config.continue_delay_ms as i64,
-                )
+                Some(last_ended + cfg.continue_delay_ms as i64)
             } else {
                 None
+            };
+            (rt.running, due, last_ended)
+        });
+        if running {
+            return None;
+        }
+        if due.is_some() {
+            return due;
+        }
+        // Finished jobs held back for a batch are acknowledged after `ack_delay_ms` at the latest
+        // (or as soon as the minimum interval allows, when only that held them).
+        let counts = self.inner.store.lock().ok()?.job_counts(id).ok()?;
+        (counts.finished() > 0).then(|| {
+            let soon = last_ended + cfg.continue_delay_ms as i64;
+            let late = last_ended + cfg.ack_delay_ms as i64;
+            if counts.registered < cfg.refill_below {
+                soon
+            } else {
+                late
             }
         })
     }
@@ -479,6 +611,8 @@ impl Host {
             }
         };
         self.with_runtime(&m.id, |rt| rt.running = false);
+        // After `running` is cleared: a watcher woken by this sees the call over.
+        self.inner.calls.send_modify(|n| *n = n.wrapping_add(1));
         outcome
     }
 
@@ -530,6 +664,9 @@ impl Host {
             // Losing this record costs at most one early call after a restart.
             let _ = s.put_extension_runtime(id, &body, now);
         }
+        if outcome.is_failure() {
+            tracing::warn!(extension = id, outcome = %outcome.label(), "extension call failed; backing off");
+        }
     }
 
     /// The scheduler: calls every enabled extension when it has work and the gate allows,
@@ -547,7 +684,7 @@ impl Host {
             let poll = Duration::from_millis(self.inner.config.poll_interval_ms);
             let mut next = Instant::now() + poll;
             if matches!(*gate.borrow(), Gate::Allow) {
-                let (manifests, _) = manifest::load_dir(&self.inner.config.extensions_dir);
+                let (manifests, _) = manifest::load_dirs(&self.inner.config.manifest_dirs());
                 let consents = self
                     .inner
                     .store
@@ -555,7 +692,10 @@ impl Host {
                     .ok()
                     .and_then(|s| s.consents().ok())
                     .unwrap_or_default();
-                for c in consents.into_iter().filter(Consent::is_enabled) {
+                for c in consents
+                    .into_iter()
+                    .filter(|c| c.is_enabled() && self.inner.config.runs(&c.id))
+                {
                     let Some(m) = manifests.iter().find(|m| m.id == c.id) else {
                         continue;
                     };

@@ -290,6 +290,44 @@ pub fn load_dir(dir: &Path) -> (Vec<Manifest>, Vec<ManifestError>) {
     (good, bad)
 }
 
+/// Every extension installed in any of `dirs`, searched in order: an id already found in an
+/// earlier folder is reported as a duplicate rather than replacing it.
+pub fn load_dirs(dirs: &[PathBuf]) -> (Vec<Manifest>, Vec<ManifestError>) {
+    let mut good: Vec<Manifest> = Vec::new();
+    let mut bad = Vec::new();
+    for dir in dirs {
+        let (g, b) = load_dir(dir);
+        bad.extend(b);
+        for m in g {
+            if let Some(first) = good.iter().find(|x| x.id == m.id) {
+                bad.push(ManifestError::Invalid {
+                    path: m.path.clone(),
+                    field: "id",
+                    problem: format!(
+                        "{:?} is already installed by {}",
+                        m.id,
+                        first.path.display()
+                    ),
+                });
+            } else {
+                good.push(m);
+            }
+        }
+    }
+    good.sort_by(|a, b| a.id.cmp(&b.id));
+    (good, bad)
+}
+
+/// Finds one installed extension by id in any of `dirs` (the first folder that has it).
+pub fn find_in(dirs: &[PathBuf], id: &str) -> Result<Option<Manifest>, ManifestError> {
+    for dir in dirs {
+        if let Some(m) = find(dir, id)? {
+            return Ok(Some(m));
+        }
+    }
+    Ok(None)
+}
+
 /// Finds one installed extension by id.
 pub fn find(dir: &Path, id: &str) -> Result<Option<Manifest>, ManifestError> {
     let (good, bad) = load_dir(dir);

@@ -5,18 +5,21 @@
 //! Each handler is synchronous and takes the store lock for one short stretch; the session
 //! runs it on a blocking thread so the lock is never held across an await.
 
-use ferry_core::job::{Action, Job, MAX_TX_ITEMS, TxItem};
+use ferry_core::job::{
+    Action, Job, MAX_TX_ITEMS, TransactionError, TxItem, TxView, plan_transaction, referenced_ids,
+};
 use ferry_extension::protocol::{
     self as p, AssetChange, AssetView, AssetsParams, AssetsResult, ChangeKind, ChangesParams,
     ChangesResult, ErrorCode, FetchParams, FetchResult, KvGetParams, KvGetResult, KvListParams,
     KvListResult, KvSetParams, LimitResult, ListAssetsParams, ListAssetsResult, ResourceView,
-    RpcError, Scope, TokenResult, TransactionParams, TransactionResult,
+    RpcError, Scope, TokenResult, TransactionRequest, TransactionResult,
 };
 use ferry_store::extensions::KvError;
 use ferry_store::library::{AssetRecord, ChangeKind as StoreChangeKind, ChangesError};
 use ferry_store::{JobStore, JobStoreError, Store, StoreError};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -83,12 +86,16 @@ fn store_err(e: StoreError) -> RpcError {
 
 fn job_store_err(e: JobStoreError) -> RpcError {
     match e {
-        JobStoreError::Rejected(t) => rejected(t.index, Some(t.job), t.code(), t.to_string()),
+        JobStoreError::Rejected(t) => tx_rejected(&t),
         other => err(
             ErrorCode::Unavailable,
             format!("Ferry's store failed: {other}"),
         ),
     }
+}
+
+fn tx_rejected(t: &TransactionError) -> RpcError {
+    rejected(t.index, Some(t.job), t.code(), t.to_string())
 }
 
 fn rejected(index: usize, job: Option<uuid::Uuid>, reason: &str, message: String) -> RpcError {
@@ -141,7 +148,10 @@ pub fn handle(
         p::LIBRARY_ASSETS => assets(ctx, params(raw)?),
         p::LIBRARY_LIST_ASSETS => list_assets(ctx, params(raw)?),
         p::JOBS_FETCH => fetch(ctx, params(raw)?),
-        p::JOBS_TRANSACTION => transaction(ctx, params(raw)?),
+        p::JOBS_TRANSACTION => transaction(
+            ctx,
+            TransactionRequest::parse(raw).map_err(|e| err(ErrorCode::InvalidParams, e))?,
+        ),
         p::JOBS_LIMIT => {
             let store = lock(ctx)?;
             let job_limit = store
@@ -498,7 +508,10 @@ fn fetch(ctx: &Context, q: FetchParams) -> Result<serde_json::Value, RpcError> {
     answer(&FetchResult { jobs, next_after })
 }
 
-fn transaction(ctx: &Context, q: TransactionParams) -> Result<serde_json::Value, RpcError> {
+/// A transaction: refused whole (`transaction_rejected`, naming the first offending item) or
+/// committed whole. Ferry's own checks (scope; a method it cannot send with) come before the
+/// job store's rules, but an earlier item that breaks those rules is still the one named.
+fn transaction(ctx: &Context, q: TransactionRequest) -> Result<serde_json::Value, RpcError> {
     if q.items.len() > MAX_TX_ITEMS {
         return Err(rejected(
             MAX_TX_ITEMS,
@@ -517,16 +530,25 @@ fn transaction(ctx: &Context, q: TransactionParams) -> Result<serde_json::Value,
     if !enabled {
         return Err(err(ErrorCode::NotNow, "the extension is not enabled"));
     }
+    // Ferry's own refusals, by item: an item outside the scope is refused as such even if its
+    // method is bad too (the method is a destination rule, checked after the resource).
+    let mut refusals: Vec<(usize, RpcError)> = Vec::new();
+    let mut bad_methods = q.bad_methods.iter().peekable();
     for (index, item) in q.items.iter().enumerate() {
+        let bad_method = bad_methods.next_if(|t| t.index == index);
         match item {
             TxItem::Create(new) => {
                 if !visible_resource(ctx, &store, &new.resource_id).map_err(store_err)? {
-                    return Err(rejected(
+                    refusals.push((
                         index,
-                        Some(new.id),
-                        "unknown_resource",
-                        "no such resource".into(),
+                        rejected(
+                            index,
+                            Some(new.id),
+                            "unknown_resource",
+                            "no such resource".into(),
+                        ),
                     ));
+                    continue;
                 }
             }
             TxItem::Retry { job, .. } | TxItem::Acknowledge { job } | TxItem::Cancel { job } => {
@@ -535,15 +557,26 @@ fn transaction(ctx: &Context, q: TransactionParams) -> Result<serde_json::Value,
                     && j.extension == ctx.extension
                     && !visible_job(ctx, &store, &j).map_err(store_err)?
                 {
-                    return Err(rejected(
+                    refusals.push((
                         index,
-                        Some(*job),
-                        "unknown_job",
-                        "no such job".into(),
+                        rejected(index, Some(*job), "unknown_job", "no such job".into()),
                     ));
+                    continue;
                 }
             }
         }
+        if let Some(t) = bad_method {
+            refusals.push((index, tx_rejected(t)));
+        }
+    }
+    if let Some((_, refusal)) = refusals.first() {
+        let refused: BTreeSet<usize> = refusals.iter().map(|(i, _)| *i).collect();
+        let earlier = p::earlier_rejection(&q.items, &refused, |kept| {
+            planned_rejection(&store, &ctx.extension, kept)
+        })?;
+        return Err(earlier
+            .as_ref()
+            .map_or_else(|| refusal.clone(), tx_rejected));
     }
     let jobs = store
         .transaction(&ctx.extension, &q.items, now_ms())
@@ -551,6 +584,30 @@ fn transaction(ctx: &Context, q: TransactionParams) -> Result<serde_json::Value,
     answer(&TransactionResult {
         jobs: jobs.into_iter().map(|j| j.id).collect(),
     })
+}
+
+/// What the job store's rules would say to `items`, deciding against the store without
+/// writing (the store decides the same way: core's `plan_transaction`).
+fn planned_rejection(
+    store: &Store,
+    extension: &str,
+    items: &[TxItem],
+) -> Result<Option<TransactionError>, RpcError> {
+    let mut jobs = HashMap::new();
+    for id in referenced_ids(items) {
+        if let Some(j) = store.job(id).map_err(job_store_err)? {
+            jobs.insert(id, j);
+        }
+    }
+    let view = TxView {
+        extension,
+        jobs: &jobs,
+        unacknowledged: store
+            .unacknowledged_count(extension)
+            .map_err(job_store_err)?,
+    };
+    let policy = store.policy(extension).map_err(job_store_err)?;
+    Ok(plan_transaction(&view, items, &policy, now_ms()).err())
 }
 
 /// Whether the action has jobs of this extension that finished after `since_ms` (the host's

@@ -7,6 +7,11 @@
 //! of the grace SIGTERM to the whole group, then SIGKILL after `term_grace_ms`. After an answer
 //! Ferry closes stdin and waits briefly for the process to exit. Whatever happened, the group is
 //! sent SIGKILL at the end, so children that outlive the extension do not linger.
+//!
+//! What the extension writes: a line that is not JSON is answered `parse_error` (id null), one
+//! that is not a valid JSON-RPC message `invalid_request` (`FrameError::answer`), and the call
+//! goes on; after [`p::MAX_BAD_LINES`] of them in the launch, or one line over
+//! [`p::MAX_MESSAGE_BYTES`], the launch stops as a protocol violation.
 
 use crate::serve::{self, Context};
 use crate::{Gate, HostConfig};
@@ -326,6 +331,8 @@ pub(crate) async fn run(mut l: Launch<'_>) -> CallOutcome {
     let mut kill_at: Option<Instant> = None;
     let mut rate = RateLimit::new(cfg.max_calls_per_second);
     let mut initialized = false;
+    // Lines answered `parse_error` / `invalid_request` in this launch.
+    let mut bad_lines = 0u32;
     let mut outcome: Option<CallOutcome> = None;
     let mut exit_status: Option<std::process::ExitStatus> = None;
     let mut exited_at: Option<Instant> = None;
@@ -398,9 +405,31 @@ pub(crate) async fn run(mut l: Launch<'_>) -> CallOutcome {
                 let msg = match Message::parse(&line) {
                     Ok(msg) => msg,
                     Err(e) => {
-                        // Garbage: stop (SPEC: it breaks the rules); there is no id to answer.
-                        outcome = violation(e.to_string());
-                        break;
+                        // Not JSON, or not JSON-RPC: answered as JSON-RPC 2.0 says (`parse_error`
+                        // with a null id, `invalid_request` with the request's id if it has
+                        // one), and the call goes on. A few are a stray print; more are a flood
+                        // or garbage, and stop the launch.
+                        match e.answer() {
+                            Some(answer) if bad_lines < p::MAX_BAD_LINES => {
+                                bad_lines += 1;
+                                if !send(&out_tx, answer) {
+                                    outcome = violation("does not read its input".into());
+                                    break;
+                                }
+                                continue;
+                            }
+                            Some(_) => {
+                                outcome = violation(format!(
+                                    "more than {} lines that are not JSON-RPC; the last: {e}",
+                                    p::MAX_BAD_LINES
+                                ));
+                                break;
+                            }
+                            None => {
+                                outcome = violation(e.to_string());
+                                break;
+                            }
+                        }
                     }
                 };
                 match msg {
@@ -455,6 +484,7 @@ pub(crate) async fn run(mut l: Launch<'_>) -> CallOutcome {
                                     message: Some(e.message),
                                 });
                             }
+                            (Id::Null, Err(e)) => outcome = violation(format!("answered an error without an id (it could not read Ferry's line?): {e}")),
                             (id, _) => outcome = violation(format!("an answer to a request never sent ({id:?})")),
                         }
                     }

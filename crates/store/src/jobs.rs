@@ -145,6 +145,31 @@ pub trait JobStore {
     fn unacknowledged_count(&self, extension: &str) -> Result<u32, JobStoreError>;
     /// Cancels every registered and pending job of the extension (it was disabled).
     fn cancel_all(&mut self, extension: &str, now_ms: i64) -> Result<Vec<Job>, JobStoreError>;
+    /// Every extension the store has settings or jobs for, by id: whose jobs a transfer
+    /// engine that serves all extensions looks at.
+    fn extensions(&self) -> Result<Vec<String>, JobStoreError>;
+}
+
+/// An extension's unacknowledged jobs by state: what the host's scheduler weighs before
+/// calling it (cancelled jobs are acknowledged at once, so they never count).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct JobCounts {
+    pub registered: u32,
+    pub pending: u32,
+    pub succeeded: u32,
+    pub failed: u32,
+}
+
+impl JobCounts {
+    /// Finished and waiting for the extension's acknowledge.
+    pub fn finished(&self) -> u32 {
+        self.succeeded.saturating_add(self.failed)
+    }
+
+    /// Still to send (queued or in flight).
+    pub fn open(&self) -> u32 {
+        self.registered.saturating_add(self.pending)
+    }
 }
 
 fn single(mut results: Vec<Result<Job, TransitionError>>) -> Result<Job, JobStoreError> {
@@ -197,6 +222,18 @@ fn oldest_first(jobs: &mut [Job]) {
 impl JobStore for MemoryJobStore {
     fn policy(&self, extension: &str) -> Result<ExtensionPolicy, JobStoreError> {
         Ok(self.policies.get(extension).cloned().unwrap_or_default())
+    }
+
+    fn extensions(&self) -> Result<Vec<String>, JobStoreError> {
+        let mut ids: Vec<String> = self
+            .policies
+            .keys()
+            .cloned()
+            .chain(self.jobs.values().map(|j| j.extension.clone()))
+            .collect();
+        ids.sort();
+        ids.dedup();
+        Ok(ids)
     }
 
     fn set_destination_bases(
@@ -621,9 +658,45 @@ fn to_i64(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
+impl Store {
+    /// The extension's unacknowledged jobs by state: one range of the `jobs_by_action` index,
+    /// about one job limit long.
+    pub fn job_counts(&self, extension: &str) -> Result<JobCounts, JobStoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT state, COUNT(*) FROM jobs WHERE extension = ?1 AND acknowledged = 0
+             GROUP BY state",
+        )?;
+        let rows = stmt.query_map([extension], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+        })?;
+        let mut c = JobCounts::default();
+        for row in rows {
+            let (state, n) = row?;
+            let n = u32::try_from(n).map_err(corrupt)?;
+            match state.as_str() {
+                s if s == JobState::Registered.as_str() => c.registered = n,
+                s if s == JobState::Pending.as_str() => c.pending = n,
+                s if s == JobState::Succeeded.as_str() => c.succeeded = n,
+                s if s == JobState::Failed.as_str() => c.failed = n,
+                _ => {}
+            }
+        }
+        Ok(c)
+    }
+}
+
 impl JobStore for Store {
     fn policy(&self, extension: &str) -> Result<ExtensionPolicy, JobStoreError> {
         load_policy(&self.conn, extension)
+    }
+
+    fn extensions(&self) -> Result<Vec<String>, JobStoreError> {
+        // Every job's extension has a settings row: creating a job needs consented bases.
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT id FROM extensions ORDER BY id")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 
     fn set_destination_bases(

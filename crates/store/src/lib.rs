@@ -11,4 +11,4 @@ mod schema;
 pub mod upload_sessions;
 
 pub use db::{Store, StoreError};
-pub use jobs::{JobFilter, JobStore, JobStoreError, MemoryJobStore, new_job_id};
+pub use jobs::{JobCounts, JobFilter, JobStore, JobStoreError, MemoryJobStore, new_job_id};

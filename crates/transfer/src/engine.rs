@@ -82,7 +82,8 @@ impl ResourceLocator for StoreLocator {
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
-    /// Extensions whose jobs this engine carries out.
+    /// Extensions whose jobs this engine carries out; empty: every extension the job store
+    /// knows, read again each time the engine looks for work (a daemon's extensions come and go).
     pub extensions: Vec<String>,
     pub max_concurrent: usize,
     pub max_concurrent_per_origin: usize,
@@ -317,11 +318,18 @@ impl<J: JobStore + Send + 'static> Engine<J> {
     /// extension whose turn it is.
     fn candidates(&self, turn: usize) -> Result<Vec<(usize, Job)>, EngineError> {
         let jobs = self.lock_jobs()?;
-        let n = self.config.extensions.len();
+        let all;
+        let extensions = if self.config.extensions.is_empty() {
+            all = jobs.extensions()?;
+            &all
+        } else {
+            &self.config.extensions
+        };
+        let n = extensions.len();
         let mut per_ext = Vec::new();
         for k in 0..n {
             let i = (turn + k) % n;
-            let list = jobs.fetch(&self.config.extensions[i], Action::Process)?;
+            let list = jobs.fetch(&extensions[i], Action::Process)?;
             per_ext.push(list.into_iter().map(move |j| (i, j)));
         }
         drop(jobs);

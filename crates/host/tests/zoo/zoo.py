@@ -48,12 +48,27 @@ def call(method, params=None):
         _pending.append(msg)
 
 
+def next_answer():
+    """The next answer from Ferry (to a line that has no id of ours to wait for)."""
+    while True:
+        line = sys.stdin.readline()
+        if not line:
+            sys.exit(0)
+        msg = json.loads(line)
+        if "method" not in msg:
+            return msg
+        _pending.append(msg)
+
+
 class RpcError(Exception):
     def __init__(self, err):
         super().__init__(err.get("message"))
         data = err.get("data") or {}
+        self.number = err.get("code")
         self.code = data.get("code")
         self.reason = data.get("reason")
+        self.index = data.get("index")
+        self.job = data.get("job")
 
 
 def uuid7():
@@ -119,9 +134,59 @@ def misbehave(init, rid):
         send({"jsonrpc": "2.0", "id": 9999, "method": "jobs.transaction", "params": {"items": items}})
         os._exit(7)
     if MODE == "garbage":
-        sys.stdout.write("this is not JSON {{{\n")
-        sys.stdout.flush()
-        time.sleep(3600)
+        # Garbage forever: lines that are not JSON and lines that are not JSON-RPC, in turn.
+        # Each answer's code goes to `answers` (in the working folder) before the next line.
+        with open("pid", "w") as f:
+            f.write(str(os.getpid()))
+        n = 0
+        while True:
+            n += 1
+            if n % 2:
+                sys.stdout.write("this is not JSON {{{ %d\n" % n)
+            else:
+                sys.stdout.write(json.dumps({"jsonrpc": "1.0", "id": n, "method": "jobs.limit"}) + "\n")
+            sys.stdout.flush()
+            got = next_answer()
+            with open("answers", "a") as f:
+                f.write(json.dumps([got.get("id"), (got.get("error") or {}).get("code")]) + "\n")
+    if MODE == "bad_lines":
+        # One line that is not JSON, one JSON-RPC 1.0 request, one request without a method;
+        # then the call goes on as usual. The answers come back in the call's message.
+        answers = []
+        for line in [
+            "this is not JSON {{{",
+            json.dumps({"jsonrpc": "1.0", "id": "old", "method": "jobs.limit", "params": {}}),
+            json.dumps({"jsonrpc": "2.0", "id": "no-method", "params": {}}),
+        ]:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+            answers.append(next_answer())
+        limit = call("jobs.limit")
+        return answer(rid, "completed", json.dumps({"answers": answers, "limit": limit}))
+    if MODE == "bad_method":
+        # Destinations with methods Ferry cannot send with, in a create and in a retry.
+        page = call("library.list_assets", {"limit": 2})
+        rs = [r for a in page["assets"] for r in a["resources"]]
+        results = {}
+
+        def attempt(name, items):
+            try:
+                call("jobs.transaction", {"items": items})
+                results[name] = "committed"
+            except RpcError as e:
+                results[name] = {"code": e.number, "name": e.code, "reason": e.reason,
+                                 "index": e.index, "job": e.job}
+
+        fine, get = create_item(init, rs[0]), create_item(init, rs[1])
+        get["destination"]["method"] = "GET"
+        attempt("create", [fine, get])
+        retry = {"op": "retry", "job": init["config"]["failed_job"],
+                 "destination": dict(fine["destination"], method="DELETE")}
+        attempt("retry", [{"op": "acknowledge", "job": init["config"]["done_job"]}, retry])
+        odd = create_item(init, rs[1])
+        odd["destination"]["method"] = 7
+        attempt("not_a_string", [fine, odd])
+        return answer(rid, "completed", json.dumps({"results": results, "ids": [fine["id"], get["id"]]}))
     if MODE == "long_line":
         sys.stdout.write("[" + "1," * (1024 * 1024) + "1]\n")
         sys.stdout.flush()
