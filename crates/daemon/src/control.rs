@@ -36,6 +36,8 @@ pub struct ControlState {
     pub folders: Vec<PathBuf>,
     /// Notified by `POST /v1/wake` (`ferry extensions enable/disable` after a consent change).
     pub extensions_changed: Arc<tokio::sync::Notify>,
+    /// The person's extensions folder (for the extensions' call records in the status).
+    pub extensions_dir: PathBuf,
 }
 
 fn problem(status: StatusCode, message: impl Into<String>) -> Response {
@@ -76,9 +78,12 @@ async fn status(State(s): State<ControlState>) -> Response {
         "server_url": s.progress.server_url(),
         "progress": s.progress.snapshot(),
     });
+    let state_dir = s.db_path.parent().map(Path::to_owned).unwrap_or_default();
+    let extensions_dir = s.extensions_dir.clone();
     with_store(&s, move |store| {
         let mut st = report::status(store, decision, crate::backup::now_ms())?;
         st.daemon = Some(daemon);
+        st.extension_calls = report::extension_calls(&state_dir, &extensions_dir);
         Ok(st)
     })
     .await

@@ -144,6 +144,7 @@ pub async fn run(
         started_ms: backup::now_ms(),
         folders: opts.folders.clone(),
         extensions_changed: extensions_changed.clone(),
+        extensions_dir: opts.extensions_dir.clone(),
     };
     let mut serve_stop = stop.subscribe();
     let server = tokio::spawn(async move {

@@ -6,6 +6,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use ferry_core::job::{ContentHash, Job, JobState, Receipt};
 use ferry_core::policy::Decision;
+use ferry_host::serve::ScopeFilter;
+use ferry_store::extensions::Consent;
 use ferry_store::library::hex;
 use ferry_store::{JobFilter, JobStore, JobStoreError, Store, StoreError};
 use serde::{Deserialize, Serialize};
@@ -56,6 +58,24 @@ pub struct Status {
     pub decision: Option<Decision>,
     #[serde(default)]
     pub daemon: Option<serde_json::Value>,
+    /// How each installed or consented extension's calls went (failures, backoff).
+    #[serde(default)]
+    pub extension_calls: Vec<ferry_host::ExtensionStatus>,
+}
+
+/// How each extension's calls went, from the host's records in the store and the manifests in
+/// `extensions_dir` and the state folder. Empty if the store cannot be read.
+pub fn extension_calls(
+    state_dir: &std::path::Path,
+    extensions_dir: &std::path::Path,
+) -> Vec<ferry_host::ExtensionStatus> {
+    let Ok(store) = Store::open(&state_dir.join("ferry.db")) else {
+        return Vec::new();
+    };
+    let config = ferry_host::HostConfig::new(extensions_dir.to_owned(), state_dir.to_owned());
+    ferry_host::Host::new(std::sync::Arc::new(std::sync::Mutex::new(store)), config)
+        .map(|h| h.status())
+        .unwrap_or_default()
 }
 
 /// Every job, all pages.
@@ -169,6 +189,7 @@ pub fn status(
         extensions,
         decision,
         daemon: None,
+        extension_calls: Vec::new(),
     })
 }
 
@@ -184,6 +205,18 @@ pub struct ResourceWhy {
     /// A sentence for people.
     pub explanation: String,
     pub job: Option<Job>,
+    /// Per extension that was ever enabled: what it did with this resource.
+    #[serde(default)]
+    pub by_extension: Vec<ExtensionWhy>,
+}
+
+/// What one extension did with one resource.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExtensionWhy {
+    pub extension: String,
+    /// `backed_up`, `waiting`, `failed`, `cancelled`, `no_job`, `outside_scope`, `disabled`.
+    pub verdict: String,
+    pub explanation: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -204,6 +237,16 @@ pub fn why(
     }
     let jobs = all_jobs(store)?;
     let backoff = backoff_until(store)?;
+    let roots = store.roots()?;
+    let consents: Vec<(Consent, ScopeFilter)> = store
+        .consents()?
+        .into_iter()
+        .map(|c| {
+            let scope = ScopeFilter::new(&ferry_host::consent::scope_of(&c), &roots);
+            (c, scope)
+        })
+        .collect();
+    let dir = store.asset(asset)?.map(|a| a.dir).unwrap_or_default();
     let mut out = Vec::new();
     for r in resources {
         // The newest job for this resource or its content.
@@ -249,6 +292,19 @@ pub fn why(
                 ),
             },
         };
+        let by_extension = consents
+            .iter()
+            .map(|(c, scope)| {
+                let job = jobs
+                    .iter()
+                    .filter(|j| {
+                        j.extension == c.id
+                            && (j.resource_id == r.id || j.content_hash.0 == r.blake3)
+                    })
+                    .max_by_key(|j| j.id);
+                extension_why(c, scope, &dir, job, decision.as_ref(), &backoff, now_ms)
+            })
+            .collect();
         out.push(ResourceWhy {
             resource_id: r.id.clone(),
             path: r.path.clone(),
@@ -257,12 +313,57 @@ pub fn why(
             verdict: verdict.to_owned(),
             explanation,
             job,
+            by_extension,
         });
     }
     Ok(Why {
         asset_id: asset.to_owned(),
         resources: out,
     })
+}
+
+/// One extension's verdict on one resource: its newest job for it, else why it has none.
+fn extension_why(
+    c: &Consent,
+    scope: &ScopeFilter,
+    dir: &std::path::Path,
+    job: Option<&Job>,
+    decision: Option<&Decision>,
+    backoff: &HashMap<Uuid, i64>,
+    now_ms: i64,
+) -> ExtensionWhy {
+    let (verdict, explanation) = match job.map(|j| j.state) {
+        Some(JobState::Succeeded) => ("backed_up", "delivered".to_owned()),
+        Some(JobState::Failed) => (
+            "failed",
+            format!(
+                "its upload failed: {}",
+                job.and_then(|j| j.error.as_ref())
+                    .map(|e| e.as_str())
+                    .unwrap_or("unknown")
+            ),
+        ),
+        Some(JobState::Registered | JobState::Pending) => (
+            "waiting",
+            format!(
+                "waiting: {}",
+                job.map(|j| waiting_reason(j, decision, backoff, now_ms))
+                    .unwrap_or_default()
+            ),
+        ),
+        Some(JobState::Cancelled) => ("cancelled", "its job was cancelled".to_owned()),
+        None if !c.is_enabled() => ("disabled", "the extension is disabled".to_owned()),
+        None if !scope.contains(dir) => (
+            "outside_scope",
+            "outside consent scope: not in the folders this extension may see".to_owned(),
+        ),
+        None => ("no_job", "it has not created a job for it (yet)".to_owned()),
+    };
+    ExtensionWhy {
+        extension: c.id.clone(),
+        verdict: verdict.to_owned(),
+        explanation,
+    }
 }
 
 /// Receipts, newest first: the history of what was let go of.

@@ -66,11 +66,16 @@ pub fn status(state_dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
             })
             .context("the daemon's status has an unexpected shape")?,
         Some((code, v)) => anyhow::bail!("the daemon answered {code}: {v}"),
-        None => report::status(
-            &open_store(state_dir)?,
-            None,
-            ferry_daemon::backup::now_ms(),
-        )?,
+        None => {
+            let mut st = report::status(
+                &open_store(state_dir)?,
+                None,
+                ferry_daemon::backup::now_ms(),
+            )?;
+            st.extension_calls =
+                report::extension_calls(state_dir, &ferry_host::default_extensions_dir());
+            st
+        }
     };
     let code = if status.safe { 0 } else { EXIT_INCOMPLETE };
     if json {
@@ -103,6 +108,35 @@ pub fn status(state_dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
         if !e.waiting.is_empty() {
             let w: Vec<String> = e.waiting.iter().map(|(k, v)| format!("{k} {v}")).collect();
             lines.push(format!("    waiting: {}", w.join(", ")));
+        }
+    }
+    for x in &status.extension_calls {
+        if !x.enabled {
+            continue;
+        }
+        let mut line = format!(
+            "  extension {}: {}, {} call(s)",
+            x.id,
+            format!("{:?}", x.state).to_lowercase(),
+            x.calls
+        );
+        if x.consecutive_failures > 0 {
+            line.push_str(&format!(
+                ", failing ({} in a row{})",
+                x.consecutive_failures,
+                x.backoff_until_ms
+                    .map(|t| {
+                        let s = (t - ferry_daemon::backup::now_ms()).max(0) / 1000;
+                        format!(", next try in {s} s")
+                    })
+                    .unwrap_or_default()
+            ));
+        }
+        lines.push(line);
+        if x.consecutive_failures > 0
+            && let Some(e) = &x.last_error
+        {
+            lines.push(format!("    last error: {e}"));
         }
     }
     if let Some(d) = &status.decision {
@@ -165,6 +199,12 @@ pub fn why(state_dir: &Path, asset: &str, json: bool) -> anyhow::Result<ExitCode
             r.verdict,
             r.explanation
         ));
+        for e in &r.by_extension {
+            out(&format!(
+                "      {}: {} — {}",
+                e.extension, e.verdict, e.explanation
+            ));
+        }
     }
     Ok(ExitCode::from(code))
 }

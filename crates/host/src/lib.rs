@@ -208,7 +208,7 @@ struct Runtime {
 }
 
 /// What `ferry extensions list` and the daemon's status show.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ExtensionStatus {
     pub id: String,
     pub name: Option<String>,
@@ -227,7 +227,7 @@ pub struct ExtensionStatus {
     pub last_call_ms: Option<i64>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ExtensionState {
     NotInstalled,
