@@ -164,7 +164,7 @@ pub async fn run(
     Ok(summary)
 }
 
-/// 1. The state folder and the store (created or upgraded before anyone else opens it).
+/// Step 1: The state folder and the store (created or upgraded before anyone else opens it).
 fn open_state(state_dir: &Path) -> Result<Store, BackupError> {
     let err = |detail: String| BackupError::State {
         dir: state_dir.to_owned(),
@@ -174,7 +174,7 @@ fn open_state(state_dir: &Path) -> Result<Store, BackupError> {
     Store::open(&state_dir.join("ferry.db")).map_err(|e| err(e.to_string()))
 }
 
-/// 2. Scans the folders (on a blocking thread) and records each as a library root. Returns
+/// Step 2: Scans the folders (on a blocking thread) and records each as a library root. Returns
 /// the canonical roots and how many files the scan could not index.
 async fn index(
     mut store: Store,
@@ -226,7 +226,7 @@ pub fn record_root(store: &mut Store, root: &Path) -> Result<(), BackupError> {
     Ok(())
 }
 
-/// 3. The bundled extension's server: the built-in one started, or the given one proven
+/// Step 3: The bundled extension's server: the built-in one started, or the given one proven
 /// (URL and token) before anything is queued; then its manifest and consent.
 async fn connect_bundled(
     target: &Target,
@@ -388,7 +388,7 @@ fn watch_library(opts: &RunOptions) -> Result<(Rescans, Arc<AtomicBool>), Backup
     Ok((rx, stop))
 }
 
-/// 5. What wakes whom: an extension's new jobs wake the engine; finished transfers (at most
+/// Step 5: What wakes whom: an extension's new jobs wake the engine; finished transfers (at most
 /// every 50 ms) and consent changes wake the host. Library changes wake it from [`wait`].
 fn wire(
     host: &Host,
@@ -434,7 +434,7 @@ fn wire(
     tasks
 }
 
-/// 6. Until the bundled extension has nothing left to do (one-shot), the conditions say wait
+/// Step 6: Until the bundled extension has nothing left to do (one-shot), the conditions say wait
 /// (one-shot: it does not wait hours for them), or a stop. Keeps the progress's phase,
 /// decision and totals current on the way.
 #[allow(clippy::too_many_arguments)]
@@ -503,7 +503,7 @@ async fn wait(
     }
 }
 
-/// 7. Every resource under the roots checked against the server's own digests; what it lacks
+/// Step 7: Every resource under the roots checked against the server's own digests; what it lacks
 /// is listed with why (the last job's error, the conditions, or not sent).
 async fn verify(
     b: &BundledServer,

@@ -100,10 +100,10 @@ fn relative_folder(folder: &str, roots: &[PathBuf]) -> Option<String> {
     };
     let p = Path::new(folder);
     // A path on disk (absolute, or from here) that lies inside a root.
-    if let Ok(real) = std::fs::canonicalize(p) {
-        if let Some(rel) = roots.iter().find_map(|r| real.strip_prefix(r).ok()) {
-            return as_text(rel);
-        }
+    if let Ok(real) = std::fs::canonicalize(p)
+        && let Some(rel) = roots.iter().find_map(|r| real.strip_prefix(r).ok())
+    {
+        return as_text(rel);
     }
     if p.is_absolute() {
         return None;

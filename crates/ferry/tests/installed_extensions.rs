@@ -409,3 +409,83 @@ fn the_daemon_runs_installed_extensions_each_to_its_own_server() {
         }
     }
 }
+
+/// After `ferry backup`, the bundled extension is listed as installed and enabled (it was
+/// `notinstalled`), and `--folder` takes a folder in any of the forms a person types, refusing
+/// others with the library's roots in the message.
+#[test]
+fn the_bundled_extension_is_listed_and_folders_resolve_against_the_roots() {
+    let env = Env {
+        state: tempfile::tempdir().unwrap(),
+        home: tempfile::tempdir().unwrap(),
+    };
+    let lib = tempfile::tempdir().unwrap();
+    let lib_path = lib.path().canonicalize().unwrap();
+    copy_dir(&fixtures().join("plain"), &lib_path.join("in"));
+    copy_dir(&fixtures().join("raw"), &lib_path.join("out"));
+    env.ok(&["backup", lib_path.to_str().unwrap(), "--now", "--json"]);
+
+    let list = json(&env.ok(&["extensions", "list", "--json"]));
+    let bundled = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["id"] == "bundled")
+        .unwrap_or_else(|| panic!("bundled not listed: {list}"));
+    assert_eq!(bundled["installed"], true, "{bundled}");
+    assert_eq!(bundled["enabled"], true, "{bundled}");
+    assert_eq!(bundled["last_outcome"], "completed", "{bundled}");
+
+    let server = TestServer {
+        _data: tempfile::tempdir().unwrap(),
+        url: "http://127.0.0.1:9".into(),
+        token: "t".into(),
+        handle: None,
+    };
+    env.install("python-example", &python_manifest(&server));
+    let scope_after = |args: &[&str], cwd: &Path| -> Value {
+        let mut full = vec!["extensions", "enable", "python-example", "--yes", "--json"];
+        full.extend_from_slice(args);
+        let out = env.cmd(&full).current_dir(cwd).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        json(&out)["scope"].clone()
+    };
+    let want = serde_json::json!({"kind": "folders", "folders": ["in"]});
+    // Root-relative, absolute, and relative to the current folder.
+    assert_eq!(scope_after(&["--folder", "in"], env.home.path()), want);
+    assert_eq!(
+        scope_after(
+            &["--folder", lib_path.join("in").to_str().unwrap()],
+            env.home.path()
+        ),
+        want
+    );
+    assert_eq!(scope_after(&["--folder", "./in"], &lib_path), want);
+    // Not a folder of the library: refused, and the roots are named.
+    let out = env
+        .cmd(&[
+            "extensions",
+            "enable",
+            "python-example",
+            "--yes",
+            "--folder",
+            env.home.path().to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(lib_path.to_str().unwrap()), "{err}");
+    let out = env
+        .cmd(&[
+            "extensions",
+            "enable",
+            "python-example",
+            "--yes",
+            "--folder",
+            "nowhere",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}

@@ -170,6 +170,59 @@ impl HostConfig {
     }
 }
 
+/// Whether finished jobs are worth a launch now. Each call starts a process, so finished jobs
+/// are acknowledged in batches (a quarter of the job limit), unless the extension's queue is
+/// about to run dry (its next jobs are created in the same call) or the oldest has waited
+/// `ack_delay_ms`; never sooner than `continue_delay_ms` after the last call. Pure: `now` in.
+fn acknowledge_due(
+    cfg: &HostConfig,
+    counts: ferry_store::JobCounts,
+    job_limit: u32,
+    now: i64,
+    last_call_ended_ms: i64,
+) -> bool {
+    if counts.finished() == 0
+        || now < last_call_ended_ms.saturating_add(cfg.continue_delay_ms as i64)
+    {
+        return false;
+    }
+    counts.registered < cfg.refill_below
+        || counts.finished() >= (job_limit / 4).max(1)
+        || now >= last_call_ended_ms.saturating_add(cfg.ack_delay_ms as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_store::JobCounts;
+
+    #[test]
+    fn finished_jobs_are_acknowledged_in_batches_unless_the_queue_runs_dry() {
+        let cfg = HostConfig::new(PathBuf::new(), PathBuf::new()); // refill 8, 100 ms, 30 s
+        let counts = |registered, succeeded| JobCounts {
+            registered,
+            pending: 4,
+            succeeded,
+            failed: 0,
+        };
+        let at = 1_000_000;
+        // Nothing finished: no reason.
+        assert!(!acknowledge_due(&cfg, counts(0, 0), 200, at, 0));
+        // A few finished, plenty queued: wait for the batch.
+        assert!(!acknowledge_due(&cfg, counts(100, 10), 200, at, at - 1_000));
+        // A quarter of the limit: now.
+        assert!(acknowledge_due(&cfg, counts(100, 50), 200, at, at - 1_000));
+        // The queue is about to run dry: now, even for one.
+        assert!(acknowledge_due(&cfg, counts(7, 1), 200, at, at - 1_000));
+        // ... but never right after the last call.
+        assert!(!acknowledge_due(&cfg, counts(7, 1), 200, at, at - 50));
+        // The oldest has waited long enough: now.
+        assert!(acknowledge_due(&cfg, counts(100, 1), 200, at, at - 30_000));
+        // A job limit under 4 still batches by one.
+        assert!(acknowledge_due(&cfg, counts(100, 1), 3, at, at - 1_000));
+    }
+}
+
 /// Whether an extension has anything left to do, as far as Ferry can tell.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Settled {
@@ -500,10 +553,6 @@ impl Host {
         (!reasons.is_empty()).then_some(reasons)
     }
 
-    /// Whether finished jobs are worth a launch now. Each call starts a process, so finished
-    /// jobs are acknowledged in batches (a quarter of the job limit), unless the extension's
-    /// queue is about to run dry (its next jobs are created in the same call) or the oldest
-    /// has waited `ack_delay_ms`; never sooner than `continue_delay_ms` after the last call.
     fn acknowledge_due(
         &self,
         counts: ferry_store::JobCounts,
@@ -511,13 +560,13 @@ impl Host {
         now: i64,
         last_call_ended_ms: i64,
     ) -> bool {
-        let cfg = &self.inner.config;
-        if now < last_call_ended_ms.saturating_add(cfg.continue_delay_ms as i64) {
-            return false;
-        }
-        counts.registered < cfg.refill_below
-            || counts.finished() >= (job_limit / 4).max(1)
-            || now >= last_call_ended_ms.saturating_add(cfg.ack_delay_ms as i64)
+        acknowledge_due(
+            &self.inner.config,
+            counts,
+            job_limit,
+            now,
+            last_call_ended_ms,
+        )
     }
 
     /// When the scheduler should look at `c` again without being woken.
