@@ -55,6 +55,14 @@ pub struct Config {
     /// A file holding the token (first line), instead of `token`.
     #[serde(default)]
     pub token_file: Option<std::path::PathBuf>,
+    /// A PEM file of certificates trusted for the server beside the system's roots (its own
+    /// self-signed certificate, or the CA that signed it).
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// The server certificate's SHA-256 fingerprint (`AA:BB:…` or 64 hex digits): exactly
+    /// that certificate is accepted.
+    #[serde(default)]
+    pub cert_sha256: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +77,12 @@ pub enum ConfigError {
     Destination(#[from] ferry_core::DestinationError),
     #[error("config: {0}")]
     Client(#[from] CheckError),
+    #[error("config: cert_sha256: {0}")]
+    Fingerprint(#[from] ferry_tls::FingerprintError),
+    #[error(
+        "config: set one of `ca_file` and `cert_sha256` (a pinned certificate is trusted alone)"
+    )]
+    TrustBoth,
 }
 
 impl Config {
@@ -80,11 +94,7 @@ impl Config {
         match (&self.token, &self.token_file) {
             (Some(t), None) => Ok(t.trim().to_owned()),
             (None, Some(path)) => {
-                // `~/` is the user's home, as people write it in config files.
-                let path = match (path.strip_prefix("~"), std::env::var_os("HOME")) {
-                    (Ok(rest), Some(home)) => std::path::Path::new(&home).join(rest),
-                    _ => path.clone(),
-                };
+                let path = home_path(path);
                 let text = std::fs::read_to_string(&path)
                     .map_err(|e| ConfigError::TokenFile(path.clone(), e))?;
                 Ok(text.lines().next().unwrap_or("").trim().to_owned())
@@ -93,10 +103,29 @@ impl Config {
         }
     }
 
+    /// How the server's certificate is trusted (`ca_file`, `cert_sha256`).
+    pub fn trust(&self) -> Result<ferry_tls::ServerTrust, ConfigError> {
+        if self.ca_file.is_some() && self.cert_sha256.is_some() {
+            return Err(ConfigError::TrustBoth);
+        }
+        Ok(ferry_tls::ServerTrust {
+            ca_file: self.ca_file.as_deref().map(home_path),
+            cert_sha256: self.cert_sha256.as_deref().map(str::parse).transpose()?,
+        })
+    }
+
     /// Where every job uploads to: the server's upload endpoint, which speaks the IETF
     /// draft, tus and plain uploads (ferry-transfer picks by its `OPTIONS` answer).
     pub fn upload_url(&self) -> String {
         format!("{}/v1/uploads", self.server_url.trim_end_matches('/'))
+    }
+}
+
+/// `~/` is the user's home, as people write it in config files.
+fn home_path(path: &std::path::Path) -> std::path::PathBuf {
+    match (path.strip_prefix("~"), std::env::var_os("HOME")) {
+        (Ok(rest), Some(home)) => std::path::Path::new(&home).join(rest),
+        _ => path.to_owned(),
     }
 }
 
@@ -687,7 +716,7 @@ impl Extension for Backup {
             let destination = Destination::new(Method::Post, config.upload_url())
                 .header("authorization", format!("Bearer {token}"))
                 .validate(&params.destination_bases)?;
-            let client = ServerClient::new(&config.server_url, &token)?;
+            let client = ServerClient::new(&config.server_url, &token, &config.trust()?)?;
             Ok(Ready {
                 client,
                 destination,
@@ -742,6 +771,36 @@ mod tests {
         assert_eq!(c.token().unwrap(), "t");
         assert_eq!(c.upload_url(), "http://127.0.0.1:1/v1/uploads");
         assert!(Config::from_json(&serde_json::json!({"server": "x"})).is_err());
+    }
+
+    #[test]
+    fn config_trust_keys() {
+        let base = serde_json::json!({"server_url": "https://127.0.0.1:1", "token": "t"});
+        let with = |k: &str, v: &str| {
+            let mut c = base.clone();
+            c[k] = serde_json::Value::String(v.into());
+            Config::from_json(&c).unwrap()
+        };
+        assert!(
+            Config::from_json(&base)
+                .unwrap()
+                .trust()
+                .unwrap()
+                .is_default()
+        );
+        let fp = "ab".repeat(32);
+        let t = with("cert_sha256", &fp).trust().unwrap();
+        assert_eq!(t.cert_sha256.map(|f| f.0), Some([0xab; 32]));
+        let t = with("ca_file", "/etc/ca.pem").trust().unwrap();
+        assert_eq!(
+            t.ca_file.as_deref(),
+            Some(std::path::Path::new("/etc/ca.pem"))
+        );
+        let e = with("cert_sha256", "AB:CD").trust().unwrap_err();
+        assert!(e.to_string().contains("cert_sha256"), "{e}");
+        let mut both = with("cert_sha256", &fp);
+        both.ca_file = Some("/etc/ca.pem".into());
+        assert!(matches!(both.trust(), Err(ConfigError::TrustBoth)));
     }
 
     #[test]

@@ -44,12 +44,21 @@ struct CheckResponse {
 }
 
 impl ServerClient {
-    pub fn new(server_url: &str, token: &str) -> Result<ServerClient, CheckError> {
+    /// A client for `server_url`, trusting its certificate as `trust` says (Ferry's own
+    /// verifier: the same trust as Ferry's uploads to it).
+    pub fn new(
+        server_url: &str,
+        token: &str,
+        trust: &ferry_tls::ServerTrust,
+    ) -> Result<ServerClient, CheckError> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| CheckError::Permanent(format!("runtime: {e}")))?;
+        let tls = ferry_tls::ServerTls::new(trust)
+            .map_err(|e| CheckError::Permanent(format!("server trust: {e}")))?;
         let client = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls.rustls_config())
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(30))
             .build()
@@ -75,7 +84,14 @@ impl ServerClient {
                     .json(&CheckRequest { blake3: &hex })
                     .send()
                     .await
-                    .map_err(|e| CheckError::Transient(e.to_string()))?;
+                    .map_err(|e| match ferry_tls::CertificateProblem::find(&e) {
+                        // Not a passing trouble: the configuration (`ca_file`, `cert_sha256`)
+                        // or the server's certificate needs a person.
+                        Some(p) => CheckError::Permanent(format!(
+                            "the server's certificate is not trusted: {p}; trust it with `cert_sha256` or `ca_file` in the manifest's [config]"
+                        )),
+                        None => CheckError::Transient(e.to_string()),
+                    })?;
                 let status = r.status();
                 if status.as_u16() == 408 || status.as_u16() == 429 || status.is_server_error() {
                     return Err(CheckError::Transient(format!("HTTP {status}")));

@@ -307,6 +307,24 @@ pub struct Destination {
     pub method: Method,
     pub url: String,
     pub headers: Vec<(String, String)>,
+    /// Names of headers whose values are secrets beside the ones Ferry always treats so
+    /// ([`ALWAYS_SECRET_HEADERS`]): shown redacted everywhere but to the extension itself.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secret_headers: Vec<String>,
+}
+
+/// Headers that carry credentials whatever the extension says.
+pub const ALWAYS_SECRET_HEADERS: [&str; 3] = ["authorization", "proxy-authorization", "cookie"];
+
+/// What a secret header's value is shown as: its scheme kept when it has one
+/// (`Bearer ***`), else `***`.
+pub fn redact_value(value: &str) -> String {
+    match value.split_once(' ') {
+        Some((scheme, _)) if !scheme.is_empty() && scheme.bytes().all(is_token_byte) => {
+            format!("{scheme} ***")
+        }
+        _ => "***".to_owned(),
+    }
 }
 
 impl Destination {
@@ -315,7 +333,28 @@ impl Destination {
             method,
             url: url.into(),
             headers: Vec::new(),
+            secret_headers: Vec::new(),
         }
+    }
+
+    /// Whether the header `lower_name` carries a secret.
+    pub fn is_secret(&self, lower_name: &str) -> bool {
+        ALWAYS_SECRET_HEADERS.contains(&lower_name)
+            || self
+                .secret_headers
+                .iter()
+                .any(|s| s.eq_ignore_ascii_case(lower_name))
+    }
+
+    /// The destination as people and logs may see it: secret header values redacted.
+    pub fn redacted(&self) -> Destination {
+        let mut d = self.clone();
+        for (name, value) in &mut d.headers {
+            if self.is_secret(&name.to_ascii_lowercase()) {
+                *value = redact_value(value);
+            }
+        }
+        d
     }
 
     pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Destination {
@@ -353,10 +392,20 @@ impl Destination {
             }
             headers.push((lower, value.clone()));
         }
+        if self.secret_headers.len() > MAX_HEADERS {
+            return Err(DestinationError::TooManyHeaders {
+                count: self.secret_headers.len(),
+            });
+        }
         Ok(Destination {
             method: self.method,
             url: self.url.clone(),
             headers,
+            secret_headers: self
+                .secret_headers
+                .iter()
+                .map(|s| s.to_ascii_lowercase())
+                .collect(),
         })
     }
 }
@@ -391,6 +440,27 @@ pub fn is_reserved_header(lower_name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_are_redacted_for_people_and_kept_for_the_extension() {
+        let bases = [UrlBase::parse("https://b.example/v1/").unwrap()];
+        let mut d = Destination::new(Method::Post, "https://b.example/v1/up")
+            .header("Authorization", "Bearer s3cr3t")
+            .header("Cookie", "sid=s3cr3t")
+            .header("X-Api-Key", "s3cr3t")
+            .header("X-Trace", "visible");
+        d.secret_headers = vec!["X-API-KEY".into()];
+        let stored = d.validate(&bases).unwrap();
+        assert_eq!(stored.secret_headers, vec!["x-api-key".to_owned()]);
+        assert!(stored.headers.iter().any(|(_, v)| v == "Bearer s3cr3t"));
+        let shown = stored.redacted();
+        let value = |n: &str| shown.headers.iter().find(|(k, _)| k == n).unwrap().1.clone();
+        assert_eq!(value("authorization"), "Bearer ***");
+        assert_eq!(value("cookie"), "***");
+        assert_eq!(value("x-api-key"), "***");
+        assert_eq!(value("x-trace"), "visible");
+        assert!(!format!("{shown:?}").contains("s3cr3t"));
+    }
 
     fn bases(list: &[&str]) -> Vec<UrlBase> {
         list.iter().map(|b| UrlBase::parse(b).unwrap()).collect()

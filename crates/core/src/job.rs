@@ -260,6 +260,13 @@ pub struct Job {
 }
 
 impl Job {
+    /// The job as people, logs and reports may see it: secret header values redacted. The
+    /// extension that made it gets it whole (`jobs.fetch`).
+    pub fn redacted(mut self) -> Job {
+        self.destination = self.destination.redacted();
+        self
+    }
+
     /// Whether fetch-by-`action` returns this job: SPEC.md's sets, exactly.
     pub fn in_action(&self, action: Action, max_retries: u32) -> bool {
         match action {
@@ -299,6 +306,12 @@ pub struct Receipt {
 }
 
 impl Receipt {
+    /// The receipt with its destination's secret header values redacted.
+    pub fn redacted(mut self) -> Receipt {
+        self.destination = self.destination.redacted();
+        self
+    }
+
     /// The receipt of a job let go of at `acknowledged_ms`. A job never changes after that
     /// (no transition applies to an acknowledged job), so a store may keep the final job and
     /// rebuild the receipt from it.

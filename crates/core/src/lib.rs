@@ -7,6 +7,7 @@
 pub mod conditions;
 pub mod destination;
 pub mod job;
+pub mod path_text;
 pub mod policy;
 pub mod resource;
 pub mod retry;

@@ -27,6 +27,10 @@ pub enum Target {
     Remote {
         url: String,
         token: String,
+        /// How its certificate is trusted (`ca_file`, `cert_sha256`): by every part that
+        /// talks to it — the check client, the transfer engine (for its origin only) and the
+        /// bundled extension.
+        trust: ferry_tls::ServerTrust,
     },
 }
 
@@ -197,6 +201,7 @@ impl Progress {
 /// A resource the server does not hold after the backup, and why.
 #[derive(Debug, Clone, Serialize)]
 pub struct Missing {
+    #[serde(flatten, with = "ferry_core::path_text::path")]
     pub path: PathBuf,
     pub resource_id: String,
     pub blake3: String,
@@ -204,11 +209,20 @@ pub struct Missing {
     pub why: String,
 }
 
+fn serialize_opt_path<S: serde::Serializer>(p: &Option<PathBuf>, s: S) -> Result<S::Ok, S::Error> {
+    match p {
+        Some(p) => s.serialize_some(&ferry_core::path_text::display(p)),
+        None => s.serialize_none(),
+    }
+}
+
 /// The result of a backup.
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct BackupSummary {
+    #[serde(serialize_with = "ferry_core::path_text::serialize_list")]
     pub dirs: Vec<PathBuf>,
     pub server_url: String,
+    #[serde(serialize_with = "serialize_opt_path")]
     pub embedded_server_dir: Option<PathBuf>,
     pub assets: u64,
     pub resources: u64,

@@ -53,6 +53,48 @@ pub fn runtime_dir(state_dir: &Path) -> PathBuf {
     }
 }
 
+/// Creates the state folder `0700` — or tightens it, its database, the built-in server's
+/// token and data to `0700`/`0600` — and says once (a warning) what it tightened. Every
+/// command that opens the state calls this first.
+pub fn prepare_state_dir(state_dir: &Path) -> std::io::Result<()> {
+    for t in ferry_store::private::secure_state_dir(state_dir)? {
+        tracing::warn!("{t}");
+    }
+    Ok(())
+}
+
+/// Creates a folder of Ferry's own (config, runtime) `0700`, or tightens it and says so.
+pub fn prepare_private_dir(dir: &Path) -> std::io::Result<()> {
+    if let Some(from) = ferry_store::private::ensure_private_dir(dir)? {
+        let t = ferry_store::private::Tightened {
+            path: dir.to_owned(),
+            from,
+            to: ferry_store::private::DIR_MODE,
+        };
+        tracing::warn!("{t}");
+    }
+    Ok(())
+}
+
+/// Ferry's configuration folder, `$XDG_CONFIG_HOME/ferry` (else `~/.config/ferry`): the
+/// configuration file (which may hold a server token) and the person's extension manifests.
+pub fn config_dir() -> Option<PathBuf> {
+    env_dir("XDG_CONFIG_HOME")
+        .map(|d| d.join("ferry"))
+        .or_else(|| home().map(|h| h.join(".config/ferry")))
+}
+
+/// Tightens Ferry's configuration folder to `0700` when it exists, saying so once. Never
+/// creates it (Ferry writes nothing there) and never fails a command.
+pub fn tighten_config_dir() {
+    let Some(dir) = config_dir().filter(|d| d.is_dir()) else {
+        return;
+    };
+    if let Err(e) = prepare_private_dir(&dir) {
+        tracing::warn!("cannot make {} private: {e}", dir.display());
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerSection {
@@ -61,6 +103,12 @@ pub struct ServerSection {
     pub token: Option<String>,
     /// A file holding the token (first line), instead of `token`.
     pub token_file: Option<PathBuf>,
+    /// A PEM file of certificates trusted for this server beside the system's roots: its
+    /// own self-signed certificate, or the CA that signed it. Relative to this file's folder.
+    pub ca_file: Option<PathBuf>,
+    /// The SHA-256 fingerprint of the server's certificate (`AA:BB:…` as ferry-server prints
+    /// it, or 64 hex digits): exactly that certificate is accepted, whatever signed it.
+    pub cert_sha256: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -142,10 +190,28 @@ impl FileConfig {
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
-        let cfg: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Invalid {
+        let mut cfg: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Invalid {
             path: path.to_owned(),
             message: e.to_string(),
         })?;
+        if let Some(fp) = &cfg.server.cert_sha256 {
+            fp.parse::<ferry_tls::Fingerprint>()
+                .map_err(|e| ConfigError::Invalid {
+                    path: path.to_owned(),
+                    message: format!("server.cert_sha256: {e}"),
+                })?;
+            if cfg.server.ca_file.is_some() {
+                return Err(ConfigError::Invalid {
+                    path: path.to_owned(),
+                    message: "set one of server.ca_file and server.cert_sha256 (a pinned certificate is trusted alone)".into(),
+                });
+            }
+        }
+        if let Some(ca) = &mut cfg.server.ca_file
+            && ca.is_relative()
+        {
+            *ca = path.parent().unwrap_or(Path::new(".")).join(&*ca);
+        }
         if let Some(url) = &cfg.server.url {
             ferry_core::UrlBase::parse(url).map_err(|e| ConfigError::Invalid {
                 path: path.to_owned(),
@@ -179,6 +245,33 @@ impl FileConfig {
                     path: p.clone(),
                     source,
                 }),
+        }
+    }
+
+    /// [`FileConfig::load`], and what `ferry config check` adds: the files the configuration
+    /// names are usable (the CA file holds certificates). Other commands read them when
+    /// they need them.
+    pub fn load_checked(path: &Path) -> Result<FileConfig, ConfigError> {
+        let cfg = FileConfig::load(path)?;
+        if let Some(ca) = &cfg.server.ca_file {
+            ferry_tls::read_ca_file(ca).map_err(|e| ConfigError::Invalid {
+                path: path.to_owned(),
+                message: format!("server.ca_file: {e}"),
+            })?;
+        }
+        Ok(cfg)
+    }
+
+    /// How the configured server's certificate is trusted (`ca_file`, `cert_sha256`).
+    pub fn server_trust(&self) -> ferry_tls::ServerTrust {
+        ferry_tls::ServerTrust {
+            ca_file: self.server.ca_file.clone(),
+            // Checked by `parse`.
+            cert_sha256: self
+                .server
+                .cert_sha256
+                .as_deref()
+                .and_then(|f| f.parse().ok()),
         }
     }
 
@@ -237,5 +330,30 @@ mod tests {
         .unwrap();
         assert!(ok.policy().require_charging);
         assert_eq!(ok.token().unwrap().as_deref(), Some("t"));
+    }
+
+    #[test]
+    fn server_trust_keys_are_checked_and_ca_file_is_relative_to_the_file() {
+        let p = Path::new("/x/config.toml");
+        let fp = "AB:".repeat(31) + "AB";
+        let c = FileConfig::parse(p, &format!("[server]\ncert_sha256 = \"{fp}\"\n")).unwrap();
+        let t = c.server_trust();
+        assert_eq!(t.cert_sha256.map(|f| f.0), Some([0xab; 32]));
+        assert_eq!(t.ca_file, None);
+        let c = FileConfig::parse(p, "[server]\nca_file = \"certs/ca.pem\"\n").unwrap();
+        assert_eq!(
+            c.server_trust().ca_file.as_deref(),
+            Some(Path::new("/x/certs/ca.pem"))
+        );
+        let c = FileConfig::parse(p, "[server]\nca_file = \"/etc/ca.pem\"\n").unwrap();
+        assert_eq!(c.server.ca_file.as_deref(), Some(Path::new("/etc/ca.pem")));
+        let e = FileConfig::parse(p, "[server]\ncert_sha256 = \"AB:CD\"\n").unwrap_err();
+        assert!(e.to_string().contains("server.cert_sha256"), "{e}");
+        assert!(e.to_string().contains("/x/config.toml"), "{e}");
+        let both = format!("[server]\nca_file = \"a.pem\"\ncert_sha256 = \"{fp}\"\n");
+        let e = FileConfig::parse(p, &both).unwrap_err();
+        assert!(e.to_string().contains("one of server.ca_file"), "{e}");
+        let e = FileConfig::parse(p, "[server]\nca = \"a.pem\"\n").unwrap_err();
+        assert!(e.to_string().contains("unknown field"), "{e}");
     }
 }

@@ -74,7 +74,7 @@ async fn status(State(s): State<ControlState>) -> Response {
     let daemon = serde_json::json!({
         "pid": std::process::id(),
         "started_ms": s.started_ms,
-        "folders": s.folders,
+        "folders": s.folders.iter().map(|f| ferry_core::path_text::display(f)).collect::<Vec<_>>(),
         "server_url": s.progress.server_url(),
         "progress": s.progress.snapshot(),
     });
@@ -111,12 +111,16 @@ async fn jobs(State(s): State<ControlState>, Query(q): Query<JobsQuery>) -> Resp
         Some(None) => return problem(StatusCode::BAD_REQUEST, "unknown job state"),
     };
     with_store(&s, move |store| {
-        Ok(store.jobs(&JobFilter {
-            state,
-            extension: q.extension,
-            limit: q.limit.unwrap_or(0),
-            ..JobFilter::default()
-        })?)
+        Ok(store
+            .jobs(&JobFilter {
+                state,
+                extension: q.extension,
+                limit: q.limit.unwrap_or(0),
+                ..JobFilter::default()
+            })?
+            .into_iter()
+            .map(ferry_core::Job::redacted)
+            .collect::<Vec<_>>())
     })
     .await
 }
@@ -162,8 +166,7 @@ pub fn router(state: ControlState) -> Router {
 
 /// Binds the socket (replacing a stale one), mode 0600 in a 0700 folder.
 pub fn bind(runtime_dir: &Path) -> std::io::Result<tokio::net::UnixListener> {
-    std::fs::create_dir_all(runtime_dir)?;
-    std::fs::set_permissions(runtime_dir, std::fs::Permissions::from_mode(0o700))?;
+    crate::config::prepare_private_dir(runtime_dir)?;
     let path = runtime_dir.join(SOCKET_NAME);
     match std::fs::remove_file(&path) {
         Ok(()) => {}

@@ -5,6 +5,7 @@
 //! `POST /v1/stop` end it cleanly.
 
 use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -70,11 +71,12 @@ impl StateLock {
             path: path.clone(),
             source,
         };
-        std::fs::create_dir_all(state_dir).map_err(err)?;
+        crate::config::prepare_state_dir(state_dir).map_err(err)?;
         let mut file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(ferry_store::private::FILE_MODE)
             .open(&path)
             .map_err(err)?;
         match file.try_lock() {

@@ -41,9 +41,23 @@ pub enum ExtensionError {
     Failing { calls: u32, detail: String },
 }
 
-fn manifest_text(exe: &Path, server_url: &str, token: &str) -> String {
+fn manifest_text(
+    exe: &Path,
+    server_url: &str,
+    token: &str,
+    trust: &ferry_tls::ServerTrust,
+) -> String {
     let q = |s: &str| toml::Value::String(s.to_owned()).to_string();
     let base = format!("{}/v1/", server_url.trim_end_matches('/'));
+    // The server's trust, so the extension's own check trusts what Ferry's uploads trust.
+    let mut trust_keys = String::new();
+    if let Some(ca) = &trust.ca_file {
+        let ca = std::path::absolute(ca).unwrap_or_else(|_| ca.clone());
+        trust_keys.push_str(&format!("ca_file = {}\n", q(&ca.to_string_lossy())));
+    }
+    if let Some(fp) = &trust.cert_sha256 {
+        trust_keys.push_str(&format!("cert_sha256 = {}\n", q(&fp.to_string())));
+    }
     format!(
         "# Written by `ferry backup` / `ferry daemon`: the bundled extension (ferry-backup, run\n\
          # in-process by the ferry binary). Rewritten at every start; edit the server instead.\n\
@@ -58,7 +72,8 @@ fn manifest_text(exe: &Path, server_url: &str, token: &str) -> String {
          \n\
          [config]\n\
          server_url = {}\n\
-         token = {}\n",
+         token = {}\n\
+         {trust_keys}",
         q(&exe.to_string_lossy()),
         q(&base),
         q(server_url),
@@ -72,6 +87,7 @@ pub fn install(
     state_dir: &Path,
     server_url: &str,
     token: &str,
+    trust: &ferry_tls::ServerTrust,
     consent: BundledConsent,
 ) -> Result<(), ExtensionError> {
     let exe = std::env::current_exe()
@@ -81,8 +97,11 @@ pub fn install(
         .map_err(|e| ExtensionError::Install(e.to_string()))?;
     retire_old_id(&ext_dir, &mut store)?;
     let path = ext_dir.join(format!("{EXTENSION}.toml"));
-    crate::server::write_private(&path, manifest_text(&exe, server_url, token).as_bytes())
-        .map_err(|e| ExtensionError::Install(format!("{}: {e}", path.display())))?;
+    crate::server::write_private(
+        &path,
+        manifest_text(&exe, server_url, token, trust).as_bytes(),
+    )
+    .map_err(|e| ExtensionError::Install(format!("{}: {e}", path.display())))?;
     let m = manifest::Manifest::load(&path).map_err(|e| ExtensionError::Install(e.to_string()))?;
     let revoked = store
         .consent(EXTENSION)

@@ -197,6 +197,7 @@ pub fn status(
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ResourceWhy {
     pub resource_id: String,
+    #[serde(flatten, with = "ferry_core::path_text::path")]
     pub path: std::path::PathBuf,
     pub blake3: String,
     pub size_bytes: u64,
@@ -312,7 +313,7 @@ pub fn why(
             size_bytes: r.size,
             verdict: verdict.to_owned(),
             explanation,
-            job,
+            job: job.map(Job::redacted),
             by_extension,
         });
     }
@@ -368,7 +369,11 @@ fn extension_why(
 
 /// Receipts, newest first: the history of what was let go of.
 pub fn history(store: &Store, limit: usize, offset: usize) -> Result<Vec<Receipt>, JobStoreError> {
-    store.receipts(limit, offset)
+    Ok(store
+        .receipts(limit, offset)?
+        .into_iter()
+        .map(Receipt::redacted)
+        .collect())
 }
 
 /// Has this content been delivered (by any job)?

@@ -66,6 +66,8 @@ struct BundledServer {
     url: String,
     client: ServerClient,
     embedded: Option<Embedded>,
+    /// A remote server's TLS trust, which the engine applies to its origin.
+    tls: Option<ferry_tls::ServerTls>,
 }
 
 /// Runs the loop; see the module's steps.
@@ -91,7 +93,7 @@ pub async fn run(
         plan(&shared, &b.client, &roots, &progress).await?;
     }
     let host = start_host(&opts, bundled.is_some())?;
-    let engine = start_engine(&opts, shared.clone())?;
+    let engine = start_engine(&opts, shared.clone(), bundled.as_ref())?;
     let gate = match &opts.policy {
         Some(policy) => Gate::observe(policy.clone(), opts.observer.clone()).await,
         None => Gate::open(),
@@ -170,7 +172,7 @@ fn open_state(state_dir: &Path) -> Result<Store, BackupError> {
         dir: state_dir.to_owned(),
         detail,
     };
-    std::fs::create_dir_all(state_dir).map_err(|e| err(e.to_string()))?;
+    crate::config::prepare_state_dir(state_dir).map_err(|e| err(e.to_string()))?;
     Store::open(&state_dir.join("ferry.db")).map_err(|e| err(e.to_string()))
 }
 
@@ -239,12 +241,25 @@ async fn connect_bundled(
         Target::Embedded => Some(Embedded::start(&opts.state_dir).await?),
         Target::Remote { .. } => None,
     };
-    let (url, token) = match (target, &embedded) {
-        (Target::Remote { url, token }, _) => (url.clone(), token.clone()),
-        (Target::Embedded, Some(e)) => (e.base_url(), e.token.clone()),
+    let (url, token, trust) = match (target, &embedded) {
+        (Target::Remote { url, token, trust }, _) => (url.clone(), token.clone(), trust.clone()),
+        (Target::Embedded, Some(e)) => (e.base_url(), e.token.clone(), Default::default()),
         (Target::Embedded, None) => unreachable!("embedded server started above"),
     };
-    let client = ServerClient::new(&url, &token)?;
+    // Ferry's own verifier for a remote server, even with no setting: a refused certificate
+    // is then reported with the fingerprint the server presented.
+    let tls = match target {
+        Target::Remote { .. } => {
+            Some(
+                ferry_tls::ServerTls::new(&trust).map_err(|source| ServerError::Trust {
+                    url: url.clone(),
+                    source,
+                })?,
+            )
+        }
+        Target::Embedded => None,
+    };
+    let client = ServerClient::with_tls(&url, &token, tls.as_ref())?;
     progress.set_server_url(&url);
     // A daemon (watch) waits out a server that is down or failing (5xx), as its uploads
     // would; a one-shot backup says so at once. A refused token is never waited out.
@@ -265,11 +280,12 @@ async fn connect_bundled(
             Err(e) => return Err(e.into()),
         }
     }
-    extension::install(&opts.state_dir, &url, &token, consent)?;
+    extension::install(&opts.state_dir, &url, &token, &trust, consent)?;
     Ok(BundledServer {
         url,
         client,
         embedded,
+        tls,
     })
 }
 
@@ -297,7 +313,20 @@ fn start_host(opts: &RunOptions, with_bundled: bool) -> Result<Host, BackupError
 fn start_engine(
     opts: &RunOptions,
     shared: SharedStore,
+    bundled: Option<&BundledServer>,
 ) -> Result<Arc<Engine<Tracked>>, BackupError> {
+    // The bundled server's trust applies to its origin only: other extensions' destinations
+    // are verified against the platform's roots.
+    let origin_tls = bundled
+        .and_then(|b| {
+            let origin = reqwest::Url::parse(&b.url).ok()?;
+            Some(ferry_transfer::OriginTls {
+                origin,
+                tls: b.tls.clone()?,
+            })
+        })
+        .into_iter()
+        .collect();
     let config = EngineConfig {
         extensions: if opts.only_bundled {
             vec![extension::EXTENSION.to_owned()]
@@ -309,6 +338,10 @@ fn start_engine(
         // Every new job wakes the engine and retries carry their own time: the poll is only a
         // safety net.
         poll_interval: Duration::from_secs(600),
+        transfer: ferry_transfer::TransferConfig {
+            origin_tls,
+            ..Default::default()
+        },
         ..EngineConfig::default()
     };
     Ok(Arc::new(Engine::new(

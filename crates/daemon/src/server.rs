@@ -25,11 +25,60 @@ pub enum ServerError {
     /// An answer that is not the protocol's.
     #[error("the server at {url} answered unexpectedly: {detail}")]
     BadResponse { url: String, detail: String },
+    /// The TLS handshake failed on the server's certificate: a person must trust it (or fix
+    /// the server), so it is never waited out.
+    #[error(
+        "the server at {url} presented a certificate Ferry does not trust: {reason}{}. {}",
+        .seen_sha256.map(|s| format!(". Its SHA-256 fingerprint is {s}")).unwrap_or_default(),
+        certificate_advice(.reason, .seen_sha256.as_ref())
+    )]
+    Certificate {
+        url: String,
+        reason: ferry_tls::CertReason,
+        /// What the server presented, when Ferry's verifier saw it.
+        seen_sha256: Option<ferry_tls::Fingerprint>,
+    },
+    /// `ca_file` / `--server-ca` cannot be used (or no roots at all): a setting to fix.
+    #[error("cannot set up trust for the server at {url}: {source}")]
+    Trust {
+        url: String,
+        #[source]
+        source: ferry_tls::TrustError,
+    },
     #[error("server URL {0:?} is not usable: {1}")]
     BadUrl(String, String),
     /// The embedded server could not start (its folder, its database).
     #[error("cannot start the built-in server in {dir}: {detail}")]
     Embedded { dir: PathBuf, detail: String },
+}
+
+/// Which option fixes a refused certificate, with the fingerprint to pin when it is known.
+fn certificate_advice(
+    reason: &ferry_tls::CertReason,
+    seen: Option<&ferry_tls::Fingerprint>,
+) -> String {
+    use ferry_tls::CertReason;
+    let pin = match seen {
+        Some(s) => format!("--server-cert-sha256 {s}"),
+        None => "--server-cert-sha256 FINGERPRINT".to_owned(),
+    };
+    let pin_how = format!(
+        "{pin} (cert_sha256 in [server] of the configuration; compare it with the fingerprint ferry-server prints at start)"
+    );
+    match reason {
+        CertReason::FingerprintMismatch { .. } => format!(
+            "If the server's certificate was replaced, pin the new one with {pin_how}; if not, something else answers at this address"
+        ),
+        CertReason::NameMismatch { .. } => format!(
+            "Use a URL with a name the certificate holds, or pin the certificate with {pin_how}, which does not depend on names"
+        ),
+        CertReason::Expired { .. } | CertReason::NotYetValid => format!(
+            "Renew the server's certificate (or check this machine's clock), or pin it with {pin_how}, which does not depend on dates"
+        ),
+        _ => format!(
+            "If this is your server, trust its certificate with {pin_how}, or with --server-ca PEM (ca_file in [server]) naming its certificate or the CA that signed it"
+        ),
+    }
 }
 
 /// A running embedded server with its token.
@@ -103,18 +152,23 @@ impl Embedded {
     }
 }
 
-/// Writes a small secret file durably: temp file (0600) → fsync → rename → fsync dir.
+/// Writes a small secret file durably: temp file (0600) → fsync → rename → fsync dir. A
+/// missing folder on the way is created 0700.
 pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
+    ferry_store::private::create_private_dir_all(dir)?;
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
-        .mode(0o600)
+        .mode(ferry_store::private::FILE_MODE)
         .open(&tmp)?;
+    // A temp file left behind keeps its mode when reopened: set it.
+    f.set_permissions(std::fs::Permissions::from_mode(
+        ferry_store::private::FILE_MODE,
+    ))?;
     f.write_all(bytes)?;
     f.sync_all()?;
     drop(f);
@@ -139,9 +193,23 @@ struct CheckAnswer {
 
 impl ServerClient {
     pub fn new(base_url: &str, token: &str) -> Result<ServerClient, ServerError> {
+        ServerClient::with_tls(base_url, token, None)
+    }
+
+    /// With the server's own TLS trust (`ca_file`, `cert_sha256`); `None`: the platform's
+    /// roots, as reqwest sets them up.
+    pub fn with_tls(
+        base_url: &str,
+        token: &str,
+        tls: Option<&ferry_tls::ServerTls>,
+    ) -> Result<ServerClient, ServerError> {
         let base = base_url.trim_end_matches('/').to_owned();
         reqwest::Url::parse(&base).map_err(|e| ServerError::BadUrl(base.clone(), e.to_string()))?;
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if let Some(tls) = tls {
+            builder = builder.tls_backend_preconfigured(tls.rustls_config());
+        }
+        let http = builder
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(120))
             .build()
@@ -180,9 +248,16 @@ impl ServerClient {
                 .json(&serde_json::json!({ "blake3": batch }))
                 .send()
                 .await
-                .map_err(|e| ServerError::Unreachable {
-                    url: self.base.clone(),
-                    detail: error_chain(&e),
+                .map_err(|e| match ferry_tls::CertificateProblem::find(&e) {
+                    Some(p) => ServerError::Certificate {
+                        url: self.base.clone(),
+                        reason: p.reason,
+                        seen_sha256: p.seen_sha256,
+                    },
+                    None => ServerError::Unreachable {
+                        url: self.base.clone(),
+                        detail: error_chain(&e),
+                    },
                 })?;
             let status = res.status();
             if status == reqwest::StatusCode::UNAUTHORIZED {

@@ -631,14 +631,38 @@ pub struct ResourceView {
     pub id: String,
     pub asset_id: String,
     pub resource_type: ResourceType,
-    /// The file's name (lossy UTF-8), without its folder.
+    /// The file's name without its folder, for display: UTF-8 as it is, other bytes escaped
+    /// as `\xNN` and `\` as `\\` (see `ferry_core::path_text`).
     pub file_name: String,
+    /// The name's exact bytes in standard base64, present only when the name is not UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_name_bytes: Option<String>,
     pub size_bytes: u64,
     pub content_type: String,
     /// BLAKE3, the hash a job pins.
     pub content_hash: ContentHash,
     #[serde(default)]
     pub metadata: ResourceMetadata,
+}
+
+impl ResourceView {
+    /// `file_name` and `file_name_bytes` for a file at `path`.
+    pub fn name_of(path: &std::path::Path) -> (String, Option<String>) {
+        use std::os::unix::ffi::OsStrExt;
+        let raw = path.file_name().map(|n| n.as_bytes()).unwrap_or_default();
+        (
+            ferry_core::path_text::escape_bytes(raw),
+            ferry_core::path_text::lossless(raw),
+        )
+    }
+
+    /// The file name's exact bytes (from `file_name_bytes` when present).
+    pub fn file_name_raw(&self) -> Vec<u8> {
+        use std::os::unix::ffi::OsStrExt;
+        ferry_core::path_text::from_json(&self.file_name, self.file_name_bytes.as_deref())
+            .map(|p| p.as_os_str().as_bytes().to_vec())
+            .unwrap_or_else(|_| self.file_name.as_bytes().to_vec())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -890,6 +914,27 @@ pub type JobMetadata = BTreeMap<String, String>;
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_name_that_is_not_utf8_reaches_the_extension_escaped_and_exact() {
+        use std::os::unix::ffi::OsStringExt;
+        let path = std::path::PathBuf::from(std::ffi::OsString::from_vec(
+            b"/photos/caf\xE9.jpg".to_vec(),
+        ));
+        let (name, bytes) = super::ResourceView::name_of(&path);
+        assert_eq!(name, "caf\\xE9.jpg");
+        assert_eq!(bytes.as_deref(), Some("Y2Fm6S5qcGc="));
+        let (name, bytes) = super::ResourceView::name_of(std::path::Path::new("/p/été.jpg"));
+        assert_eq!((name.as_str(), bytes), ("été.jpg", None));
+        let view: super::ResourceView = serde_json::from_value(serde_json::json!({
+            "id": "r", "asset_id": "a", "resource_type": "photo",
+            "file_name": "caf\\xE9.jpg", "file_name_bytes": "Y2Fm6S5qcGc=",
+            "size_bytes": 1, "content_type": "image/jpeg",
+            "content_hash": "00".repeat(32),
+        }))
+        .unwrap();
+        assert_eq!(view.file_name_raw(), b"caf\xE9.jpg");
+    }
+
     use super::*;
 
     #[test]

@@ -599,12 +599,10 @@ fn rejected(reason: &str, index: usize, message: &str) -> RpcError {
 
 /// A resource as an extension sees it: no path.
 pub fn resource_view(r: ResourceRecord) -> ResourceView {
+    let (file_name, file_name_bytes) = ResourceView::name_of(&r.path);
     ResourceView {
-        file_name: r
-            .path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
+        file_name,
+        file_name_bytes,
         id: r.id,
         asset_id: r.asset_id,
         resource_type: r.resource_type,

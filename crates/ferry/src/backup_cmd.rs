@@ -65,6 +65,15 @@ pub struct ServerArgs {
         hide_env_values = true
     )]
     pub token: Option<String>,
+    /// Trust the server's certificate through this PEM file (its own self-signed certificate,
+    /// or the CA that signed it), beside the system's roots. Overrides [server] ca_file.
+    #[arg(long, value_name = "PEM", conflicts_with = "server_cert_sha256")]
+    pub server_ca: Option<PathBuf>,
+    /// Trust exactly the server certificate with this SHA-256 fingerprint (`AA:BB:…` as
+    /// ferry-server prints it, or 64 hex digits), whatever signed it. Overrides [server]
+    /// cert_sha256.
+    #[arg(long, value_name = "FINGERPRINT")]
+    pub server_cert_sha256: Option<ferry_tls::Fingerprint>,
 }
 
 impl ServerArgs {
@@ -84,7 +93,19 @@ impl ServerArgs {
             );
             return Ok(Err(ExitCode::from(EXIT_BAD_INPUT)));
         };
-        Ok(Ok(Target::Remote { url, token }))
+        // Either flag replaces the configuration's trust settings as a whole.
+        let trust = if self.server_ca.is_some() || self.server_cert_sha256.is_some() {
+            ferry_tls::ServerTrust {
+                ca_file: self
+                    .server_ca
+                    .as_ref()
+                    .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone())),
+                cert_sha256: self.server_cert_sha256,
+            }
+        } else {
+            config.server_trust()
+        };
+        Ok(Ok(Target::Remote { url, token, trust }))
     }
 }
 
@@ -112,7 +133,10 @@ pub fn run(state_dir: &Path, config: &FileConfig, args: BackupArgs) -> anyhow::R
             Target::Remote { url, .. } => url.clone(),
         };
         // Two lines, each short enough for an 80-column terminal with a usual path.
-        eprintln!("ferry: backing up {} to {to}", args.dir.display());
+        eprintln!(
+            "ferry: backing up {} to {to}",
+            ferry_core::path_text::display(&args.dir)
+        );
         eprintln!(
             "       with the bundled ferry-backup extension (running this command is your consent)"
         );
@@ -148,9 +172,13 @@ pub fn run(state_dir: &Path, config: &FileConfig, args: BackupArgs) -> anyhow::R
                 BackupError::Folder(_) => EXIT_BAD_INPUT,
                 BackupError::Server(ServerError::Unauthorized { .. }) => EXIT_AUTH,
                 BackupError::Server(
-                    ServerError::Unreachable { .. } | ServerError::BadResponse { .. },
+                    ServerError::Unreachable { .. }
+                    | ServerError::BadResponse { .. }
+                    | ServerError::Certificate { .. },
                 ) => EXIT_UNREACHABLE,
-                BackupError::Server(ServerError::BadUrl(..)) => EXIT_BAD_INPUT,
+                BackupError::Server(ServerError::BadUrl(..) | ServerError::Trust { .. }) => {
+                    EXIT_BAD_INPUT
+                }
                 _ => EXIT_FAILURE,
             };
             if args.json {
@@ -200,7 +228,7 @@ fn report(s: &BackupSummary, json: bool) -> ExitCode {
         Some(dir) => lines.push(format!(
             "  server {} (built in, storing in {})",
             s.server_url,
-            dir.display()
+            ferry_core::path_text::display(dir)
         )),
         None => lines.push(format!("  server {}", s.server_url)),
     }
@@ -212,7 +240,11 @@ fn report(s: &BackupSummary, json: bool) -> ExitCode {
         ));
     }
     for m in s.missing.iter().take(20) {
-        lines.push(format!("  missing {}: {}", m.path.display(), m.why));
+        lines.push(format!(
+            "  missing {}: {}",
+            ferry_core::path_text::display(&m.path),
+            m.why
+        ));
     }
     if s.missing.len() > 20 {
         lines.push(format!("  ... and {} more missing", s.missing.len() - 20));
@@ -230,7 +262,7 @@ fn report(s: &BackupSummary, json: bool) -> ExitCode {
 
 fn dirs_text(dirs: &[PathBuf]) -> String {
     dirs.iter()
-        .map(|d| d.display().to_string())
+        .map(|d| ferry_core::path_text::display(d))
         .collect::<Vec<_>>()
         .join(", ")
 }

@@ -57,7 +57,7 @@ enum ExtensionsCommand {
 }
 
 fn open(state_dir: &Path, extensions_dir: &Path) -> anyhow::Result<(Host, Arc<Mutex<Store>>)> {
-    std::fs::create_dir_all(state_dir)
+    ferry_daemon::config::prepare_state_dir(state_dir)
         .with_context(|| format!("cannot create the state folder {}", state_dir.display()))?;
     let store = Arc::new(Mutex::new(Store::open(&state_dir.join("ferry.db"))?));
     let config = HostConfig::new(extensions_dir.to_owned(), state_dir.to_owned());
@@ -113,6 +113,37 @@ fn relative_folder(folder: &str, roots: &[PathBuf]) -> Option<String> {
     (roots.is_empty() || roots.iter().any(|r| r.join(&text).is_dir())).then_some(text)
 }
 
+/// Whether a `[config]` key names a credential (its value is never printed).
+fn secret_key(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    [
+        "token",
+        "secret",
+        "password",
+        "passwd",
+        "authorization",
+        "api_key",
+        "apikey",
+        "cookie",
+    ]
+    .iter()
+    .any(|s| k.contains(s))
+        && !k.ends_with("_file")
+}
+
+/// The manifest as JSON with credential values in its `[config]` replaced by `***`.
+fn redacted_manifest(m: &Manifest) -> serde_json::Value {
+    let mut v = serde_json::to_value(m).unwrap_or_default();
+    if let Some(config) = v.get_mut("config").and_then(|c| c.as_object_mut()) {
+        for (k, val) in config.iter_mut() {
+            if secret_key(k) && !val.is_null() {
+                *val = serde_json::Value::String("***".into());
+            }
+        }
+    }
+    v
+}
+
 /// Tells a running daemon that consent changed, so it acts without a restart (no daemon: the
 /// next one reads the store anyway).
 fn wake_daemon(state_dir: &Path) {
@@ -159,7 +190,7 @@ pub fn run(state_dir: &Path, args: ExtensionsArgs) -> anyhow::Result<ExitCode> {
             }
             if json {
                 json_line(&serde_json::json!({
-                    "manifest": m,
+                    "manifest": m.as_ref().map(redacted_manifest),
                     "consent": c.as_ref().map(|c| serde_json::json!({
                         "scope": consent::scope_of(c),
                         "destination_bases": c.bases,

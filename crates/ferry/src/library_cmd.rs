@@ -62,7 +62,7 @@ pub enum LibraryCommand {
 }
 
 fn open_store(state_dir: &Path) -> anyhow::Result<Store> {
-    std::fs::create_dir_all(state_dir)
+    ferry_daemon::config::prepare_state_dir(state_dir)
         .with_context(|| format!("cannot create the state folder {}", state_dir.display()))?;
     Ok(Store::open(&state_dir.join("ferry.db"))?)
 }
@@ -253,7 +253,7 @@ fn print_report(store: &Store, r: &ScanReport) -> anyhow::Result<()> {
     for issue in &r.issues {
         println!(
             "    {}: {} ({})",
-            issue.path.display(),
+            ferry_core::path_text::display(&issue.path),
             serde_json::to_value(issue.reason)
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_owned))
@@ -316,7 +316,7 @@ fn ls(store: &Store, json: bool, limit: u64, offset: u64) -> anyhow::Result<Exit
                         r.resource_type,
                         r.path
                             .file_name()
-                            .map(|n| n.to_string_lossy())
+                            .map(ferry_core::path_text::display_os)
                             .unwrap_or_default()
                     )
                 })
@@ -325,7 +325,7 @@ fn ls(store: &Store, json: bool, limit: u64, offset: u64) -> anyhow::Result<Exit
                 "{}  {}  {}  {}",
                 view.asset.id,
                 view.capture_time.as_deref().unwrap_or("-"),
-                view.asset.dir.display(),
+                ferry_core::path_text::display(&view.asset.dir),
                 kinds.join(" ")
             );
         }
@@ -344,13 +344,20 @@ fn show(store: &Store, id: &str, json: bool) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!("asset {}", view.asset.id);
-    println!("  folder   {}", view.asset.dir.display());
+    println!(
+        "  folder   {}",
+        ferry_core::path_text::display(&view.asset.dir)
+    );
     println!(
         "  captured {}",
         view.capture_time.as_deref().unwrap_or("unknown")
     );
     for r in &view.resources {
-        println!("  {} {}", r.resource_type, r.path.display());
+        println!(
+            "  {} {}",
+            r.resource_type,
+            ferry_core::path_text::display(&r.path)
+        );
         println!(
             "    {} · {} · blake3 {}",
             r.content_type,

@@ -3,6 +3,7 @@
 mod backup_cmd;
 mod extensions_cmd;
 mod library_cmd;
+mod linger;
 mod output;
 mod state_cmd;
 
@@ -82,7 +83,8 @@ pub const EXIT_BAD_INPUT: u8 = 2;
 pub const EXIT_INCOMPLETE: u8 = 4;
 /// The server refused the token.
 pub const EXIT_AUTH: u8 = 5;
-/// The server could not be reached or answered nonsense.
+/// The server could not be reached, answered nonsense, or presented a certificate Ferry does
+/// not trust (the message names the option that trusts it).
 pub const EXIT_UNREACHABLE: u8 = 6;
 
 fn main() -> ExitCode {
@@ -100,13 +102,15 @@ fn main() -> ExitCode {
     // `FERRY_LOG=ferry_transfer=debug`): stdout carries the command's output. The metadata
     // parser's own complaints about broken files are off by default: the scan already reports
     // each such file, with its reason, and a person should not read "ERROR" for a file Ferry
-    // handled.
+    // handled. Nor are the platform certificate verifier's: a refused certificate is Ferry's
+    // own error message, with the reason and the option that trusts it.
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,nom_exif=off")),
+            tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG").unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("warn,nom_exif=off,rustls_platform_verifier=off")
+            }),
         )
         .init();
     let cli = Cli::parse();
@@ -118,6 +122,7 @@ fn main() -> ExitCode {
         Command::Config(cmd) => return finish(state_cmd::config(cmd)),
         other => other,
     };
+    ferry_daemon::config::tighten_config_dir();
     let config_path = ferry_daemon::config::config_path();
     let config = match ferry_daemon::config::FileConfig::load(&config_path) {
         Ok(c) => c,

@@ -52,7 +52,7 @@ fn ask_daemon(state_dir: &Path, path: &str) -> anyhow::Result<Option<(u16, Value
 }
 
 fn open_store(state_dir: &Path) -> anyhow::Result<Store> {
-    std::fs::create_dir_all(state_dir)
+    ferry_daemon::config::prepare_state_dir(state_dir)
         .with_context(|| format!("cannot create the state folder {}", state_dir.display()))?;
     Ok(Store::open(&state_dir.join("ferry.db"))?)
 }
@@ -78,8 +78,9 @@ pub fn status(state_dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
         }
     };
     let code = if status.safe { 0 } else { EXIT_INCOMPLETE };
+    let service = crate::linger::ServiceStatus::of(&unit_path());
     if json {
-        json_out(&serde_json::json!({"status": status, "exit_code": code}))?;
+        json_out(&serde_json::json!({"status": status, "exit_code": code, "service": service}))?;
         return Ok(ExitCode::from(code));
     }
     let l = &status.library;
@@ -153,6 +154,7 @@ pub fn status(state_dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
                 .into(),
         ),
     }
+    lines.extend(service.line());
     for l in lines {
         if !out(&l) {
             break;
@@ -194,7 +196,7 @@ pub fn why(state_dir: &Path, asset: &str, json: bool) -> anyhow::Result<ExitCode
     for r in &why.resources {
         out(&format!(
             "  {} ({}): {} — {}",
-            r.path.display(),
+            ferry_core::path_text::display(&r.path),
             bytes(r.size_bytes),
             r.verdict,
             r.explanation
@@ -257,12 +259,16 @@ pub fn jobs(state_dir: &Path, cmd: JobsCommand) -> anyhow::Result<ExitCode> {
         }
     };
     let store = open_store(state_dir)?;
-    let list = store.jobs(&JobFilter {
-        state,
-        extension,
-        limit,
-        ..JobFilter::default()
-    })?;
+    let list: Vec<Job> = store
+        .jobs(&JobFilter {
+            state,
+            extension,
+            limit,
+            ..JobFilter::default()
+        })?
+        .into_iter()
+        .map(Job::redacted)
+        .collect();
     if json {
         json_out(&list)?;
         return Ok(ExitCode::SUCCESS);
@@ -343,7 +349,7 @@ pub fn config(cmd: ConfigCommand) -> anyhow::Result<ExitCode> {
             out(&path.display().to_string());
             Ok(ExitCode::SUCCESS)
         }
-        ConfigCommand::Check { json } => match FileConfig::load(&path) {
+        ConfigCommand::Check { json } => match FileConfig::load_checked(&path) {
             Ok(mut cfg) => {
                 if cfg.server.token.is_some() {
                     cfg.server.token = Some("(set)".into());
@@ -388,6 +394,13 @@ pub enum ServiceCommand {
         /// Also `systemctl --user enable --now` it.
         #[arg(long)]
         now: bool,
+        /// Turn lingering on without asking (`loginctl enable-linger`): the service keeps
+        /// running after you log out. Asked on a terminal when neither flag is given.
+        #[arg(long, conflicts_with = "no_linger")]
+        linger: bool,
+        /// Leave lingering off without asking: uploads stop when you log out.
+        #[arg(long)]
+        no_linger: bool,
         #[arg(long)]
         json: bool,
     },
@@ -438,7 +451,12 @@ pub fn unit_text(exe: &Path, state_dir: &Path) -> String {
 pub fn service(state_dir: &Path, cmd: ServiceCommand) -> anyhow::Result<ExitCode> {
     let path = unit_path();
     match cmd {
-        ServiceCommand::Install { now, json } => {
+        ServiceCommand::Install {
+            now,
+            linger,
+            no_linger,
+            json,
+        } => {
             let exe = std::env::current_exe().context("cannot find the ferry binary's path")?;
             let text = unit_text(&exe, state_dir);
             if let Some(dir) = path.parent() {
@@ -464,8 +482,13 @@ pub fn service(state_dir: &Path, cmd: ServiceCommand) -> anyhow::Result<ExitCode
                     );
                 }
             }
+            // Without lingering, systemd stops the service at logout.
+            let choice = (linger || no_linger).then_some(linger);
+            let lingering = crate::linger::on_install(choice)?;
             if json {
-                json_out(&serde_json::json!({"unit": path, "started": started}))?;
+                json_out(&serde_json::json!({
+                    "unit": path, "started": started, "linger": lingering,
+                }))?;
             } else {
                 out(&format!("wrote {}", path.display()));
                 if !started {
@@ -473,12 +496,20 @@ pub fn service(state_dir: &Path, cmd: ServiceCommand) -> anyhow::Result<ExitCode
                         "start it with: systemctl --user daemon-reload && systemctl --user enable --now ferry",
                     );
                 }
+                if lingering.on() {
+                    out(&format!(
+                        "lingering is on for {}: the service keeps running after you log out",
+                        lingering.user
+                    ));
+                }
             }
-            Ok(if now && !started {
-                ExitCode::from(EXIT_FAILURE)
-            } else {
-                ExitCode::SUCCESS
-            })
+            Ok(
+                if (now && !started) || (linger && lingering.error.is_some()) {
+                    ExitCode::from(EXIT_FAILURE)
+                } else {
+                    ExitCode::SUCCESS
+                },
+            )
         }
         ServiceCommand::Uninstall { json } => {
             let existed = match std::fs::remove_file(&path) {

@@ -372,19 +372,19 @@ fn asset_view(store: &Store, a: &AssetRecord) -> Result<AssetView, StoreError> {
     let resources = store
         .resources_of_asset(&a.id)?
         .into_iter()
-        .map(|r| ResourceView {
-            file_name: r
-                .path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            id: r.id,
-            asset_id: r.asset_id,
-            resource_type: r.resource_type,
-            size_bytes: r.size,
-            content_type: r.content_type,
-            content_hash: ferry_core::ContentHash(r.blake3),
-            metadata: r.metadata,
+        .map(|r| {
+            let (file_name, file_name_bytes) = ResourceView::name_of(&r.path);
+            ResourceView {
+                file_name,
+                file_name_bytes,
+                id: r.id,
+                asset_id: r.asset_id,
+                resource_type: r.resource_type,
+                size_bytes: r.size,
+                content_type: r.content_type,
+                content_hash: ferry_core::ContentHash(r.blake3),
+                metadata: r.metadata,
+            }
         })
         .collect();
     Ok(AssetView {

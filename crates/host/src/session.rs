@@ -179,7 +179,14 @@ async fn signal_group(pgid: u32, signal: &str) {
 /// Copies the extension's stderr to its log file, keeping at most `max_bytes` per launch and
 /// draining the rest so the extension never blocks on a full pipe.
 async fn copy_log(mut from: tokio::process::ChildStderr, path: std::path::PathBuf, max_bytes: u64) {
-    let mut file = tokio::fs::File::create(&path).await.ok();
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(ferry_store::private::FILE_MODE)
+        .open(&path)
+        .await
+        .ok();
     let mut written = 0u64;
     let mut buf = vec![0u8; 16 * 1024];
     loop {
@@ -244,7 +251,8 @@ pub(crate) async fn run(mut l: Launch<'_>) -> CallOutcome {
     let m = l.manifest;
     let cfg = l.config;
     let work_dir = cfg.data_dir.join("extensions").join(&m.id);
-    if let Err(e) = std::fs::create_dir_all(&work_dir) {
+    // Under the state folder, the person's alone: created 0700 (the extension's data and log).
+    if let Err(e) = ferry_store::private::create_private_dir_all(&work_dir) {
         return spawn_failed(format!("cannot create {}: {e}", work_dir.display()));
     }
     let mut cmd = match &cfg.prlimit {

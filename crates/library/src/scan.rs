@@ -81,14 +81,10 @@ impl IssueReason {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Issue {
-    #[serde(serialize_with = "lossy_path")]
+    #[serde(flatten, with = "ferry_core::path_text::path")]
     pub path: PathBuf,
     pub reason: IssueReason,
     pub detail: String,
-}
-
-fn lossy_path<S: serde::Serializer>(p: &Path, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&p.to_string_lossy())
 }
 
 /// Knobs of a scan. The defaults suit a person's library on a small machine.

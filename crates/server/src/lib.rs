@@ -27,12 +27,15 @@ use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub use listen::{TlsError, TlsFiles};
+pub use listen::{TlsError, TlsFiles, certificate_sha256};
 pub use uploads::Limits;
 
 #[derive(Debug, Clone)]
 pub struct Config {
     pub data_dir: PathBuf,
+    /// The data directory's mode ([`DEFAULT_DATA_MODE`], the owner's alone): it holds a copy
+    /// of every upload. Created with it, and set to it at start when it differs.
+    pub data_mode: u32,
     pub listen: SocketAddr,
     /// Accept requests without a bearer token (loopback demos only).
     pub open: bool,
@@ -50,6 +53,7 @@ impl Config {
     pub fn new(data_dir: impl Into<PathBuf>, listen: SocketAddr) -> Config {
         Config {
             data_dir: data_dir.into(),
+            data_mode: DEFAULT_DATA_MODE,
             listen,
             open: false,
             limits: Limits {
@@ -79,9 +83,56 @@ pub enum StartError {
     Tls(#[from] TlsError),
 }
 
+/// The data directory's mode unless told otherwise: its owner's alone (`0700`).
+pub const DEFAULT_DATA_MODE: u32 = 0o700;
+
+/// Creates the data directory `dir` (and missing parents) with `mode`, or sets an existing
+/// one's mode to `mode`. Returns the old mode when it changed one.
+pub fn ensure_data_dir(dir: &Path, mode: u32) -> std::io::Result<Option<u32>> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let meta = match std::fs::metadata(dir) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(mode)
+                .create(dir)?;
+            std::fs::metadata(dir)?
+        }
+        Err(e) => return Err(e),
+    };
+    if !meta.is_dir() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotADirectory,
+            format!("{} is not a directory", dir.display()),
+        ));
+    }
+    // Set explicitly: the umask may have taken bits `mode` asks for.
+    let old = meta.permissions().mode() & 0o7777;
+    if old == mode {
+        return Ok(None);
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))?;
+    Ok(Some(old))
+}
+
 async fn open_engine(config: &Config) -> Result<uploads::Engine, StartError> {
     let dir = &config.data_dir;
-    std::fs::create_dir_all(dir).map_err(|e| StartError::DataDir(dir.clone(), e))?;
+    let existed = dir.exists();
+    match ensure_data_dir(dir, config.data_mode) {
+        Ok(Some(old)) if existed => tracing::warn!(
+            "{} permissions of {} from {old:04o} to {:04o}",
+            if old & !config.data_mode == 0 {
+                "set"
+            } else {
+                "tightened"
+            },
+            dir.display(),
+            config.data_mode
+        ),
+        Ok(_) => {}
+        Err(e) => return Err(StartError::DataDir(dir.clone(), e)),
+    }
     let meta = meta::Meta::open(Some(&dir.join("meta.db"))).await?;
     let blobs = blobs::Blobs::local(&dir.join("blobs"))?;
     uploads::Engine::new(meta, blobs, dir.join("partial"), config.limits.clone())
@@ -198,7 +249,11 @@ impl ServerHandle {
 /// Creates a device token in `data_dir` and returns it; only its SHA-256 is stored, so the
 /// caller must show it now or never.
 pub async fn create_token(data_dir: &Path, name: &str) -> Result<String, StartError> {
-    std::fs::create_dir_all(data_dir).map_err(|e| StartError::DataDir(data_dir.into(), e))?;
+    // A new data directory is created private; an existing one keeps its mode (`serve` sets it).
+    if !data_dir.exists() {
+        ensure_data_dir(data_dir, DEFAULT_DATA_MODE)
+            .map_err(|e| StartError::DataDir(data_dir.into(), e))?;
+    }
     let meta = meta::Meta::open(Some(&data_dir.join("meta.db"))).await?;
     let token = format!(
         "ferry_{}{}",

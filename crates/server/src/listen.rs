@@ -50,6 +50,20 @@ pub fn tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, TlsError> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
+/// The SHA-256 fingerprint of the server's certificate (the first in the chain file), as
+/// `AA:BB:…` — what a client pins (`ferry --server-cert-sha256`) and what
+/// `openssl x509 -noout -fingerprint -sha256` prints.
+pub fn certificate_sha256(files: &TlsFiles) -> Result<String, TlsError> {
+    use sha2::{Digest, Sha256};
+    let certs = read_certs(&files.cert_path)?;
+    let digest = Sha256::digest(certs[0].as_ref());
+    Ok(digest
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":"))
+}
+
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let err = |reason: String| TlsError::Cert {
         path: path.to_path_buf(),

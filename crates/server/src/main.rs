@@ -21,10 +21,16 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Serve uploads. The first line on stdout is `listening on http://ADDR` (or https).
+    /// Serve uploads. The first line on stdout is `listening on http://ADDR` (or https); with
+    /// TLS the second is `certificate sha256 AA:BB:…`, the fingerprint a client can pin.
     Serve {
         #[arg(long, env = "FERRY_SERVER_DATA")]
         data: PathBuf,
+        /// The data directory's mode, in octal (default 0700: it holds a copy of every upload,
+        /// so only the server's own account may enter it). Created with it, set to it at start;
+        /// e.g. 0750 lets the directory's group read the stored objects.
+        #[arg(long, default_value = "0700", value_parser = parse_mode, value_name = "OCTAL")]
+        data_mode: u32,
         #[arg(long, default_value = "127.0.0.1:8480")]
         listen: SocketAddr,
         /// Accept requests without a token. Meant for loopback demos only.
@@ -80,6 +86,7 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Serve {
             data,
+            data_mode,
             listen,
             open,
             max_size_bytes,
@@ -91,6 +98,7 @@ async fn main() -> anyhow::Result<()> {
             tls_key,
         } => {
             let mut config = ferry_server::Config::new(data, listen);
+            config.data_mode = data_mode;
             config.open = open;
             if let Some(v) = max_size_bytes {
                 config.limits.max_size_bytes = v;
@@ -113,9 +121,18 @@ async fn main() -> anyhow::Result<()> {
                     key_path,
                 });
             }
+            let fingerprint = config
+                .tls
+                .as_ref()
+                .map(ferry_server::certificate_sha256)
+                .transpose()?;
             let mut handle = ferry_server::Server::start(config).await?;
             let mut out = std::io::stdout();
             writeln!(out, "listening on {}", handle.base_url())?;
+            if let Some(fp) = fingerprint {
+                // What `ferry --server-cert-sha256` (or `cert_sha256` in its [server]) takes.
+                writeln!(out, "certificate sha256 {fp}")?;
+            }
             out.flush()?;
             tokio::select! {
                 _ = handle.wait() => {}
@@ -135,6 +152,21 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// An octal directory mode (`0750`, `750` or `0o750`) that leaves the owner full access.
+fn parse_mode(s: &str) -> Result<u32, String> {
+    let digits = s.strip_prefix("0o").unwrap_or(s);
+    let mode = u32::from_str_radix(digits, 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("{s:?} is not an octal mode such as 0700 or 0750"))?;
+    if mode & 0o700 != 0o700 {
+        return Err(format!(
+            "{s:?} would lock the server out of its own data: the owner needs rwx (0700)"
+        ));
+    }
+    Ok(mode)
 }
 
 async fn shutdown_signal() {

@@ -184,3 +184,47 @@ async fn a_silent_tls_client_is_cut_off() {
         "a connection that never shook hands was kept open"
     );
 }
+
+#[test]
+fn serve_prints_the_certificate_fingerprint_as_openssl_does() {
+    // The second stdout line of `serve` with TLS: what a client pins. It must be the SHA-256
+    // of the certificate's DER in openssl's own notation (an independent computation).
+    let openssl = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
+        .arg(fixture("cert.pem"))
+        .output();
+    let expected = match openssl {
+        Ok(o) if o.status.success() => String::from_utf8(o.stdout)
+            .unwrap()
+            .trim()
+            .split_once('=')
+            .expect("openssl prints `sha256 Fingerprint=…`")
+            .1
+            .to_owned(),
+        other => {
+            eprintln!(
+                "skipped: openssl is needed to compute the fingerprint independently ({other:?})"
+            );
+            return;
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ferry-server"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(dir.path())
+        .arg("--tls-cert")
+        .arg(fixture("cert.pem"))
+        .arg("--tls-key")
+        .arg(fixture("key.pem"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+    let first = lines.next().unwrap().unwrap();
+    let second = lines.next().unwrap().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(first.starts_with("listening on https://"), "{first}");
+    assert_eq!(second, format!("certificate sha256 {expected}"));
+}

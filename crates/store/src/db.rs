@@ -59,6 +59,10 @@ impl Store {
             source,
         };
         let conn = Connection::open(path).map_err(open_err)?;
+        // The database is its owner's alone (it holds every path and place of the library):
+        // 0600 before SQLite creates the WAL and shared-memory files, which take its mode.
+        // Best effort: the caller's `private::secure_state_dir` reports what it cannot do.
+        let _ = crate::private::ensure_private_file(path);
         // First: another process opening the same new store at the same moment (the daemon
         // and a `ferry status`) holds its locks only briefly, so wait instead of failing.
         conn.busy_timeout(std::time::Duration::from_secs(10))
@@ -67,6 +71,11 @@ impl Store {
         // Switching a new file to WAL can answer "busy" without waiting for the busy timeout
         // while another connection does the same: retried.
         retry_busy(|| conn.pragma_update(None, "journal_mode", "WAL")).map_err(open_err)?;
+        for suffix in ["-wal", "-shm"] {
+            let mut p = path.as_os_str().to_owned();
+            p.push(suffix);
+            let _ = crate::private::ensure_private_file(Path::new(&p));
+        }
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(open_err)?;
         conn.pragma_update(None, "foreign_keys", "ON")

@@ -21,6 +21,7 @@ pub struct ResourceRecord {
     pub id: String,
     pub asset_id: String,
     pub resource_type: ResourceType,
+    #[serde(flatten, with = "ferry_core::path_text::path")]
     pub path: PathBuf,
     pub dev: u64,
     pub ino: u64,
@@ -66,6 +67,7 @@ pub struct ResourceStat {
 pub struct AssetRecord {
     pub id: String,
     /// The folder its resources live in (grouping never crosses folders).
+    #[serde(flatten, with = "ferry_core::path_text::dir")]
     pub dir: PathBuf,
     pub created_ms: i64,
     pub updated_ms: i64,

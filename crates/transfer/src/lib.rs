@@ -25,4 +25,6 @@ pub use session::{
     MemorySessionStore, SessionStoreError, SqliteSessionStore, UploadSession, UploadSessionStore,
 };
 pub use source::{FileStamp, Prepass, SourceError};
-pub use upload::{Delivered, TransferConfig, UploadError, UploadFailure, UploadJob, Uploader};
+pub use upload::{
+    Delivered, OriginTls, TransferConfig, UploadError, UploadFailure, UploadJob, Uploader,
+};

@@ -66,6 +66,17 @@ pub struct TransferConfig {
     pub max_bytes_per_s: Option<u64>,
     /// Certificates trusted beside the built-in roots (a self-hosted server with its own CA).
     pub extra_root_certs: Vec<reqwest::Certificate>,
+    /// TLS for particular origins: a self-hosted server's CA file or pinned certificate
+    /// applies to requests to its origin (scheme, host, port) only; every other destination
+    /// is verified against the platform's roots (and `extra_root_certs`).
+    pub origin_tls: Vec<OriginTls>,
+}
+
+/// The TLS trust of one origin (only its scheme, host and port count).
+#[derive(Debug, Clone)]
+pub struct OriginTls {
+    pub origin: Url,
+    pub tls: ferry_tls::ServerTls,
 }
 
 impl Default for TransferConfig {
@@ -80,6 +91,7 @@ impl Default for TransferConfig {
             pool_max_idle_per_host: 8,
             max_bytes_per_s: None,
             extra_root_certs: Vec::new(),
+            origin_tls: Vec::new(),
         }
     }
 }
@@ -267,10 +279,21 @@ fn same_origin(a: &Url, b: &Url) -> bool {
         && a.port_or_known_default() == b.port_or_known_default()
 }
 
+/// What a failed request's log and job detail say: reqwest's words, and for a refused
+/// certificate why it was refused.
+fn request_detail(e: &reqwest::Error) -> String {
+    match ferry_tls::CertificateProblem::find(e) {
+        Some(p) => format!("{e}: the server's certificate is not trusted: {p}"),
+        None => e.to_string(),
+    }
+}
+
 /// Sends uploads; one per process is enough (it pools connections per host).
 #[derive(Debug)]
 pub struct Uploader {
     client: reqwest::Client,
+    /// The clients of [`TransferConfig::origin_tls`], by origin.
+    origin_clients: Vec<(Url, reqwest::Client)>,
     config: TransferConfig,
     preflight: PreflightCache,
     /// The cap over every transfer: the configured one, lowered by [`Uploader::set_policy_cap`].
@@ -282,29 +305,44 @@ pub struct Uploader {
 impl Uploader {
     pub fn new(config: TransferConfig) -> Result<Uploader, reqwest::Error> {
         let max_redirects = config.max_redirects;
-        let policy = reqwest::redirect::Policy::custom(move |attempt| {
-            let Some(first) = attempt.previous().first() else {
-                return attempt.follow();
-            };
-            if attempt.previous().len() > max_redirects {
-                return attempt.error("too many redirects");
-            }
-            if !same_origin(first, attempt.url()) {
-                return attempt.error("redirect outside the destination's origin");
-            }
-            attempt.follow()
-        });
-        let mut builder = reqwest::Client::builder();
+        let policy = move || {
+            reqwest::redirect::Policy::custom(move |attempt| {
+                let Some(first) = attempt.previous().first() else {
+                    return attempt.follow();
+                };
+                if attempt.previous().len() > max_redirects {
+                    return attempt.error("too many redirects");
+                }
+                if !same_origin(first, attempt.url()) {
+                    return attempt.error("redirect outside the destination's origin");
+                }
+                attempt.follow()
+            })
+        };
+        let builder = || {
+            reqwest::Client::builder()
+                .connect_timeout(config.connect_timeout)
+                .pool_max_idle_per_host(config.pool_max_idle_per_host)
+                .redirect(policy())
+        };
+        let mut default = builder();
         for cert in &config.extra_root_certs {
-            builder = builder.add_root_certificate(cert.clone());
+            default = default.add_root_certificate(cert.clone());
         }
-        let client = builder
-            .connect_timeout(config.connect_timeout)
-            .pool_max_idle_per_host(config.pool_max_idle_per_host)
-            .redirect(policy)
-            .build()?;
+        let client = default.build()?;
+        let origin_clients = config
+            .origin_tls
+            .iter()
+            .map(|o| {
+                let c = builder()
+                    .tls_backend_preconfigured(o.tls.rustls_config())
+                    .build()?;
+                Ok((o.origin.clone(), c))
+            })
+            .collect::<Result<Vec<_>, reqwest::Error>>()?;
         Ok(Uploader {
             client,
+            origin_clients,
             preflight: PreflightCache::new(config.preflight_ttl),
             bandwidth: Arc::new(Bandwidth::new(config.max_bytes_per_s)),
             config,
@@ -375,7 +413,7 @@ impl Uploader {
                             if let Some(se) = probe.take_error() {
                                 return Err(se.into());
                             }
-                            Err(UploadFailure::new(classify_reqwest(&e), e.to_string()))
+                            Err(UploadFailure::new(classify_reqwest(&e), request_detail(&e)))
                         }
                     };
                 }
@@ -397,7 +435,12 @@ impl Uploader {
         url: &Url,
         job: &UploadJob<'_>,
     ) -> reqwest::RequestBuilder {
-        let mut b = self.client.request(method, url.clone());
+        let client = self
+            .origin_clients
+            .iter()
+            .find(|(origin, _)| same_origin(origin, url))
+            .map_or(&self.client, |(_, c)| c);
+        let mut b = client.request(method, url.clone());
         for (n, v) in &job.destination.headers {
             if let (Ok(n), Ok(v)) = (
                 HeaderName::from_bytes(n.as_bytes()),
