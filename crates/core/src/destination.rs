@@ -454,7 +454,15 @@ mod tests {
         assert_eq!(stored.secret_headers, vec!["x-api-key".to_owned()]);
         assert!(stored.headers.iter().any(|(_, v)| v == "Bearer s3cr3t"));
         let shown = stored.redacted();
-        let value = |n: &str| shown.headers.iter().find(|(k, _)| k == n).unwrap().1.clone();
+        let value = |n: &str| {
+            shown
+                .headers
+                .iter()
+                .find(|(k, _)| k == n)
+                .unwrap()
+                .1
+                .clone()
+        };
         assert_eq!(value("authorization"), "Bearer ***");
         assert_eq!(value("cookie"), "***");
         assert_eq!(value("x-api-key"), "***");
