@@ -219,6 +219,9 @@ fn retryable(error: Option<&JobErrorCode>) -> bool {
 }
 
 /// A metadata value without control characters, at most `max` characters.
+/// The longest library-relative path sent in a job's metadata (its whole limit is 4 KiB).
+const MAX_PATH_METADATA_BYTES: usize = 3 * 1024;
+
 fn clean(s: &str, max: usize) -> String {
     s.chars()
         .map(|c| if c.is_control() { '?' } else { c })
@@ -685,6 +688,21 @@ impl Backup {
         metadata.insert("content_hash".to_owned(), r.content_hash.to_hex());
         if let Some(t) = &r.metadata.capture_time {
             metadata.insert("capture_time".to_owned(), clean(t, 64));
+        }
+        // Where it was, so a restore can put it back: the path under its library root (already
+        // escaped: no control characters), the root's name, the modification time. A path too
+        // long for the metadata's size limit is left out rather than cut.
+        if let Some(p) = &r.relative_path
+            && p.len() <= MAX_PATH_METADATA_BYTES
+            && !p.chars().any(char::is_control)
+        {
+            metadata.insert("path".to_owned(), p.clone());
+        }
+        if let Some(l) = &r.library {
+            metadata.insert("library".to_owned(), clean(l, 255));
+        }
+        if let Some(m) = r.modified_ms {
+            metadata.insert("modified_ms".to_owned(), m.to_string());
         }
         NewJob {
             id: Uuid::now_v7(),

@@ -637,6 +637,19 @@ pub struct ResourceView {
     /// The name's exact bytes in standard base64, present only when the name is not UTF-8.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file_name_bytes: Option<String>,
+    /// The file's path relative to its library root (`Trips/2024/IMG_0001.JPG`), escaped as
+    /// `file_name` is; what a backup needs to put the file back where it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relative_path: Option<String>,
+    /// Its exact bytes in base64, only when the path is not UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relative_path_bytes: Option<String>,
+    /// The name of the library root folder the file is under (`Pictures`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub library: Option<String>,
+    /// The file's modification time, in ms since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub modified_ms: Option<i64>,
     pub size_bytes: u64,
     pub content_type: String,
     /// BLAKE3, the hash a job pins.
@@ -653,6 +666,35 @@ impl ResourceView {
         (
             ferry_core::path_text::escape_bytes(raw),
             ferry_core::path_text::lossless(raw),
+        )
+    }
+
+    /// `relative_path`, `relative_path_bytes` and `library` for a file at `path` under the
+    /// deepest of `roots` that holds it (all `None` outside every root).
+    pub fn placement(
+        path: &std::path::Path,
+        roots: &[std::path::PathBuf],
+    ) -> (Option<String>, Option<String>, Option<String>) {
+        use std::os::unix::ffi::OsStrExt;
+        let Some(root) = roots
+            .iter()
+            .filter(|r| path.starts_with(r))
+            .max_by_key(|r| r.as_os_str().len())
+        else {
+            return (None, None, None);
+        };
+        let rel = path
+            .strip_prefix(root)
+            .unwrap_or(path)
+            .as_os_str()
+            .as_bytes();
+        let library = root
+            .file_name()
+            .map(|n| ferry_core::path_text::escape_bytes(n.as_bytes()));
+        (
+            Some(ferry_core::path_text::escape_bytes(rel)),
+            ferry_core::path_text::lossless(rel),
+            library,
         )
     }
 

@@ -289,7 +289,13 @@ impl TestHost {
             id: asset.id,
             created_ms: asset.created_ms,
             updated_ms: asset.updated_ms,
-            resources: resources.into_iter().map(resource_view).collect(),
+            resources: {
+                let roots = store.roots().map_err(unavailable)?;
+                resources
+                    .into_iter()
+                    .map(|r| resource_view(r, &roots))
+                    .collect()
+            },
         }))
     }
 
@@ -597,12 +603,18 @@ fn rejected(reason: &str, index: usize, message: &str) -> RpcError {
     RpcError::with_data(ErrorCode::TransactionRejected, message, data)
 }
 
-/// A resource as an extension sees it: no path.
-pub fn resource_view(r: ResourceRecord) -> ResourceView {
+/// A resource as an extension sees it: its path relative to its library root, never where
+/// that root is.
+pub fn resource_view(r: ResourceRecord, roots: &[std::path::PathBuf]) -> ResourceView {
     let (file_name, file_name_bytes) = ResourceView::name_of(&r.path);
+    let (relative_path, relative_path_bytes, library) = ResourceView::placement(&r.path, roots);
     ResourceView {
         file_name,
         file_name_bytes,
+        relative_path,
+        relative_path_bytes,
+        library,
+        modified_ms: Some(r.mtime_ns.div_euclid(1_000_000)),
         id: r.id,
         asset_id: r.asset_id,
         resource_type: r.resource_type,

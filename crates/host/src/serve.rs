@@ -368,15 +368,21 @@ fn changes(ctx: &Context, q: ChangesParams) -> Result<serde_json::Value, RpcErro
     })
 }
 
-fn asset_view(store: &Store, a: &AssetRecord) -> Result<AssetView, StoreError> {
+fn asset_view(store: &Store, a: &AssetRecord, roots: &[PathBuf]) -> Result<AssetView, StoreError> {
     let resources = store
         .resources_of_asset(&a.id)?
         .into_iter()
         .map(|r| {
             let (file_name, file_name_bytes) = ResourceView::name_of(&r.path);
+            let (relative_path, relative_path_bytes, library) =
+                ResourceView::placement(&r.path, roots);
             ResourceView {
                 file_name,
                 file_name_bytes,
+                relative_path,
+                relative_path_bytes,
+                library,
+                modified_ms: Some(r.mtime_ns.div_euclid(1_000_000)),
                 id: r.id,
                 asset_id: r.asset_id,
                 resource_type: r.resource_type,
@@ -412,11 +418,12 @@ fn assets(ctx: &Context, q: AssetsParams) -> Result<serde_json::Value, RpcError>
         missing: vec![],
     };
     let mut bytes = 0usize;
+    let roots = store.roots().map_err(store_err)?;
     for id in q.ids {
         let rec = store.asset(&id).map_err(store_err)?;
         match rec {
             Some(a) if ctx.scope.contains(&a.dir) => {
-                let view = asset_view(&store, &a).map_err(store_err)?;
+                let view = asset_view(&store, &a, &roots).map_err(store_err)?;
                 bytes = bytes.saturating_add(json_len(&view));
                 if bytes > MAX_ANSWER_BYTES {
                     return Err(err(
@@ -439,6 +446,7 @@ fn list_assets(ctx: &Context, q: ListAssetsParams) -> Result<serde_json::Value, 
     let mut bytes = 0usize;
     let mut after = q.after;
     let mut scanned = 0usize;
+    let roots = store.roots().map_err(store_err)?;
     let mut more = true;
     'pages: while out.len() < limit && scanned < MAX_LIST_SCANNED {
         let page = store
@@ -451,7 +459,7 @@ fn list_assets(ctx: &Context, q: ListAssetsParams) -> Result<serde_json::Value, 
         for a in page {
             scanned += 1;
             if ctx.scope.contains(&a.dir) {
-                let view = asset_view(&store, &a).map_err(store_err)?;
+                let view = asset_view(&store, &a, &roots).map_err(store_err)?;
                 let len = json_len(&view);
                 if bytes.saturating_add(len) > MAX_ANSWER_BYTES && !out.is_empty() {
                     // Cut the page here; the next one starts at this asset.
