@@ -102,7 +102,18 @@ impl Blobs {
     }
 
     pub async fn get(&self, id: &str) -> Result<Option<GetResult>, BlobError> {
-        match self.store.get(&object_path(id)).await {
+        self.get_range(id, None).await
+    }
+
+    /// The object, or with `range` only those bytes (a range past the end is cut at the end;
+    /// the caller keeps it inside the object).
+    pub async fn get_range(
+        &self,
+        id: &str,
+        range: Option<std::ops::Range<u64>>,
+    ) -> Result<Option<GetResult>, BlobError> {
+        let options = object_store::GetOptions::new().with_range(range);
+        match self.store.get_opts(&object_path(id), options).await {
             Ok(r) => Ok(Some(r)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(e.into()),
@@ -172,6 +183,19 @@ mod tests {
                 Some(&bytes[..]),
                 "{name}"
             );
+            if bytes.len() > 3 {
+                let n = bytes.len() as u64;
+                for range in [1..3, 2..n, n - 1..n] {
+                    let r = b
+                        .get_range(&id, Some(range.clone()))
+                        .await
+                        .unwrap()
+                        .unwrap();
+                    let got = r.bytes().await.unwrap();
+                    let want = &bytes[range.start as usize..range.end as usize];
+                    assert_eq!(&got[..], want, "{name} {range:?}");
+                }
+            }
         }
     }
 

@@ -8,6 +8,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 const PROBLEM_BASE: &str = "https://iana.org/assignments/http-problem-types#";
+/// The problem type of a refusal for quota (`Ferry-Problem: quota-exceeded` says the same).
+pub const QUOTA_EXCEEDED_TYPE: &str = "urn:ferry:problem:quota-exceeded";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -21,6 +23,9 @@ pub enum ApiError {
     UnknownInteropVersion(String),
     #[error("no such upload or object")]
     NotFound,
+    /// A `Range` that starts at or past the object's end: 416 with `Content-Range: bytes */N`.
+    #[error("range not satisfiable: the object has {size_bytes} bytes")]
+    RangeNotSatisfiable { size_bytes: u64 },
     #[error("upload expired or was cancelled")]
     Gone,
     #[error("Upload-Offset {provided} does not match the upload's offset {expected}")]
@@ -33,6 +38,16 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("too large: {0}")]
     TooLarge(String),
+    /// The object would not fit the user's quota (at creation, for a declared length, and at
+    /// completion): 413 with `Ferry-Problem: quota-exceeded`.
+    #[error(
+        "quota exceeded: {used_bytes} of {quota_bytes} bytes used; this upload needs {needed_bytes} more"
+    )]
+    QuotaExceeded {
+        used_bytes: u64,
+        quota_bytes: u64,
+        needed_bytes: u64,
+    },
     #[error("another request is appending to this upload")]
     Locked { ietf: bool },
     #[error("Upload-Checksum does not match the received chunk; the chunk was discarded")]
@@ -76,6 +91,7 @@ impl ApiError {
             | ApiError::BodyInterrupted(_) => StatusCode::BAD_REQUEST,
             ApiError::UnsupportedTusVersion => StatusCode::PRECONDITION_FAILED,
             ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             ApiError::Gone => StatusCode::GONE,
             ApiError::OffsetMismatch { .. }
             | ApiError::Locked { ietf: true }
@@ -83,7 +99,7 @@ impl ApiError {
             ApiError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Locked { ietf: false } => StatusCode::LOCKED,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::TooLarge(_) | ApiError::QuotaExceeded { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             // tus checksum extension: "460 Checksum Mismatch".
             ApiError::ChecksumMismatch => {
                 StatusCode::from_u16(460).unwrap_or(StatusCode::BAD_REQUEST)
@@ -157,6 +173,19 @@ impl IntoResponse for ApiError {
             body["expected-offset"] = expected.into();
             body["provided-offset"] = provided.into();
         }
+        if let ApiError::QuotaExceeded {
+            used_bytes,
+            quota_bytes,
+            needed_bytes,
+        } = self
+        {
+            body["type"] = QUOTA_EXCEEDED_TYPE.into();
+            // RFC 9110's name for 413.
+            body["title"] = "Content Too Large".into();
+            body["used-bytes"] = used_bytes.into();
+            body["quota-bytes"] = quota_bytes.into();
+            body["needed-bytes"] = needed_bytes.into();
+        }
         let mut res = (status, body.to_string()).into_response();
         let h = res.headers_mut();
         h.insert(
@@ -182,6 +211,14 @@ impl IntoResponse for ApiError {
                     "ferry-problem",
                     HeaderValue::from_static("upload-discarded"),
                 );
+            }
+            ApiError::QuotaExceeded { .. } => {
+                h.insert("ferry-problem", HeaderValue::from_static("quota-exceeded"));
+            }
+            ApiError::RangeNotSatisfiable { size_bytes } => {
+                if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size_bytes}")) {
+                    h.insert(header::CONTENT_RANGE, v);
+                }
             }
             _ => {}
         }

@@ -9,19 +9,19 @@
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use axum::Router;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::{Extension, Router};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use sha2::{Digest, Sha256};
 
 use crate::error::ApiError;
-use crate::meta::{ObjectRow, UploadRow};
+use crate::meta::{DEFAULT_USER_ID, ObjectRow, UploadRow};
 use crate::sf::{self, ReprDigests};
 use crate::uploads::{Append, ChunkCheck, Created, Engine, Outcome, scoped_key, valid_object_id};
 
@@ -31,15 +31,24 @@ const TUS_EXTENSIONS: &str =
 const MAX_METADATA_BYTES: usize = 8 << 10;
 const MAX_METADATA_KEYS: usize = 32;
 const MAX_CHECK_HASHES: usize = 10_000;
+/// Objects in one page of `GET /v1/objects`: by default, and at most.
+const LIST_DEFAULT_LIMIT: usize = 100;
+const LIST_MAX_LIMIT: usize = 1000;
+/// Receipts per object in a listing (newest first); `/receipts` answers up to 1000.
+const LIST_RECEIPTS_PER_OBJECT: usize = 100;
 
 #[derive(Debug)]
 pub struct AppState {
     pub engine: Engine,
     /// False only with `--open`: every request is accepted without a token.
     pub auth_required: bool,
-    /// SHA-256 hex of tokens already found in the database. Tokens are never revoked in this
-    /// version, so a positive cache is exact; unknown tokens always go to the database.
-    pub known_tokens: std::sync::RwLock<std::collections::HashSet<String>>,
+}
+
+/// Who is asking: the user the request's token belongs to (with `--open`, the default user).
+/// Every read, listing and dedup answer is scoped to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    pub user_id: i64,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -53,6 +62,7 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .delete(delete_upload)
                 .options(options),
         )
+        .route("/v1/objects", get(list_objects))
         .route("/v1/objects/check", post(check_objects))
         .route("/v1/objects/{id}", get(get_object))
         .route("/v1/objects/{id}/receipts", get(object_receipts))
@@ -65,11 +75,16 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
+/// Finds the caller's user from its bearer token, in the database on every request: a token
+/// revoked (by `ferry-server token revoke`, another process) is refused from its next request.
 async fn authenticate(
     State(state): State<Arc<AppState>>,
-    req: Request,
+    mut req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
+    let mut caller = Caller {
+        user_id: DEFAULT_USER_ID,
+    };
     if state.auth_required {
         let token = req
             .headers()
@@ -80,22 +95,14 @@ async fn authenticate(
             .map(|(_, t)| t.trim())
             .ok_or(ApiError::Unauthorized)?;
         let hash = hex(&Sha256::digest(token.as_bytes()));
-        let cached = state
-            .known_tokens
-            .read()
-            .map(|known| known.contains(&hash))
-            .unwrap_or(false);
-        if !cached {
-            if state.engine.meta.token_name(&hash).await?.is_none() {
-                return Err(ApiError::Unauthorized);
-            }
-            if let Ok(mut known) = state.known_tokens.write()
-                && known.len() < 100_000
-            {
-                known.insert(hash);
-            }
-        }
+        caller.user_id = state
+            .engine
+            .meta
+            .token_user(&hash)
+            .await?
+            .ok_or(ApiError::Unauthorized)?;
     }
+    req.extensions_mut().insert(caller);
     Ok(next.run(req).await)
 }
 
@@ -377,11 +384,13 @@ async fn options(State(s): State<Arc<AppState>>) -> Response {
 
 async fn create(
     State(s): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     method: Method,
     h: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let e = &s.engine;
+    let user = caller.user_id;
     match detect(&h, true)? {
         Proto::Tus => {
             if method != Method::POST {
@@ -413,11 +422,19 @@ async fn create(
             let check = tus_checksum(&h)?;
             let (meta_json, meta_raw) = metadata(&h)?;
             let row = match e
-                .create("tus", length, meta_json, meta_raw, repr(&h)?, key(&h)?)
+                .create(
+                    user,
+                    "tus",
+                    length,
+                    meta_json,
+                    meta_raw,
+                    repr(&h)?,
+                    key(&h)?,
+                )
                 .await?
             {
                 Created::New(row) => row,
-                Created::Existing(row) => return existing(e, Proto::Tus, row, body).await,
+                Created::Existing(row) => return existing(e, user, Proto::Tus, row, body).await,
             };
             let outcome = if with_body || length == Some(0) {
                 let append = Append {
@@ -428,7 +445,7 @@ async fn create(
                     ietf: false,
                     repr: ReprDigests::default(),
                 };
-                Some(e.append(&row.id, append, body).await?)
+                Some(e.append(&row.id, user, append, body).await?)
             } else {
                 None
             };
@@ -455,11 +472,21 @@ async fn create(
             let (meta_json, meta_raw) = metadata(&h)?;
             let check = digest(&h, "content-digest")?.map(ChunkCheck::ContentDigestSha256);
             let row = match e
-                .create("ietf", length, meta_json, meta_raw, repr(&h)?, key(&h)?)
+                .create(
+                    user,
+                    "ietf",
+                    length,
+                    meta_json,
+                    meta_raw,
+                    repr(&h)?,
+                    key(&h)?,
+                )
                 .await?
             {
                 Created::New(row) => row,
-                Created::Existing(row) => return existing(e, Proto::Ietf(v), row, body).await,
+                Created::Existing(row) => {
+                    return existing(e, user, Proto::Ietf(v), row, body).await;
+                }
             };
             let append = Append {
                 offset_bytes: 0,
@@ -469,7 +496,7 @@ async fn create(
                 ietf: true,
                 repr: ReprDigests::default(),
             };
-            let outcome = e.append(&row.id, append, body).await?;
+            let outcome = e.append(&row.id, user, append, body).await?;
             let mut res = StatusCode::CREATED.into_response();
             let hm = res.headers_mut();
             location(hm, &row.id);
@@ -481,11 +508,21 @@ async fn create(
             let check = digest(&h, "content-digest")?.map(ChunkCheck::ContentDigestSha256);
             let length = tus_u64(&h, "content-length")?;
             let row = match e
-                .create("plain", length, meta_json, meta_raw, repr(&h)?, key(&h)?)
+                .create(
+                    user,
+                    "plain",
+                    length,
+                    meta_json,
+                    meta_raw,
+                    repr(&h)?,
+                    key(&h)?,
+                )
                 .await?
             {
                 Created::New(row) => row,
-                Created::Existing(row) => return existing(e, Proto::Plain, row, body).await,
+                Created::Existing(row) => {
+                    return existing(e, user, Proto::Plain, row, body).await;
+                }
             };
             let append = Append {
                 offset_bytes: 0,
@@ -495,7 +532,7 @@ async fn create(
                 ietf: true,
                 repr: ReprDigests::default(),
             };
-            let outcome = e.append(&row.id, append, body).await?;
+            let outcome = e.append(&row.id, user, append, body).await?;
             let mut res = StatusCode::CREATED.into_response();
             let hm = res.headers_mut();
             location(hm, &row.id);
@@ -534,6 +571,7 @@ fn key(h: &HeaderMap) -> Result<Option<String>, ApiError> {
 /// sending, gets to read the answer.
 async fn existing(
     e: &Engine,
+    user_id: i64,
     proto: Proto,
     row: UploadRow,
     body: Body,
@@ -551,7 +589,7 @@ async fn existing(
     let row = if row.object_id.is_some() {
         row
     } else {
-        e.get_settled(&row.id).await?
+        e.get_settled(&row.id, user_id).await?
     };
     let outcome = match &row.object_id {
         Some(o) => {
@@ -599,11 +637,12 @@ fn ietf_outcome_headers(hm: &mut HeaderMap, e: &Engine, version: u8, outcome: &O
 
 async fn head_upload(
     State(s): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     h: HeaderMap,
 ) -> Result<Response, ApiError> {
     let proto = detect(&h, false)?;
-    let row: UploadRow = s.engine.get_settled(&id).await?;
+    let row: UploadRow = s.engine.get_settled(&id, caller.user_id).await?;
     let object = match &row.object_id {
         Some(o) => s.engine.meta.object(o).await?,
         None => None,
@@ -644,6 +683,7 @@ async fn head_upload(
 
 async fn patch_upload(
     State(s): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     h: HeaderMap,
     body: Body,
@@ -666,7 +706,7 @@ async fn patch_upload(
                 ietf: false,
                 repr: ReprDigests::default(),
             };
-            let outcome = e.append(&id, append, body).await?;
+            let outcome = e.append(&id, caller.user_id, append, body).await?;
             let mut res = StatusCode::NO_CONTENT.into_response();
             let hm = res.headers_mut();
             set(hm, "tus-resumable", "1.0.0");
@@ -703,7 +743,7 @@ async fn patch_upload(
                 // later append (in practice the last).
                 repr: repr(&h)?,
             };
-            let outcome = e.append(&id, append, body).await?;
+            let outcome = e.append(&id, caller.user_id, append, body).await?;
             let status = match &outcome {
                 Outcome::Complete(..) => StatusCode::OK,
                 Outcome::Progress(_) => StatusCode::NO_CONTENT,
@@ -721,11 +761,14 @@ async fn patch_upload(
 
 async fn delete_upload(
     State(s): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     h: HeaderMap,
 ) -> Result<Response, ApiError> {
     let proto = detect(&h, false)?;
-    s.engine.delete(&id, proto != Proto::Tus).await?;
+    s.engine
+        .delete(&id, caller.user_id, proto != Proto::Tus)
+        .await?;
     let mut res = StatusCode::NO_CONTENT.into_response();
     if proto == Proto::Tus {
         set(res.headers_mut(), "tus-resumable", "1.0.0");
@@ -741,8 +784,12 @@ struct CheckRequest {
     sha256: Vec<String>,
 }
 
-/// `POST /v1/objects/check`: which of these content hashes are already stored.
-async fn check_objects(State(s): State<Arc<AppState>>, body: Body) -> Result<Response, ApiError> {
+/// `POST /v1/objects/check`: which of these content hashes the caller's user already stored.
+async fn check_objects(
+    State(s): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    body: Body,
+) -> Result<Response, ApiError> {
     let bytes = axum::body::to_bytes(body, 4 << 20)
         .await
         .map_err(|_| ApiError::TooLarge("check request over 4 MiB".into()))?;
@@ -769,7 +816,7 @@ async fn check_objects(State(s): State<Arc<AppState>>, body: Body) -> Result<Res
     let (b, s2) = s
         .engine
         .meta
-        .objects_present(&norm(req.blake3)?, &norm(req.sha256)?)
+        .objects_present(caller.user_id, &norm(req.blake3)?, &norm(req.sha256)?)
         .await?;
     let out = serde_json::json!({ "blake3": b, "sha256": s2 });
     Ok((
@@ -779,24 +826,40 @@ async fn check_objects(State(s): State<Arc<AppState>>, body: Body) -> Result<Res
         .into_response())
 }
 
-/// `GET`/`HEAD /v1/objects/{id}`: the stored bytes (HEAD: size and digests only).
+/// `GET`/`HEAD /v1/objects/{id}`: the stored bytes (HEAD: size and digests only) of an object
+/// the caller's user owns (any other is 404, stored or not). GET honours one
+/// `Range: bytes=…`: 206 with `Content-Range`, or 416 when it starts past the end.
 async fn get_object(
     State(s): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     method: Method,
     Path(id): Path<String>,
+    h: HeaderMap,
 ) -> Result<Response, ApiError> {
     if !valid_object_id(&id) {
         return Err(ApiError::NotFound);
     }
     // The SQL row is written after the blob is durable: no row, no object, whatever the store holds.
-    let o = s.engine.meta.object(&id).await?.ok_or(ApiError::NotFound)?;
+    let o = s
+        .engine
+        .meta
+        .owned_object(caller.user_id, &id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    // Content-addressed: the bytes behind this tag never change.
+    let etag = format!("\"{}\"", o.id);
+    let range = if method == Method::GET {
+        requested_range(&h, &etag, o.size_bytes)?
+    } else {
+        None
+    };
     let body = if method == Method::HEAD {
         Body::empty()
     } else {
         let r = s
             .engine
             .blobs
-            .get(&id)
+            .get_range(&id, range.clone())
             .await
             .map_err(|e| ApiError::Internal(e.to_string()))?
             .ok_or(ApiError::NotFound)?;
@@ -805,38 +868,216 @@ async fn get_object(
     let mut res = Response::new(body);
     let hm = res.headers_mut();
     set(hm, "content-type", "application/octet-stream");
-    set(hm, "content-length", o.size_bytes);
+    set(hm, "accept-ranges", "bytes");
+    set(hm, "etag", &etag);
+    match &range {
+        Some(r) => {
+            set(hm, "content-length", r.end - r.start);
+            set(
+                hm,
+                "content-range",
+                format!("bytes {}-{}/{}", r.start, r.end - 1, o.size_bytes),
+            );
+        }
+        None => set(hm, "content-length", o.size_bytes),
+    }
     object_headers(hm, &o);
+    if range.is_some() {
+        *res.status_mut() = StatusCode::PARTIAL_CONTENT;
+    }
     Ok(res)
 }
 
-/// `GET /v1/objects/{id}/receipts`: the uploads that produced an object, with their metadata.
+/// The bytes a GET asks for with `Range`: one `bytes=START-`, `bytes=START-END` or
+/// `bytes=-SUFFIX`, kept inside the object. `None` (the whole object, 200) for no `Range`,
+/// another unit, several ranges or a malformed one, and when `If-Range` is not this object's
+/// ETag — RFC 9110 lets a server ignore those. Starting at or past the end: 416.
+fn requested_range(
+    h: &HeaderMap,
+    etag: &str,
+    size_bytes: u64,
+) -> Result<Option<std::ops::Range<u64>>, ApiError> {
+    let Some(value) = h.get(header::RANGE).and_then(|v| v.to_str().ok()) else {
+        return Ok(None);
+    };
+    if let Some(cond) = h.get(header::IF_RANGE)
+        && cond.to_str().ok().map(str::trim) != Some(etag)
+    {
+        return Ok(None);
+    }
+    let value = value.trim();
+    let Some(spec) = value
+        .get(..6)
+        .filter(|unit| unit.eq_ignore_ascii_case("bytes="))
+        .map(|_| value[6..].trim())
+    else {
+        return Ok(None);
+    };
+    if spec.contains(',') {
+        return Ok(None);
+    }
+    let Some((first, last)) = spec.split_once('-') else {
+        return Ok(None);
+    };
+    let number = |s: &str| -> Option<u64> {
+        let s = s.trim();
+        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        s.parse().ok()
+    };
+    let unsatisfiable = ApiError::RangeNotSatisfiable { size_bytes };
+    match (first.trim().is_empty(), last.trim().is_empty()) {
+        (true, true) => Ok(None),
+        (true, false) => {
+            let Some(suffix) = number(last) else {
+                return Ok(None);
+            };
+            if suffix == 0 || size_bytes == 0 {
+                return Err(unsatisfiable);
+            }
+            Ok(Some(size_bytes - suffix.min(size_bytes)..size_bytes))
+        }
+        (false, open_ended) => {
+            let Some(start) = number(first) else {
+                return Ok(None);
+            };
+            let end = if open_ended {
+                size_bytes
+            } else {
+                match number(last) {
+                    Some(l) if l >= start => l.saturating_add(1).min(size_bytes),
+                    _ => return Ok(None),
+                }
+            };
+            if start >= size_bytes {
+                return Err(unsatisfiable);
+            }
+            Ok(Some(start..end))
+        }
+    }
+}
+
+/// A receipt's metadata, read back as the map of strings it was stored as: a
+/// `serde_json::Value` would give serde_json's private key `$serde_json::private::RawValue` a
+/// meaning (found by fuzzing server_fields).
+fn receipt_json(r: &crate::meta::Receipt) -> serde_json::Value {
+    let metadata =
+        serde_json::from_str::<std::collections::BTreeMap<String, String>>(&r.metadata_json)
+            .unwrap_or_default();
+    serde_json::json!({
+        "upload_id": r.upload_id,
+        "received_ms": r.received_unix_ms,
+        "metadata": metadata,
+    })
+}
+
+fn json_response(v: &serde_json::Value) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], v.to_string()).into_response()
+}
+
+/// `GET /v1/objects/{id}/receipts`: the caller's user's uploads that produced an object it
+/// owns, oldest first, with their metadata.
 async fn object_receipts(
     State(s): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     if !valid_object_id(&id) {
         return Err(ApiError::NotFound);
     }
-    s.engine.meta.object(&id).await?.ok_or(ApiError::NotFound)?;
-    let receipts: Vec<serde_json::Value> = s
-        .engine
-        .meta
-        .receipts(&id)
+    let meta = &s.engine.meta;
+    meta.owned_object(caller.user_id, &id)
         .await?
-        .into_iter()
-        .map(|(upload, m)| {
-            // Read back as the map of strings it was stored as: a `serde_json::Value` would
-            // give serde_json's private key `$serde_json::private::RawValue` a meaning (found
-            // by fuzzing server_fields).
-            let metadata = serde_json::from_str::<std::collections::BTreeMap<String, String>>(&m)
-                .unwrap_or_default();
-            serde_json::json!({ "upload_id": upload, "metadata": metadata })
+        .ok_or(ApiError::NotFound)?;
+    let receipts: Vec<serde_json::Value> = meta
+        .receipts(caller.user_id, &id)
+        .await?
+        .iter()
+        .map(receipt_json)
+        .collect();
+    Ok(json_response(&serde_json::json!({ "receipts": receipts })))
+}
+
+/// `GET /v1/objects?after=CURSOR&limit=N`: the caller's user's objects in the order the user
+/// first stored them, `limit` (default 100, at most 1000) per page, each with its newest
+/// receipts. `next_after` is the cursor of the next page (`null`: none yet). The cursor is the
+/// position of the page's last object in the user's own sequence, which objects stored later
+/// always extend: a client paging while uploads complete never skips or repeats one.
+async fn list_objects(
+    State(s): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    uri: axum::http::Uri,
+) -> Result<Response, ApiError> {
+    let mut after: i64 = 0;
+    let mut limit = LIST_DEFAULT_LIMIT;
+    for pair in uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match name {
+            "after" if value.is_empty() => {}
+            "after" => {
+                after = value
+                    .parse::<i64>()
+                    .ok()
+                    .filter(|a| *a >= 0)
+                    .ok_or_else(|| {
+                        ApiError::BadRequest("after is not a cursor this server gave".into())
+                    })?;
+            }
+            "limit" => {
+                limit = value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|l| (1..=LIST_MAX_LIMIT).contains(l))
+                    .ok_or_else(|| {
+                        ApiError::BadRequest(format!(
+                            "limit must be a number from 1 to {LIST_MAX_LIMIT}"
+                        ))
+                    })?;
+            }
+            _ => {}
+        }
+    }
+    let meta = &s.engine.meta;
+    // One more than asked: whether a next page exists, without a second query.
+    let mut page = meta.list_objects(caller.user_id, after, limit + 1).await?;
+    let more = page.len() > limit;
+    page.truncate(limit);
+    let ids: Vec<String> = page.iter().map(|o| o.object.id.clone()).collect();
+    let mut receipts: std::collections::HashMap<String, Vec<serde_json::Value>> =
+        std::collections::HashMap::new();
+    for (object_id, r) in meta
+        .receipts_of(caller.user_id, &ids, LIST_RECEIPTS_PER_OBJECT)
+        .await?
+    {
+        receipts
+            .entry(object_id)
+            .or_default()
+            .push(receipt_json(&r));
+    }
+    let objects: Vec<serde_json::Value> = page
+        .iter()
+        .map(|o| {
+            serde_json::json!({
+                "id": o.object.id,
+                "size_bytes": o.object.size_bytes,
+                "sha256": o.object.sha256_hex,
+                "stored_ms": o.first_stored_ms,
+                "receipts": receipts.remove(&o.object.id).unwrap_or_default(),
+            })
         })
         .collect();
-    Ok((
-        [(header::CONTENT_TYPE, "application/json")],
-        serde_json::json!({ "receipts": receipts }).to_string(),
-    )
-        .into_response())
+    let next_after = match page.last() {
+        Some(last) if more => serde_json::Value::from(last.seq.to_string()),
+        _ => serde_json::Value::Null,
+    };
+    Ok(json_response(&serde_json::json!({
+        "objects": objects,
+        "next_after": next_after,
+    })))
 }

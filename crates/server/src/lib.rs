@@ -10,6 +10,7 @@
 //!
 //! Embedding: `Server::start(Config::new(dir, "127.0.0.1:0".parse()?)).await?.local_addr()`.
 
+pub mod accounts;
 pub mod blobs;
 pub mod error;
 pub mod http;
@@ -23,7 +24,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -152,7 +152,6 @@ impl Server {
         let state = Arc::new(http::AppState {
             engine,
             auth_required: !config.open,
-            known_tokens: Default::default(),
         });
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
@@ -246,8 +245,8 @@ impl ServerHandle {
     }
 }
 
-/// Creates a device token in `data_dir` and returns it; only its SHA-256 is stored, so the
-/// caller must show it now or never.
+/// Creates a device token of the default user in `data_dir` and returns it; only its SHA-256 is
+/// stored, so the caller must show it now or never.
 pub async fn create_token(data_dir: &Path, name: &str) -> Result<String, StartError> {
     // A new data directory is created private; an existing one keeps its mode (`serve` sets it).
     if !data_dir.exists() {
@@ -255,16 +254,10 @@ pub async fn create_token(data_dir: &Path, name: &str) -> Result<String, StartEr
             .map_err(|e| StartError::DataDir(data_dir.into(), e))?;
     }
     let meta = meta::Meta::open(Some(&data_dir.join("meta.db"))).await?;
-    let token = format!(
-        "ferry_{}{}",
-        uuid::Uuid::new_v4().simple(),
-        uuid::Uuid::new_v4().simple()
-    );
-    let hash: String = Sha256::digest(token.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    meta.add_token(name, &hash, uploads::now_unix_ms()).await?;
+    let (token, hash) = accounts::new_token();
+    // The implicit default user's (see `accounts` for tokens of named users).
+    meta.add_token(meta::DEFAULT_USER_ID, name, &hash, uploads::now_unix_ms())
+        .await?;
     meta.close().await;
     Ok(token)
 }

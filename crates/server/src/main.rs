@@ -1,4 +1,4 @@
-//! The `ferry-server` command: `serve` and `token create`; everything else is the library.
+//! The `ferry-server` command: `serve`, `user …` and `token …`; everything else is the library.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -55,7 +55,12 @@ enum Command {
         #[arg(long, requires = "tls_cert", value_name = "PEM")]
         tls_key: Option<PathBuf>,
     },
-    /// Manage device tokens.
+    /// Manage users: each sees only the objects and receipts its own tokens stored.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Manage device tokens (each belongs to one user).
     Token {
         #[command(subcommand)]
         command: TokenCommand,
@@ -63,14 +68,80 @@ enum Command {
 }
 
 #[derive(Debug, Subcommand)]
-enum TokenCommand {
-    /// Create a token and print it once; only its hash is stored.
+enum UserCommand {
+    /// Create a user.
     Create {
-        #[arg(long)]
+        /// 1 to 64 letters, digits, `.`, `_` or `-`.
         name: String,
+        /// Most bytes the user's objects may take (the sum of their sizes); default unlimited.
+        #[arg(long, value_name = "BYTES")]
+        quota: Option<u64>,
         #[arg(long, env = "FERRY_SERVER_DATA")]
         data: PathBuf,
     },
+    /// List users with their quota, usage and number of tokens.
+    List {
+        #[arg(long, env = "FERRY_SERVER_DATA")]
+        data: PathBuf,
+    },
+    /// Set a user's quota in bytes, or `none` for unlimited.
+    SetQuota {
+        name: String,
+        #[arg(value_parser = parse_quota, value_name = "BYTES|none")]
+        quota: Quota,
+        #[arg(long, env = "FERRY_SERVER_DATA")]
+        data: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Create a token and print it once; only its hash is stored.
+    Create {
+        /// The device's name.
+        #[arg(long)]
+        name: String,
+        /// The user the token belongs to (default: the implicit user `default`).
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long, env = "FERRY_SERVER_DATA")]
+        data: PathBuf,
+    },
+    /// List tokens (id, user, device name, creation time); never the tokens themselves.
+    List {
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long, env = "FERRY_SERVER_DATA")]
+        data: PathBuf,
+    },
+    /// Revoke a token by its id or device name: a running server refuses it from its next
+    /// request (401).
+    Revoke {
+        #[arg(value_name = "NAME-OR-ID")]
+        token: String,
+        /// Look the name up among this user's tokens only.
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long, env = "FERRY_SERVER_DATA")]
+        data: PathBuf,
+    },
+}
+
+/// A quota as `user set-quota` takes it: `None` is unlimited.
+#[derive(Debug, Clone, Copy)]
+struct Quota(Option<u64>);
+
+fn parse_quota(s: &str) -> Result<Quota, String> {
+    if s.eq_ignore_ascii_case("none") || s.eq_ignore_ascii_case("unlimited") {
+        return Ok(Quota(None));
+    }
+    s.parse()
+        .map(|q| Quota(Some(q)))
+        .map_err(|_| format!("{s:?} is neither a number of bytes nor `none`"))
+}
+
+fn quota_text(q: Option<u64>) -> String {
+    q.map_or_else(|| "unlimited".into(), |b| b.to_string())
 }
 
 #[tokio::main]
@@ -142,13 +213,116 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
         }
-        Command::Token {
-            command: TokenCommand::Create { name, data },
-        } => {
-            let token = ferry_server::create_token(&data, &name)
-                .await
-                .context("creating the token")?;
+        Command::User { command } => user_command(command).await?,
+        Command::Token { command } => token_command(command).await?,
+    }
+    Ok(())
+}
+
+async fn user_command(command: UserCommand) -> anyhow::Result<()> {
+    use ferry_server::accounts::Accounts;
+    match command {
+        UserCommand::Create { name, quota, data } => {
+            let accounts = Accounts::open(&data).await?;
+            let user = accounts.create_user(&name, quota).await;
+            accounts.close().await;
+            let user = user.context("creating the user")?;
+            println!(
+                "created user {} (quota: {})",
+                user.name,
+                quota_text(user.quota_bytes)
+            );
+        }
+        UserCommand::List { data } => {
+            let accounts = Accounts::open(&data).await?;
+            let listed = async {
+                Ok::<_, anyhow::Error>((accounts.users().await?, accounts.tokens(None).await?))
+            }
+            .await;
+            accounts.close().await;
+            let (users, tokens) = listed?;
+            let mut out = std::io::stdout().lock();
+            writeln!(
+                out,
+                "{:<24} {:>16} {:>16} {:>6}",
+                "NAME", "QUOTA_BYTES", "USED_BYTES", "TOKENS"
+            )?;
+            for u in users {
+                let n = tokens.iter().filter(|t| t.user_id == u.id).count();
+                writeln!(
+                    out,
+                    "{:<24} {:>16} {:>16} {:>6}",
+                    u.name,
+                    quota_text(u.quota_bytes),
+                    u.used_bytes,
+                    n
+                )?;
+            }
+        }
+        UserCommand::SetQuota { name, quota, data } => {
+            let accounts = Accounts::open(&data).await?;
+            let user = accounts.set_quota(&name, quota.0).await;
+            accounts.close().await;
+            let user = user.context("setting the quota")?;
+            println!(
+                "user {}: quota {}, {} bytes used",
+                user.name,
+                quota_text(user.quota_bytes),
+                user.used_bytes
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn token_command(command: TokenCommand) -> anyhow::Result<()> {
+    use ferry_server::accounts::Accounts;
+    match command {
+        TokenCommand::Create { name, user, data } => {
+            let token = match user {
+                // Without a user: exactly as before accounts (the embedded server's path).
+                None => ferry_server::create_token(&data, &name)
+                    .await
+                    .context("creating the token")?,
+                Some(user) => {
+                    let accounts = Accounts::open(&data).await?;
+                    let token = accounts.create_token(Some(&user), &name).await;
+                    accounts.close().await;
+                    token.context("creating the token")?
+                }
+            };
             println!("{token}");
+        }
+        TokenCommand::List { user, data } => {
+            let accounts = Accounts::open(&data).await?;
+            let tokens = accounts.tokens(user.as_deref()).await;
+            accounts.close().await;
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{:<16} {:<24} {:<24} CREATED", "ID", "USER", "NAME")?;
+            for t in tokens? {
+                let created =
+                    std::time::UNIX_EPOCH + Duration::from_millis(t.created_unix_ms.max(0) as u64);
+                writeln!(
+                    out,
+                    "{:<16} {:<24} {:<24} {}",
+                    t.id(),
+                    t.user_name,
+                    t.name,
+                    httpdate::fmt_http_date(created)
+                )?;
+            }
+        }
+        TokenCommand::Revoke { token, user, data } => {
+            let accounts = Accounts::open(&data).await?;
+            let revoked = accounts.revoke_token(&token, user.as_deref()).await;
+            accounts.close().await;
+            let t = revoked.context("revoking the token")?;
+            println!(
+                "revoked token {} ({} of user {})",
+                t.id(),
+                t.name,
+                t.user_name
+            );
         }
     }
     Ok(())

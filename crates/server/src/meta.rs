@@ -1,4 +1,5 @@
-//! The server's metadata (uploads, objects, device tokens) in SQL through sqlx.
+//! The server's metadata (users, uploads, objects and who owns them, device tokens) in SQL
+//! through sqlx.
 //!
 //! SQLite in WAL mode with `synchronous=FULL` is the embedded default: a committed write survives
 //! `kill -9` and power loss. The SQL is kept portable (no SQLite-only syntax in queries) so a
@@ -34,6 +35,71 @@ pub struct UploadRow {
     pub object_id: Option<String>,
     pub created_unix_ms: i64,
     pub expires_unix_ms: i64,
+    /// The user whose token created it: only that user sees the upload and its receipt.
+    pub user_id: i64,
+}
+
+/// The user every token without an explicit one belongs to (and all data from before
+/// accounts): `token create` without `--user`, the embedded server, `--open`.
+pub const DEFAULT_USER_ID: i64 = 1;
+pub const DEFAULT_USER_NAME: &str = "default";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRow {
+    pub id: i64,
+    pub name: String,
+    /// `None`: unlimited.
+    pub quota_bytes: Option<u64>,
+    /// Sum of the sizes of the objects the user owns.
+    pub used_bytes: u64,
+    pub created_unix_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRow {
+    pub sha256_hex: String,
+    pub user_id: i64,
+    pub user_name: String,
+    /// The device name given at creation (not unique).
+    pub name: String,
+    pub created_unix_ms: i64,
+}
+
+impl TokenRow {
+    /// How `token list` names a token and `token revoke` finds it: the first 16 hex digits of
+    /// the token's SHA-256 (the token itself is never stored).
+    pub fn id(&self) -> &str {
+        &self.sha256_hex[..16.min(self.sha256_hex.len())]
+    }
+}
+
+/// One receipt: a finished upload of an object, by the user who reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    pub upload_id: String,
+    /// When the upload became an object.
+    pub received_unix_ms: i64,
+    /// Decoded metadata as a JSON object of strings.
+    pub metadata_json: String,
+}
+
+/// One object of a user's listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnedObject {
+    pub object: ObjectRow,
+    /// When this user first stored it.
+    pub first_stored_ms: i64,
+    /// The listing order (see migration 0004): increasing per user, never reused.
+    pub seq: i64,
+}
+
+/// A completion refused because the object, new to its user, does not fit the user's quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuotaExceeded {
+    pub used_bytes: u64,
+    pub quota_bytes: u64,
+    /// What the refused upload would have added.
+    pub needed_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,26 +135,46 @@ enum Op {
     },
     DeleteUpload(String),
     AddToken {
+        user_id: i64,
         name: String,
         sha256_hex: String,
         now_unix_ms: i64,
     },
+    RevokeToken(String),
+    CreateUser {
+        name: String,
+        quota_bytes: Option<u64>,
+        now_unix_ms: i64,
+    },
+    SetQuota {
+        name: String,
+        quota_bytes: Option<u64>,
+    },
+}
+
+/// What one write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Applied {
+    /// Rows affected.
+    Rows(u64),
+    /// `CompleteUpload` wrote nothing: the object does not fit its user's quota.
+    OverQuota(QuotaExceeded),
 }
 
 #[derive(Debug)]
 struct Write {
     op: Op,
-    /// Rows affected, once the batch holding this write is committed.
-    done: oneshot::Sender<Result<u64, sqlx::Error>>,
+    /// What it did, once the batch holding this write is committed.
+    done: oneshot::Sender<Result<Applied, sqlx::Error>>,
 }
 
 /// Most writes committed together; bounds one transaction's size and latency.
 const MAX_BATCH_WRITES: usize = 512;
 
-async fn apply(conn: &mut SqliteConnection, op: &Op) -> Result<u64, sqlx::Error> {
+async fn apply(conn: &mut SqliteConnection, op: &Op) -> Result<Applied, sqlx::Error> {
     let r = match op {
         Op::CreateUpload(u) => sqlx::query(
-            "INSERT INTO uploads (id, protocol, offset_bytes, length_bytes, metadata_json, metadata_raw, expected_sha256_hex, expected_blake3_hex, idempotency_key, object_id, created_unix_ms, expires_unix_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO uploads (id, protocol, offset_bytes, length_bytes, metadata_json, metadata_raw, expected_sha256_hex, expected_blake3_hex, idempotency_key, object_id, created_unix_ms, expires_unix_ms, user_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&u.id)
         .bind(&u.protocol)
@@ -102,6 +188,7 @@ async fn apply(conn: &mut SqliteConnection, op: &Op) -> Result<u64, sqlx::Error>
         .bind(&u.object_id)
         .bind(u.created_unix_ms)
         .bind(u.expires_unix_ms)
+        .bind(u.user_id)
         .execute(&mut *conn)
         .await?,
         Op::SetProgress { id, offset_bytes, length_bytes, expires_unix_ms } => sqlx::query(
@@ -114,7 +201,92 @@ async fn apply(conn: &mut SqliteConnection, op: &Op) -> Result<u64, sqlx::Error>
         .execute(&mut *conn)
         .await?,
         Op::CompleteUpload { upload_id, object: o } => {
-            sqlx::query(
+            return complete_upload(conn, upload_id, o).await;
+        }
+        Op::DeleteUpload(id) => sqlx::query("DELETE FROM uploads WHERE id = ?")
+            .bind(id)
+            .execute(&mut *conn)
+            .await?,
+        Op::AddToken {
+            user_id,
+            name,
+            sha256_hex,
+            now_unix_ms,
+        } => sqlx::query(
+            "INSERT INTO tokens (sha256_hex, name, created_unix_ms, user_id) VALUES (?, ?, ?, ?)",
+        )
+        .bind(sha256_hex)
+        .bind(name)
+        .bind(now_unix_ms)
+        .bind(user_id)
+        .execute(&mut *conn)
+        .await?,
+        Op::RevokeToken(sha256_hex) => sqlx::query("DELETE FROM tokens WHERE sha256_hex = ?")
+            .bind(sha256_hex)
+            .execute(&mut *conn)
+            .await?,
+        Op::CreateUser {
+            name,
+            quota_bytes,
+            now_unix_ms,
+        } => sqlx::query(
+            "INSERT INTO users (id, name, quota_bytes, used_bytes, created_unix_ms) VALUES ((SELECT COALESCE(MAX(id), 0) + 1 FROM users), ?, ?, 0, ?)",
+        )
+        .bind(name)
+        .bind(quota_bytes.map(db_int))
+        .bind(now_unix_ms)
+        .execute(&mut *conn)
+        .await?,
+        Op::SetQuota { name, quota_bytes } => {
+            sqlx::query("UPDATE users SET quota_bytes = ? WHERE name = ?")
+                .bind(quota_bytes.map(db_int))
+                .bind(name)
+                .execute(&mut *conn)
+                .await?
+        }
+    };
+    Ok(Applied::Rows(r.rows_affected()))
+}
+
+/// Records the object (if new to the store), its ownership by the upload's user (if new to the
+/// user, within the user's quota) and the receipt, in the writer's transaction: the quota check
+/// and the usage it adds cannot interleave with another completion.
+async fn complete_upload(
+    conn: &mut SqliteConnection,
+    upload_id: &str,
+    o: &ObjectRow,
+) -> Result<Applied, sqlx::Error> {
+    let user: Option<(i64,)> = sqlx::query_as("SELECT user_id FROM uploads WHERE id = ?")
+        .bind(upload_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    let Some((user_id,)) = user else {
+        return Ok(Applied::Rows(0));
+    };
+    let owned: Option<(i64,)> =
+        sqlx::query_as("SELECT seq FROM object_owners WHERE user_id = ? AND object_id = ?")
+            .bind(user_id)
+            .bind(&o.id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    if owned.is_none() {
+        let (quota, used): (Option<i64>, i64) =
+            sqlx::query_as("SELECT quota_bytes, used_bytes FROM users WHERE id = ?")
+                .bind(user_id)
+                .fetch_one(&mut *conn)
+                .await?;
+        let used = used.max(0) as u64;
+        if let Some(quota) = quota.map(|q| q.max(0) as u64)
+            && used.saturating_add(o.size_bytes) > quota
+        {
+            return Ok(Applied::OverQuota(QuotaExceeded {
+                used_bytes: used,
+                quota_bytes: quota,
+                needed_bytes: o.size_bytes,
+            }));
+        }
+    }
+    sqlx::query(
                 "INSERT INTO objects (id, sha256_hex, size_bytes, created_unix_ms) VALUES (?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
             )
             .bind(&o.id)
@@ -123,30 +295,33 @@ async fn apply(conn: &mut SqliteConnection, op: &Op) -> Result<u64, sqlx::Error>
             .bind(o.created_unix_ms)
             .execute(&mut *conn)
             .await?;
-            sqlx::query(
-                "UPDATE uploads SET object_id = ?, offset_bytes = ?, length_bytes = ? WHERE id = ?",
-            )
-            .bind(&o.id)
+    if owned.is_none() {
+        sqlx::query(
+            "INSERT INTO object_owners (user_id, object_id, first_stored_ms, seq) VALUES (?, ?, ?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM object_owners WHERE user_id = ?))",
+        )
+        .bind(user_id)
+        .bind(&o.id)
+        .bind(o.created_unix_ms)
+        .bind(user_id)
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query("UPDATE users SET used_bytes = used_bytes + ? WHERE id = ?")
             .bind(db_int(o.size_bytes))
-            .bind(db_int(o.size_bytes))
-            .bind(upload_id)
+            .bind(user_id)
             .execute(&mut *conn)
-            .await?
-        }
-        Op::DeleteUpload(id) => sqlx::query("DELETE FROM uploads WHERE id = ?")
-            .bind(id)
-            .execute(&mut *conn)
-            .await?,
-        Op::AddToken { name, sha256_hex, now_unix_ms } => {
-            sqlx::query("INSERT INTO tokens (sha256_hex, name, created_unix_ms) VALUES (?, ?, ?)")
-                .bind(sha256_hex)
-                .bind(name)
-                .bind(now_unix_ms)
-                .execute(&mut *conn)
-                .await?
-        }
-    };
-    Ok(r.rows_affected())
+            .await?;
+    }
+    let r = sqlx::query(
+        "UPDATE uploads SET object_id = ?, offset_bytes = ?, length_bytes = ?, completed_unix_ms = ? WHERE id = ?",
+    )
+    .bind(&o.id)
+    .bind(db_int(o.size_bytes))
+    .bind(db_int(o.size_bytes))
+    .bind(o.created_unix_ms)
+    .bind(upload_id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(Applied::Rows(r.rows_affected()))
 }
 
 /// Commits a batch: each write in its own savepoint, so one failing write (a duplicate id)
@@ -162,7 +337,7 @@ async fn apply(conn: &mut SqliteConnection, op: &Op) -> Result<u64, sqlx::Error>
 async fn commit_batch(
     conn: &mut SqliteConnection,
     batch: &[Write],
-) -> Result<Vec<Result<u64, sqlx::Error>>, sqlx::Error> {
+) -> Result<Vec<Result<Applied, sqlx::Error>>, sqlx::Error> {
     if sqlx::query("BEGIN IMMEDIATE")
         .execute(&mut *conn)
         .await
@@ -184,7 +359,7 @@ async fn commit_batch(
 async fn apply_batch(
     conn: &mut SqliteConnection,
     batch: &[Write],
-) -> Result<Vec<Result<u64, sqlx::Error>>, sqlx::Error> {
+) -> Result<Vec<Result<Applied, sqlx::Error>>, sqlx::Error> {
     let mut results = Vec::with_capacity(batch.len());
     for w in batch {
         sqlx::query("SAVEPOINT ferry_write")
@@ -272,9 +447,10 @@ type UploadTuple = (
     Option<String>,
     i64,
     i64,
+    i64,
 );
 
-const UPLOAD_COLUMNS: &str = "id, protocol, offset_bytes, length_bytes, metadata_json, metadata_raw, expected_sha256_hex, expected_blake3_hex, idempotency_key, object_id, created_unix_ms, expires_unix_ms";
+const UPLOAD_COLUMNS: &str = "id, protocol, offset_bytes, length_bytes, metadata_json, metadata_raw, expected_sha256_hex, expected_blake3_hex, idempotency_key, object_id, created_unix_ms, expires_unix_ms, user_id";
 
 fn upload_from(t: UploadTuple) -> UploadRow {
     UploadRow {
@@ -290,8 +466,38 @@ fn upload_from(t: UploadTuple) -> UploadRow {
         object_id: t.9,
         created_unix_ms: t.10,
         expires_unix_ms: t.11,
+        user_id: t.12,
     }
 }
+
+type UserTuple = (i64, String, Option<i64>, i64, i64);
+
+const USER_COLUMNS: &str = "id, name, quota_bytes, used_bytes, created_unix_ms";
+
+fn user_from(t: UserTuple) -> UserRow {
+    UserRow {
+        id: t.0,
+        name: t.1,
+        quota_bytes: t.2.map(|q| q.max(0) as u64),
+        used_bytes: t.3.max(0) as u64,
+        created_unix_ms: t.4,
+    }
+}
+
+/// Receipts of one object read back: the metadata as it was stored.
+type ReceiptTuple = (String, i64, String);
+
+fn receipt_from(t: ReceiptTuple) -> Receipt {
+    Receipt {
+        upload_id: t.0,
+        received_unix_ms: t.1,
+        metadata_json: t.2,
+    }
+}
+
+/// Most receipts answered per object (`/receipts`; the listing answers fewer, see
+/// [`Meta::receipts_of`]).
+pub const MAX_RECEIPTS: usize = 1000;
 
 /// Sizes are limited far below `i64::MAX` by the upload limits, so the casts cannot wrap.
 fn db_int(v: u64) -> i64 {
@@ -336,13 +542,23 @@ impl Meta {
         Ok(Meta { pool, writes })
     }
 
-    async fn write(&self, op: Op) -> Result<u64, sqlx::Error> {
+    async fn write_applied(&self, op: Op) -> Result<Applied, sqlx::Error> {
         let (done, result) = oneshot::channel();
         self.writes
             .send(Write { op, done })
             .await
             .map_err(|_| sqlx::Error::PoolClosed)?;
         result.await.map_err(|_| sqlx::Error::WorkerCrashed)?
+    }
+
+    /// A write that only counts rows.
+    async fn write(&self, op: Op) -> Result<u64, sqlx::Error> {
+        match self.write_applied(op).await? {
+            Applied::Rows(n) => Ok(n),
+            Applied::OverQuota(_) => Err(sqlx::Error::Protocol(
+                "a quota refusal from a write that has none".into(),
+            )),
+        }
     }
 
     pub async fn close(&self) {
@@ -362,11 +578,18 @@ impl Meta {
         Ok(row.map(upload_from))
     }
 
-    /// The upload created with this (scoped) idempotency key, if it still exists.
-    pub async fn upload_by_key(&self, key: &str) -> Result<Option<UploadRow>, sqlx::Error> {
-        let sql = format!("SELECT {UPLOAD_COLUMNS} FROM uploads WHERE idempotency_key = ?");
+    /// The upload `user_id` created with this (scoped) idempotency key, if it still exists.
+    pub async fn upload_by_key(
+        &self,
+        user_id: i64,
+        key: &str,
+    ) -> Result<Option<UploadRow>, sqlx::Error> {
+        let sql = format!(
+            "SELECT {UPLOAD_COLUMNS} FROM uploads WHERE idempotency_key = ? AND user_id = ?"
+        );
         let row: Option<UploadTuple> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(key)
+            .bind(user_id)
             .fetch_optional(&self.pool)
             .await?;
         Ok(row.map(upload_from))
@@ -389,13 +612,23 @@ impl Meta {
         self.write(op).await.map(drop)
     }
 
-    /// Records the object (if new) and marks the upload complete, in one transaction.
-    pub async fn complete_upload(&self, upload_id: &str, o: &ObjectRow) -> Result<(), sqlx::Error> {
+    /// Records the object (if new), its ownership by the upload's user (if new to the user)
+    /// and marks the upload complete, in one transaction; or, when the object is new to the
+    /// user and over the user's quota, nothing at all (the inner `Err`). Answers whether the
+    /// upload still existed.
+    pub async fn complete_upload(
+        &self,
+        upload_id: &str,
+        o: &ObjectRow,
+    ) -> Result<Result<bool, QuotaExceeded>, sqlx::Error> {
         let op = Op::CompleteUpload {
             upload_id: upload_id.into(),
             object: o.clone(),
         };
-        self.write(op).await.map(drop)
+        Ok(match self.write_applied(op).await? {
+            Applied::Rows(n) => Ok(n > 0),
+            Applied::OverQuota(q) => Err(q),
+        })
     }
 
     pub async fn delete_upload(&self, id: &str) -> Result<bool, sqlx::Error> {
@@ -428,23 +661,48 @@ impl Meta {
         }))
     }
 
-    /// Which of `blake3_hex` / `sha256_hex` name stored objects. The lists travel as one JSON
-    /// parameter each, so a batch of thousands is one statement with a fixed text.
+    /// The object `id` if `user_id` owns it: another user's object is no object at all.
+    pub async fn owned_object(
+        &self,
+        user_id: i64,
+        id: &str,
+    ) -> Result<Option<ObjectRow>, sqlx::Error> {
+        let row: Option<(String, String, i64, i64)> = sqlx::query_as(
+            "SELECT o.id, o.sha256_hex, o.size_bytes, o.created_unix_ms FROM object_owners w JOIN objects o ON o.id = w.object_id WHERE w.user_id = ? AND w.object_id = ?",
+        )
+        .bind(user_id)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| ObjectRow {
+            id: r.0,
+            sha256_hex: r.1,
+            size_bytes: r.2.max(0) as u64,
+            created_unix_ms: r.3,
+        }))
+    }
+
+    /// Which of `blake3_hex` / `sha256_hex` name objects `user_id` owns. The lists travel as
+    /// one JSON parameter each, so a batch of thousands is one statement with a fixed text.
     pub async fn objects_present(
         &self,
+        user_id: i64,
         blake3_hex: &[String],
         sha256_hex: &[String],
     ) -> Result<(Vec<String>, Vec<String>), sqlx::Error> {
         let b = serde_json::to_string(blake3_hex).unwrap_or_else(|_| "[]".into());
         let s = serde_json::to_string(sha256_hex).unwrap_or_else(|_| "[]".into());
-        let by_blake3: Vec<(String,)> =
-            sqlx::query_as("SELECT id FROM objects WHERE id IN (SELECT value FROM json_each(?))")
-                .bind(b)
-                .fetch_all(&self.pool)
-                .await?;
-        let by_sha256: Vec<(String,)> = sqlx::query_as(
-            "SELECT DISTINCT sha256_hex FROM objects WHERE sha256_hex IN (SELECT value FROM json_each(?))",
+        let by_blake3: Vec<(String,)> = sqlx::query_as(
+            "SELECT object_id FROM object_owners WHERE user_id = ? AND object_id IN (SELECT value FROM json_each(?))",
         )
+        .bind(user_id)
+        .bind(b)
+        .fetch_all(&self.pool)
+        .await?;
+        let by_sha256: Vec<(String,)> = sqlx::query_as(
+            "SELECT DISTINCT o.sha256_hex FROM objects o JOIN object_owners w ON w.object_id = o.id AND w.user_id = ? WHERE o.sha256_hex IN (SELECT value FROM json_each(?))",
+        )
+        .bind(user_id)
         .bind(s)
         .fetch_all(&self.pool)
         .await?;
@@ -454,23 +712,91 @@ impl Meta {
         ))
     }
 
-    /// The finished uploads that produced `object_id`: each one's id and metadata.
-    pub async fn receipts(&self, object_id: &str) -> Result<Vec<(String, String)>, sqlx::Error> {
-        sqlx::query_as(
-            "SELECT id, metadata_json FROM uploads WHERE object_id = ? ORDER BY created_unix_ms LIMIT 1000",
+    /// `user_id`'s finished uploads that produced `object_id`, oldest first (at most
+    /// [`MAX_RECEIPTS`]).
+    pub async fn receipts(
+        &self,
+        user_id: i64,
+        object_id: &str,
+    ) -> Result<Vec<Receipt>, sqlx::Error> {
+        let rows: Vec<ReceiptTuple> = sqlx::query_as(
+            "SELECT id, COALESCE(completed_unix_ms, created_unix_ms), metadata_json FROM uploads WHERE user_id = ? AND object_id = ? ORDER BY created_unix_ms, id LIMIT ?",
         )
+        .bind(user_id)
         .bind(object_id)
+        .bind(MAX_RECEIPTS as i64)
         .fetch_all(&self.pool)
-        .await
+        .await?;
+        Ok(rows.into_iter().map(receipt_from).collect())
+    }
+
+    /// One page of `user_id`'s objects in listing order: those after `after_seq`, at most
+    /// `limit`.
+    pub async fn list_objects(
+        &self,
+        user_id: i64,
+        after_seq: i64,
+        limit: usize,
+    ) -> Result<Vec<OwnedObject>, sqlx::Error> {
+        let rows: Vec<(String, String, i64, i64, i64, i64)> = sqlx::query_as(
+            "SELECT o.id, o.sha256_hex, o.size_bytes, o.created_unix_ms, w.first_stored_ms, w.seq FROM object_owners w JOIN objects o ON o.id = w.object_id WHERE w.user_id = ? AND w.seq > ? ORDER BY w.seq LIMIT ?",
+        )
+        .bind(user_id)
+        .bind(after_seq)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| OwnedObject {
+                object: ObjectRow {
+                    id: r.0,
+                    sha256_hex: r.1,
+                    size_bytes: r.2.max(0) as u64,
+                    created_unix_ms: r.3,
+                },
+                first_stored_ms: r.4,
+                seq: r.5,
+            })
+            .collect())
+    }
+
+    /// The receipts of several objects at once for `user_id`, newest first, at most
+    /// `per_object` each: `(object id, receipt)` grouped by object.
+    pub async fn receipts_of(
+        &self,
+        user_id: i64,
+        object_ids: &[String],
+        per_object: usize,
+    ) -> Result<Vec<(String, Receipt)>, sqlx::Error> {
+        let ids = serde_json::to_string(object_ids).unwrap_or_else(|_| "[]".into());
+        let rows: Vec<(String, String, i64, String)> = sqlx::query_as(
+            "SELECT object_id, id, received, metadata_json FROM (\
+               SELECT object_id, id, COALESCE(completed_unix_ms, created_unix_ms) AS received, metadata_json, \
+                 ROW_NUMBER() OVER (PARTITION BY object_id ORDER BY COALESCE(completed_unix_ms, created_unix_ms) DESC, id DESC) AS n \
+               FROM uploads WHERE user_id = ? AND object_id IN (SELECT value FROM json_each(?))\
+             ) WHERE n <= ? ORDER BY object_id, received DESC, id DESC",
+        )
+        .bind(user_id)
+        .bind(ids)
+        .bind(i64::try_from(per_object).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.0, receipt_from((r.1, r.2, r.3))))
+            .collect())
     }
 
     pub async fn add_token(
         &self,
+        user_id: i64,
         name: &str,
         sha256_hex: &str,
         now_unix_ms: i64,
     ) -> Result<(), sqlx::Error> {
         let op = Op::AddToken {
+            user_id,
             name: name.into(),
             sha256_hex: sha256_hex.into(),
             now_unix_ms,
@@ -478,13 +804,96 @@ impl Meta {
         self.write(op).await.map(drop)
     }
 
-    /// The device name for a token hash, if the token is known.
-    pub async fn token_name(&self, sha256_hex: &str) -> Result<Option<String>, sqlx::Error> {
-        let row: Option<(String,)> = sqlx::query_as("SELECT name FROM tokens WHERE sha256_hex = ?")
+    /// The user a token hash belongs to, if the token is known (and not revoked).
+    pub async fn token_user(&self, sha256_hex: &str) -> Result<Option<i64>, sqlx::Error> {
+        let row: Option<(i64,)> = sqlx::query_as("SELECT user_id FROM tokens WHERE sha256_hex = ?")
             .bind(sha256_hex)
             .fetch_optional(&self.pool)
             .await?;
         Ok(row.map(|r| r.0))
+    }
+
+    /// Every token (of `user_id`, if given), by user name and age.
+    pub async fn tokens(&self, user_id: Option<i64>) -> Result<Vec<TokenRow>, sqlx::Error> {
+        let rows: Vec<(String, i64, String, String, i64)> = sqlx::query_as(
+            "SELECT t.sha256_hex, t.user_id, u.name, t.name, t.created_unix_ms FROM tokens t JOIN users u ON u.id = t.user_id WHERE ? IS NULL OR t.user_id = ? ORDER BY u.name, t.created_unix_ms, t.sha256_hex",
+        )
+        .bind(user_id)
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| TokenRow {
+                sha256_hex: r.0,
+                user_id: r.1,
+                user_name: r.2,
+                name: r.3,
+                created_unix_ms: r.4,
+            })
+            .collect())
+    }
+
+    /// Forgets a token: from the commit on, requests with it are refused.
+    pub async fn revoke_token(&self, sha256_hex: &str) -> Result<bool, sqlx::Error> {
+        Ok(self.write(Op::RevokeToken(sha256_hex.into())).await? > 0)
+    }
+
+    /// Creates a user (names are unique: a second one with the same name fails).
+    pub async fn create_user(
+        &self,
+        name: &str,
+        quota_bytes: Option<u64>,
+        now_unix_ms: i64,
+    ) -> Result<UserRow, sqlx::Error> {
+        let op = Op::CreateUser {
+            name: name.into(),
+            quota_bytes,
+            now_unix_ms,
+        };
+        self.write(op).await?;
+        self.user_by_name(name)
+            .await?
+            .ok_or(sqlx::Error::RowNotFound)
+    }
+
+    /// Sets (or, with `None`, lifts) a user's quota; false when there is no such user.
+    pub async fn set_quota(
+        &self,
+        name: &str,
+        quota_bytes: Option<u64>,
+    ) -> Result<bool, sqlx::Error> {
+        let op = Op::SetQuota {
+            name: name.into(),
+            quota_bytes,
+        };
+        Ok(self.write(op).await? > 0)
+    }
+
+    pub async fn user(&self, id: i64) -> Result<Option<UserRow>, sqlx::Error> {
+        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?");
+        let row: Option<UserTuple> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(user_from))
+    }
+
+    pub async fn user_by_name(&self, name: &str) -> Result<Option<UserRow>, sqlx::Error> {
+        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE name = ?");
+        let row: Option<UserTuple> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(user_from))
+    }
+
+    pub async fn users(&self) -> Result<Vec<UserRow>, sqlx::Error> {
+        let sql = format!("SELECT {USER_COLUMNS} FROM users ORDER BY name");
+        let rows: Vec<UserTuple> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().map(user_from).collect())
     }
 }
 
@@ -507,6 +916,7 @@ mod tests {
             object_id: None,
             created_unix_ms: 1,
             expires_unix_ms,
+            user_id: DEFAULT_USER_ID,
         }
     }
 
@@ -535,8 +945,8 @@ mod tests {
             size_bytes: 10,
             created_unix_ms: 5,
         };
-        m.complete_upload("u1", &o).await.unwrap();
-        m.complete_upload("u2", &o).await.unwrap();
+        assert_eq!(m.complete_upload("u1", &o).await.unwrap(), Ok(true));
+        assert_eq!(m.complete_upload("u2", &o).await.unwrap(), Ok(true));
         assert_eq!(m.object("b3").await.unwrap(), Some(o.clone()));
         assert!(
             m.expired_uploads(10_000).await.unwrap().is_empty(),
@@ -547,14 +957,14 @@ mod tests {
         // A completed upload's progress cannot be rewound.
         m.set_progress("u1", 0, None, 0).await.unwrap();
         assert_eq!(m.upload("u1").await.unwrap().unwrap().offset_bytes, 10);
-        assert_eq!(m.receipts("b3").await.unwrap().len(), 2);
+        assert_eq!(m.receipts(DEFAULT_USER_ID, "b3").await.unwrap().len(), 2);
 
         let many: Vec<String> = (0..2000)
             .map(|i| format!("x{i}"))
             .chain(["b3".into()])
             .collect();
         let (b, s) = m
-            .objects_present(&many, &["s2".into(), "nope".into()])
+            .objects_present(DEFAULT_USER_ID, &many, &["s2".into(), "nope".into()])
             .await
             .unwrap();
         assert_eq!((b, s), (vec!["b3".to_string()], vec!["s2".to_string()]));
@@ -582,9 +992,131 @@ mod tests {
         assert_eq!(failures, 1);
         assert_eq!(m.expired_uploads(i64::MAX).await.unwrap().len(), 199);
 
-        m.add_token("phone", "h1", 1).await.unwrap();
-        assert_eq!(m.token_name("h1").await.unwrap().as_deref(), Some("phone"));
-        assert_eq!(m.token_name("h2").await.unwrap(), None);
+        m.add_token(DEFAULT_USER_ID, "phone", "h1", 1)
+            .await
+            .unwrap();
+        assert_eq!(m.token_user("h1").await.unwrap(), Some(DEFAULT_USER_ID));
+        assert_eq!(m.token_user("h2").await.unwrap(), None);
+
+        accounts(&m).await;
+    }
+
+    /// Users, ownership, quota and listing order.
+    async fn accounts(m: &Meta) {
+        let default = m.user(DEFAULT_USER_ID).await.unwrap().unwrap();
+        assert_eq!(default.name, DEFAULT_USER_NAME);
+        assert_eq!(default.used_bytes, 10, "b3 counted once for two receipts");
+        let bob = m.create_user("bob", Some(25), 7).await.unwrap();
+        assert_ne!(bob.id, DEFAULT_USER_ID);
+        assert!(
+            m.create_user("bob", None, 8).await.is_err(),
+            "names are unique"
+        );
+        m.add_token(bob.id, "laptop", "hb", 9).await.unwrap();
+        assert_eq!(m.token_user("hb").await.unwrap(), Some(bob.id));
+        let bobs = m.tokens(Some(bob.id)).await.unwrap();
+        assert_eq!(bobs.len(), 1);
+        assert_eq!(
+            (bobs[0].name.as_str(), bobs[0].user_name.as_str()),
+            ("laptop", "bob")
+        );
+        assert_eq!(m.tokens(None).await.unwrap().len(), 2);
+
+        // The same object, completed by bob: his own ownership and receipt.
+        let b3 = m.object("b3").await.unwrap().unwrap();
+        assert_eq!(m.owned_object(bob.id, "b3").await.unwrap(), None);
+        assert_eq!(
+            m.objects_present(bob.id, &["b3".into()], &["s2".into()])
+                .await
+                .unwrap(),
+            (vec![], vec![])
+        );
+        let mut u = upload("bob-1", 1);
+        u.user_id = bob.id;
+        m.create_upload(&u).await.unwrap();
+        assert_eq!(m.complete_upload("bob-1", &b3).await.unwrap(), Ok(true));
+        assert_eq!(
+            m.owned_object(bob.id, "b3").await.unwrap(),
+            Some(b3.clone())
+        );
+        assert_eq!(m.receipts(bob.id, "b3").await.unwrap().len(), 1);
+        // u2's receipt was deleted above; u1's is the default user's alone.
+        assert_eq!(m.receipts(DEFAULT_USER_ID, "b3").await.unwrap().len(), 1);
+        assert_eq!(m.user(bob.id).await.unwrap().unwrap().used_bytes, 10);
+
+        // 10 used of 25: a second object of 10 fits, a third does not, and writes nothing.
+        for (i, fits) in [(2, true), (3, false)] {
+            let id = format!("bob-{i}");
+            let mut u = upload(&id, 1);
+            u.user_id = bob.id;
+            m.create_upload(&u).await.unwrap();
+            let o = ObjectRow {
+                id: format!("o{i}"),
+                sha256_hex: format!("s{i}"),
+                size_bytes: 10,
+                created_unix_ms: 20 + i,
+            };
+            let r = m.complete_upload(&id, &o).await.unwrap();
+            if fits {
+                assert_eq!(r, Ok(true));
+            } else {
+                assert_eq!(
+                    r,
+                    Err(QuotaExceeded {
+                        used_bytes: 20,
+                        quota_bytes: 25,
+                        needed_bytes: 10
+                    })
+                );
+                assert_eq!(m.object(&o.id).await.unwrap(), None);
+                assert_eq!(m.upload(&id).await.unwrap().unwrap().object_id, None);
+            }
+        }
+        // An object the user already owns adds nothing, whatever the quota.
+        assert!(m.set_quota("bob", Some(1)).await.unwrap());
+        let mut u = upload("bob-4", 1);
+        u.user_id = bob.id;
+        m.create_upload(&u).await.unwrap();
+        assert_eq!(m.complete_upload("bob-4", &b3).await.unwrap(), Ok(true));
+        assert!(m.set_quota("bob", None).await.unwrap());
+        assert!(!m.set_quota("nobody", None).await.unwrap());
+        let bob = m.user_by_name("bob").await.unwrap().unwrap();
+        assert_eq!((bob.quota_bytes, bob.used_bytes), (None, 20));
+
+        // Listing: bob's objects in the order he stored them, paged by `seq`.
+        let page = m.list_objects(bob.id, 0, 1).await.unwrap();
+        assert_eq!(page.len(), 1);
+        assert_eq!(page[0].object.id, "b3");
+        let rest = m.list_objects(bob.id, page[0].seq, 10).await.unwrap();
+        assert_eq!(
+            rest.iter()
+                .map(|o| o.object.id.as_str())
+                .collect::<Vec<_>>(),
+            ["o2"]
+        );
+        let receipts = m
+            .receipts_of(bob.id, &["b3".into(), "o2".into()], 1)
+            .await
+            .unwrap();
+        assert_eq!(receipts.len(), 2, "one per object: {receipts:?}");
+        assert_eq!(receipts[0].1.upload_id, "bob-4", "newest first");
+
+        // The usage counter is the sum it stands for.
+        for user in m.users().await.unwrap() {
+            let mut sum = 0;
+            let mut after = 0;
+            loop {
+                let page = m.list_objects(user.id, after, 2).await.unwrap();
+                let Some(last) = page.last() else { break };
+                after = last.seq;
+                sum += page.iter().map(|o| o.object.size_bytes).sum::<u64>();
+            }
+            assert_eq!(user.used_bytes, sum, "{}", user.name);
+        }
+
+        assert!(m.revoke_token("hb").await.unwrap());
+        assert!(!m.revoke_token("hb").await.unwrap());
+        assert_eq!(m.token_user("hb").await.unwrap(), None);
     }
 
     /// A full disk fails batches in the two ways SQLite has: it rolls the whole transaction

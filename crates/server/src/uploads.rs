@@ -306,8 +306,10 @@ impl Engine {
     /// row that points at it. With an idempotency key (already scoped, see [`scoped_key`]) that
     /// an upload of the same shape holds, that upload is the answer instead: a client that
     /// never saw its first creation's answer gets the same upload, finished or to resume.
+    #[allow(clippy::too_many_arguments)]
     pub async fn create(
         &self,
+        user_id: i64,
         protocol: &str,
         length_bytes: Option<u64>,
         metadata_json: String,
@@ -316,7 +318,7 @@ impl Engine {
         idempotency_key: Option<String>,
     ) -> Result<Created, ApiError> {
         if let Some(key) = &idempotency_key
-            && let Some(row) = self.meta.upload_by_key(key).await?
+            && let Some(row) = self.meta.upload_by_key(user_id, key).await?
         {
             let hex_of = |d: Option<[u8; 32]>| d.map(|d| hex(&d));
             let agrees =
@@ -350,6 +352,10 @@ impl Engine {
                 self.limits.max_size_bytes
             )));
         }
+        if let Some(l) = length_bytes {
+            let promised = expected.blake3.map(|d| hex(&d));
+            self.check_quota(user_id, l, promised.as_deref()).await?;
+        }
         let id = uuid::Uuid::now_v7().simple().to_string();
         let path = self.partial_path(&id);
         // Not fsynced here: an empty file holds nothing to lose. The first append that leaves
@@ -377,6 +383,7 @@ impl Engine {
             object_id: None,
             created_unix_ms: now,
             expires_unix_ms: self.expires_from(now),
+            user_id,
         };
         if let Err(e) = self.meta.create_upload(&row).await {
             // No row points at the file: take it away now (a full disk needs the room).
@@ -392,12 +399,48 @@ impl Engine {
         Ok(Created::New(row))
     }
 
-    /// The upload as a client may see it: missing, expired and malformed ids are errors.
-    pub async fn get(&self, id: &str) -> Result<UploadRow, ApiError> {
+    /// Refuses `needed_bytes` more for `user_id` when they do not fit the user's quota
+    /// (413, `Ferry-Problem: quota-exceeded`). An object the user already owns (a promised
+    /// BLAKE3) adds nothing. Completion checks again, in the transaction that adds the object.
+    pub async fn check_quota(
+        &self,
+        user_id: i64,
+        needed_bytes: u64,
+        promised_blake3: Option<&str>,
+    ) -> Result<(), ApiError> {
+        let Some(user) = self.meta.user(user_id).await? else {
+            return Ok(());
+        };
+        let Some(quota_bytes) = user.quota_bytes else {
+            return Ok(());
+        };
+        if user.used_bytes.saturating_add(needed_bytes) <= quota_bytes {
+            return Ok(());
+        }
+        if let Some(b) = promised_blake3
+            && self.meta.owned_object(user_id, b).await?.is_some()
+        {
+            return Ok(());
+        }
+        Err(ApiError::QuotaExceeded {
+            used_bytes: user.used_bytes,
+            quota_bytes,
+            needed_bytes,
+        })
+    }
+
+    /// The upload as `user_id` may see it: missing, another user's, expired and malformed ids
+    /// are errors (another user's upload is answered as missing, whatever its state).
+    pub async fn get(&self, id: &str, user_id: i64) -> Result<UploadRow, ApiError> {
         if !valid_upload_id(id) {
             return Err(ApiError::NotFound);
         }
-        let row = self.meta.upload(id).await?.ok_or(ApiError::NotFound)?;
+        let row = self
+            .meta
+            .upload(id)
+            .await?
+            .filter(|r| r.user_id == user_id)
+            .ok_or(ApiError::NotFound)?;
         if row.object_id.is_none() && row.expires_unix_ms <= now_unix_ms() {
             return Err(ApiError::Gone);
         }
@@ -407,18 +450,24 @@ impl Engine {
     /// The upload after any append in flight has settled (bounded wait): a client resuming
     /// right after its connection dropped must see the bytes that connection delivered, not the
     /// offset from before the old request noticed the cut.
-    pub async fn get_settled(&self, id: &str) -> Result<UploadRow, ApiError> {
-        let row = self.get(id).await?;
+    pub async fn get_settled(&self, id: &str, user_id: i64) -> Result<UploadRow, ApiError> {
+        let row = self.get(id, user_id).await?;
         if row.object_id.is_some() {
             return Ok(row);
         }
         let slot = self.slot(id);
         let _ = tokio::time::timeout(Duration::from_secs(2), slot.lock()).await;
-        self.get(id).await
+        self.get(id, user_id).await
     }
 
-    pub async fn append(&self, id: &str, req: Append, body: Body) -> Result<Outcome, ApiError> {
-        self.get(id).await?;
+    pub async fn append(
+        &self,
+        id: &str,
+        user_id: i64,
+        req: Append,
+        body: Body,
+    ) -> Result<Outcome, ApiError> {
+        self.get(id, user_id).await?;
         let slot = self.slot(id);
         let mut slot = slot
             .try_lock_owned()
@@ -475,6 +524,9 @@ impl Engine {
                         "Upload-Length {b} exceeds max-size"
                     )));
                 }
+                // A deferred length, declared now: the quota is checked as at creation.
+                self.check_quota(row.user_id, b, row.expected_blake3_hex.as_deref())
+                    .await?;
                 Some(b)
             }
             (None, None) => None,
@@ -736,14 +788,35 @@ impl Engine {
                 "Repr-Digest does not match the uploaded bytes; the upload was discarded".into(),
             ));
         }
+        let size_bytes = row.length_bytes.unwrap_or(row.offset_bytes);
+        // Checked before the blob is stored (a refused object leaves no blob behind), and
+        // again where it counts: in the transaction that adds the object to the user.
+        if let Err(e) = self
+            .check_quota(row.user_id, size_bytes, Some(&blake3_hex))
+            .await
+        {
+            self.discard(&row.id, &path).await?;
+            return Err(e);
+        }
         self.blobs.commit_file(&path, &blake3_hex).await?;
         let object = ObjectRow {
             id: blake3_hex.clone(),
             sha256_hex,
-            size_bytes: row.length_bytes.unwrap_or(row.offset_bytes),
+            size_bytes,
             created_unix_ms: now_unix_ms(),
         };
-        self.meta.complete_upload(&row.id, &object).await?;
+        match self.meta.complete_upload(&row.id, &object).await? {
+            Ok(true) => {}
+            Ok(false) => return Err(ApiError::Gone),
+            Err(q) => {
+                self.discard(&row.id, &path).await?;
+                return Err(ApiError::QuotaExceeded {
+                    used_bytes: q.used_bytes,
+                    quota_bytes: q.quota_bytes,
+                    needed_bytes: q.needed_bytes,
+                });
+            }
+        }
         let _ = tokio::fs::remove_file(&path).await;
         // An earlier identical object keeps its first creation time. The receipt is answered
         // from what the database holds, never from what this request meant to write.
@@ -758,10 +831,17 @@ impl Engine {
         Ok(Outcome::Complete(row, object))
     }
 
+    /// Drops an upload that can never complete (its row, then its partial file).
+    async fn discard(&self, id: &str, path: &std::path::Path) -> Result<(), ApiError> {
+        self.meta.delete_upload(id).await?;
+        let _ = tokio::fs::remove_file(path).await;
+        Ok(())
+    }
+
     /// Cancels an upload (tus termination, draft DELETE). A finished upload loses only its
-    /// receipt; the object may be shared and stays.
-    pub async fn delete(&self, id: &str, ietf: bool) -> Result<(), ApiError> {
-        self.get(id).await?;
+    /// receipt; the object may be shared and stays (so does its ownership).
+    pub async fn delete(&self, id: &str, user_id: i64, ietf: bool) -> Result<(), ApiError> {
+        self.get(id, user_id).await?;
         let slot = self.slot(id);
         let _guard = slot
             .try_lock_owned()

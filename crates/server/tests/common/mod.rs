@@ -63,6 +63,20 @@ impl TestServer {
     }
 }
 
+impl TestServer {
+    /// `GET /v1/objects/{id}` with `token`, which must answer 200.
+    pub async fn get_object_as(&self, token: &str, id: &str) -> Vec<u8> {
+        let r = self
+            .req("GET", &format!("/v1/objects/{id}"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "GET object {id}");
+        r.bytes().await.unwrap().to_vec()
+    }
+}
+
 pub fn header<'a>(r: &'a reqwest::Response, name: &str) -> Option<&'a str> {
     r.headers().get(name).map(|v| v.to_str().unwrap())
 }
