@@ -15,6 +15,7 @@ pub mod daemon;
 pub mod extension;
 pub mod gate;
 pub mod report;
+pub mod restore;
 pub mod run;
 pub mod server;
 pub mod tracked;

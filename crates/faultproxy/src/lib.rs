@@ -31,6 +31,11 @@ pub enum Fault {
     /// Forward faithfully, but flip the lowest bit of the client→server byte at this position
     /// (counted from the connection's first byte): a middlebox that damages what it carries.
     FlipAfter { bytes: u64 },
+    /// Forward server→client at most this many bytes per second (downloads: `ferry restore`).
+    TrickleDown { bytes_per_s: u64 },
+    /// Forward faithfully, but flip the lowest bit of the server→client byte at this position
+    /// (counted from the connection's first byte the server sends): damage on the way down.
+    FlipDownAfter { bytes: u64 },
     /// Accept, then close at once without reading.
     AcceptThenClose,
     /// Accept, then reset at once.
@@ -305,21 +310,37 @@ async fn carry(
             }
         }
     };
-    // server → client, faithfully.
+    // server → client, faithfully unless the fault is one of the downward ones.
     let down = async move {
         let mut buf = vec![0u8; 64 * 1024];
+        let mut sent = 0u64;
         loop {
-            let n = match sr.read(&mut buf).await {
+            let want = match fault {
+                Fault::TrickleDown { bytes_per_s } => {
+                    (bytes_per_s / 10).clamp(1, buf.len() as u64) as usize
+                }
+                _ => buf.len(),
+            };
+            let n = match sr.read(&mut buf[..want]).await {
                 Ok(0) | Err(_) => {
                     let _ = cw.shutdown().await;
                     return;
                 }
                 Ok(n) => n,
             };
+            if let Fault::FlipDownAfter { bytes } = fault
+                && (sent..sent + n as u64).contains(&bytes)
+            {
+                buf[(bytes - sent) as usize] ^= 1;
+            }
             if cw.write_all(&buf[..n]).await.is_err() {
                 return;
             }
+            sent += n as u64;
             shared.bytes_to_client.fetch_add(n as u64, Ordering::SeqCst);
+            if let Fault::TrickleDown { .. } = fault {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }
     };
     tokio::pin!(up);

@@ -6,7 +6,8 @@
 //! `error: …`); end of stdin stops the proxy.
 //!
 //! Commands: `none`; `reset-after BYTES [N]`; `close-after BYTES [N]`; `stall-after BYTES [N]`;
-//! `trickle BYTES_PER_S [N]`; `flip-after BYTES [N]`; `accept-close [N]`; `accept-reset [N]`;
+//! `trickle BYTES_PER_S [N]`; `flip-after BYTES [N]`; `trickle-down BYTES_PER_S [N]` and
+//! `flip-down-after BYTES [N]` (the same, server→client); `accept-close [N]`; `accept-reset [N]`;
 //! `respond STATUS RETRY_AFTER_S [N]`; `cut` (reset every open connection; also releases
 //! stalls); `stats`. `N` limits the fault to the next N connections (default: all).
 
@@ -116,6 +117,13 @@ fn command(proxy: &FaultProxy, line: &str) -> Result<String, String> {
             count(2)?,
         ),
         Some("flip-after") => (Fault::FlipAfter { bytes: num(1)? }, count(2)?),
+        Some("trickle-down") => (
+            Fault::TrickleDown {
+                bytes_per_s: num(1)?,
+            },
+            count(2)?,
+        ),
+        Some("flip-down-after") => (Fault::FlipDownAfter { bytes: num(1)? }, count(2)?),
         Some("accept-close") => (Fault::AcceptThenClose, count(1)?),
         Some("accept-reset") => (Fault::AcceptThenReset, count(1)?),
         Some("respond") => {

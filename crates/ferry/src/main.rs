@@ -5,6 +5,7 @@ mod extensions_cmd;
 mod library_cmd;
 mod linger;
 mod output;
+mod restore_cmd;
 mod state_cmd;
 
 use clap::{Parser, Subcommand};
@@ -29,6 +30,9 @@ struct Cli {
 enum Command {
     /// Back up a folder: index it, send what the server lacks, verify everything.
     Backup(backup_cmd::BackupArgs),
+    /// Get the photos back: download everything backed up into a folder, verified, folders
+    /// and names as they were. Exit 0: every file is there; 4: some could not be restored.
+    Restore(restore_cmd::RestoreArgs),
     /// Is everything backed up? Counts by state and waiting reason, per extension.
     /// Exit 0: everything is safe; 4: something is not backed up yet.
     Status {
@@ -140,6 +144,7 @@ fn main() -> ExitCode {
         Command::Service(cmd) => state_cmd::service(&state_dir, cmd),
         Command::Daemon(args) => state_cmd::daemon(&state_dir, &config, args),
         Command::Backup(args) => backup_cmd::run(&state_dir, &config, args),
+        Command::Restore(args) => restore_cmd::run(&state_dir, &config, args),
         Command::Library(cmd) => library_cmd::run(&state_dir, cmd),
         Command::Extensions(args) => extensions_cmd::run(&state_dir, args),
         Command::Conditions { json, watch } => {

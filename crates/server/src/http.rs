@@ -859,11 +859,11 @@ async fn get_object(
         let r = s
             .engine
             .blobs
-            .get_range(&id, range.clone())
+            .stream_range(&id, range.clone())
             .await
             .map_err(|e| ApiError::Internal(e.to_string()))?
             .ok_or(ApiError::NotFound)?;
-        Body::from_stream(r.into_stream())
+        Body::from_stream(r)
     };
     let mut res = Response::new(body);
     let hm = res.headers_mut();
