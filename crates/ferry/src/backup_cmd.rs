@@ -80,33 +80,87 @@ impl ServerArgs {
     /// The command line over the configuration; `Err(code)` after telling the user what is
     /// missing.
     pub fn target(&self, config: &FileConfig) -> anyhow::Result<Result<Target, ExitCode>> {
-        let Some(url) = self.to.clone().or_else(|| config.server.url.clone()) else {
-            return Ok(Ok(Target::Embedded));
-        };
-        let token = match self.token.clone() {
-            Some(t) => Some(t),
-            None => config.token()?,
-        };
-        let Some(token) = token else {
-            eprintln!(
-                "ferry: the server {url} needs a token: pass --token, set FERRY_TOKEN or [server] token in the configuration; create one with `ferry-server token create --name NAME --data DIR`"
-            );
-            return Ok(Err(ExitCode::from(EXIT_BAD_INPUT)));
-        };
-        // Either flag replaces the configuration's trust settings as a whole.
-        let trust = if self.server_ca.is_some() || self.server_cert_sha256.is_some() {
-            ferry_tls::ServerTrust {
-                ca_file: self
-                    .server_ca
-                    .as_ref()
-                    .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone())),
-                cert_sha256: self.server_cert_sha256,
-            }
-        } else {
-            config.server_trust()
-        };
-        Ok(Ok(Target::Remote { url, token, trust }))
+        server_target(
+            self.to.clone(),
+            self.token.clone(),
+            self.server_ca.as_ref(),
+            self.server_cert_sha256,
+            config,
+        )
     }
+}
+
+/// A server from the command line over the configuration (`--to` for backups, `--from` for
+/// restores): the built-in one when neither names a URL; `Err(code)` after telling the user
+/// what is missing.
+pub(crate) fn server_target(
+    url: Option<String>,
+    token: Option<String>,
+    server_ca: Option<&PathBuf>,
+    server_cert_sha256: Option<ferry_tls::Fingerprint>,
+    config: &FileConfig,
+) -> anyhow::Result<Result<Target, ExitCode>> {
+    let Some(url) = url.or_else(|| config.server.url.clone()) else {
+        return Ok(Ok(Target::Embedded));
+    };
+    let token = match token {
+        Some(t) => Some(t),
+        None => config.token()?,
+    };
+    let Some(token) = token else {
+        eprintln!(
+            "ferry: the server {url} needs a token: pass --token, set FERRY_TOKEN or [server] token in the configuration; create one with `ferry-server token create --name NAME --data DIR`"
+        );
+        return Ok(Err(ExitCode::from(EXIT_BAD_INPUT)));
+    };
+    // Either flag replaces the configuration's trust settings as a whole.
+    let trust = if server_ca.is_some() || server_cert_sha256.is_some() {
+        ferry_tls::ServerTrust {
+            ca_file: server_ca.map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone())),
+            cert_sha256: server_cert_sha256,
+        }
+    } else {
+        config.server_trust()
+    };
+    Ok(Ok(Target::Remote { url, token, trust }))
+}
+
+/// Runs `work` on a two-thread runtime while a thread draws `show` (a terminal's progress, or
+/// plain or JSON lines); Ctrl-C turns the stop signal it gets.
+pub(crate) fn with_progress<P, T, F, Fut>(
+    progress: Arc<P>,
+    json: bool,
+    show: fn(&P, &AtomicBool, bool),
+    work: F,
+) -> anyhow::Result<T>
+where
+    P: Send + Sync + 'static,
+    F: FnOnce(tokio::sync::watch::Receiver<bool>) -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    let done = Arc::new(AtomicBool::new(false));
+    let display = {
+        let progress = progress.clone();
+        let done = done.clone();
+        std::thread::spawn(move || show(&progress, &done, json))
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let result = runtime.block_on(async {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                let _ = stop_tx.send(true);
+            }
+        });
+        work(stop_rx).await
+    });
+    done.store(true, Ordering::Relaxed);
+    let _ = display.join();
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    Ok(result)
 }
 
 pub fn run(state_dir: &Path, config: &FileConfig, args: BackupArgs) -> anyhow::Result<ExitCode> {
@@ -142,29 +196,10 @@ pub fn run(state_dir: &Path, config: &FileConfig, args: BackupArgs) -> anyhow::R
         );
     }
     let progress = Arc::new(Progress::default());
-    let done = Arc::new(AtomicBool::new(false));
-    let display = {
-        let progress = progress.clone();
-        let done = done.clone();
-        let json = args.json;
-        std::thread::spawn(move || show_progress(&progress, &done, json))
-    };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let result = runtime.block_on(async {
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                let _ = stop_tx.send(true);
-            }
-        });
-        ferry_daemon::backup::run(opts, progress.clone(), stop_rx).await
-    });
-    done.store(true, Ordering::Relaxed);
-    let _ = display.join();
-    runtime.shutdown_timeout(Duration::from_secs(5));
+    let p = progress.clone();
+    let result = with_progress(progress, args.json, show_progress, |stop| {
+        ferry_daemon::backup::run(opts, p, stop)
+    })?;
     match result {
         Ok(summary) => Ok(report(&summary, args.json)),
         Err(e) => {

@@ -83,31 +83,13 @@ fn json_out<T: serde::Serialize>(v: &T) -> bool {
 impl RestoreArgs {
     /// The server to restore from, as `ServerArgs::target` decides it for `--to`.
     fn source(&self, config: &FileConfig) -> anyhow::Result<Result<Target, ExitCode>> {
-        let Some(url) = self.from.clone().or_else(|| config.server.url.clone()) else {
-            return Ok(Ok(Target::Embedded));
-        };
-        let token = match self.token.clone() {
-            Some(t) => Some(t),
-            None => config.token()?,
-        };
-        let Some(token) = token else {
-            eprintln!(
-                "ferry: the server {url} needs a token: pass --token, set FERRY_TOKEN or [server] token in the configuration; create one with `ferry-server token create --name NAME --data DIR`"
-            );
-            return Ok(Err(ExitCode::from(EXIT_BAD_INPUT)));
-        };
-        let trust = if self.server_ca.is_some() || self.server_cert_sha256.is_some() {
-            ferry_tls::ServerTrust {
-                ca_file: self
-                    .server_ca
-                    .as_ref()
-                    .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone())),
-                cert_sha256: self.server_cert_sha256,
-            }
-        } else {
-            config.server_trust()
-        };
-        Ok(Ok(Target::Remote { url, token, trust }))
+        crate::backup_cmd::server_target(
+            self.from.clone(),
+            self.token.clone(),
+            self.server_ca.as_ref(),
+            self.server_cert_sha256,
+            config,
+        )
     }
 }
 
@@ -165,29 +147,10 @@ pub fn run(state_dir: &Path, config: &FileConfig, args: RestoreArgs) -> anyhow::
         eprintln!("ferry: restoring into {} from {from}", display(&args.dir));
     }
     let progress = Arc::new(Progress::default());
-    let done = Arc::new(AtomicBool::new(false));
-    let display_thread = {
-        let progress = progress.clone();
-        let done = done.clone();
-        let json = args.json;
-        std::thread::spawn(move || show_progress(&progress, &done, json))
-    };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let result = runtime.block_on(async {
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                let _ = stop_tx.send(true);
-            }
-        });
-        ferry_daemon::restore::run(opts, progress.clone(), stop_rx).await
-    });
-    done.store(true, Ordering::Relaxed);
-    let _ = display_thread.join();
-    runtime.shutdown_timeout(Duration::from_secs(5));
+    let p = progress.clone();
+    let result = crate::backup_cmd::with_progress(progress, args.json, show_progress, |stop| {
+        ferry_daemon::restore::run(opts, p, stop)
+    })?;
     match result {
         Ok(summary) => Ok(report(&summary, args.json)),
         Err(e) => Ok(fail(e, args.json)),
