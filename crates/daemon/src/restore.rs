@@ -1138,6 +1138,10 @@ struct Ctx {
     fatal: Mutex<Option<RestoreError>>,
     renamed: Mutex<Vec<Renamed>>,
     failures: Mutex<Vec<Failed>>,
+    /// Folders that received new names since their last fsync: each is fsynced once when the
+    /// downloads end, not after every file (a lost name after a power cut is restored again by
+    /// the next run; the file behind every name is fsynced before it gets one).
+    dirty_dirs: Mutex<HashSet<PathBuf>>,
 }
 
 /// Why a task stopped early.
@@ -1815,7 +1819,9 @@ fn place(ctx: &Ctx, file: std::fs::File, tmp_rel: &Path, a: &Assigned) -> io::Re
         }
     }
     let dir = ctx.root.join(final_rel.parent().unwrap_or(Path::new("")));
-    std::fs::File::open(&dir)?.sync_all()?;
+    if let Ok(mut d) = ctx.dirty_dirs.lock() {
+        d.insert(dir);
+    }
     let m = std::fs::symlink_metadata(ctx.root.join(&final_rel))?;
     ctx.journal.record(&final_rel, &m, &a.wanted.id)?;
     Ok(Placed::At(final_rel, reason))
@@ -2027,6 +2033,7 @@ pub async fn run(
         fatal: Mutex::new(None),
         renamed: Mutex::new(Vec::new()),
         failures: Mutex::new(Vec::new()),
+        dirty_dirs: Mutex::new(HashSet::new()),
     });
     for id in &bad_ids {
         ctx.fail_file(Path::new(UNSORTED), id, FileFailure::BadId);
@@ -2141,6 +2148,30 @@ pub async fn run(
         }
     }
     let interrupted = ctx.cancelled();
+    {
+        // The new names made durable, one fsync per folder, before anything says "restored".
+        let dirs: Vec<PathBuf> = ctx
+            .dirty_dirs
+            .lock()
+            .map(|mut d| d.drain().collect())
+            .unwrap_or_default();
+        let synced = tokio::task::spawn_blocking(move || {
+            for dir in &dirs {
+                if let Err(source) = std::fs::File::open(dir).and_then(|f| f.sync_all()) {
+                    return Err(RestoreError::Dir {
+                        dir: dir.clone(),
+                        source,
+                    });
+                }
+            }
+            Ok(())
+        })
+        .await
+        .unwrap_or_else(|e| Err(RestoreError::Internal(e.to_string())));
+        if let Err(e) = synced {
+            ctx.fail_run(e);
+        }
+    }
     {
         let ctx = ctx.clone();
         let _ = blocking(move || ctx.journal.compact()).await;
