@@ -1,4 +1,36 @@
-//! Small helpers for what the CLI prints: sizes, JSON lines.
+//! Small helpers for what the CLI prints: sizes, JSON lines, the file progress bar.
+
+use std::io::Write as _;
+
+/// Writes a line to stdout; a closed stdout (`| head`) is not an error worth a panic.
+pub fn out(line: &str) -> bool {
+    let mut o = std::io::stdout().lock();
+    writeln!(o, "{line}").and_then(|_| o.flush()).is_ok()
+}
+
+/// One JSON line on stdout; `false` once stdout is closed.
+pub fn json_out<T: serde::Serialize>(v: &T) -> bool {
+    match serde_json::to_string(v) {
+        Ok(s) => out(&s),
+        Err(_) => false,
+    }
+}
+
+/// The terminal's progress bar of `ferry backup` and `ferry restore`: a phase, files done of
+/// the total, and a line of detail.
+pub fn file_bar() -> indicatif::ProgressBar {
+    use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+    let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} {prefix:9} [{bar:30}] {pos}/{len} files\n  {wide_msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    bar
+}
 
 pub fn bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];

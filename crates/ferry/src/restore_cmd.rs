@@ -14,9 +14,8 @@ use ferry_daemon::config::FileConfig;
 use ferry_daemon::restore::{
     FileEvent, Filter, NextStep, Phase, Progress, RestoreOptions, RestoreSummary, Snapshot,
 };
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::output::bytes;
+use crate::output::{bytes, json_out, out};
 use crate::{EXIT_AUTH, EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_INCOMPLETE, EXIT_UNREACHABLE};
 
 /// Downloads at once unless `--concurrency` says otherwise.
@@ -65,19 +64,6 @@ pub struct RestoreArgs {
     /// Progress, file events and the summary as JSON lines on stdout.
     #[arg(long)]
     pub json: bool,
-}
-
-/// Writes a line to stdout; a closed stdout (`| head`) is not an error worth a panic.
-fn out(line: &str) -> bool {
-    let mut o = std::io::stdout().lock();
-    writeln!(o, "{line}").and_then(|_| o.flush()).is_ok()
-}
-
-fn json_out<T: serde::Serialize>(v: &T) -> bool {
-    match serde_json::to_string(v) {
-        Ok(s) => out(&s),
-        Err(_) => false,
-    }
 }
 
 impl RestoreArgs {
@@ -296,18 +282,7 @@ fn plain_line(s: &Snapshot, rate_bytes_per_s: f64) -> String {
 
 fn show_progress(progress: &Progress, done: &AtomicBool, json: bool) {
     let tty = !json && std::io::stderr().is_terminal();
-    let bar = tty.then(|| {
-        let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{spinner} {prefix:9} [{bar:30}] {pos}/{len} files\n  {wide_msg}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        );
-        bar.enable_steady_tick(Duration::from_millis(120));
-        bar
-    });
+    let bar = tty.then(crate::output::file_bar);
     let mut last_plain = Instant::now() - Duration::from_secs(10);
     let mut last_phase = Phase::Starting;
     let mut start: Option<(Instant, u64)> = None;
