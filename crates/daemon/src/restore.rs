@@ -929,14 +929,8 @@ impl Client {
         token: &str,
         tls: Option<&ferry_tls::ServerTls>,
     ) -> Result<Client, ServerError> {
-        let base = base.trim_end_matches('/').to_owned();
-        reqwest::Url::parse(&base).map_err(|e| ServerError::BadUrl(base.clone(), e.to_string()))?;
-        let mut builder = reqwest::Client::builder();
-        if let Some(tls) = tls {
-            builder = builder.tls_backend_preconfigured(tls.rustls_config());
-        }
+        let (base, builder) = crate::server::client_builder(base, tls)?;
         let http = builder
-            .connect_timeout(Duration::from_secs(10))
             // A body that stops moving for a minute is cut (and resumed); a large video may
             // take longer than any total timeout.
             .read_timeout(Duration::from_secs(60))

@@ -191,6 +191,21 @@ struct CheckAnswer {
     blake3: Vec<String>,
 }
 
+/// The server's base URL (no trailing `/`, checked) and an HTTP client builder with what every
+/// client of the server shares: its TLS trust and a 10 s connect timeout.
+pub(crate) fn client_builder(
+    base_url: &str,
+    tls: Option<&ferry_tls::ServerTls>,
+) -> Result<(String, reqwest::ClientBuilder), ServerError> {
+    let base = base_url.trim_end_matches('/').to_owned();
+    reqwest::Url::parse(&base).map_err(|e| ServerError::BadUrl(base.clone(), e.to_string()))?;
+    let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(10));
+    if let Some(tls) = tls {
+        builder = builder.tls_backend_preconfigured(tls.rustls_config());
+    }
+    Ok((base, builder))
+}
+
 impl ServerClient {
     pub fn new(base_url: &str, token: &str) -> Result<ServerClient, ServerError> {
         ServerClient::with_tls(base_url, token, None)
@@ -203,14 +218,8 @@ impl ServerClient {
         token: &str,
         tls: Option<&ferry_tls::ServerTls>,
     ) -> Result<ServerClient, ServerError> {
-        let base = base_url.trim_end_matches('/').to_owned();
-        reqwest::Url::parse(&base).map_err(|e| ServerError::BadUrl(base.clone(), e.to_string()))?;
-        let mut builder = reqwest::Client::builder();
-        if let Some(tls) = tls {
-            builder = builder.tls_backend_preconfigured(tls.rustls_config());
-        }
+        let (base, builder) = client_builder(base_url, tls)?;
         let http = builder
-            .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(120))
             .build()
             .map_err(|e| ServerError::BadUrl(base.clone(), e.to_string()))?;
