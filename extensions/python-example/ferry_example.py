@@ -6,14 +6,45 @@ destination from its config, one transaction per asset, up to the job limit.
 Config (the manifest's [config]):
     upload_url     where each resource is sent (POST), e.g. "https://example.org/v1/uploads"
     authorization  optional value of the Authorization header
+
+Migration (protocol version 2, when the manifest lists "export" / "import"): it keeps a small
+settings.json in its data folder (FERRY_EXTENSION_DATA_DIR), exports every file of that folder
+with archive.append, imports a folder by copying its files in, and reports the import status
+Ferry gives in initialize in its next answer, then clears it.
 """
 
 import json
+import os
+import shutil
 import sys
 import uuid
 
-PROTOCOL_VERSION = 1
+# Version 1 is all a plain upload extension needs; Ferry offers 2 only to a manifest that asks
+# for migration, and this script answers what it is offered (1 or 2).
+PROTOCOL_VERSIONS = (1, 2)
 MAX_LINE = 1024 * 1024
+# Ferry's own log of this extension, in the data folder but not the extension's data.
+LOG_FILE = "stderr.log"
+
+
+def data_dir():
+    return os.environ.get("FERRY_EXTENSION_DATA_DIR", ".")
+
+
+def data_files():
+    """(path, path_in_archive) of every file of the data folder, sorted; links are skipped
+    (Ferry refuses them anyway)."""
+    base = data_dir()
+    out = []
+    for root, dirs, files in os.walk(base):
+        dirs.sort()
+        for f in sorted(files):
+            path = os.path.join(root, f)
+            name = os.path.relpath(path, base).replace(os.sep, "/")
+            if name == LOG_FILE or os.path.islink(path):
+                continue
+            out.append((path, name))
+    return out
 
 
 def log(*args):
@@ -110,6 +141,7 @@ class Example:
     def __init__(self, conn):
         self.conn = conn
         self.destination = None
+        self.import_status = None
 
     def initialize(self, params):
         config = params.get("config") or {}
@@ -120,6 +152,45 @@ class Example:
         if isinstance(config.get("authorization"), str):
             headers.append(["authorization", config["authorization"]])
         self.destination = {"method": "POST", "url": url, "headers": headers}
+        migration = params.get("migration") or {}
+        self.import_status = migration.get("import_status")
+        if self.import_status:
+            log("import status:", json.dumps(self.import_status))
+        # The extension's own small state on disk, which is what a migration carries over.
+        # Only in the data folder Ferry gives it: never in whatever folder it was started in.
+        settings = os.path.join(data_dir(), "settings.json")
+        if "FERRY_EXTENSION_DATA_DIR" in os.environ and not os.path.exists(settings):
+            tmp = settings + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump({"upload_url": url}, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, settings)
+
+    # ---- migration (protocol version 2) ----
+
+    def preflight(self, params):
+        size = sum(os.path.getsize(p) for p, _ in data_files())
+        return {"size_estimate_bytes": size, "data_version": "1", "compressible": True}
+
+    def export(self, params):
+        for path, name in data_files():
+            if self.conn.terminating:
+                raise ValueError("cancelled by Ferry")
+            # Ferry answers once the bytes are safely copied.
+            self.conn.call("archive.append", {"path": path, "path_in_archive": name})
+        return {}
+
+    def import_(self, params):
+        src = params["dir"]
+        for root, dirs, files in os.walk(src):
+            for f in files:
+                path = os.path.join(root, f)
+                rel = os.path.relpath(path, src)
+                dest = os.path.join(data_dir(), rel)
+                os.makedirs(os.path.dirname(dest), exist_ok=True)
+                shutil.copyfile(path, dest)
+        return {}
 
     def fetch_all(self, action):
         jobs, after = [], None
@@ -136,6 +207,11 @@ class Example:
     def process_jobs(self, params):
         c = self.conn
         done = {"acknowledged": 0, "created": 0}
+        if self.import_status:
+            # Acted on (logged, reported once): Ferry stops reporting it.
+            done["import_status"] = self.import_status["status"]
+            c.call("migration.clear_status")
+            self.import_status = None
         # Acknowledge finished jobs (this example records nothing from them).
         finished = self.fetch_all("acknowledge")
         if finished:
@@ -209,10 +285,18 @@ class Example:
         return {"status": "completed", "message": json.dumps(done)}
 
 
+MIGRATION_CALLS = {
+    "migration.preflight": "preflight",
+    "migration.export": "export",
+    "migration.import": "import_",
+}
+
+
 def main():
     conn = Conn(sys.stdin, sys.stdout)
     ext = Example(conn)
     initialized = False
+    version = 1
     while True:
         try:
             msg = conn.read()
@@ -224,12 +308,29 @@ def main():
         params = msg.get("params") if isinstance(msg.get("params"), dict) else {}
         try:
             if method == "initialize":
+                offered = params.get("protocol_version")
+                if offered not in PROTOCOL_VERSIONS:
+                    conn.send({"id": msg_id, "error": {
+                        "code": -32602, "message": f"protocol version {offered} not spoken",
+                        "data": {"code": "invalid_params"}}})
+                    return 1
                 ext.initialize(params)
                 initialized = True
-                result = {"protocol_version": PROTOCOL_VERSION}
+                version = offered
+                result = {"protocol_version": offered}
             elif method == "process_jobs" and initialized:
                 conn.terminating = False
                 result = ext.process_jobs(params)
+            elif method in MIGRATION_CALLS and initialized and version >= 2:
+                conn.terminating = False
+                try:
+                    result = getattr(ext, MIGRATION_CALLS[method])(params)
+                except (HostError, OSError, ValueError, KeyError, TypeError) as e:
+                    # An error answer: Ferry leaves the export out, or wipes a half import.
+                    log("error:", repr(e))
+                    conn.send({"id": msg_id, "error": {
+                        "code": -32603, "message": str(e), "data": {"code": "internal_error"}}})
+                    continue
             else:
                 conn.send({"id": msg_id, "error": {
                     "code": -32601, "message": f"unknown method {method}",

@@ -69,6 +69,10 @@ pub enum BackupError {
     Engine(#[from] ferry_transfer::EngineError),
     #[error("{0}")]
     Extension(#[from] extension::ExtensionError),
+    /// This device's Ferry moved to another device, or a move is under way: it must not
+    /// upload (the new device does).
+    #[error("{0}")]
+    Moved(String),
     #[error("internal: {0}")]
     Internal(String),
 }

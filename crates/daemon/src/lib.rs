@@ -14,6 +14,7 @@ pub mod control;
 pub mod daemon;
 pub mod extension;
 pub mod gate;
+pub mod migrate;
 pub mod report;
 pub mod restore;
 pub mod run;

@@ -61,6 +61,10 @@ pub struct Status {
     /// How each installed or consented extension's calls went (failures, backoff).
     #[serde(default)]
     pub extension_calls: Vec<ferry_host::ExtensionStatus>,
+    /// Why this device does not upload, when its Ferry moved to another device (or a move is
+    /// under way).
+    #[serde(default)]
+    pub upload_blocked: Option<String>,
 }
 
 /// How each extension's calls went, from the host's records in the store and the manifests in
@@ -190,6 +194,7 @@ pub fn status(
         decision,
         daemon: None,
         extension_calls: Vec::new(),
+        upload_blocked: crate::migrate::upload_block(store)?,
     })
 }
 

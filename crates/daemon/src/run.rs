@@ -78,6 +78,9 @@ pub async fn run(
 ) -> Result<BackupSummary, BackupError> {
     let started = Instant::now();
     let store = open_state(&opts.state_dir)?;
+    if let Some(why) = crate::migrate::upload_block(&store)? {
+        return Err(BackupError::Moved(why));
+    }
     progress.set_phase(Phase::Indexing);
     let (store, roots, index_issues) = index(store, &opts, &progress).await?;
     progress.set_phase(Phase::Checking);

@@ -9,6 +9,6 @@ mod sdk;
 pub mod testing;
 
 pub use sdk::{
-    ErrorClass, Extension, Host, HostError, RATE_LIMIT_MAX_WAIT_MS, RATE_LIMIT_RETRIES, RunError,
-    TerminateFlag, run, run_with,
+    Archive, ErrorClass, Extension, Host, HostError, RATE_LIMIT_MAX_WAIT_MS, RATE_LIMIT_RETRIES,
+    RunError, TerminateFlag, run, run_with,
 };

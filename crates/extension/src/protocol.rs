@@ -1,5 +1,6 @@
-//! The extension protocol, version 1: the one definition of every message Ferry and an extension
-//! exchange. `docs/protocol.md` describes the same thing for authors in other languages; a test
+//! The extension protocol, versions 1 and 2: the one definition of every message Ferry and an
+//! extension exchange. Version 2 adds only the migration calls (export, import, their status);
+//! a version 1 extension sees exactly what it always saw. `docs/protocol.md` describes the same thing for authors in other languages; a test
 //! there keeps the examples in step with these types.
 //!
 //! Framing: JSON-RPC 2.0, one UTF-8 JSON message per line (`\n`), over the extension's stdin
@@ -13,6 +14,10 @@
 //! - Extension → Ferry requests (only while a `process_jobs` call is outstanding): the
 //!   `library.*`, `jobs.*` and `kv.*` methods below. Request ids of the two directions are
 //!   independent.
+//! - Version 2 only (an extension whose manifest declares it, and that answered `initialize`
+//!   with 2): Ferry → extension [`MIGRATION_PREFLIGHT`], [`MIGRATION_EXPORT`],
+//!   [`MIGRATION_IMPORT`] (each the one call of its launch); extension → Ferry
+//!   [`ARCHIVE_APPEND`] (while `migration.export` is open) and [`MIGRATION_CLEAR_STATUS`].
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -22,8 +27,14 @@ use ferry_core::{ContentHash, DestinationError, Method, UrlBase};
 use serde::{Deserialize, Deserializer, Serialize};
 use uuid::Uuid;
 
-/// The protocol version this crate speaks.
+/// The base protocol version: what every extension speaks, and what Ferry offers an extension
+/// whose manifest does not ask for more. (A version 1 build of the SDK refuses any other.)
 pub const PROTOCOL_VERSION: u32 = 1;
+/// The version that adds migration (export / import). Offered only to an extension whose
+/// manifest declares `protocol_version = 2` or lists the `export` / `import` capability.
+pub const MIGRATION_PROTOCOL_VERSION: u32 = 2;
+/// The newest version this crate speaks.
+pub const LATEST_PROTOCOL_VERSION: u32 = MIGRATION_PROTOCOL_VERSION;
 
 /// The longest line either side may write, newline excluded. A longer line is a protocol
 /// violation: Ferry stops an extension that writes one.
@@ -54,6 +65,14 @@ pub const PROCESS_JOBS: &str = "process_jobs";
 /// within `grace_ms`.
 pub const WILL_TERMINATE: &str = "will_terminate";
 
+/// Version 2, request: how much would you export? (no params) → [`MigrationPreflightResult`].
+pub const MIGRATION_PREFLIGHT: &str = "migration.preflight";
+/// Version 2, request: export your data folder now, with [`ARCHIVE_APPEND`] per file; answer
+/// `{}` when every file is appended.
+pub const MIGRATION_EXPORT: &str = "migration.export";
+/// Version 2, request: take what you want from `dir` ([`MigrationImportParams`]); answer `{}`.
+pub const MIGRATION_IMPORT: &str = "migration.import";
+
 // ---- extension → Ferry -------------------------------------------------------------------
 
 pub const LIBRARY_CURRENT_TOKEN: &str = "library.current_token";
@@ -71,7 +90,18 @@ pub const KV_GET_MANY: &str = "kv.get_many";
 /// Many writes in one commit, all or none (at most [`MAX_PAGE_ITEMS`]).
 pub const KV_SET_MANY: &str = "kv.set_many";
 
-/// Every method an extension may call, for hosts that validate names up front.
+/// Version 2: copy one file of the extension's data folder into the export (only while
+/// `migration.export` is open). The answer comes once the copy is durable.
+pub const ARCHIVE_APPEND: &str = "archive.append";
+/// Version 2: forget the recorded import status (the `migration` field of `initialize`).
+pub const MIGRATION_CLEAR_STATUS: &str = "migration.clear_status";
+
+/// The version 2 methods an extension may call. Kept apart from [`HOST_METHODS`] so a version
+/// 1 extension is gated exactly as before: to it these names are unknown (`method_not_found`).
+pub const MIGRATION_HOST_METHODS: [&str; 2] = [ARCHIVE_APPEND, MIGRATION_CLEAR_STATUS];
+
+/// Every version 1 method an extension may call, for hosts that validate names up front
+/// (version 2 adds [`MIGRATION_HOST_METHODS`]).
 pub const HOST_METHODS: [&str; 12] = [
     LIBRARY_CURRENT_TOKEN,
     LIBRARY_CHANGES,
@@ -370,10 +400,21 @@ pub enum ErrorCode {
     StorageFull,
     /// Ferry could not answer now (its store is busy or failing); try again later.
     Unavailable,
+    /// `archive.append`: `path` is not a regular file inside the extension's data folder
+    /// (outside it, through a symbolic link, or missing).
+    OutsideDataFolder,
+    /// `archive.append`: `path_in_archive` is absolute, empty, has a `.`, `..` or empty
+    /// component or a NUL, or clashes with a path already appended.
+    BadArchivePath,
+    /// The migration was cancelled: stop, answer, and exit when stdin closes.
+    Cancelled,
+    /// `archive.append`: the export is far over the size the extension announced in
+    /// `migration.preflight`; its data is left out.
+    ExportTooLarge,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 13] = [
+    pub const ALL: [ErrorCode; 17] = [
         ErrorCode::ParseError,
         ErrorCode::InvalidRequest,
         ErrorCode::MethodNotFound,
@@ -387,6 +428,10 @@ impl ErrorCode {
         ErrorCode::NotNow,
         ErrorCode::StorageFull,
         ErrorCode::Unavailable,
+        ErrorCode::OutsideDataFolder,
+        ErrorCode::BadArchivePath,
+        ErrorCode::Cancelled,
+        ErrorCode::ExportTooLarge,
     ];
 
     pub fn number(self) -> i64 {
@@ -404,6 +449,10 @@ impl ErrorCode {
             ErrorCode::NotNow => -32006,
             ErrorCode::StorageFull => -32007,
             ErrorCode::Unavailable => -32008,
+            ErrorCode::OutsideDataFolder => -32009,
+            ErrorCode::BadArchivePath => -32010,
+            ErrorCode::Cancelled => -32011,
+            ErrorCode::ExportTooLarge => -32012,
         }
     }
 
@@ -423,6 +472,10 @@ impl ErrorCode {
             ErrorCode::NotNow => "not_now",
             ErrorCode::StorageFull => "storage_full",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::OutsideDataFolder => "outside_data_folder",
+            ErrorCode::BadArchivePath => "bad_archive_path",
+            ErrorCode::Cancelled => "cancelled",
+            ErrorCode::ExportTooLarge => "export_too_large",
         }
     }
 
@@ -503,12 +556,101 @@ pub struct InitializeParams {
     pub scope: Scope,
     pub destination_bases: Vec<UrlBase>,
     pub job_limit: u32,
+    /// Version 2 only: what Ferry knows of this extension's migration (absent when there is
+    /// nothing to say, and always absent for a version 1 extension).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<MigrationInfo>,
+}
+
+impl InitializeParams {
+    /// The recorded outcome of the last import into this extension, until it is cleared.
+    pub fn import_status(&self) -> Option<&ImportStatus> {
+        self.migration.as_ref()?.import_status.as_ref()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InitializeResult {
-    /// The version the extension speaks; Ferry stops one that answers another.
+    /// The version the extension speaks: at most the one offered (1 or 2). Ferry stops one
+    /// that answers another.
     pub protocol_version: u32,
+}
+
+// ---- migration (version 2) ------------------------------------------------------------------
+
+/// The `migration` field of `initialize`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationInfo {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub import_status: Option<ImportStatus>,
+}
+
+/// Where imported data came from: the exporting extension and its data version.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub struct ImportSource {
+    pub extension: String,
+    pub version: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ImportState {
+    /// The extension answered `migration.import` with `{}`.
+    Success,
+    /// It did not (error, crash, timeout): Ferry wiped its data folder and key-value store.
+    Failure,
+}
+
+/// How the last import into this extension ended, kept until `migration.clear_status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportStatus {
+    pub status: ImportState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    pub source: ImportSource,
+}
+
+/// The answer to `migration.preflight`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationPreflightResult {
+    /// About how many bytes `migration.export` will append. Ferry refuses an export that goes
+    /// far over it (twice this plus 64 MiB).
+    pub size_estimate_bytes: u64,
+    /// The format version of the data, passed to the importing side as `source.version`.
+    pub data_version: String,
+    /// Whether the data gains from compression in transit.
+    pub compressible: bool,
+}
+
+/// `migration.export` params.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct MigrationExportParams {
+    /// When set, how long the export may take in all; Ferry stops a silent one sooner (no
+    /// `archive.append` for a while).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_budget_ms: Option<u64>,
+}
+
+/// `archive.append` params: the file at `path` (inside the data folder) goes into the
+/// archive as `path_in_archive` (`/`-separated, relative, kept byte for byte).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchiveAppendParams {
+    pub path: String,
+    pub path_in_archive: String,
+}
+
+/// `archive.append` answer: the bytes copied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchiveAppendResult {
+    pub size: u64,
+}
+
+/// `migration.import` params: `dir` holds the exported files at their `path_in_archive`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationImportParams {
+    pub dir: String,
+    pub source: ImportSource,
 }
 
 // ---- process_jobs ---------------------------------------------------------------------------
@@ -569,12 +711,16 @@ pub enum TerminateReason {
     Disabled,
     /// Ferry is shutting down.
     Shutdown,
+    /// Version 2: a `migration.export` appended nothing for too long.
+    MigrationIdle,
+    /// Version 2: the person cancelled the migration.
+    Cancelled,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WillTerminateParams {
     pub reason: TerminateReason,
-    /// How long Ferry waits for the `process_jobs` answer before stopping the process.
+    /// How long Ferry waits for the open call's answer before stopping the process.
     pub grace_ms: u64,
 }
 

@@ -10,8 +10,14 @@
 //!
 //! Nothing the host sends can panic the SDK: a bad line is logged to stderr and skipped, a
 //! bad answer to a host call becomes [`HostError::Protocol`].
+//!
+//! Migration (protocol version 2) is opt-in: an extension that implements
+//! [`Extension::preflight`], [`Extension::export`] and [`Extension::import`] (and whose
+//! manifest lists `export` / `import`) is offered version 2 by Ferry; the defaults refuse the
+//! calls, so an extension that does not migrate needs no code for it.
 
 use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
@@ -38,6 +44,79 @@ pub trait Extension {
 
     /// The host announced the end of the launch while no call was running.
     fn will_terminate(&mut self, _params: &WillTerminateParams) {}
+
+    /// Version 2, `migration.preflight`: how much [`Extension::export`] would append. The
+    /// default refuses: this extension does not export.
+    fn preflight(&mut self) -> Result<MigrationPreflightResult, String> {
+        Err("this extension does not export".into())
+    }
+
+    /// Version 2, `migration.export`: append each file of the data folder
+    /// (`FERRY_EXTENSION_DATA_DIR`) with [`Archive::append`]; `Ok` once all are appended.
+    /// Check [`Archive::will_terminate_received`] between files (cancelled, or silent too long).
+    fn export(&mut self, _archive: &mut Archive<'_, '_>) -> Result<(), String> {
+        Err("this extension does not export".into())
+    }
+
+    /// Version 2, `migration.import`: copy or move what you want out of `dir` into your data
+    /// folder. An `Err` (or a crash) makes Ferry wipe the data folder and the key-value store,
+    /// so a half-done import never lingers. The outcome is reported in the next `initialize`
+    /// ([`InitializeParams::import_status`]) until [`Host::clear_import_status`].
+    fn import(
+        &mut self,
+        _host: &mut Host,
+        _dir: &Path,
+        _source: &ImportSource,
+    ) -> Result<(), String> {
+        Err("this extension does not import".into())
+    }
+}
+
+/// The export in progress: `migration.export`'s handle on the host.
+pub struct Archive<'h, 'c> {
+    host: &'h mut Host<'c>,
+}
+
+impl std::fmt::Debug for Archive<'_, '_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Archive").field("host", &self.host).finish()
+    }
+}
+
+impl<'c> Archive<'_, 'c> {
+    /// Sends `archive.append` and waits until Ferry has the bytes safely (its answer is the
+    /// progress and the backpressure). Returns the bytes copied. `path` must be a regular file
+    /// inside the data folder; `path_in_archive` is relative and `/`-separated.
+    pub fn append(
+        &mut self,
+        path: impl AsRef<Path>,
+        path_in_archive: &str,
+    ) -> Result<u64, HostError> {
+        let Some(path) = path.as_ref().to_str() else {
+            return Err(HostError::Invalid {
+                method: ARCHIVE_APPEND.into(),
+                detail: "the protocol carries only UTF-8 paths".into(),
+            });
+        };
+        let r: ArchiveAppendResult = self.host.call(
+            ARCHIVE_APPEND,
+            &ArchiveAppendParams {
+                path: path.to_owned(),
+                path_in_archive: path_in_archive.to_owned(),
+            },
+        )?;
+        Ok(r.size)
+    }
+
+    /// Whether Ferry sent `will_terminate` (cancelled, or the export was silent too long).
+    pub fn will_terminate_received(&self) -> bool {
+        self.host.will_terminate_received()
+    }
+
+    /// The host, for the key-value store during an export.
+    pub fn host(&mut self) -> &mut Host<'c> {
+        self.host
+    }
 }
 
 /// How to react to a failed host call.
@@ -245,7 +324,7 @@ fn reader_loop(input: impl Read, tx: Sender<Incoming>, terminate: Arc<TerminateS
                 }
                 terminate.flag.store(true, Ordering::SeqCst);
             }
-            Message::Request { method, .. } if method == PROCESS_JOBS => {
+            Message::Request { method, .. } if starts_a_call(method) => {
                 terminate.flag.store(false, Ordering::SeqCst);
                 if let Ok(mut slot) = terminate.params.lock() {
                     *slot = None;
@@ -258,6 +337,17 @@ fn reader_loop(input: impl Read, tx: Sender<Incoming>, terminate: Arc<TerminateS
         }
     }
     let _ = tx.send(Incoming::Closed);
+}
+
+/// Whether a request from the host opens a call (a fresh `will_terminate` state).
+fn starts_a_call(method: &str) -> bool {
+    [
+        PROCESS_JOBS,
+        MIGRATION_PREFLIGHT,
+        MIGRATION_EXPORT,
+        MIGRATION_IMPORT,
+    ]
+    .contains(&method)
 }
 
 /// The connection to the host, shared by the main loop and [`Host`].
@@ -398,7 +488,7 @@ impl Host<'_> {
                         rid,
                         Err(RpcError::new(
                             ErrorCode::InvalidRequest,
-                            format!("{method}: a process_jobs call is still running"),
+                            format!("{method}: a call is still running"),
                         )),
                     );
                 }
@@ -621,6 +711,13 @@ impl Host<'_> {
         Ok(())
     }
 
+    /// Version 2, `migration.clear_status`: forget the import status Ferry reports in
+    /// `initialize` (once the extension has acted on it).
+    pub fn clear_import_status(&mut self) -> Result<(), HostError> {
+        let _: Empty = self.call(MIGRATION_CLEAR_STATUS, &Empty {})?;
+        Ok(())
+    }
+
     /// `kv.list`: the keys starting with `prefix`.
     pub fn kv_list(&mut self, prefix: &str) -> Result<Vec<String>, HostError> {
         let r: KvListResult = self.call(
@@ -659,7 +756,9 @@ fn check_key(method: &str, key: &str) -> Result<(), HostError> {
 pub enum RunError {
     #[error("initialize failed: {0}")]
     Initialize(String),
-    #[error("the host asked for protocol version {0}; this extension speaks {PROTOCOL_VERSION}")]
+    #[error(
+        "the host offered protocol version {0}; this extension speaks {PROTOCOL_VERSION} to {LATEST_PROTOCOL_VERSION}"
+    )]
     Version(u32),
     #[error("writing to the host: {0}")]
     Write(#[source] std::io::Error),
@@ -697,6 +796,7 @@ pub fn run_with<E: Extension>(
         next_id: 0,
     };
     let mut initialized = false;
+    let mut version = PROTOCOL_VERSION;
     while !conn.closed {
         let msg = match conn.rx.recv() {
             Ok(Incoming::Message(m)) => m,
@@ -714,7 +814,9 @@ pub fn run_with<E: Extension>(
                         continue;
                     }
                 };
-                if p.protocol_version != PROTOCOL_VERSION {
+                // The host offers 2 only to a manifest that asks for it; answering what was
+                // offered keeps a version 1 host (which refuses anything but 1) working.
+                if !(PROTOCOL_VERSION..=LATEST_PROTOCOL_VERSION).contains(&p.protocol_version) {
                     let err = RunError::Version(p.protocol_version);
                     conn.respond(
                         id,
@@ -725,8 +827,9 @@ pub fn run_with<E: Extension>(
                 match ext.initialize(&p) {
                     Ok(()) => {
                         initialized = true;
+                        version = p.protocol_version;
                         let result = serde_json::to_value(InitializeResult {
-                            protocol_version: PROTOCOL_VERSION,
+                            protocol_version: p.protocol_version,
                         })
                         .unwrap_or(serde_json::Value::Null);
                         conn.send(&Message::Response {
@@ -773,6 +876,15 @@ pub fn run_with<E: Extension>(
                 })
                 .map_err(RunError::Write)?;
             }
+            Message::Request { id, method, params }
+                if initialized
+                    && version >= MIGRATION_PROTOCOL_VERSION
+                    && starts_a_call(&method) =>
+            {
+                let result = migration_call(&mut ext, &mut conn, &method, params);
+                conn.send(&Message::Response { id, result })
+                    .map_err(RunError::Write)?;
+            }
             Message::Request { id, method, .. } => {
                 conn.respond(
                     id,
@@ -794,6 +906,41 @@ pub fn run_with<E: Extension>(
         }
     }
     Ok(())
+}
+
+/// Answers one version 2 call (`migration.*`) with the extension's hooks.
+fn migration_call<E: Extension>(
+    ext: &mut E,
+    conn: &mut Conn,
+    method: &str,
+    params: serde_json::Value,
+) -> Result<serde_json::Value, RpcError> {
+    let refused = |why: String| RpcError::new(ErrorCode::Internal, why);
+    let value = |v: Result<serde_json::Value, serde_json::Error>| {
+        v.map_err(|e| RpcError::new(ErrorCode::Internal, e.to_string()))
+    };
+    match method {
+        MIGRATION_PREFLIGHT => value(serde_json::to_value(ext.preflight().map_err(refused)?)),
+        MIGRATION_EXPORT => {
+            let mut host = Host { conn };
+            let mut archive = Archive { host: &mut host };
+            ext.export(&mut archive).map_err(refused)?;
+            value(serde_json::to_value(Empty {}))
+        }
+        MIGRATION_IMPORT => {
+            let p: MigrationImportParams = serde_json::from_value(params)
+                .map_err(|e| RpcError::new(ErrorCode::InvalidParams, e.to_string()))?;
+            let mut host = Host { conn };
+            ext.import(&mut host, Path::new(&p.dir), &p.source)
+                .map_err(refused)?;
+            value(serde_json::to_value(Empty {}))
+        }
+        // `starts_a_call` lets only the calls above (and process_jobs, matched earlier) in.
+        other => Err(RpcError::new(
+            ErrorCode::MethodNotFound,
+            format!("unknown method {other:?}"),
+        )),
+    }
 }
 
 #[cfg(test)]

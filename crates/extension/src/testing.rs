@@ -198,6 +198,7 @@ impl TestHost {
             scope: launch.host.cfg.scope.clone(),
             destination_bases: launch.host.cfg.destination_bases.clone(),
             job_limit: launch.host.cfg.job_limit,
+            migration: None,
         };
         let answer = launch.request(INITIALIZE, serde_json::to_value(init).unwrap_or_default())?;
         let r: InitializeResult = serde_json::from_value(answer)

@@ -99,6 +99,12 @@ fn every_tagged_example_parses_into_its_type() {
             "KvListParams" => round_trip::<KvListParams>(*line, body),
             "KvListResult" => round_trip::<KvListResult>(*line, body),
             "Empty" => round_trip::<Empty>(*line, body),
+            "MigrationPreflightResult" => round_trip::<MigrationPreflightResult>(*line, body),
+            "MigrationExportParams" => round_trip::<MigrationExportParams>(*line, body),
+            "ArchiveAppendParams" => round_trip::<ArchiveAppendParams>(*line, body),
+            "ArchiveAppendResult" => round_trip::<ArchiveAppendResult>(*line, body),
+            "MigrationImportParams" => round_trip::<MigrationImportParams>(*line, body),
+            "ImportStatus" => round_trip::<ImportStatus>(*line, body),
             "RpcError" => {
                 round_trip::<RpcError>(*line, body);
                 let e: RpcError = serde_json::from_str(body).unwrap();
@@ -137,6 +143,12 @@ fn every_tagged_example_parses_into_its_type() {
         "KvGetManyResult",
         "KvSetManyParams",
         "RpcError",
+        "MigrationPreflightResult",
+        "MigrationExportParams",
+        "ArchiveAppendParams",
+        "ArchiveAppendResult",
+        "MigrationImportParams",
+        "ImportStatus",
     ] {
         assert!(seen.contains(required), "no example of {required}");
     }
@@ -145,10 +157,14 @@ fn every_tagged_example_parses_into_its_type() {
 #[test]
 fn every_method_error_code_and_limit_is_documented() {
     let doc = doc();
-    for m in HOST_METHODS
-        .iter()
-        .chain(&[INITIALIZE, PROCESS_JOBS, WILL_TERMINATE])
-    {
+    for m in HOST_METHODS.iter().chain(&MIGRATION_HOST_METHODS).chain(&[
+        INITIALIZE,
+        PROCESS_JOBS,
+        WILL_TERMINATE,
+        MIGRATION_PREFLIGHT,
+        MIGRATION_EXPORT,
+        MIGRATION_IMPORT,
+    ]) {
         assert!(doc.contains(&format!("`{m}`")), "method {m} not documented");
     }
     for c in ErrorCode::ALL {
@@ -178,4 +194,8 @@ fn every_method_error_code_and_limit_is_documented() {
         "the number of unreadable lines Ferry answers ({MAX_BAD_LINES}) is not documented"
     );
     assert!(doc.contains(&format!("version {PROTOCOL_VERSION}")));
+    assert!(doc.contains(&format!("version {MIGRATION_PROTOCOL_VERSION}")));
+    for reason in ["migration_idle", "cancelled"] {
+        assert!(doc.contains(&format!("`{reason}`")), "reason {reason}");
+    }
 }

@@ -190,7 +190,7 @@ pub fn run(state_dir: &Path, config: &FileConfig, args: BackupArgs) -> anyhow::R
         Ok(summary) => Ok(report(&summary, args.json)),
         Err(e) => {
             let code = match &e {
-                BackupError::Folder(_) => EXIT_BAD_INPUT,
+                BackupError::Folder(_) | BackupError::Moved(_) => EXIT_BAD_INPUT,
                 BackupError::Server(ServerError::Unauthorized { .. }) => EXIT_AUTH,
                 BackupError::Server(
                     ServerError::Unreachable { .. }

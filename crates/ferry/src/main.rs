@@ -4,6 +4,7 @@ mod backup_cmd;
 mod extensions_cmd;
 mod library_cmd;
 mod linger;
+mod migrate_cmd;
 mod output;
 mod restore_cmd;
 mod state_cmd;
@@ -68,6 +69,10 @@ enum Command {
     Library(library_cmd::LibraryCommand),
     /// Installed extensions and the user's consent: list, show, enable, disable.
     Extensions(extensions_cmd::ExtensionsArgs),
+    /// Move this Ferry to a new device, once: preflight, receive, send, resume, export,
+    /// import, status, cancel.
+    #[command(subcommand)]
+    Migrate(migrate_cmd::MigrateCommand),
     /// What Ferry sees now (network, power, activity, temperature) and what the configured
     /// policy makes of it.
     Conditions {
@@ -147,6 +152,9 @@ fn main() -> ExitCode {
         Command::Restore(args) => restore_cmd::run(&state_dir, &config, args),
         Command::Library(cmd) => library_cmd::run(&state_dir, cmd),
         Command::Extensions(args) => extensions_cmd::run(&state_dir, args),
+        Command::Migrate(cmd) => {
+            migrate_cmd::run(&state_dir, &ferry_host::default_extensions_dir(), cmd)
+        }
         Command::Conditions { json, watch } => {
             conditions(config.policy(), config.observer(), json, watch)
         }

@@ -101,6 +101,9 @@ pub fn status(state_dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
             status.resources_backed_up, status.resources_not_backed_up
         ),
     ];
+    if let Some(why) = &status.upload_blocked {
+        lines.insert(1, format!("  NOT UPLOADING: {why}"));
+    }
     for e in &status.extensions {
         lines.push(format!(
             "  {}: succeeded {} · pending {} · failed {} · cancelled {}",
@@ -436,6 +439,8 @@ pub fn unit_text(exe: &Path, state_dir: &Path) -> String {
          ExecStart=\"{}\" --state-dir \"{}\" daemon\n\
          Restart=on-failure\n\
          RestartSec=10\n\
+         # 2: a usage error or a device whose Ferry moved away: restarting would not help.\n\
+         RestartPreventExitStatus=2\n\
          # SIGTERM: the daemon finishes the chunks in flight (at most 20 s), saves where each\n\
          # upload stands and exits; the next start resumes from there.\n\
          KillSignal=SIGTERM\n\
@@ -599,6 +604,11 @@ pub fn daemon(state_dir: &Path, config: &FileConfig, args: DaemonArgs) -> anyhow
             Ok(ExitCode::from(EXIT_ALREADY_RUNNING))
         }
         Err(e @ DaemonError::NoFolders) => {
+            eprintln!("ferry: {e}");
+            Ok(ExitCode::from(EXIT_BAD_INPUT))
+        }
+        // Moved to another device: exit 2, which the service unit does not restart on.
+        Err(e @ DaemonError::Backup(ferry_daemon::backup::BackupError::Moved(_))) => {
             eprintln!("ferry: {e}");
             Ok(ExitCode::from(EXIT_BAD_INPUT))
         }

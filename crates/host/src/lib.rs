@@ -10,11 +10,17 @@
 
 pub mod consent;
 pub mod manifest;
+pub mod migration;
 pub mod serve;
 pub mod session;
 
 pub use consent::{DisableReport, Grant};
-pub use manifest::{Capability, Manifest, ManifestError, default_extensions_dir};
+pub use manifest::{
+    Capability, Manifest, ManifestError, MigrationSettings, default_extensions_dir,
+};
+pub use migration::{
+    ExportOutcome, ExportedFile, ImportOutcome, ImportSource, MigrationError, MigrationPreflight,
+};
 pub use session::{CallFailure, CallOutcome};
 
 use ferry_core::retry::RetryPolicy;
@@ -117,6 +123,14 @@ pub struct HostConfig {
     pub poll_interval_ms: u64,
     /// Most calls running at once.
     pub max_concurrent_calls: usize,
+    /// An export that appends nothing (and does not answer) for this long is hung: stopped,
+    /// its data left out.
+    pub export_idle_timeout_ms: u64,
+    /// How much an export may go over its preflight estimate before it is refused: twice the
+    /// estimate plus this (an estimate is an estimate; an extension that lies is stopped).
+    pub export_size_slack_bytes: u64,
+    /// How long a `migration.import` may take before it is stopped (and counted as failed).
+    pub import_timeout_ms: u64,
 }
 
 impl HostConfig {
@@ -148,6 +162,9 @@ impl HostConfig {
             except: Vec::new(),
             refill_below: 8,
             ack_delay_ms: 30_000,
+            export_idle_timeout_ms: 60_000,
+            export_size_slack_bytes: 64 << 20,
+            import_timeout_ms: 10 * 60_000,
         }
     }
 
@@ -603,7 +620,45 @@ impl Host {
         })
     }
 
-    /// Runs one call and records its outcome.
+    /// What a launch of `m` starts with: the `initialize` params (the protocol version its
+    /// manifest asks for; for version 2, the recorded import status) and the serving context.
+    fn launch_parts(
+        &self,
+        m: &Manifest,
+        c: &Consent,
+    ) -> Result<(InitializeParams, serve::Context), HostError> {
+        let s = self.lock_store()?;
+        let roots = s.roots()?;
+        // A version 1 extension gets exactly what it always got: no `migration` field.
+        let migration = if m.protocol_version >= p::MIGRATION_PROTOCOL_VERSION {
+            s.import_status(&m.id)?.map(|st| p::MigrationInfo {
+                import_status: Some(migration::status_view(st)),
+            })
+        } else {
+            None
+        };
+        drop(s);
+        let scope = consent::scope_of(c);
+        let ctx = serve::Context {
+            extension: m.id.clone(),
+            scope: serve::ScopeFilter::new(&scope, &roots),
+            store: self.inner.store.clone(),
+        };
+        let init = InitializeParams {
+            protocol_version: m.protocol_version,
+            extension_id: m.id.clone(),
+            ferry_version: env!("CARGO_PKG_VERSION").to_owned(),
+            config: m.config.clone(),
+            scope,
+            destination_bases: c.bases.clone(),
+            job_limit: c.job_limit,
+            migration,
+        };
+        Ok((init, ctx))
+    }
+
+    /// Runs one call and records its outcome. A pending migration import runs first, in its
+    /// own launch, so the `process_jobs` launch's `initialize` carries its outcome.
     async fn call(
         &self,
         m: &Manifest,
@@ -617,43 +672,44 @@ impl Host {
             rt.running = true;
             rt.last_call_started_ms = Some(started);
         });
-        let prepared = (|| -> Result<(String, Vec<PathBuf>), HostError> {
-            let s = self.lock_store()?;
-            Ok((s.current_change_token()?, s.roots()?))
+        // Interrupted (shutdown, conditions): no process_jobs before the import has run.
+        let interrupted = match self.import_pending(m, c, gate.clone(), stop.clone()).await {
+            Ok(Some(migration::ImportOutcome::Interrupted { reason })) => Some(reason),
+            Ok(_) => None,
+            Err(e) => Some(format!("the pending import could not run: {e}")),
+        };
+        let prepared = (|| -> Result<(String, InitializeParams, serve::Context), HostError> {
+            let token = self.lock_store()?.current_change_token()?;
+            let (init, ctx) = self.launch_parts(m, c)?;
+            Ok((token, init, ctx))
         })();
-        let outcome = match prepared {
-            Err(e) => CallOutcome::Failed {
+        let outcome = match (interrupted, prepared) {
+            (Some(message), _) => {
+                let outcome = CallOutcome::Failed {
+                    failure: CallFailure::SpawnFailed { message },
+                };
+                self.record(&m.id, &outcome, String::new());
+                outcome
+            }
+            (None, Err(e)) => CallOutcome::Failed {
                 failure: CallFailure::SpawnFailed {
                     message: e.to_string(),
                 },
             },
-            Ok((token_before, roots)) => {
-                let scope = consent::scope_of(c);
-                let ctx = serve::Context {
-                    extension: m.id.clone(),
-                    scope: serve::ScopeFilter::new(&scope, &roots),
-                    store: self.inner.store.clone(),
-                };
-                let init = InitializeParams {
-                    protocol_version: p::PROTOCOL_VERSION,
-                    extension_id: m.id.clone(),
-                    ferry_version: env!("CARGO_PKG_VERSION").to_owned(),
-                    config: m.config.clone(),
-                    scope,
-                    destination_bases: c.bases.clone(),
-                    job_limit: c.job_limit,
-                };
-                let outcome = session::run(session::Launch {
-                    manifest: m,
-                    init,
+            (None, Ok((token_before, init, ctx))) => {
+                let outcome = session::run(
+                    session::Launch {
+                        manifest: m,
+                        init,
+                        ctx,
+                        config: &self.inner.config,
+                        gate,
+                        stop,
+                        disabled: self.inner.disabled.subscribe(),
+                        jobs_changed: &self.inner.jobs_changed,
+                    },
                     reasons,
-                    ctx,
-                    config: &self.inner.config,
-                    gate,
-                    stop,
-                    disabled: self.inner.disabled.subscribe(),
-                    jobs_changed: &self.inner.jobs_changed,
-                })
+                )
                 .await;
                 self.record(&m.id, &outcome, token_before);
                 outcome

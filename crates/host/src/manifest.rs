@@ -4,7 +4,7 @@
 
 use ferry_core::UrlBase;
 use ferry_core::job::DEFAULT_JOB_LIMIT;
-use ferry_extension::protocol::Scope;
+use ferry_extension::protocol::{MIGRATION_PROTOCOL_VERSION, PROTOCOL_VERSION, Scope};
 use std::path::{Path, PathBuf};
 
 /// Default per-call time budget.
@@ -41,10 +41,41 @@ pub struct Manifest {
     pub job_limit: u32,
     pub call_budget_ms: u64,
     pub capabilities: Vec<Capability>,
+    /// The protocol version Ferry offers in `initialize`: 2 when the manifest says
+    /// `protocol_version = 2` or lists `export` / `import`, else 1 (a version 1 SDK refuses
+    /// any other offer, so it is never made to an extension that did not ask).
+    pub protocol_version: u32,
+    /// The `[migration]` table (defaults when absent).
+    pub migration: MigrationSettings,
     /// The `[config]` table, passed to the extension in `initialize`.
     pub config: serde_json::Value,
     /// The file it was read from.
     pub path: PathBuf,
+}
+
+/// The `[migration]` table of a manifest.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct MigrationSettings {
+    /// The format version of the extension's data (default "1").
+    pub data_version: String,
+    /// Whether its data gains from compression in transit (default false).
+    pub compressible: bool,
+}
+
+impl Default for MigrationSettings {
+    fn default() -> Self {
+        MigrationSettings {
+            data_version: "1".into(),
+            compressible: false,
+        }
+    }
+}
+
+impl Manifest {
+    /// Whether the manifest lists `cap`.
+    pub fn has(&self, cap: Capability) -> bool {
+        self.capabilities.contains(&cap)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -82,7 +113,16 @@ struct RawManifest {
     call_budget_ms: Option<i64>,
     #[serde(default)]
     capabilities: Vec<String>,
+    protocol_version: Option<i64>,
+    migration: Option<RawMigration>,
     config: Option<toml::Table>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMigration {
+    data_version: Option<String>,
+    compressible: Option<bool>,
 }
 
 /// Whether `id` is a usable extension id: 1–64 bytes of `[a-z0-9._-]`, starting with a
@@ -230,6 +270,44 @@ impl Manifest {
                 "an extension that uploads must declare at least one base".into(),
             ));
         }
+        let migrates = capabilities
+            .iter()
+            .any(|c| matches!(c, Capability::Export | Capability::Import));
+        let protocol_version = match raw.protocol_version {
+            None if migrates => MIGRATION_PROTOCOL_VERSION,
+            None => PROTOCOL_VERSION,
+            Some(n) if n == i64::from(MIGRATION_PROTOCOL_VERSION) => MIGRATION_PROTOCOL_VERSION,
+            Some(n) if n == i64::from(PROTOCOL_VERSION) && !migrates => PROTOCOL_VERSION,
+            Some(n) if n == i64::from(PROTOCOL_VERSION) => {
+                return Err(invalid(
+                    "protocol_version",
+                    "export and import need protocol version 2".into(),
+                ));
+            }
+            Some(n) => {
+                return Err(invalid("protocol_version", format!("{n} is not 1 or 2")));
+            }
+        };
+        let migration = match raw.migration {
+            None => MigrationSettings::default(),
+            Some(m) => {
+                let data_version = m.data_version.unwrap_or_else(|| "1".into());
+                // It travels to the importing side and shows in status: short and printable.
+                if data_version.is_empty()
+                    || data_version.len() > 64
+                    || data_version.chars().any(char::is_control)
+                {
+                    return Err(invalid(
+                        "migration.data_version",
+                        format!("{data_version:?} is not 1-64 printable characters"),
+                    ));
+                }
+                MigrationSettings {
+                    data_version,
+                    compressible: m.compressible.unwrap_or(false),
+                }
+            }
+        };
         let config = match raw.config {
             None => serde_json::Value::Object(Default::default()),
             Some(table) => {
@@ -246,6 +324,8 @@ impl Manifest {
             job_limit,
             call_budget_ms,
             capabilities,
+            protocol_version,
+            migration,
             config,
             path: path.to_owned(),
         })
@@ -415,6 +495,23 @@ mod tests {
     }
 
     #[test]
+    fn migration_capabilities_imply_protocol_version_2() {
+        let m = parse("id = \"a\"\nexec = \"x\"\n").unwrap();
+        assert_eq!(m.protocol_version, 1);
+        assert_eq!(m.migration, MigrationSettings::default());
+        let m = parse("id = \"a\"\nexec = \"x\"\ncapabilities = [\"export\"]\n").unwrap();
+        assert_eq!(m.protocol_version, 2);
+        assert!(m.has(Capability::Export) && !m.has(Capability::Import));
+        let m = parse(
+            "id = \"a\"\nexec = \"x\"\nprotocol_version = 2\n[migration]\ndata_version = \"7\"\ncompressible = true\n",
+        )
+        .unwrap();
+        assert_eq!(m.protocol_version, 2);
+        assert_eq!(m.migration.data_version, "7");
+        assert!(m.migration.compressible);
+    }
+
+    #[test]
     fn bad_manifests_are_typed_errors() {
         let cases = [
             ("exec = \"x\"", "syntax"),
@@ -440,6 +537,19 @@ mod tests {
                 "destination_bases",
             ),
             ("id = \"a\"\nexec = \"x\"\nsurprise = 1", "syntax"),
+            (
+                "id = \"a\"\nexec = \"x\"\nprotocol_version = 3",
+                "protocol_version",
+            ),
+            (
+                "id = \"a\"\nexec = \"x\"\nprotocol_version = 1\ncapabilities = [\"import\"]",
+                "protocol_version",
+            ),
+            (
+                "id = \"a\"\nexec = \"x\"\n[migration]\ndata_version = \"\"",
+                "migration.data_version",
+            ),
+            ("id = \"a\"\nexec = \"x\"\n[migration]\nextra = 1", "syntax"),
         ];
         for (text, want) in cases {
             match parse(text) {

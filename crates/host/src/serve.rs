@@ -132,8 +132,9 @@ fn now_ms() -> i64 {
     crate::now_ms()
 }
 
-/// Answers one request. `method` must be one of [`p::HOST_METHODS`]; others are refused with
-/// `method_not_found`.
+/// Answers one request. `method` must be one of [`p::HOST_METHODS`] or
+/// [`p::MIGRATION_CLEAR_STATUS`] (`archive.append` is the session's own: it copies files);
+/// others are refused with `method_not_found`.
 pub fn handle(
     ctx: &Context,
     method: &str,
@@ -223,6 +224,13 @@ pub fn handle(
                 ));
             }
             answer(&KvListResult { keys })
+        }
+        // Version 2 (the session lets it through only for an extension that speaks it).
+        p::MIGRATION_CLEAR_STATUS => {
+            lock(ctx)?
+                .clear_import_status(&ctx.extension)
+                .map_err(store_err)?;
+            answer(&p::Empty {})
         }
         other => Err(err(
             ErrorCode::MethodNotFound,

@@ -8,6 +8,12 @@
 //! Ferry closes stdin and waits briefly for the process to exit. Whatever happened, the group is
 //! sent SIGKILL at the end, so children that outlive the extension do not linger.
 //!
+//! One launch makes one call ([`CallKind`]): `process_jobs`, or for a version 2 extension one
+//! of the migration calls. The loop is the same for all; only the request sent after
+//! `initialize`, the budget, and what the extension may call while it is open differ. An
+//! export also ends early when it appends nothing for `export_idle_timeout_ms` (hung) or is
+//! cancelled (`will_terminate` with the reason, then the usual SIGTERM / SIGKILL).
+//!
 //! What the extension writes: a line that is not JSON is answered `parse_error` (id null), one
 //! that is not a valid JSON-RPC message `invalid_request` (`FrameError::answer`), and the call
 //! goes on; after [`p::MAX_BAD_LINES`] of them in the launch, or one line over
@@ -81,8 +87,13 @@ pub enum CallFailure {
     },
     #[error("broke the protocol: {message}")]
     ProtocolViolation { message: String },
-    #[error("speaks protocol version {version}, not {}", p::PROTOCOL_VERSION)]
+    /// It answered `initialize` with a version Ferry did not offer.
+    #[error("answered protocol version {version}, which Ferry did not offer")]
     VersionMismatch { version: u32 },
+    /// It speaks an older version than the call needs (a version 1 extension asked to
+    /// export or import).
+    #[error("speaks protocol version {version}; {method} needs version 2")]
+    NotAvailable { method: String, version: u32 },
     /// No answer within the budget (or the grace after `will_terminate`): stopped.
     #[error("did not answer in time ({reason:?}); stopped")]
     Stopped { reason: TerminateReason },
@@ -95,6 +106,7 @@ impl CallFailure {
             CallFailure::Crashed { .. } => "crashed",
             CallFailure::ProtocolViolation { .. } => "protocol_violation",
             CallFailure::VersionMismatch { .. } => "version_mismatch",
+            CallFailure::NotAvailable { .. } => "not_available",
             CallFailure::Stopped { .. } => "stopped",
         }
     }
@@ -105,7 +117,6 @@ impl CallFailure {
 pub(crate) struct Launch<'a> {
     pub manifest: &'a crate::Manifest,
     pub init: InitializeParams,
-    pub reasons: Vec<CallReason>,
     pub ctx: Context,
     pub config: &'a HostConfig,
     pub gate: watch::Receiver<Gate>,
@@ -244,10 +255,119 @@ impl RateLimit {
 }
 
 const INITIALIZE_ID: i64 = 1;
-const PROCESS_JOBS_ID: i64 = 2;
+/// The id of the launch's one call (`process_jobs`, or a `migration.*` call).
+const CALL_ID: i64 = 2;
 
-/// Runs one launch to its end. Never panics on anything the extension does.
-pub(crate) async fn run(mut l: Launch<'_>) -> CallOutcome {
+/// How long an export may take in all when its caller sets no budget: it has no natural
+/// length (a large data folder), so hangs are caught by `export_idle_timeout_ms` instead.
+const EXPORT_NO_BUDGET: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// What a launch asks of the extension after `initialize`: one kind of call.
+pub(crate) enum CallKind<'a> {
+    /// The usual call (several per launch in the protocol; the host makes one).
+    ProcessJobs { reasons: Vec<CallReason> },
+    /// Version 2: `migration.preflight`.
+    Preflight,
+    /// Version 2: `migration.export`, its `archive.append`s copied by the run.
+    Export(Box<crate::migration::ExportRun<'a>>),
+    /// Version 2: `migration.import`.
+    Import { params: p::MigrationImportParams },
+}
+
+impl CallKind<'_> {
+    fn method(&self) -> &'static str {
+        match self {
+            CallKind::ProcessJobs { .. } => p::PROCESS_JOBS,
+            CallKind::Preflight => p::MIGRATION_PREFLIGHT,
+            CallKind::Export(_) => p::MIGRATION_EXPORT,
+            CallKind::Import { .. } => p::MIGRATION_IMPORT,
+        }
+    }
+
+    /// The time the call may take, start to answer.
+    fn budget(&self, m: &crate::Manifest, cfg: &HostConfig) -> Duration {
+        match self {
+            CallKind::ProcessJobs { .. } | CallKind::Preflight => {
+                Duration::from_millis(m.call_budget_ms)
+            }
+            CallKind::Export(x) => x
+                .time_budget_ms
+                .map_or(EXPORT_NO_BUDGET, Duration::from_millis)
+                .min(EXPORT_NO_BUDGET),
+            CallKind::Import { .. } => Duration::from_millis(cfg.import_timeout_ms),
+        }
+    }
+
+    /// The call's params, sent when `left` of its budget remains.
+    fn params(&self, left: Duration) -> serde_json::Value {
+        let v = match self {
+            CallKind::ProcessJobs { reasons } => serde_json::to_value(ProcessJobsParams {
+                reasons: reasons.clone(),
+                time_budget_ms: left.as_millis() as u64,
+            }),
+            CallKind::Preflight => serde_json::to_value(p::Empty {}),
+            CallKind::Export(x) => serde_json::to_value(p::MigrationExportParams {
+                time_budget_ms: x.time_budget_ms,
+            }),
+            CallKind::Import { params } => serde_json::to_value(params),
+        };
+        v.unwrap_or_default()
+    }
+
+    fn needs_version(&self) -> u32 {
+        match self {
+            CallKind::ProcessJobs { .. } => p::PROTOCOL_VERSION,
+            _ => p::MIGRATION_PROTOCOL_VERSION,
+        }
+    }
+}
+
+/// How a launch's call ended, before the call kind reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Ended {
+    /// The extension answered: its result, or its error answer.
+    Answered(Result<serde_json::Value, RpcError>),
+    /// No answer: crashed, broke the protocol, ran out of time, could not start.
+    Failed(CallFailure),
+}
+
+/// Runs one `process_jobs` launch to its end. Never panics on anything the extension does.
+pub(crate) async fn run(l: Launch<'_>, reasons: Vec<CallReason>) -> CallOutcome {
+    let mut kind = CallKind::ProcessJobs { reasons };
+    match run_call(l, &mut kind).await {
+        Ended::Answered(Ok(v)) => match serde_json::from_value::<ProcessJobsResult>(v) {
+            Ok(r) => CallOutcome::Answered {
+                status: r.status,
+                message: r.message.map(cut_message),
+            },
+            Err(e) => CallOutcome::Failed {
+                failure: CallFailure::ProtocolViolation {
+                    message: format!("bad process_jobs answer: {e}"),
+                },
+            },
+        },
+        Ended::Answered(Err(e)) => CallOutcome::Answered {
+            status: ProcessStatus::Failure,
+            message: Some(e.message),
+        },
+        Ended::Failed(failure) => CallOutcome::Failed { failure },
+    }
+}
+
+/// The first 1 KiB of a message (on a character boundary).
+fn cut_message(mut s: String) -> String {
+    if s.len() > 1024 {
+        let mut cut = 1024;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+    s
+}
+
+/// Runs one launch of any call kind to its end. Never panics on anything the extension does.
+pub(crate) async fn run_call(mut l: Launch<'_>, kind: &mut CallKind<'_>) -> Ended {
     let m = l.manifest;
     let cfg = l.config;
     let work_dir = cfg.data_dir.join("extensions").join(&m.id);
@@ -330,8 +450,11 @@ pub(crate) async fn run(mut l: Launch<'_>) -> CallOutcome {
     let mut out_tx = Some(out_tx);
 
     let started = Instant::now();
-    let budget = Duration::from_millis(m.call_budget_ms);
-    let grace = Duration::from_millis(cfg.will_terminate_grace_ms.min(m.call_budget_ms / 2));
+    let budget = kind.budget(m, cfg);
+    let grace = Duration::from_millis(
+        cfg.will_terminate_grace_ms
+            .min(budget.as_millis().min(u128::from(u64::MAX)) as u64 / 2),
+    );
     let mut warn_at = Some(started + budget - grace);
     let mut term_at = started + budget;
     let mut terminate_reason = TerminateReason::TimeBudget;
@@ -339,9 +462,11 @@ pub(crate) async fn run(mut l: Launch<'_>) -> CallOutcome {
     let mut kill_at: Option<Instant> = None;
     let mut rate = RateLimit::new(cfg.max_calls_per_second);
     let mut initialized = false;
+    // The version the extension answered `initialize` with (at most the one offered).
+    let mut negotiated = p::PROTOCOL_VERSION;
     // Lines answered `parse_error` / `invalid_request` in this launch.
     let mut bad_lines = 0u32;
-    let mut outcome: Option<CallOutcome> = None;
+    let mut outcome: Option<Ended> = None;
     let mut exit_status: Option<std::process::ExitStatus> = None;
     let mut exited_at: Option<Instant> = None;
     let (mut gate_live, mut stop_live, mut disabled_live) = (true, true, true);
@@ -356,6 +481,29 @@ pub(crate) async fn run(mut l: Launch<'_>) -> CallOutcome {
         term_at = started + grace;
         warn_at = Some(started);
     }
+    // An export: hang detection (no append for the idle time) and cancellation. Other kinds
+    // get a cancel channel that never turns.
+    let idle = Duration::from_millis(cfg.export_idle_timeout_ms);
+    let (_no_cancel, never) = watch::channel(false);
+    let (mut cancel, mut idle_at) = match kind {
+        CallKind::Export(x) => (x.cancel.clone(), Some(started + idle)),
+        _ => (never, None),
+    };
+    let mut cancel_live = true;
+    let mut cancelled = false;
+    if *cancel.borrow() {
+        cancelled = true;
+        terminate_reason = TerminateReason::Cancelled;
+        term_at = started + grace;
+        warn_at = Some(started);
+        idle_at = None;
+        if let CallKind::Export(x) = kind {
+            x.leave_out("cancelled");
+        }
+    }
+    // Appends refused as cancelled: an extension that appends again after being told is
+    // stopped at once.
+    let mut appends_after_cancel = 0u32;
     let mut consent_check = tokio::time::interval(Duration::from_millis(1000));
     consent_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -365,6 +513,7 @@ pub(crate) async fn run(mut l: Launch<'_>) -> CallOutcome {
             None => false,
         }
     };
+    let offered = l.init.protocol_version;
     let init_params = match serde_json::to_value(&l.init) {
         Ok(v) => v,
         Err(e) => return spawn_failed(e.to_string()),
@@ -384,6 +533,7 @@ pub(crate) async fn run(mut l: Launch<'_>) -> CallOutcome {
             warn_at,
             Some(term_at),
             kill_at,
+            idle_at,
             exited_at.map(|t| t + Duration::from_millis(500)),
         ]
         .into_iter()
@@ -445,24 +595,30 @@ pub(crate) async fn run(mut l: Launch<'_>) -> CallOutcome {
                         match (id, result) {
                             (Id::Number(INITIALIZE_ID), Ok(v)) if !initialized => {
                                 match serde_json::from_value::<InitializeResult>(v) {
-                                    Ok(r) if r.protocol_version == p::PROTOCOL_VERSION => {
+                                    // Any version from 1 up to the one offered.
+                                    Ok(r) if (p::PROTOCOL_VERSION..=offered).contains(&r.protocol_version) => {
                                         initialized = true;
+                                        negotiated = r.protocol_version;
+                                        if negotiated < kind.needs_version() {
+                                            outcome = Some(Ended::Failed(CallFailure::NotAvailable {
+                                                method: kind.method().into(),
+                                                version: negotiated,
+                                            }));
+                                            continue;
+                                        }
                                         let left = budget.saturating_sub(started.elapsed());
-                                        let params = ProcessJobsParams {
-                                            reasons: l.reasons.clone(),
-                                            time_budget_ms: left.as_millis() as u64,
-                                        };
-                                        let params = serde_json::to_value(&params).unwrap_or_default();
                                         send(&out_tx, Message::Request {
-                                            id: Id::Number(PROCESS_JOBS_ID),
-                                            method: p::PROCESS_JOBS.into(),
-                                            params,
+                                            id: Id::Number(CALL_ID),
+                                            method: kind.method().into(),
+                                            params: kind.params(left),
                                         });
+                                        // The export's silence is counted from its request.
+                                        if idle_at.is_some() {
+                                            idle_at = Some(Instant::now() + idle);
+                                        }
                                     }
                                     Ok(r) => {
-                                        outcome = Some(CallOutcome::Failed {
-                                            failure: CallFailure::VersionMismatch { version: r.protocol_version },
-                                        });
+                                        outcome = Some(Ended::Failed(CallFailure::VersionMismatch { version: r.protocol_version }));
                                     }
                                     Err(e) => outcome = violation(format!("bad initialize answer: {e}")),
                                 }
@@ -470,27 +626,8 @@ pub(crate) async fn run(mut l: Launch<'_>) -> CallOutcome {
                             (Id::Number(INITIALIZE_ID), Err(e)) if !initialized => {
                                 outcome = violation(format!("refused initialize: {e}"));
                             }
-                            (Id::Number(PROCESS_JOBS_ID), Ok(v)) if initialized => {
-                                match serde_json::from_value::<ProcessJobsResult>(v) {
-                                    Ok(r) => {
-                                        let message = r.message.map(|mut s| {
-                                            if s.len() > 1024 {
-                                                let mut cut = 1024;
-                                                while !s.is_char_boundary(cut) { cut -= 1; }
-                                                s.truncate(cut);
-                                            }
-                                            s
-                                        });
-                                        outcome = Some(CallOutcome::Answered { status: r.status, message });
-                                    }
-                                    Err(e) => outcome = violation(format!("bad process_jobs answer: {e}")),
-                                }
-                            }
-                            (Id::Number(PROCESS_JOBS_ID), Err(e)) if initialized => {
-                                outcome = Some(CallOutcome::Answered {
-                                    status: ProcessStatus::Failure,
-                                    message: Some(e.message),
-                                });
+                            (Id::Number(CALL_ID), result) if initialized => {
+                                outcome = Some(Ended::Answered(result));
                             }
                             (Id::Null, Err(e)) => outcome = violation(format!("answered an error without an id (it could not read Ferry's line?): {e}")),
                             (id, _) => outcome = violation(format!("an answer to a request never sent ({id:?})")),
@@ -504,9 +641,15 @@ pub(crate) async fn run(mut l: Launch<'_>) -> CallOutcome {
                         }
                     }
                     Message::Request { id, method, params } => {
+                        // Version 2 methods exist only for an extension that speaks version 2:
+                        // to a version 1 extension they are as unknown as ever.
+                        let known = p::HOST_METHODS.contains(&method.as_str())
+                            || (negotiated >= p::MIGRATION_PROTOCOL_VERSION
+                                && p::MIGRATION_HOST_METHODS.contains(&method.as_str()));
+                        let mut end_now = false;
                         let result = if !initialized {
                             Err(RpcError::new(ErrorCode::NotNow, "no call is outstanding"))
-                        } else if !p::HOST_METHODS.contains(&method.as_str()) {
+                        } else if !known {
                             Err(RpcError::new(ErrorCode::MethodNotFound, format!("no method {method:?}")))
                         } else if termed {
                             Err(RpcError::new(ErrorCode::NotNow, "the call's time is over"))
@@ -514,7 +657,32 @@ pub(crate) async fn run(mut l: Launch<'_>) -> CallOutcome {
                             let mut data = serde_json::Map::new();
                             data.insert("retry_after_ms".into(), wait_ms.into());
                             Err(RpcError::with_data(ErrorCode::RateLimited, "too many calls", data))
-                        } else {
+                        } else if method == p::ARCHIVE_APPEND {
+                            match kind {
+                                CallKind::Export(x) if cancelled => {
+                                    appends_after_cancel += 1;
+                                    if appends_after_cancel > 1 {
+                                        // Told once, it kept going: stopped now.
+                                        warn_at = None;
+                                        term_at = Instant::now();
+                                    }
+                                    x.leave_out("cancelled");
+                                    Err(RpcError::new(ErrorCode::Cancelled, "the migration was cancelled; answer migration.export and exit"))
+                                }
+                                CallKind::Export(x) => {
+                                    let r = x.append(params).await;
+                                    // Silence is counted from the end of the last copy.
+                                    idle_at = Some(Instant::now() + idle);
+                                    // A verdict (too large) ends the export: its data is left out.
+                                    end_now = x.verdict().is_some();
+                                    r
+                                }
+                                _ => Err(RpcError::new(ErrorCode::NotNow, "archive.append is allowed only while migration.export is open")),
+                            }
+                        } else if matches!(kind, CallKind::ProcessJobs { .. })
+                            || method.starts_with("kv.")
+                            || method == p::MIGRATION_CLEAR_STATUS
+                        {
                             let ctx = l.ctx.clone();
                             let is_tx = method == p::JOBS_TRANSACTION;
                             let r = tokio::task::spawn_blocking(move || serve::handle(&ctx, &method, params))
@@ -524,9 +692,13 @@ pub(crate) async fn run(mut l: Launch<'_>) -> CallOutcome {
                                 l.jobs_changed.send_modify(|n| *n = n.wrapping_add(1));
                             }
                             r
+                        } else {
+                            Err(RpcError::new(ErrorCode::NotNow, format!("{method} is allowed only during process_jobs")))
                         };
                         if !send(&out_tx, Message::Response { id, result }) {
                             outcome = violation("does not read its input".into());
+                        } else if end_now {
+                            outcome = Some(stopped(TerminateReason::Cancelled));
                         }
                     }
                 }
@@ -548,6 +720,15 @@ pub(crate) async fn run(mut l: Launch<'_>) -> CallOutcome {
                     termed = true;
                     signal_group(pgid, "TERM").await;
                     kill_at = Some(now + Duration::from_millis(cfg.term_grace_ms));
+                } else if idle_at.is_some_and(|t| now >= t) {
+                    // An export that appends nothing for this long is hung: its data is left
+                    // out, and it is wound down like a call out of time.
+                    idle_at = None;
+                    if let CallKind::Export(x) = kind {
+                        x.leave_out(&format!("hung: no append for {} ms", idle.as_millis()));
+                    }
+                    terminate_reason = TerminateReason::MigrationIdle;
+                    hurry(&mut warn_at, &mut term_at, &out_tx, terminate_reason, grace);
                 } else if warn_at.is_some_and(|t| now >= t) {
                     warn_at = None;
                     will_terminate(&out_tx, terminate_reason, grace);
@@ -569,6 +750,20 @@ pub(crate) async fn run(mut l: Launch<'_>) -> CallOutcome {
                     terminate_reason = TerminateReason::Shutdown;
                     hurry(&mut warn_at, &mut term_at, &out_tx, terminate_reason, grace);
                     stop_live = false;
+                }
+            }
+            changed = cancel.changed(), if cancel_live => {
+                if changed.is_err() {
+                    cancel_live = false;
+                } else if *cancel.borrow() && !cancelled {
+                    cancelled = true;
+                    cancel_live = false;
+                    idle_at = None;
+                    if let CallKind::Export(x) = kind {
+                        x.leave_out("cancelled");
+                    }
+                    terminate_reason = TerminateReason::Cancelled;
+                    hurry(&mut warn_at, &mut term_at, &out_tx, terminate_reason, grace);
                 }
             }
             changed = l.disabled.changed(), if disabled_live => {
@@ -601,11 +796,9 @@ pub(crate) async fn run(mut l: Launch<'_>) -> CallOutcome {
     }
     // Children that outlived the extension (same group) go too.
     signal_group(pgid, "KILL").await;
-    outcome.unwrap_or(CallOutcome::Failed {
-        failure: CallFailure::Stopped {
-            reason: terminate_reason,
-        },
-    })
+    outcome.unwrap_or(Ended::Failed(CallFailure::Stopped {
+        reason: terminate_reason,
+    }))
 }
 
 fn will_terminate(tx: &Option<mpsc::Sender<Vec<u8>>>, reason: TerminateReason, grace: Duration) {
@@ -667,32 +860,24 @@ async fn disabled_check(
     }
 }
 
-fn violation(message: String) -> Option<CallOutcome> {
-    Some(CallOutcome::Failed {
-        failure: CallFailure::ProtocolViolation { message },
+fn violation(message: String) -> Option<Ended> {
+    Some(Ended::Failed(CallFailure::ProtocolViolation { message }))
+}
+
+fn stopped(reason: TerminateReason) -> Ended {
+    Ended::Failed(CallFailure::Stopped { reason })
+}
+
+fn crashed(status: Option<std::process::ExitStatus>) -> Ended {
+    use std::os::unix::process::ExitStatusExt;
+    Ended::Failed(CallFailure::Crashed {
+        code: status.and_then(|s| s.code()),
+        signal: status.and_then(|s| s.signal()),
     })
 }
 
-fn stopped(reason: TerminateReason) -> CallOutcome {
-    CallOutcome::Failed {
-        failure: CallFailure::Stopped { reason },
-    }
-}
-
-fn crashed(status: Option<std::process::ExitStatus>) -> CallOutcome {
-    use std::os::unix::process::ExitStatusExt;
-    CallOutcome::Failed {
-        failure: CallFailure::Crashed {
-            code: status.and_then(|s| s.code()),
-            signal: status.and_then(|s| s.signal()),
-        },
-    }
-}
-
-fn spawn_failed(message: String) -> CallOutcome {
-    CallOutcome::Failed {
-        failure: CallFailure::SpawnFailed { message },
-    }
+fn spawn_failed(message: String) -> Ended {
+    Ended::Failed(CallFailure::SpawnFailed { message })
 }
 
 /// Where an extension's stderr of its latest launch is kept.

@@ -1,5 +1,6 @@
 //! What Ferry keeps per extension: the user's consent, the extension's own key-value store,
-//! the host's runtime record, and the library queries the extension host answers from.
+//! the host's runtime record, its migration import (pending, then its outcome), and the
+//! library queries the extension host answers from.
 //!
 //! Consent and job settings change together: granting writes the consent row and the job
 //! policy (bases, limit) in one commit; revoking records the disable, clears the bases (so no
@@ -13,7 +14,8 @@ use ferry_core::UrlBase;
 use ferry_core::job::Job;
 use rusqlite::{OptionalExtension, params};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 
 /// The user's consent for one extension, as recorded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +72,33 @@ fn consent_of(row: ConsentRow) -> Result<Consent, StoreError> {
         enabled_at_ms,
         disabled_at_ms,
     })
+}
+
+/// An import waiting to run: the folder of exported files and where they came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingImport {
+    pub id: String,
+    pub dir: PathBuf,
+    pub source_extension: String,
+    pub source_version: String,
+}
+
+/// How an import ended (`extension_imports.state` other than `pending`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImportState {
+    Succeeded,
+    Failed,
+}
+
+/// The recorded outcome of an extension's import, until the extension clears it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportStatus {
+    pub id: String,
+    pub state: ImportState,
+    pub message: Option<String>,
+    pub source_extension: String,
+    pub source_version: String,
+    pub updated_ms: i64,
 }
 
 const CONSENT_SELECT: &str =
@@ -300,6 +329,130 @@ impl Store {
         Ok(())
     }
 
+    /// The import waiting to run for `id`, if any.
+    pub fn pending_import(&self, id: &str) -> Result<Option<PendingImport>, StoreError> {
+        let row: Option<(Vec<u8>, String, String)> = self
+            .conn
+            .prepare_cached(
+                "SELECT dir, source_extension, source_version FROM extension_imports
+                 WHERE id = ?1 AND state = 'pending'",
+            )?
+            .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()?;
+        Ok(
+            row.map(|(dir, source_extension, source_version)| PendingImport {
+                id: id.to_owned(),
+                dir: bytes_path(dir),
+                source_extension,
+                source_version,
+            }),
+        )
+    }
+
+    /// Records an import to run (replacing any earlier row of `id`). The migration installer
+    /// may write the same row with its own SQL inside its own transaction; this is the same
+    /// write for callers (and tests) that have no transaction of their own.
+    pub fn put_pending_import(
+        &mut self,
+        id: &str,
+        dir: &Path,
+        source_extension: &str,
+        source_version: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO extension_imports
+                     (id, dir, source_extension, source_version, state, message, updated_ms)
+                 VALUES (?1, ?2, ?3, ?4, 'pending', NULL, ?5)
+                 ON CONFLICT (id) DO UPDATE SET dir = ?2, source_extension = ?3,
+                     source_version = ?4, state = 'pending', message = NULL, updated_ms = ?5",
+            )?
+            .execute(params![
+                id,
+                dir.as_os_str().as_bytes(),
+                source_extension,
+                source_version,
+                now_ms
+            ])?;
+        Ok(())
+    }
+
+    /// Records how the pending import of `id` ended (`Err` carries the reason shown to the
+    /// person and the extension). A row that is not pending is left alone: an outcome is
+    /// recorded once. Returns whether a row changed.
+    pub fn finish_import(
+        &mut self,
+        id: &str,
+        outcome: Result<(), String>,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let (state, message) = match outcome {
+            Ok(()) => ("succeeded", None),
+            Err(m) => ("failed", Some(m)),
+        };
+        let n = self
+            .conn
+            .prepare_cached(
+                "UPDATE extension_imports SET state = ?2, message = ?3, updated_ms = ?4
+                 WHERE id = ?1 AND state = 'pending'",
+            )?
+            .execute(params![id, state, message, now_ms])?;
+        Ok(n > 0)
+    }
+
+    /// The finished import of `id` (succeeded or failed), until it is cleared.
+    pub fn import_status(&self, id: &str) -> Result<Option<ImportStatus>, StoreError> {
+        type Row = (String, Option<String>, String, String, i64);
+        let row: Option<Row> = self
+            .conn
+            .prepare_cached(
+                "SELECT state, message, source_extension, source_version, updated_ms
+                 FROM extension_imports WHERE id = ?1 AND state IN ('succeeded', 'failed')",
+            )?
+            .query_row([id], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
+            .optional()?;
+        let Some((state, message, source_extension, source_version, updated_ms)) = row else {
+            return Ok(None);
+        };
+        let state = match state.as_str() {
+            "succeeded" => ImportState::Succeeded,
+            "failed" => ImportState::Failed,
+            other => return Err(corrupt(format!("import state {other:?}"))),
+        };
+        Ok(Some(ImportStatus {
+            id: id.to_owned(),
+            state,
+            message,
+            source_extension,
+            source_version,
+            updated_ms,
+        }))
+    }
+
+    /// Forgets the finished import of `id` (the extension acted on it). A pending import is
+    /// kept: it has not run yet. Returns whether a status was cleared.
+    pub fn clear_import_status(&mut self, id: &str) -> Result<bool, StoreError> {
+        let n = self
+            .conn
+            .prepare_cached(
+                "DELETE FROM extension_imports WHERE id = ?1 AND state IN ('succeeded', 'failed')",
+            )?
+            .execute([id])?;
+        Ok(n > 0)
+    }
+
+    /// Deletes every key of the extension's key-value store, in one commit (a failed import
+    /// leaves nothing half-written behind). Returns how many keys went.
+    pub fn wipe_extension_kv(&mut self, id: &str) -> Result<usize, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("DELETE FROM extension_kv WHERE extension = ?1")?
+            .execute([id])?)
+    }
+
     /// The folder a deleted asset lived in, if it was deleted since tombstones were kept.
     pub fn deleted_asset_dir(&self, asset_id: &str) -> Result<Option<PathBuf>, StoreError> {
         let dir: Option<Vec<u8>> = self
@@ -378,5 +531,43 @@ impl Store {
             .filter_map(|(id, k)| k.map(|k| (id, k)))
             .collect();
         Ok((self.token_string(until_seq), changes))
+    }
+}
+
+#[cfg(test)]
+mod import_tests {
+    use super::*;
+
+    #[test]
+    fn an_import_runs_once_then_its_status_stays_until_cleared() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("ferry.db")).unwrap();
+        assert_eq!(s.pending_import("x").unwrap(), None);
+        // A folder name that is not UTF-8 survives.
+        let folder = PathBuf::from(std::ffi::OsStr::from_bytes(b"/tmp/caf\xE9"));
+        s.put_pending_import("x", &folder, "x-old", "3", 1).unwrap();
+        let p = s.pending_import("x").unwrap().unwrap();
+        assert_eq!((p.dir, p.source_extension.as_str()), (folder, "x-old"));
+        assert_eq!(s.import_status("x").unwrap(), None, "pending is no status");
+        assert!(
+            !s.clear_import_status("x").unwrap(),
+            "pending is not cleared"
+        );
+
+        assert!(s.finish_import("x", Err("crashed".into()), 2).unwrap());
+        assert!(!s.finish_import("x", Ok(()), 3).unwrap(), "recorded once");
+        assert_eq!(s.pending_import("x").unwrap(), None);
+        let st = s.import_status("x").unwrap().unwrap();
+        assert_eq!(st.state, ImportState::Failed);
+        assert_eq!(st.message.as_deref(), Some("crashed"));
+        assert_eq!(st.source_version, "3");
+        assert!(s.clear_import_status("x").unwrap());
+        assert_eq!(s.import_status("x").unwrap(), None);
+
+        s.kv_set("x", "a", Some("1"), 1 << 20).unwrap();
+        s.kv_set("y", "a", Some("1"), 1 << 20).unwrap();
+        assert_eq!(s.wipe_extension_kv("x").unwrap(), 1);
+        assert_eq!(s.kv_get("x", "a").unwrap(), None);
+        assert_eq!(s.kv_get("y", "a").unwrap().as_deref(), Some("1"));
     }
 }

@@ -376,6 +376,14 @@ struct Spec {
     created_ms: i64,
 }
 
+/// A stored spec with its destination's secret header values redacted (a state that moves to
+/// another device carries no credentials).
+pub(crate) fn redact_spec_body(body: &str) -> Result<String, serde_json::Error> {
+    let mut spec: Spec = serde_json::from_str(body)?;
+    spec.destination = spec.destination.redacted();
+    serde_json::to_string(&spec)
+}
+
 /// What transitions change, besides the `state` and `acknowledged` columns.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct Live {

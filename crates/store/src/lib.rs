@@ -7,6 +7,7 @@ mod db;
 pub mod extensions;
 pub mod jobs;
 pub mod library;
+pub mod migration;
 pub mod private;
 mod schema;
 pub mod upload_sessions;

@@ -126,4 +126,20 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         DELETE FROM asset_tombstones WHERE asset_id = new.id;
     END;
     "#,
+    // 5: migration imports, one row per extension: the folder of files exported on another
+    // device, who exported them, and how the import went ('pending' | 'succeeded' |
+    // 'failed'). The migration installer writes 'pending'; the host runs the import before
+    // the extension's first call and records the outcome, which the extension sees in
+    // `initialize` until it clears it (the row is deleted).
+    r#"
+    CREATE TABLE extension_imports (
+        id TEXT PRIMARY KEY,
+        dir BLOB NOT NULL,
+        source_extension TEXT NOT NULL,
+        source_version TEXT NOT NULL,
+        state TEXT NOT NULL,
+        message TEXT,
+        updated_ms INTEGER NOT NULL
+    ) STRICT;
+    "#,
 ];

@@ -102,10 +102,15 @@ impl Lib {
 
     /// Writes `<id>.toml` running the zoo in `mode`, plus `extra` TOML lines.
     pub fn install(&self, id: &str, mode: &str, extra: &str) -> Manifest {
+        self.install_with(id, mode, &["upload"], extra)
+    }
+
+    /// [`Lib::install`] with these capabilities (`export`, `import`: protocol version 2).
+    pub fn install_with(&self, id: &str, mode: &str, caps: &[&str], extra: &str) -> Manifest {
         let zoo = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/zoo/zoo.py");
         let text = format!(
             "id = {id:?}\nname = \"Zoo {mode}\"\nexec = {python:?}\nargs = [{zoo:?}, {mode:?}]\n\
-             capabilities = [\"upload\"]\ndestination_bases = [\"http://127.0.0.1:9/up\"]\n{extra}\n",
+             capabilities = {caps:?}\ndestination_bases = [\"http://127.0.0.1:9/up\"]\n{extra}\n",
             python = python(),
             zoo = zoo.to_str().unwrap(),
         );

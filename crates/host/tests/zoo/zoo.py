@@ -4,6 +4,10 @@
 `good` is a well-behaved backup extension: it creates one job per resource in scope, in
 pages, keeping its cursor in Ferry's key-value store. Every other mode misbehaves in one way
 (crash, hang, flood, garbage, rule breaking) so the host's containment can be shown.
+
+Modes starting with `export_` / `import_` speak protocol version 2 (migration): they export
+the files under `data/` in their data folder, or import a folder into it, well or badly.
+Every mode writes the `initialize` params it got to `init.json` in its working folder.
 """
 
 import json
@@ -255,6 +259,150 @@ def misbehave(init, rid):
     return answer(rid, "failure", "unknown mode " + MODE)
 
 
+V2 = MODE.startswith("export_") or MODE.startswith("import_")
+
+
+def data_files():
+    """(path, path_in_archive) of every file under data/, sorted."""
+    out = []
+    for root, dirs, files in os.walk("data"):
+        dirs.sort()
+        for f in sorted(files):
+            path = os.path.join(root, f)
+            out.append((path, path))
+    return out
+
+
+def append(path, name):
+    return call("archive.append", {"path": path, "path_in_archive": name})
+
+
+def preflight(init, rid):
+    size = sum(os.path.getsize(p) for p, _ in data_files())
+    if MODE == "export_liar":
+        size = 10
+    send({"jsonrpc": "2.0", "id": rid,
+          "result": {"size_estimate_bytes": size, "data_version": "zoo-1", "compressible": True}})
+
+
+def export(init, rid):
+    with open("pid", "w") as f:
+        f.write(str(os.getpid()))
+    files = data_files()
+    if MODE == "export_hang":
+        append(*files[0])
+        while True:
+            time.sleep(3600)
+    if MODE == "export_stubborn":
+        # Appends forever, whatever Ferry answers (cancelled included).
+        n = 0
+        while True:
+            n += 1
+            try:
+                append(files[0][0], "copy-%d" % n)
+            except RpcError:
+                pass
+    if MODE == "export_bad":
+        cfg = init["config"]
+        tries = [
+            ("outside", cfg["outside_file"], "x"),
+            ("escape", "data/../../" + os.path.basename(cfg["outside_file"]), "y"),
+            ("symlink", "link", "z"),
+            ("symlinked_dir", "linkdir/secret.txt", "w"),
+            ("absolute_name", files[0][0], "/abs"),
+            ("dotdot_name", files[0][0], "data/../x"),
+            ("dot_name", files[0][0], "./x"),
+            ("empty_name", files[0][0], ""),
+            ("folder", "data", "folder"),
+        ]
+        report = []
+        for label, path, name in tries:
+            try:
+                append(path, name)
+                report.append([label, "accepted"])
+            except RpcError as e:
+                report.append([label, e.code])
+        append(*files[0])
+        try:
+            append(*files[0])
+            report.append(["duplicate", "accepted"])
+        except RpcError as e:
+            report.append(["duplicate", e.code])
+        try:
+            append(files[0][0], files[0][1] + "/under")
+            report.append(["under_a_file", "accepted"])
+        except RpcError as e:
+            report.append(["under_a_file", e.code])
+        with open(cfg["report"], "w") as f:
+            json.dump(report, f)
+        send({"jsonrpc": "2.0", "id": rid, "result": {}})
+        return
+    if MODE == "export_fails":
+        append(*files[0])
+        send({"jsonrpc": "2.0", "id": rid, "error": {"code": -32603, "message": "disk on fire",
+                                                     "data": {"code": "internal_error"}}})
+        return
+    for path, name in files:
+        try:
+            append(path, name)
+        except RpcError as e:
+            send({"jsonrpc": "2.0", "id": rid, "error": {"code": -32603, "message": str(e.code),
+                                                         "data": {"code": "internal_error"}}})
+            return
+    send({"jsonrpc": "2.0", "id": rid, "result": {}})
+
+
+def do_import(init, rid, params):
+    if MODE == "import_crash":
+        os._exit(5)
+    if MODE == "import_fail":
+        # Half an import, then an error: Ferry must wipe what was written.
+        with open("half.txt", "w") as f:
+            f.write("half")
+        call("kv.set", {"key": "half", "value": "1"})
+        send({"jsonrpc": "2.0", "id": rid, "error": {"code": -32603, "message": "cannot read it",
+                                                     "data": {"code": "internal_error"}}})
+        return
+    src = params["dir"]
+    for root, dirs, files in os.walk(src):
+        for f in files:
+            rel = os.path.relpath(os.path.join(root, f), src)
+            os.makedirs(os.path.dirname(rel) or ".", exist_ok=True)
+            with open(os.path.join(root, f), "rb") as a, open(rel, "wb") as b:
+                b.write(a.read())
+    call("kv.set", {"key": "imported_from", "value": json.dumps(params["source"])})
+    send({"jsonrpc": "2.0", "id": rid, "result": {}})
+
+
+def report_migration(init, rid):
+    """process_jobs of an import mode: what initialize said, what is here, then clear."""
+    files = []
+    for root, dirs, fs in os.walk("."):
+        for f in fs:
+            files.append(os.path.relpath(os.path.join(root, f), "."))
+    try:
+        call("archive.append", {"path": "init.json", "path_in_archive": "x"})
+        append_code = "accepted"
+    except RpcError as e:
+        append_code = e.code
+    keys = call("kv.list", {"prefix": ""})["keys"]
+    call("migration.clear_status", {})
+    answer(rid, "completed", json.dumps({"migration": init.get("migration"), "files": sorted(files),
+                                         "kv": keys, "append": append_code}))
+
+
+def v1_probe(init, rid):
+    """A version 1 extension that tries the version 2 methods: unknown to it."""
+    codes = {}
+    for method in ("migration.clear_status", "archive.append"):
+        try:
+            call(method, {"path": "init.json", "path_in_archive": "x"})
+            codes[method] = "accepted"
+        except RpcError as e:
+            codes[method] = e.code
+    answer(rid, "completed", json.dumps(codes))
+
+
 def main():
     if MODE == "ignore_term":
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -268,10 +416,23 @@ def main():
         method = msg.get("method")
         if method == "initialize":
             init = msg["params"]
-            send({"jsonrpc": "2.0", "id": msg["id"], "result": {"protocol_version": 1}})
+            with open("init.json", "w") as f:
+                json.dump(init, f)
+            version = min(init["protocol_version"], 2) if V2 else 1
+            send({"jsonrpc": "2.0", "id": msg["id"], "result": {"protocol_version": version}})
+        elif method == "migration.preflight":
+            preflight(init, msg["id"])
+        elif method == "migration.export":
+            export(init, msg["id"])
+        elif method == "migration.import":
+            do_import(init, msg["id"], msg["params"])
         elif method == "process_jobs":
             if MODE == "good":
                 good(init, msg["id"])
+            elif MODE.startswith("import_"):
+                report_migration(init, msg["id"])
+            elif MODE == "v1_probe":
+                v1_probe(init, msg["id"])
             else:
                 misbehave(init, msg["id"])
         elif method == "will_terminate":
