@@ -195,6 +195,10 @@ pub struct PackageMeta {
     pub created_ms: i64,
     pub counts: SnapshotCounts,
     pub extensions: Vec<ExtensionMove>,
+    /// The bundled extension backed up to this device's built-in server, whose copies stay
+    /// here: the new device backs up to its own.
+    #[serde(default)]
+    pub builtin_server_stays: bool,
 }
 
 /// One extension's part of a move.
@@ -427,7 +431,16 @@ pub async fn prepare(
     let out = paths.outgoing();
     let _ = std::fs::remove_dir_all(&out);
     ferry_store::private::create_private_dir_all(&out).map_err(io_err(&out))?;
-    let counts = store.migration_snapshot(&out.join(STATE_ENTRY))?;
+    // The built-in server's copies stay on this device (its data folder is a backup, not
+    // Ferry's state): the bundled extension's memory of them does not move, so on the new
+    // device it backs up to that device's own built-in server from scratch.
+    let builtin = bundled_used_builtin_server(state_dir);
+    let forget: Vec<&str> = if builtin {
+        vec![crate::extension::EXTENSION]
+    } else {
+        Vec::new()
+    };
+    let counts = store.migration_snapshot(&out.join(STATE_ENTRY), &forget)?;
     let library_id = store.library_id().to_owned();
     let host = host_for(&paths, extensions_dir, store)?;
     let mut extensions = Vec::new();
@@ -491,6 +504,7 @@ pub async fn prepare(
         created_ms: now_ms(),
         counts,
         extensions: extensions.clone(),
+        builtin_server_stays: builtin,
     };
     let compressible: Vec<String> = extensions
         .iter()
@@ -513,6 +527,34 @@ pub async fn prepare(
     let bytes = serde_json::to_vec(&prepared).map_err(|e| MoveError::BadPackage(e.to_string()))?;
     write_durably(&paths.outgoing_manifest(), &bytes)?;
     Ok(prepared)
+}
+
+/// Whether the bundled extension's manifest points at this state's built-in server (a
+/// loopback URL with the built-in server's token).
+fn bundled_used_builtin_server(state_dir: &Path) -> bool {
+    let manifest = state_dir
+        .join("extensions")
+        .join(format!("{}.toml", crate::extension::EXTENSION));
+    let (Ok(text), Ok(token)) = (
+        std::fs::read_to_string(manifest),
+        std::fs::read_to_string(state_dir.join("server-token")),
+    ) else {
+        return false;
+    };
+    let Ok(v) = text.parse::<toml::Table>() else {
+        return false;
+    };
+    let config = v.get("config").and_then(|c| c.as_table());
+    let url = config
+        .and_then(|c| c.get("server_url"))
+        .and_then(|u| u.as_str())
+        .unwrap_or_default();
+    let same_token = config
+        .and_then(|c| c.get("token"))
+        .and_then(|t| t.as_str())
+        .is_some_and(|t| t.trim() == token.trim());
+    let loopback = url.starts_with("http://127.0.0.1:") || url.starts_with("http://localhost:");
+    loopback && same_token
 }
 
 /// temp → fsync → rename → fsync dir.
@@ -666,6 +708,9 @@ pub struct InstallSummary {
     pub extensions: Vec<ExtensionMove>,
     /// Already installed by an earlier run (a resumed move whose confirmation was cut).
     pub already_installed: bool,
+    /// The old device backed up to its built-in server, whose copies stayed there: `ferry
+    /// backup` here sends to this device's own.
+    pub builtin_server_stayed: bool,
     /// The old device did not hear the confirmation: run `ferry migrate send` there again
     /// (with a new `receive` here) so it stops uploading.
     pub confirmation_lost: bool,
@@ -850,6 +895,7 @@ fn install(
                 files_differ: 0,
                 extensions: meta.extensions,
                 already_installed: true,
+                builtin_server_stayed: meta.builtin_server_stays,
                 confirmation_lost: false,
                 elapsed_ms: elapsed(),
             });
@@ -936,6 +982,7 @@ fn install(
         files_differ: differ,
         extensions: meta.extensions,
         already_installed: false,
+        builtin_server_stayed: meta.builtin_server_stays,
         confirmation_lost: false,
         elapsed_ms: elapsed(),
     })

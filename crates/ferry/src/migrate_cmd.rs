@@ -309,6 +309,9 @@ fn report(done: &Done, json: bool) -> ExitCode {
                 for e in &s.extensions {
                     out(&extension_line(e));
                 }
+                if s.builtin_server_stayed {
+                    out("ferry: the old device backed up to its built-in server, whose copies stay there: `ferry backup` here backs up to this device's own");
+                }
                 if s.confirmation_lost {
                     out(
                         "ferry: the old device did not hear that the move is installed: run `ferry migrate receive` here and `ferry migrate send` there again, so it stops uploading",

@@ -121,7 +121,14 @@ impl Store {
 
     /// Writes what moves to a new SQLite file at `dest` (which must not exist): a consistent
     /// copy (`VACUUM INTO` reads one snapshot of the database), then stripped of what stays.
-    pub fn migration_snapshot(&self, dest: &Path) -> Result<SnapshotCounts, MigrationStoreError> {
+    ///
+    /// `forget_kv_of`: extensions whose key-value records stay behind (their memory is about a
+    /// destination that does not move: the bundled extension's built-in server).
+    pub fn migration_snapshot(
+        &self,
+        dest: &Path,
+        forget_kv_of: &[&str],
+    ) -> Result<SnapshotCounts, MigrationStoreError> {
         self.conn.execute("VACUUM INTO ?1", [utf8(dest)?])?;
         let mut copy = rusqlite::Connection::open(dest)?;
         let tx = copy.transaction()?;
@@ -138,6 +145,9 @@ impl Store {
         }
         for key in DEVICE_META {
             tx.execute("DELETE FROM meta WHERE key = ?1", [key])?;
+        }
+        for id in forget_kv_of {
+            tx.execute("DELETE FROM extension_kv WHERE extension = ?1", [id])?;
         }
         // Secrets never travel: destination header values marked secret are redacted (the
         // receipts shown on the new device need the destination, not the credential).
