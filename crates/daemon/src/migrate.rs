@@ -310,6 +310,9 @@ pub struct Preflight {
     pub estimated_seconds: u64,
     pub free_bytes_here: Option<u64>,
     pub blocked: Option<String>,
+    /// The bundled extension backs up to this device's built-in server: its copies (and the
+    /// extension's memory of them) stay here; the new device backs up to its own.
+    pub builtin_server_stays: bool,
 }
 
 fn host_for(paths: &MovePaths, extensions_dir: &Path, store: Store) -> Result<Host, MoveError> {
@@ -350,9 +353,11 @@ pub async fn preflight(state_dir: &Path, extensions_dir: &Path) -> Result<Prefli
         };
         extensions.push(e);
     }
+    let builtin_server_stays = bundled_used_builtin_server(state_dir);
     let kv_only = kv_exts
         .into_iter()
         .filter(|id| !extensions.iter().any(|e| &e.id == id))
+        .filter(|id| !(builtin_server_stays && id == crate::extension::EXTENSION))
         .collect();
     let total: u64 = state_bytes
         + extensions
@@ -368,6 +373,7 @@ pub async fn preflight(state_dir: &Path, extensions_dir: &Path) -> Result<Prefli
         estimated_seconds: total / 100_000_000 + total / 1_000_000_000 + 1,
         free_bytes_here: ferry_migrate::free_bytes(state_dir).ok(),
         blocked,
+        builtin_server_stays,
     })
 }
 

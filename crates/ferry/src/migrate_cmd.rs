@@ -417,7 +417,7 @@ fn show_progress(progress: &MoveProgress, done: &AtomicBool, json: bool) {
             b.set_message(what.clone());
         } else if last_emit.elapsed() >= Duration::from_secs(2) && !finished {
             last_emit = Instant::now();
-            if !matches!(phase, MovePhase::Done | MovePhase::Pairing) {
+            if !matches!(phase, MovePhase::Done | MovePhase::Pairing) && t > 0 {
                 let mut e = std::io::stderr().lock();
                 let amount = if unit_files {
                     format!("{d}/{t} files")
@@ -490,6 +490,9 @@ fn preflight(state_dir: &Path, extensions_dir: &Path, json: bool) -> anyhow::Res
         out(&format!(
             "extension {id}: its key-value records move; it exports no files"
         ));
+    }
+    if p.builtin_server_stays {
+        out("does not move: the built-in server's copies (in this state folder): the new device backs up to its own built-in server");
     }
     out(&format!(
         "total: about {}, about {} s on a gigabit network",

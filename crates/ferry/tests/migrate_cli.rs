@@ -736,3 +736,34 @@ fn bad_input_gets_a_clear_error() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("no move"));
 }
+
+#[test]
+fn a_device_that_backed_up_to_its_built_in_server_hands_over_and_the_new_one_backs_up_to_its_own()
+{
+    let lib = tempfile::tempdir().unwrap();
+    copy_tree(&fixtures(), lib.path());
+    let old = tempfile::tempdir().unwrap();
+    let lib_arg = lib.path().to_str().unwrap();
+    let out = ferry(old.path(), &["backup", lib_arg, "--now", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "backup: {}", text(&out));
+    let resources = event(&out, "summary")["summary"]["resources"].clone();
+
+    let pre = ferry(old.path(), &["migrate", "preflight", "--json"]);
+    let v: Value = serde_json::from_slice(&pre.stdout).unwrap();
+    assert_eq!(v["builtin_server_stays"], true, "{v}");
+
+    let new = tempfile::tempdir().unwrap();
+    let rx = Receiving::start(new.path(), "receive", &[]);
+    let out = send(old.path(), &rx.addr, &rx.code);
+    assert_eq!(out.status.code(), Some(0), "send: {}", text(&out));
+    let (code, summary) = rx.finish();
+    assert_eq!(code, Some(0), "{summary}");
+    assert_eq!(summary["installed"]["builtin_server_stayed"], true);
+    // The old device's copies stay on the old device: the new one sends everything to its own
+    // built-in server, and verifies it there.
+    let out = ferry(new.path(), &["backup", lib_arg, "--now", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "backup on new: {}", text(&out));
+    let s = event(&out, "summary");
+    assert_eq!(s["summary"]["sent"], resources, "{s}");
+    assert_eq!(s["summary"]["verified"], resources, "{s}");
+}
