@@ -310,7 +310,9 @@ fn report(done: &Done, json: bool) -> ExitCode {
                     out(&extension_line(e));
                 }
                 if s.builtin_server_stayed {
-                    out("ferry: the old device backed up to its built-in server, whose copies stay there: `ferry backup` here backs up to this device's own");
+                    out(
+                        "ferry: the old device backed up to its built-in server, whose copies stay there: `ferry backup` here backs up to this device's own",
+                    );
                 }
                 if s.confirmation_lost {
                     out(
@@ -492,7 +494,9 @@ fn preflight(state_dir: &Path, extensions_dir: &Path, json: bool) -> anyhow::Res
         ));
     }
     if p.builtin_server_stays {
-        out("does not move: the built-in server's copies (in this state folder): the new device backs up to its own built-in server");
+        out(
+            "does not move: the built-in server's copies (in this state folder): the new device backs up to its own built-in server",
+        );
     }
     out(&format!(
         "total: about {}, about {} s on a gigabit network",

@@ -738,8 +738,7 @@ fn bad_input_gets_a_clear_error() {
 }
 
 #[test]
-fn a_device_that_backed_up_to_its_built_in_server_hands_over_and_the_new_one_backs_up_to_its_own()
-{
+fn a_device_that_backed_up_to_its_built_in_server_hands_over_and_the_new_one_backs_up_to_its_own() {
     let lib = tempfile::tempdir().unwrap();
     copy_tree(&fixtures(), lib.path());
     let old = tempfile::tempdir().unwrap();
