@@ -69,6 +69,13 @@ pub enum MoveError {
     AlreadyReceived { from: String },
     #[error("nothing to cancel: no move is under way on this device")]
     NothingToCancel,
+    /// Everything arrived, but the new device's "installed" never came back: this device stays
+    /// frozen until a `send` hears it.
+    #[error(
+        "the new device did not confirm it installed the move: run `ferry migrate resume` there \
+         and `ferry migrate send` here again"
+    )]
+    NotConfirmed,
     #[error(
         "not enough free space in {path} for the move's package: {need} bytes needed, {have} free"
     )]
@@ -80,7 +87,7 @@ impl MoveError {
     pub fn is_resumable(&self) -> bool {
         match self {
             MoveError::Transport(e) => e.is_resumable(),
-            MoveError::Io { .. } => true,
+            MoveError::NotConfirmed => true,
             _ => false,
         }
     }
@@ -433,7 +440,6 @@ pub async fn prepare(
         "migration_outgoing",
         Some(&serde_json::json!({ "started_ms": now_ms() }).to_string()),
     )?;
-    progress.set_phase(MovePhase::Preparing, "state snapshot", 0);
     let out = paths.outgoing();
     let _ = std::fs::remove_dir_all(&out);
     ferry_store::private::create_private_dir_all(&out).map_err(io_err(&out))?;
@@ -446,7 +452,6 @@ pub async fn prepare(
     } else {
         Vec::new()
     };
-    let counts = store.migration_snapshot(&out.join(STATE_ENTRY), &forget)?;
     let library_id = store.library_id().to_owned();
     let host = host_for(&paths, extensions_dir, store)?;
     let mut extensions = Vec::new();
@@ -501,6 +506,18 @@ pub async fn prepare(
     }
     if *cancel.borrow() {
         return Err(MoveError::Transport(ferry_migrate::MigrateError::Cancelled));
+    }
+    drop(host);
+    // The snapshot after the exports: what an extension recorded in its key-value store while
+    // exporting belongs with the files it exported.
+    progress.set_phase(MovePhase::Preparing, "state snapshot", 0);
+    let counts = open_store(&paths)?.migration_snapshot(&out.join(STATE_ENTRY), &forget)?;
+    for dir in [out.join(EXT_PREFIX), out.clone()] {
+        if dir.is_dir() {
+            std::fs::File::open(&dir)
+                .and_then(|f| f.sync_all())
+                .map_err(io_err(&dir))?;
+        }
     }
     let meta = PackageMeta {
         format: PACKAGE_FORMAT,
@@ -633,9 +650,7 @@ pub async fn send(
     )
     .await?;
     if !report.installed {
-        return Err(MoveError::Transport(ferry_migrate::MigrateError::Protocol(
-            "the new device did not confirm it installed the move".into(),
-        )));
+        return Err(MoveError::NotConfirmed);
     }
     let moved = finish_send(&paths, &prepared, to)?;
     progress.set_phase(MovePhase::Done, "", 0);
@@ -817,21 +832,22 @@ pub async fn receive(
     let session = receiver
         .receive(&staging, move |e: ferry_migrate::Progress| p.transport(e))
         .await?;
-    let mut summary = install(
-        &paths,
-        session.package(),
-        roots,
-        &progress,
-        installed,
-        started,
-    )?;
-    // Installed whatever happens to the confirmation: if it is lost, the old device stays
-    // frozen and its next `send` finds this one installed (and is told so at once).
-    if let Err(e) = session.confirm_installed().await {
-        tracing::warn!(error = %e, "the old device did not hear that the move is installed");
-        summary.confirmation_lost = true;
+    let mut summary = install(&paths, session.package(), roots, &progress, installed)?;
+    // Installed whatever happens to the confirmation. The old device hears it at once, before
+    // the (long) check of the library files: it waits for it only so long.
+    match session.confirm_installed().await {
+        Ok(_) => {
+            let _ = std::fs::remove_dir_all(&staging);
+        }
+        Err(e) => {
+            // Staging stays: the old device's next `send` moves nothing again and is told the
+            // move is installed.
+            tracing::warn!(error = %e, "the old device did not hear that the move is installed");
+            summary.confirmation_lost = true;
+        }
     }
-    let _ = std::fs::remove_dir_all(&staging);
+    check_files(&paths, &progress, &mut summary).await?;
+    summary.elapsed_ms = started.elapsed().as_millis() as u64;
     progress.set_phase(MovePhase::Done, "", 0);
     Ok(summary)
 }
@@ -863,8 +879,10 @@ pub async fn import(
     })
     .await
     .map_err(|e| MoveError::BadPackage(e.to_string()))??;
-    let summary = install(&paths, &package, roots, &progress, installed, started)?;
+    let mut summary = install(&paths, &package, roots, &progress, installed)?;
     let _ = std::fs::remove_dir_all(&staging);
+    check_files(&paths, &progress, &mut summary).await?;
+    summary.elapsed_ms = started.elapsed().as_millis() as u64;
     progress.set_phase(MovePhase::Done, "", 0);
     Ok(summary)
 }
@@ -875,7 +893,6 @@ fn install(
     roots: &[(PathBuf, PathBuf)],
     progress: &MoveProgress,
     installed: Option<ReceivedMark>,
-    started: std::time::Instant,
 ) -> Result<InstallSummary, MoveError> {
     let manifest = package.manifest();
     let id = hex(&manifest.id());
@@ -887,7 +904,6 @@ fn install(
             meta.format
         )));
     }
-    let elapsed = || started.elapsed().as_millis() as u64;
     if let Some(mark) = installed {
         if mark.package == id {
             // Installed by an earlier run whose confirmation was cut: nothing to do again.
@@ -903,7 +919,7 @@ fn install(
                 already_installed: true,
                 builtin_server_stayed: meta.builtin_server_stays,
                 confirmation_lost: false,
-                elapsed_ms: elapsed(),
+                elapsed_ms: 0,
             });
         }
         return Err(MoveError::AlreadyReceived {
@@ -916,8 +932,16 @@ fn install(
         .find(|e| e.name == STATE_ENTRY.as_bytes())
         .ok_or_else(|| MoveError::BadPackage("no state snapshot in it".into()))?;
 
+    // Every extension id comes from the package: one that is not a valid id (`..`, a path)
+    // must never name a folder here.
+    for e in &meta.extensions {
+        if !ferry_host::manifest::valid_id(&e.id) {
+            return Err(MoveError::BadPackage(format!("an extension id {:?}", e.id)));
+        }
+    }
     // A working copy of the snapshot (the verified blob stays as it arrived), brought to this
-    // Ferry's schema by opening it, its folders rebased, its files checked.
+    // Ferry's schema by opening it, its folders rebased (the files are checked after the
+    // install: `check_files`).
     let work = paths.incoming().join("work.sqlite");
     for suffix in ["", "-wal", "-shm"] {
         let mut p = work.as_os_str().to_owned();
@@ -927,22 +951,6 @@ fn install(
     std::fs::copy(package.path_of(state_entry), &work).map_err(io_err(&work))?;
     let mut snap = Store::open(&work)?;
     snap.rebase_roots(roots)?;
-    let resources = snap.resources_to_check()?;
-    progress.set_phase(MovePhase::Checking, "library files", resources.len() as u64);
-    let (mut verified, mut missing, mut differ) = (0u64, 0u64, 0u64);
-    let mut found = Vec::new();
-    for r in &resources {
-        match check_file(r) {
-            FileCheck::Same { dev, ino, mtime_ns } => {
-                verified += 1;
-                found.push((r.id.clone(), dev, ino, mtime_ns));
-            }
-            FileCheck::Missing => missing += 1,
-            FileCheck::Differs => differ += 1,
-        }
-        progress.add(1);
-    }
-    snap.update_resource_stats(&found)?;
     drop(snap);
 
     // Extension data: each exporting extension's files, as appended, in its import folder.
@@ -954,7 +962,7 @@ fn install(
         let _ = std::fs::remove_dir_all(&dir);
         ferry_store::private::create_private_dir_all(&dir).map_err(io_err(&dir))?;
         let prefix = format!("{EXT_PREFIX}{}/", e.id);
-        materialize_prefix(package, prefix.as_bytes(), &dir)?;
+        materialize_prefix(package, prefix.as_bytes(), &dir, &paths.state_dir)?;
         imports.push(PendingImportRow {
             extension: e.id.clone(),
             dir,
@@ -983,28 +991,86 @@ fn install(
         package: id,
         source_host: meta.source_host,
         counts,
-        files_verified: verified,
-        files_missing: missing,
-        files_differ: differ,
+        files_verified: 0,
+        files_missing: 0,
+        files_differ: 0,
         extensions: meta.extensions,
         already_installed: false,
         builtin_server_stayed: meta.builtin_server_stays,
         confirmation_lost: false,
-        elapsed_ms: elapsed(),
+        elapsed_ms: 0,
     })
 }
 
+/// The arrival check, after the install: each resource's file re-hashed at its (rebased)
+/// path; the same bytes get their new inode and time recorded, so the next scan sees no change;
+/// a missing or different file is counted (the next scan handles it as any change). A kill
+/// during it loses nothing: the next scan re-hashes what was not recorded.
+async fn check_files(
+    paths: &MovePaths,
+    progress: &Arc<MoveProgress>,
+    summary: &mut InstallSummary,
+) -> Result<(), MoveError> {
+    if summary.already_installed {
+        return Ok(());
+    }
+    let paths = paths.clone();
+    let p = progress.clone();
+    let (verified, missing, differ) = tokio::task::spawn_blocking(move || {
+        let mut store = open_store(&paths)?;
+        let resources = store.resources_to_check()?;
+        p.set_phase(MovePhase::Checking, "library files", resources.len() as u64);
+        let (mut verified, mut missing, mut differ) = (0u64, 0u64, 0u64);
+        let mut found = Vec::new();
+        for r in &resources {
+            match check_file(r) {
+                FileCheck::Same { dev, ino, mtime_ns } => {
+                    verified += 1;
+                    found.push((r.id.clone(), dev, ino, mtime_ns));
+                }
+                FileCheck::Missing => missing += 1,
+                FileCheck::Differs => differ += 1,
+            }
+            p.add(1);
+            // Recorded in batches: a long check keeps what it learned if it is cut.
+            if found.len() >= 4096 {
+                store.update_resource_stats(&found)?;
+                found.clear();
+            }
+        }
+        store.update_resource_stats(&found)?;
+        Ok::<_, MoveError>((verified, missing, differ))
+    })
+    .await
+    .map_err(|e| MoveError::BadPackage(e.to_string()))??;
+    summary.files_verified = verified;
+    summary.files_missing = missing;
+    summary.files_differ = differ;
+    Ok(())
+}
+
 /// Puts every entry named `prefix…` at `dest/…` (a hard link to the verified blob, or a copy
-/// across file systems), then fsyncs: the import folder must be whole before the install
-/// points at it. Names were validated by the transport (relative, no `..`).
+/// across file systems, or for a second entry with the same content: two names must not
+/// share one inode), then fsyncs each folder it created up to `top`: the import folder must
+/// be whole and durable before the install points at it. Names were validated by the
+/// transport (relative, no `..`).
 fn materialize_prefix(
     package: &ReceivedPackage,
     prefix: &[u8],
     dest: &Path,
+    top: &Path,
 ) -> Result<(), MoveError> {
     use std::os::unix::ffi::OsStrExt;
     let mut dirs = std::collections::BTreeSet::new();
-    dirs.insert(dest.to_owned());
+    let mut linked = std::collections::HashSet::new();
+    // dest and every folder above it up to the state folder (created by this move).
+    let mut d = dest.to_owned();
+    while d.starts_with(top) && d != top {
+        dirs.insert(d.clone());
+        if !d.pop() {
+            break;
+        }
+    }
     for e in &package.manifest().entries {
         let Some(rest) = e.name.strip_prefix(prefix) else {
             continue;
@@ -1022,9 +1088,16 @@ fn materialize_prefix(
         let to = dest.join(rel);
         let parent = to.parent().unwrap_or(dest).to_owned();
         std::fs::create_dir_all(&parent).map_err(io_err(&parent))?;
+        let mut up = parent.clone();
+        while up.starts_with(dest) && up != dest {
+            dirs.insert(up.clone());
+            if !up.pop() {
+                break;
+            }
+        }
         let from = package.path_of(e);
         let _ = std::fs::remove_file(&to);
-        if std::fs::hard_link(&from, &to).is_err() {
+        if !linked.insert(from.clone()) || std::fs::hard_link(&from, &to).is_err() {
             std::fs::copy(&from, &to).map_err(io_err(&to))?;
             std::fs::File::open(&to)
                 .and_then(|f| f.sync_all())

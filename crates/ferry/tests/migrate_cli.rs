@@ -766,3 +766,52 @@ fn a_device_that_backed_up_to_its_built_in_server_hands_over_and_the_new_one_bac
     assert_eq!(s["summary"]["sent"], resources, "{s}");
     assert_eq!(s["summary"]["verified"], resources, "{s}");
 }
+
+#[test]
+fn a_crafted_package_naming_an_extension_outside_its_folder_is_refused_and_deletes_nothing() {
+    // A package whose description lists an extension with the id `../..`: installing its data
+    // would name the state folder itself. Built with the transport's own writer, so every hash
+    // and the trailer are right: only the content is hostile.
+    let server = Server::start();
+    let (_lib, old) = old_device(&server);
+    let work = tempfile::tempdir().unwrap();
+    let good = work.path().join("good.ferry");
+    let out = ferry(
+        old.path(),
+        &[
+            "migrate",
+            "export",
+            "--out",
+            good.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "export: {}", text(&out));
+    // Re-package the same state with a hostile description.
+    let staging = work.path().join("staging");
+    let pkg = ferry_migrate::import_file(&good, &staging, |_| {}).unwrap();
+    let root = work.path().join("root");
+    pkg.materialize(&root).unwrap();
+    let mut meta = pkg.manifest().meta.clone();
+    meta["extensions"] = serde_json::json!([{
+        "id": "../..", "data_version": "1", "compressible": false,
+        "size_estimate_bytes": 0, "files": 0, "bytes": 0, "left_out": null
+    }]);
+    let manifest = ferry_migrate::PackageManifest::build(&root, meta, |_| false).unwrap();
+    let bad = work.path().join("bad.ferry");
+    ferry_migrate::export_file(&root, &manifest, &bad, |_| {}).unwrap();
+
+    let new = tempfile::tempdir().unwrap();
+    let sentinel = new.path().join("keep-me");
+    std::fs::write(&sentinel, b"x").unwrap();
+    let out = ferry(new.path(), &["migrate", "import", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("extension id"),
+        "{}",
+        text(&out)
+    );
+    assert!(sentinel.exists(), "the state folder was touched");
+    assert!(new.path().join("ferry.db").exists());
+    assert_eq!(jobs_count(new.path()), 0);
+}

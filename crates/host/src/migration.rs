@@ -711,6 +711,13 @@ impl Host {
                 source,
             },
         };
+        // The data folder holds nothing of this device yet (the import runs before the first
+        // call here), unless an earlier attempt was cut (kill -9, shutdown): then it is half
+        // imported, and an import on top of that would mix the two. Start clean every time.
+        if let Err(e) = wipe_data_folder(&self.inner.config.data_dir.join("extensions").join(&m.id))
+        {
+            tracing::warn!(extension = %m.id, error = %e, "could not clear the data folder before the import");
+        }
         let (init, ctx) = self.launch_parts(m, c)?;
         let ended = session::run_call(
             session::Launch {

@@ -18,6 +18,7 @@ use crate::{Phase, Progress};
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 const MAGIC: &[u8; 8] = b"FERRYPKG";
@@ -62,10 +63,12 @@ pub fn export_file_with(
 
     let tmp = temp_beside(out);
     let result = (|| -> Result<u64> {
+        // The package holds the library index and extensions' data: its owner's alone.
         let file = OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
+            .mode(0o600)
             .open(&tmp)?;
         let mut w = HashWriter {
             inner: BufWriter::with_capacity(256 << 10, file),

@@ -329,12 +329,6 @@ impl Store {
         migrated_from: &str,
         now_ms: i64,
     ) -> Result<SnapshotCounts, MigrationStoreError> {
-        let jobs = count(&self.conn, "SELECT COUNT(*) FROM jobs")?;
-        let receipts = count(&self.conn, "SELECT COUNT(*) FROM receipts")?;
-        let kv = count(&self.conn, "SELECT COUNT(*) FROM extension_kv")?;
-        if jobs + receipts + kv > 0 {
-            return Err(MigrationStoreError::NotFresh { jobs, receipts, kv });
-        }
         // Same schema on both sides: the snapshot was opened (and so migrated) by this Ferry.
         let ours: i64 = self
             .conn
@@ -374,6 +368,14 @@ impl Store {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // Checked inside the write transaction: nothing can add work between the check and
+        // the install.
+        let jobs = count(&tx, "SELECT COUNT(*) FROM jobs")?;
+        let receipts = count(&tx, "SELECT COUNT(*) FROM receipts")?;
+        let kv = count(&tx, "SELECT COUNT(*) FROM extension_kv")?;
+        if jobs + receipts + kv > 0 {
+            return Err(MigrationStoreError::NotFresh { jobs, receipts, kv });
+        }
         // This device's own index goes (children first), then the moved rows come in.
         tx.execute_batch(
             "DELETE FROM changes; DELETE FROM change_sets; DELETE FROM resources;
@@ -397,6 +399,13 @@ impl Store {
             "DELETE FROM main.asset_tombstones;
              INSERT INTO main.asset_tombstones SELECT * FROM moved.asset_tombstones;
              INSERT INTO main.extension_kv SELECT * FROM moved.extension_kv;",
+        )?;
+        // The library's own keys (id, history floor) are the moved ones, all of them: a key
+        // this device had and the moved state lacks must not survive.
+        tx.execute(
+            "DELETE FROM main.meta
+             WHERE key NOT IN ('moved_to', 'migration_outgoing', 'migrated_from')",
+            [],
         )?;
         tx.execute(
             "INSERT OR REPLACE INTO main.meta (key, value)
