@@ -5,8 +5,13 @@
 //! acknowledging deletes the job), then create jobs for new resources, from the change history
 //! since the saved token (or a full pass over the library on first run and after
 //! `change_token_expired`), up to the job limit. Before creating jobs it asks the server which
-//! content hashes it already stores, so a reinstall uploads nothing again. All resources of an
-//! asset (a Live Photo's photo and video, a RAW+JPEG pair) go into one transaction.
+//! content hashes it already stores, so a reinstall uploads nothing again; for each resource it
+//! skips that way (the same bytes at a second path, on a second device) it records a receipt of
+//! this resource's path on the server (`POST /v1/objects/receipts`, one request per page) before
+//! recording the resource as stored, so a restore brings every path back. The asset record
+//! remembers which location (library and path) has a receipt, so a renamed resource gets one
+//! for its new path and an unchanged one is never sent again. All resources of an asset (a
+//! Live Photo's photo and video, a RAW+JPEG pair) go into one transaction.
 //!
 //! Every step is idempotent, so a call cut short anywhere (kill, `will_terminate`) is simply
 //! continued by the next: the cursor in kv says where the pass was, and a resource that
@@ -27,7 +32,7 @@ use ferry_extension::{ErrorClass, Extension, Host, HostError};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-pub use server::{CheckError, ServerClient};
+pub use server::{CheckError, NewReceipt, Receipts, ServerClient};
 
 /// Assets handled per page of changes or of the full pass.
 const PAGE_ASSETS: u32 = 100;
@@ -136,6 +141,33 @@ type AssetRecord = BTreeMap<String, Stored>;
 struct Stored {
     hash: ContentHash,
     object_id: String,
+    /// The [`location_key`] of the place the server holds a receipt of this resource for (its
+    /// upload's, or one added for a copy). `None`: not known to (a record from before receipts
+    /// were added, or a server without them): one is sent when the asset is next handled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    receipt_at: Option<String>,
+}
+
+/// A short, stable name for where a resource lives (the `library` and `path` of its
+/// metadata): a 64-bit FNV-1a of both, so asset records stay small however long the paths
+/// (an asset's record is one kv value, at most 64 KiB). Not a security boundary: a collision
+/// would only skip one receipt.
+fn location_key(metadata: &BTreeMap<String, String>) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in ["library", "path"] {
+        let value = metadata.get(part);
+        // Absent and empty differ; the separator keeps ("ab", "") apart from ("a", "b").
+        let bytes = [
+            &[u8::from(value.is_some())][..],
+            value.map(String::as_bytes).unwrap_or_default(),
+            &[0xff],
+        ];
+        for b in bytes.iter().flat_map(|b| b.iter()) {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    format!("{h:016x}")
 }
 
 /// Where the current pass over the library stands.
@@ -163,13 +195,15 @@ struct Report {
     failed: u32,
     created: u32,
     already_stored: u32,
+    /// Receipts recorded for copies whose bytes the server already held.
+    receipts: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
 }
 
 impl Report {
     fn progress(&self) -> bool {
-        self.retried + self.acknowledged + self.created + self.already_stored > 0
+        self.retried + self.acknowledged + self.created + self.already_stored + self.receipts > 0
     }
 }
 
@@ -275,6 +309,8 @@ struct PageBatch {
     /// Records of resources the server already holds.
     records: Vec<(String, Option<String>)>,
     known: u32,
+    /// Receipts the records stand for (sent before the batch is committed).
+    receipts: u32,
     /// The page entry this batch starts at.
     first: usize,
 }
@@ -308,9 +344,40 @@ impl PageBatch {
         if !self.records.is_empty() {
             host.kv_set_many(&self.records)?;
             report.already_stored += self.known;
+            report.receipts += self.receipts;
         }
         Ok(done)
     }
+}
+
+/// The metadata of one resource as the server keeps it: an upload job carries it, and a
+/// receipt added for a copy whose bytes are already stored sends the very same map (so the
+/// server takes the two for one receipt).
+fn resource_metadata(asset: &AssetView, r: &ResourceView) -> BTreeMap<String, String> {
+    let mut metadata = BTreeMap::new();
+    metadata.insert("asset_id".to_owned(), asset.id.clone());
+    metadata.insert("resource_type".to_owned(), r.resource_type.to_string());
+    metadata.insert("file_name".to_owned(), clean(&r.file_name, 255));
+    metadata.insert("content_hash".to_owned(), r.content_hash.to_hex());
+    if let Some(t) = &r.metadata.capture_time {
+        metadata.insert("capture_time".to_owned(), clean(t, 64));
+    }
+    // Where it was, so a restore can put it back: the path under its library root (already
+    // escaped: no control characters), the root's name, the modification time. A path too
+    // long for the metadata's size limit is left out rather than cut.
+    if let Some(p) = &r.relative_path
+        && p.len() <= MAX_PATH_METADATA_BYTES
+        && !p.chars().any(char::is_control)
+    {
+        metadata.insert("path".to_owned(), p.clone());
+    }
+    if let Some(l) = &r.library {
+        metadata.insert("library".to_owned(), clean(l, 255));
+    }
+    if let Some(m) = r.modified_ms {
+        metadata.insert("modified_ms".to_owned(), m.to_string());
+    }
+    metadata
 }
 
 fn asset_key(asset_id: &str) -> String {
@@ -377,6 +444,8 @@ impl Backup {
                 Stored {
                     hash: j.content_hash,
                     object_id,
+                    // The upload's own receipt carries the job's metadata.
+                    receipt_at: Some(location_key(&j.metadata)),
                 },
             ));
         }
@@ -565,7 +634,8 @@ impl Backup {
     /// host calls, not a few per asset: its records are read in one `kv.get_many`, its jobs
     /// created in one transaction, what the server already holds recorded in one
     /// `kv.set_many` (each commit is an fsync; one per asset would cap the backup at the
-    /// disk's fsync rate).
+    /// disk's fsync rate); likewise two server requests, the check and the receipts of the
+    /// copies it already holds (one commit on the server).
     #[allow(clippy::too_many_arguments)]
     fn handle(
         &self,
@@ -577,7 +647,9 @@ impl Backup {
         job_limit: u32,
         report: &mut Report,
     ) -> Result<usize, StepError> {
-        // What each asset still needs: resources neither stored nor in flight.
+        // What each asset still needs: resources neither stored nor in flight (`need`), and
+        // stored ones whose current place has no receipt yet (`moved`: renamed, or recorded
+        // before receipts existed).
         let keys: Vec<String> = entries.iter().flatten().map(|a| asset_key(&a.id)).collect();
         let mut stored_records = keys
             .iter()
@@ -586,21 +658,34 @@ impl Backup {
             .collect::<Result<Vec<_>, _>>()?
             .into_iter();
         let mut needs: Vec<Vec<&ResourceView>> = Vec::new();
+        let mut moves: Vec<Vec<&ResourceView>> = Vec::new();
         let mut records: Vec<AssetRecord> = Vec::new();
         for entry in entries {
+            let mut need = Vec::new();
+            let mut moved = Vec::new();
             let Some(asset) = entry else {
-                needs.push(Vec::new());
+                needs.push(need);
+                moves.push(moved);
                 records.push(AssetRecord::new());
                 continue;
             };
             let record = stored_records.next().unwrap_or_default();
-            let need = asset
-                .resources
-                .iter()
-                .filter(|r| record.get(&r.id).is_none_or(|s| s.hash != r.content_hash))
-                .filter(|r| !live.contains(&(r.id.clone(), r.content_hash)))
-                .collect();
+            for r in &asset.resources {
+                if live.contains(&(r.id.clone(), r.content_hash)) {
+                    continue;
+                }
+                match record.get(&r.id) {
+                    Some(s) if s.hash == r.content_hash => {
+                        let here = location_key(&resource_metadata(asset, r));
+                        if s.receipt_at.as_deref() != Some(here.as_str()) {
+                            moved.push(r);
+                        }
+                    }
+                    _ => need.push(r),
+                }
+            }
             needs.push(need);
+            moves.push(moved);
             records.push(record);
         }
         let hashes: Vec<ContentHash> = needs
@@ -610,18 +695,80 @@ impl Backup {
             .collect::<HashSet<_>>()
             .into_iter()
             .collect();
-        let on_server = if hashes.is_empty() {
+        let mut on_server = if hashes.is_empty() {
             HashSet::new()
         } else {
             ready.client.stored(&hashes)?
         };
+        // Receipts for every copy the server already holds the bytes of, in one request for
+        // the page, before anything is recorded: a failure leaves the page to be done again by
+        // a later call (the cursor has not moved), and the server answers a receipt sent twice
+        // with the one it has.
+        let mut wanted = Vec::new();
+        for ((entry, need), (moved, record)) in
+            entries.iter().zip(&needs).zip(moves.iter().zip(&records))
+        {
+            let Some(asset) = entry else { continue };
+            for r in need.iter().filter(|r| on_server.contains(&r.content_hash)) {
+                wanted.push(NewReceipt {
+                    object_id: r.content_hash.to_hex(),
+                    metadata: resource_metadata(asset, r),
+                });
+            }
+            for r in moved {
+                let object_id = record
+                    .get(&r.id)
+                    .map(|s| s.object_id.clone())
+                    .unwrap_or_else(|| r.content_hash.to_hex());
+                wanted.push(NewReceipt {
+                    object_id,
+                    metadata: resource_metadata(asset, r),
+                });
+            }
+        }
+        let receipted = if wanted.is_empty() {
+            true
+        } else {
+            match ready.client.add_receipts(&wanted)? {
+                Receipts::Recorded { missing } => {
+                    // Bytes the server turned out not to hold (it lost them, or another server
+                    // answers at the URL now): uploaded like new ones.
+                    if !missing.is_empty() {
+                        on_server.retain(|h| !missing.contains(&h.to_hex()));
+                        for ((need, moved), record) in
+                            needs.iter_mut().zip(moves.iter_mut()).zip(&records)
+                        {
+                            let (gone, kept): (Vec<&ResourceView>, Vec<&ResourceView>) =
+                                moved.iter().partition(|r| {
+                                    record
+                                        .get(&r.id)
+                                        .is_some_and(|s| missing.contains(&s.object_id))
+                                });
+                            need.extend(gone);
+                            *moved = kept;
+                        }
+                    }
+                    true
+                }
+                Receipts::Unsupported => {
+                    // An older ferry-server: the bytes are safe, only this copy's path is not
+                    // recorded. The record says so (`receipt_at` unset), so the asset's next
+                    // handling tries again; stalling every backup on it would be worse.
+                    eprintln!(
+                        "ferry-backup: the server cannot record receipts (POST /v1/objects/receipts); {} copies of stored bytes are not recorded at their paths until it is updated",
+                        wanted.len()
+                    );
+                    false
+                }
+            }
+        };
         let mut batch = PageBatch::default();
-        for (i, (entry, need)) in entries.iter().zip(&needs).enumerate() {
+        for (i, ((entry, need), moved)) in entries.iter().zip(&needs).zip(&moves).enumerate() {
             if host.will_terminate_received() {
                 return batch.commit(host, live, available, report, i);
             }
             let Some(asset) = entry else { continue };
-            if need.is_empty() {
+            if need.is_empty() && moved.is_empty() {
                 continue;
             }
             let (known, mut upload): (Vec<&ResourceView>, Vec<&ResourceView>) = need
@@ -657,7 +804,7 @@ impl Backup {
                     .push(TxItem::Create(self.new_job(ready, asset, r)));
                 batch.created.push((r.id.clone(), r.content_hash));
             }
-            if !known.is_empty() {
+            if !known.is_empty() || (receipted && !moved.is_empty()) {
                 let mut record = records[i].clone();
                 for r in &known {
                     record.insert(
@@ -665,8 +812,18 @@ impl Backup {
                         Stored {
                             hash: r.content_hash,
                             object_id: r.content_hash.to_hex(),
+                            receipt_at: receipted
+                                .then(|| location_key(&resource_metadata(asset, r))),
                         },
                     );
+                }
+                if receipted {
+                    for r in moved {
+                        if let Some(s) = record.get_mut(&r.id) {
+                            s.receipt_at = Some(location_key(&resource_metadata(asset, r)));
+                        }
+                    }
+                    batch.receipts += (known.len() + moved.len()) as u32;
                 }
                 let key = asset_key(&asset.id);
                 let value = to_kv(&key, &record)?;
@@ -681,35 +838,12 @@ impl Backup {
     }
 
     fn new_job(&self, ready: &Ready, asset: &AssetView, r: &ResourceView) -> NewJob {
-        let mut metadata = BTreeMap::new();
-        metadata.insert("asset_id".to_owned(), asset.id.clone());
-        metadata.insert("resource_type".to_owned(), r.resource_type.to_string());
-        metadata.insert("file_name".to_owned(), clean(&r.file_name, 255));
-        metadata.insert("content_hash".to_owned(), r.content_hash.to_hex());
-        if let Some(t) = &r.metadata.capture_time {
-            metadata.insert("capture_time".to_owned(), clean(t, 64));
-        }
-        // Where it was, so a restore can put it back: the path under its library root (already
-        // escaped: no control characters), the root's name, the modification time. A path too
-        // long for the metadata's size limit is left out rather than cut.
-        if let Some(p) = &r.relative_path
-            && p.len() <= MAX_PATH_METADATA_BYTES
-            && !p.chars().any(char::is_control)
-        {
-            metadata.insert("path".to_owned(), p.clone());
-        }
-        if let Some(l) = &r.library {
-            metadata.insert("library".to_owned(), clean(l, 255));
-        }
-        if let Some(m) = r.modified_ms {
-            metadata.insert("modified_ms".to_owned(), m.to_string());
-        }
         NewJob {
             id: Uuid::now_v7(),
             resource_id: r.id.clone(),
             content_hash: r.content_hash,
             destination: ready.destination.clone(),
-            metadata,
+            metadata: resource_metadata(asset, r),
         }
     }
 
@@ -828,6 +962,38 @@ mod tests {
         assert!(!retryable(Some(&JobErrorCode::ClientError)));
         assert!(!retryable(Some(&JobErrorCode::ResourceChanged)));
         assert!(!retryable(Some(&JobErrorCode::Other("x".into()))));
+    }
+
+    #[test]
+    fn location_keys_tell_places_apart_and_never_change() {
+        let m = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let a = location_key(&m(&[
+            ("library", "Pictures"),
+            ("path", "Trips/a.jpg"),
+            ("modified_ms", "1"),
+        ]));
+        let touched = location_key(&m(&[
+            ("library", "Pictures"),
+            ("path", "Trips/a.jpg"),
+            ("modified_ms", "2"),
+            ("asset_id", "x"),
+        ]));
+        assert_eq!(a, touched, "only the library and the path count");
+        let moved = m(&[("library", "Pictures"), ("path", "Best/a.jpg")]);
+        assert_ne!(a, location_key(&moved));
+        assert_ne!(
+            location_key(&m(&[("library", "ab"), ("path", "")])),
+            location_key(&m(&[("library", "a"), ("path", "b")]))
+        );
+        assert_ne!(location_key(&m(&[("path", "")])), location_key(&m(&[])));
+        // Kept in kv records: every version must compute the same keys.
+        assert_eq!(location_key(&m(&[])), "d6b3707bf4b856ed");
+        assert_eq!(a, "a192001bffc74d21");
     }
 
     #[test]

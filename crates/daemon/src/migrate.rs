@@ -965,7 +965,8 @@ fn install(
         materialize_prefix(package, prefix.as_bytes(), &dir, &paths.state_dir)?;
         imports.push(PendingImportRow {
             extension: e.id.clone(),
-            dir,
+            // Absolute: the extension runs in its own folder (a relative `--state-dir`).
+            dir: std::path::absolute(&dir).unwrap_or(dir),
             source_extension: e.id.clone(),
             source_version: e.data_version.clone(),
         });

@@ -1012,3 +1012,155 @@ fn two_versions_of_one_path_both_come_back_the_newest_under_its_name() {
         "a newer version of the same path has that name"
     );
 }
+
+/// The receipts' paths of the object holding `bytes`, as the server lists them.
+fn receipt_paths(server: &Server, bytes: &[u8]) -> Vec<String> {
+    let id = blake3::hash(bytes).to_hex().to_string();
+    server.rt.block_on(async {
+        let v: Value = reqwest::Client::new()
+            .get(format!("{}/v1/objects/{id}/receipts", server.url()))
+            .bearer_auth(&server.token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let mut paths: Vec<String> = v["receipts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["metadata"]["path"].as_str().unwrap_or("").to_owned())
+            .collect();
+        paths.sort();
+        paths
+    })
+}
+
+/// Issue 24: a photo copied into two folders is one object on the server; the backup sends its
+/// bytes once and records a receipt for every path (also for a copy added after the first
+/// backup finished, whose bytes the server already holds), so the restore brings every path
+/// back, each with the same bytes and its own modification time.
+#[test]
+fn the_same_bytes_at_several_paths_all_come_back() {
+    let server = Server::start();
+    let state = tempfile::tempdir().unwrap();
+    let lib = tempfile::tempdir().unwrap();
+    let mut rng = Rng(0x24);
+    let photo = rng.bytes(200_000);
+    let other = rng.bytes(50_000);
+    let put = |rel: &str, bytes: &[u8]| {
+        let p = lib.path().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, bytes).unwrap();
+    };
+    put("Trips/a.jpg", &photo);
+    put("Best/a.jpg", &photo);
+    put("Trips/b.jpg", &other);
+    server.backup(state.path(), lib.path());
+    assert_eq!(
+        receipt_paths(&server, &photo),
+        ["Best/a.jpg", "Trips/a.jpg"]
+    );
+
+    // A third copy, added once the first backup is done: the server holds its bytes already.
+    put("Later/a copy.jpg", &photo);
+    server.backup(state.path(), lib.path());
+    let all = ["Best/a.jpg", "Later/a copy.jpg", "Trips/a.jpg"];
+    assert_eq!(receipt_paths(&server, &photo), all);
+    // A run with nothing new records nothing again.
+    server.backup(state.path(), lib.path());
+    let id = blake3::hash(&photo).to_hex().to_string();
+    let receipts = server.rt.block_on(async {
+        let v: Value = reqwest::Client::new()
+            .get(format!("{}/v1/objects/{id}/receipts", server.url()))
+            .bearer_auth(&server.token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["receipts"].as_array().unwrap().len()
+    });
+    assert_eq!(receipts, all.len(), "one receipt per path");
+
+    let backed_up = listed(state.path(), lib.path());
+    assert_eq!(backed_up.len(), 4, "{backed_up:?}");
+    // Into an empty folder, from another device's state: everything from the server.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let into = tempfile::tempdir().unwrap();
+    let dir = into.path().join("restored");
+    let url = server.url();
+    let out = ferry(elsewhere.path(), &restore_args(&dir, &url, &server.token));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_same_tree(&backed_up, &dir);
+    for rel in all {
+        assert_eq!(std::fs::read(dir.join(rel)).unwrap(), photo, "{rel}");
+    }
+    assert_eq!(std::fs::read(dir.join("Trips/b.jpg")).unwrap(), other);
+    let sum = &summary(&out)["summary"];
+    assert_eq!(
+        (
+            &sum["objects"],
+            &sum["files"],
+            &sum["restored"],
+            &sum["failed"]
+        ),
+        (
+            &Value::from(2),
+            &Value::from(4),
+            &Value::from(4),
+            &Value::from(0)
+        ),
+        "{sum}"
+    );
+}
+
+/// A photo renamed after its backup keeps its bytes on the server; the next backup records a
+/// receipt for its new path (the bytes are not sent again), so the restore has it under its new
+/// name (and, as the server keeps every receipt, under its old one too).
+#[test]
+fn a_photo_renamed_after_its_backup_comes_back_under_its_new_name() {
+    let server = Server::start();
+    let state = tempfile::tempdir().unwrap();
+    let lib = tempfile::tempdir().unwrap();
+    let photo = Rng(0x2424).bytes(120_000);
+    std::fs::create_dir_all(lib.path().join("Trips")).unwrap();
+    std::fs::write(lib.path().join("Trips/old name.jpg"), &photo).unwrap();
+    server.backup(state.path(), lib.path());
+    std::fs::rename(
+        lib.path().join("Trips/old name.jpg"),
+        lib.path().join("Trips/new name.jpg"),
+    )
+    .unwrap();
+    server.backup(state.path(), lib.path());
+    assert_eq!(
+        receipt_paths(&server, &photo),
+        ["Trips/new name.jpg", "Trips/old name.jpg"]
+    );
+
+    let elsewhere = tempfile::tempdir().unwrap();
+    let into = tempfile::tempdir().unwrap();
+    let dir = into.path().join("restored");
+    let url = server.url();
+    let out = ferry(elsewhere.path(), &restore_args(&dir, &url, &server.token));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let backed_up = listed(state.path(), lib.path());
+    let restored = tree(&dir);
+    for (rel, (hash, mtime)) in &backed_up {
+        let (h, m) = &restored[rel];
+        assert_eq!(
+            (h, m.div_euclid(1_000_000)),
+            (hash, mtime.div_euclid(1_000_000))
+        );
+    }
+    assert_eq!(
+        std::fs::read(dir.join("Trips/new name.jpg")).unwrap(),
+        photo
+    );
+    assert_eq!(
+        std::fs::read(dir.join("Trips/old name.jpg")).unwrap(),
+        photo
+    );
+}

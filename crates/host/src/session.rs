@@ -370,7 +370,10 @@ fn cut_message(mut s: String) -> String {
 pub(crate) async fn run_call(mut l: Launch<'_>, kind: &mut CallKind<'_>) -> Ended {
     let m = l.manifest;
     let cfg = l.config;
+    // Absolute: the extension runs in this folder, so a relative path (a relative
+    // `--state-dir`) would name a folder below itself in FERRY_EXTENSION_DATA_DIR.
     let work_dir = cfg.data_dir.join("extensions").join(&m.id);
+    let work_dir = std::path::absolute(&work_dir).unwrap_or(work_dir);
     // Under the state folder, the person's alone: created 0700 (the extension's data and log).
     if let Err(e) = ferry_store::private::create_private_dir_all(&work_dir) {
         return spawn_failed(format!("cannot create {}: {e}", work_dir.display()));

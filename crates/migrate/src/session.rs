@@ -310,8 +310,33 @@ async fn receive_entries(
 
     let mut writer = None;
     let mut acks_broken = false;
+    // Each entry is made durable (fsync, rename, fsync folder) on a blocking thread while the
+    // next one arrives: waiting for every fsync before reading on held the sender to one
+    // entry per fsync latency. An entry is acknowledged only once it is durable.
+    let mut finishing: tokio::task::JoinSet<(u32, Result<()>)> = tokio::task::JoinSet::new();
     loop {
-        let msg = rx.recv(IDLE).await?;
+        // Acks for what became durable meanwhile (never waiting: `recv` below is the one await
+        // that reads the stream, so no frame is ever half-read and dropped).
+        while let Some(done) = finishing.try_join_next() {
+            let index = settle(done, &manifest, &mut tally)?;
+            if !acks_broken && tx.send(&Msg::Ack { index }).await.is_err() {
+                acks_broken = true;
+            }
+            tally.report(progress);
+        }
+        let msg = match rx.recv(IDLE).await {
+            Ok(msg) => msg,
+            Err(e) => {
+                // A cut: what fully arrived is made durable (and counted) before the caller
+                // hears of it, so a resume sends none of it again.
+                while let Some(done) = finishing.join_next().await {
+                    if settle(done, &manifest, &mut tally).is_ok() {
+                        tally.report(progress);
+                    }
+                }
+                return Err(e);
+            }
+        };
         tally.progress.wire_bytes = rx.wire;
         match msg {
             Msg::Begin { index, compressed } => {
@@ -322,6 +347,9 @@ async fn receive_entries(
                     .ok_or_else(|| {
                         MigrateError::Protocol(format!("entry {index} not asked for"))
                     })?;
+                // Out of `pending` from its first byte: a second `Begin` of the same content
+                // while the first is still being made durable is refused, never written twice.
+                pending.remove(&entry.blake3);
                 writer = Some((index, staging.writer(entry, compressed)?));
             }
             Msg::Data(data) => match writer.as_mut() {
@@ -335,21 +363,29 @@ async fn receive_entries(
                 let Some((index, w)) = writer.take() else {
                     return Err(MigrateError::Protocol("end outside an entry".into()));
                 };
-                // fsync and rename off the async threads.
-                tokio::task::spawn_blocking(move || w.finish())
-                    .await
-                    .map_err(|e| MigrateError::Io(std::io::Error::other(e)))??;
-                let hash = manifest.entries[index as usize].blake3;
-                pending.remove(&hash);
-                tally.verified(&hash);
-                // An ack that cannot be written does not stop the receiving: every entry
-                // that fully arrived before a cut is still verified and kept.
-                if !acks_broken && tx.send(&Msg::Ack { index }).await.is_err() {
-                    acks_broken = true;
+                // fsync and rename off the async threads, a few entries at a time.
+                finishing.spawn_blocking(move || (index, w.finish()));
+                while finishing.len() > MAX_FINISHING {
+                    let Some(done) = finishing.join_next().await else {
+                        break;
+                    };
+                    let index = settle(done, &manifest, &mut tally)?;
+                    // An ack that cannot be written does not stop the receiving: every entry
+                    // that fully arrived before a cut is still verified and kept.
+                    if !acks_broken && tx.send(&Msg::Ack { index }).await.is_err() {
+                        acks_broken = true;
+                    }
+                    tally.report(progress);
                 }
-                tally.report(progress);
             }
             Msg::Done => {
+                while let Some(done) = finishing.join_next().await {
+                    let index = settle(done, &manifest, &mut tally)?;
+                    if !acks_broken && tx.send(&Msg::Ack { index }).await.is_err() {
+                        acks_broken = true;
+                    }
+                    tally.report(progress);
+                }
                 if acks_broken {
                     return Err(MigrateError::PeerGone);
                 }
@@ -368,6 +404,21 @@ async fn receive_entries(
     tally.progress.phase = Phase::Verified;
     tally.report(progress);
     Ok(staging.package(manifest))
+}
+
+/// Entries being made durable at once on the receiving side.
+const MAX_FINISHING: usize = 16;
+
+/// One entry's durability settled: its index once verified and durable, or why not.
+fn settle(
+    done: std::result::Result<(u32, Result<()>), tokio::task::JoinError>,
+    manifest: &PackageManifest,
+    tally: &mut Tally,
+) -> Result<u32> {
+    let (index, r) = done.map_err(|e| MigrateError::Io(std::io::Error::other(e)))?;
+    r?;
+    tally.verified(&manifest.entries[index as usize].blake3);
+    Ok(index)
 }
 
 /// What a finished send did.

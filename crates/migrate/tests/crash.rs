@@ -11,7 +11,7 @@ use tokio::sync::watch;
 async fn the_receiver_dies_mid_transfer_then_resumes() {
     let src = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();
-    let manifest = many(src.path(), 10, 100_000);
+    let manifest = many(src.path(), 100, 100_000);
     let staging = dst.path().join("staging");
 
     let mut receiver = Receiver::bind(loopback()).await.unwrap();
@@ -39,7 +39,7 @@ async fn the_receiver_dies_mid_transfer_then_resumes() {
     assert!(matches!(sent, Err(MigrateError::PeerGone)), "{sent:?}");
 
     let kept = blobs(&staging).len() as u64;
-    assert!((4..10).contains(&kept), "{kept}");
+    assert!((4..100).contains(&kept), "{kept}");
     // What a kill -9 leaves: the entry being written, under its temporary name.
     let next = manifest
         .entries
@@ -52,8 +52,10 @@ async fn the_receiver_dies_mid_transfer_then_resumes() {
     let mut receiver = Receiver::bind(loopback()).await.unwrap();
     let addr = receiver.addr();
     let (package, outcome) = full_move(&mut receiver, addr, &staging, src.path(), &manifest).await;
-    assert_eq!(outcome.skipped_entries, kept);
-    assert_eq!(outcome.sent_entries, 10 - kept);
+    // Entries being made durable when the task was dropped finish on their blocking threads:
+    // they may be kept too. Nothing kept is sent again.
+    assert!(outcome.skipped_entries >= kept, "{outcome:?}, {kept} kept");
+    assert_eq!(outcome.sent_entries + outcome.skipped_entries, 100);
     assert_blobs_sound(&staging);
     assert!(!staging.join("blobs").join(format!("{next}.part")).exists());
     let out = dst.path().join("out");
@@ -66,7 +68,7 @@ async fn the_sender_dies_mid_transfer_then_resumes() {
     let src = tempfile::tempdir().unwrap();
     let dst = tempfile::tempdir().unwrap();
     // Larger than the socket buffers can hold, so the kill leaves entries unsent.
-    let manifest = many(src.path(), 30, 200_000);
+    let manifest = many(src.path(), 100, 200_000);
     let staging = dst.path().join("staging");
 
     let mut receiver = Receiver::bind(loopback()).await.unwrap();
@@ -87,13 +89,13 @@ async fn the_sender_dies_mid_transfer_then_resumes() {
     let (got, ()) = tokio::join!(receiving, killer);
     assert!(matches!(got, Err(MigrateError::PeerGone)), "{got:?}");
     let kept = blobs(&staging).len() as u64;
-    assert!((3..30).contains(&kept), "{kept}");
+    assert!((3..100).contains(&kept), "{kept}");
 
     let mut receiver = Receiver::bind(loopback()).await.unwrap();
     let addr = receiver.addr();
     let (package, outcome) = full_move(&mut receiver, addr, &staging, src.path(), &manifest).await;
     assert_eq!(outcome.skipped_entries, kept);
-    assert_eq!(outcome.sent_entries, 30 - kept);
+    assert_eq!(outcome.sent_entries, 100 - kept);
     assert_eq!(package.manifest, manifest);
     assert_blobs_sound(&staging);
 }

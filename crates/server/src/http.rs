@@ -21,7 +21,7 @@ use base64::engine::general_purpose::STANDARD;
 use sha2::{Digest, Sha256};
 
 use crate::error::ApiError;
-use crate::meta::{DEFAULT_USER_ID, ObjectRow, UploadRow};
+use crate::meta::{DEFAULT_USER_ID, NewReceipt, ObjectRow, ReceiptAdded, UploadRow};
 use crate::sf::{self, ReprDigests};
 use crate::uploads::{Append, ChunkCheck, Created, Engine, Outcome, scoped_key, valid_object_id};
 
@@ -36,6 +36,11 @@ const LIST_DEFAULT_LIMIT: usize = 100;
 const LIST_MAX_LIMIT: usize = 1000;
 /// Receipts per object in a listing (newest first); `/receipts` answers up to 1000.
 const LIST_RECEIPTS_PER_OBJECT: usize = 100;
+/// Receipts one `POST /v1/objects/receipts` may add (one transaction, one commit).
+pub const MAX_RECEIPT_BATCH: usize = 1000;
+/// A batch of receipts is at most this long: 1000 items of full metadata (8 KiB each, base64
+/// counted) fit.
+const MAX_RECEIPT_BATCH_BYTES: usize = 12 << 20;
 
 #[derive(Debug)]
 pub struct AppState {
@@ -64,8 +69,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/v1/objects", get(list_objects))
         .route("/v1/objects/check", post(check_objects))
+        .route("/v1/objects/receipts", post(add_receipts))
         .route("/v1/objects/{id}", get(get_object))
-        .route("/v1/objects/{id}/receipts", get(object_receipts))
+        .route(
+            "/v1/objects/{id}/receipts",
+            get(object_receipts).post(add_receipt),
+        )
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         // Upload bodies are streamed to disk and bounded by the upload limits, not buffered.
         .layer(DefaultBodyLimit::disable());
@@ -266,6 +275,32 @@ pub fn parse_metadata(raw: &str) -> Result<String, ApiError> {
         }
     }
     Ok(serde_json::Value::Object(map).to_string())
+}
+
+/// Metadata given as a JSON object of strings (the receipts batch), checked by the very rules
+/// of the header form: it is written in that form and parsed by [`parse_metadata`], so what
+/// one form accepts the other does, and both store the same `metadata_json`.
+fn metadata_from_map(map: &std::collections::BTreeMap<String, String>) -> Result<String, ApiError> {
+    let mut raw = String::new();
+    for (key, value) in map {
+        // The header form separates pairs with `,` and key from value with a space.
+        if key.contains(',') || key.is_empty() || !key.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(ApiError::BadRequest(format!(
+                "metadata key {:?} is not a short ASCII token",
+                key.chars().take(64).collect::<String>()
+            )));
+        }
+        if !raw.is_empty() {
+            raw.push(',');
+        }
+        raw.push_str(key);
+        raw.push(' ');
+        raw.push_str(&STANDARD.encode(value.as_bytes()));
+        if raw.len() > MAX_METADATA_BYTES {
+            break;
+        }
+    }
+    parse_metadata(&raw)
 }
 
 fn digest(h: &HeaderMap, name: &str) -> Result<Option<[u8; 32]>, ApiError> {
@@ -997,6 +1032,139 @@ async fn object_receipts(
         .map(receipt_json)
         .collect();
     Ok(json_response(&serde_json::json!({ "receipts": receipts })))
+}
+
+/// A receipt as answered when it is added: the receipt and whether it is new.
+fn added_json(added: &ReceiptAdded) -> (StatusCode, Option<serde_json::Value>) {
+    match added {
+        ReceiptAdded::Created(r) => (StatusCode::CREATED, Some(receipt_json(r))),
+        ReceiptAdded::Existing(r) => (StatusCode::OK, Some(receipt_json(r))),
+        ReceiptAdded::NotOwned => (StatusCode::NOT_FOUND, None),
+    }
+}
+
+/// `POST /v1/objects/{id}/receipts`: records that the caller's user holds this object at
+/// another place too — the metadata of one more copy of the same bytes (a second path, another
+/// device, a rename) — without uploading them again. The metadata travels as an upload's does
+/// (`Ferry-Metadata` or `Upload-Metadata`, tus format) and is required. 201 with the new
+/// receipt; 200 with the one the user already has with exactly this metadata (so repeating the
+/// request is harmless and needs no idempotency key); 404 for an object the user does not hold,
+/// whoever else does (checked after the metadata, so a 400 says nothing about the object).
+async fn add_receipt(
+    State(s): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    h: HeaderMap,
+) -> Result<Response, ApiError> {
+    let (metadata_json, metadata_raw) = metadata(&h)?;
+    if metadata_raw.is_none() || metadata_json == "{}" {
+        return Err(ApiError::BadRequest(
+            "a receipt needs its metadata in Ferry-Metadata or Upload-Metadata".into(),
+        ));
+    }
+    if !valid_object_id(&id) {
+        return Err(ApiError::NotFound);
+    }
+    let item = NewReceipt {
+        object_id: id,
+        metadata_json,
+        metadata_raw,
+    };
+    let added = s
+        .engine
+        .meta
+        .add_receipts(caller.user_id, &[item], crate::uploads::now_unix_ms())
+        .await?;
+    let (status, receipt) = added
+        .first()
+        .map(added_json)
+        .unwrap_or((StatusCode::NOT_FOUND, None));
+    let Some(receipt) = receipt else {
+        return Err(ApiError::NotFound);
+    };
+    let mut res = json_response(&receipt);
+    *res.status_mut() = status;
+    Ok(res)
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReceiptsRequest {
+    receipts: Vec<ReceiptItem>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReceiptItem {
+    object_id: String,
+    metadata: std::collections::BTreeMap<String, String>,
+}
+
+/// `POST /v1/objects/receipts`: [`add_receipt`] for up to 1000 objects in one request and one
+/// commit (a client that found a whole page of its library already stored records it at the
+/// cost of one). A malformed item refuses the whole request (400, nothing written); otherwise
+/// each item is answered in order with the status the single route would give it (201, 200 or
+/// 404), and the receipt for the first two.
+async fn add_receipts(
+    State(s): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let bytes = axum::body::to_bytes(body, MAX_RECEIPT_BATCH_BYTES)
+        .await
+        .map_err(|_| ApiError::TooLarge("receipts request over 12 MiB".into()))?;
+    let req: ReceiptsRequest = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::BadRequest(format!("receipts request is not the expected JSON: {e}"))
+    })?;
+    if req.receipts.len() > MAX_RECEIPT_BATCH {
+        return Err(ApiError::TooLarge(format!(
+            "more than {MAX_RECEIPT_BATCH} receipts"
+        )));
+    }
+    let mut items = Vec::with_capacity(req.receipts.len());
+    for (i, r) in req.receipts.into_iter().enumerate() {
+        let object_id = r.object_id.to_ascii_lowercase();
+        if !valid_object_id(&object_id) {
+            return Err(ApiError::BadRequest(format!(
+                "receipts[{i}]: object_id is not 64 hex digits"
+            )));
+        }
+        if r.metadata.is_empty() {
+            return Err(ApiError::BadRequest(format!(
+                "receipts[{i}]: a receipt needs metadata"
+            )));
+        }
+        let metadata_json = metadata_from_map(&r.metadata).map_err(|e| match e {
+            ApiError::BadRequest(d) => ApiError::BadRequest(format!("receipts[{i}]: {d}")),
+            other => other,
+        })?;
+        items.push(NewReceipt {
+            object_id,
+            metadata_json,
+            metadata_raw: None,
+        });
+    }
+    let added = s
+        .engine
+        .meta
+        .add_receipts(caller.user_id, &items, crate::uploads::now_unix_ms())
+        .await?;
+    let answers: Vec<serde_json::Value> = items
+        .iter()
+        .zip(&added)
+        .map(|(item, a)| {
+            let (status, receipt) = added_json(a);
+            let mut v = serde_json::json!({
+                "object_id": item.object_id,
+                "status": status.as_u16(),
+            });
+            if let Some(r) = receipt {
+                v["receipt"] = r;
+            }
+            v
+        })
+        .collect();
+    Ok(json_response(&serde_json::json!({ "receipts": answers })))
 }
 
 /// `GET /v1/objects?after=CURSOR&limit=N`: the caller's user's objects in the order the user

@@ -83,6 +83,30 @@ pub struct Receipt {
     pub metadata_json: String,
 }
 
+/// A receipt to record for an object its user already holds, without uploading the bytes again
+/// (the same bytes at another path, on another device, after a rename).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewReceipt {
+    pub object_id: String,
+    /// Decoded metadata as a JSON object of strings, keys in order: what makes two receipts
+    /// the same (see [`Meta::add_receipts`]).
+    pub metadata_json: String,
+    /// The metadata field as received, when it came in a header.
+    pub metadata_raw: Option<String>,
+}
+
+/// What recording one [`NewReceipt`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReceiptAdded {
+    /// A new receipt.
+    Created(Receipt),
+    /// The user already had a receipt of this object with exactly this metadata (an upload's
+    /// or an earlier added one): that one, and nothing written.
+    Existing(Receipt),
+    /// The user holds no such object (never stored, or stored only by another user).
+    NotOwned,
+}
+
 /// One object of a user's listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OwnedObject {
@@ -150,15 +174,23 @@ enum Op {
         name: String,
         quota_bytes: Option<u64>,
     },
+    AddReceipts {
+        user_id: i64,
+        /// Each with the id its row takes if it is new.
+        items: Vec<(String, NewReceipt)>,
+        now_unix_ms: i64,
+    },
 }
 
 /// What one write did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Applied {
     /// Rows affected.
     Rows(u64),
     /// `CompleteUpload` wrote nothing: the object does not fit its user's quota.
     OverQuota(QuotaExceeded),
+    /// `AddReceipts`: one outcome per item, in order.
+    Receipts(Vec<ReceiptAdded>),
 }
 
 #[derive(Debug)]
@@ -202,6 +234,13 @@ async fn apply(conn: &mut SqliteConnection, op: &Op) -> Result<Applied, sqlx::Er
         .await?,
         Op::CompleteUpload { upload_id, object: o } => {
             return complete_upload(conn, upload_id, o).await;
+        }
+        Op::AddReceipts {
+            user_id,
+            items,
+            now_unix_ms,
+        } => {
+            return add_receipts(conn, *user_id, items, *now_unix_ms).await;
         }
         Op::DeleteUpload(id) => sqlx::query("DELETE FROM uploads WHERE id = ?")
             .bind(id)
@@ -322,6 +361,67 @@ async fn complete_upload(
     .execute(&mut *conn)
     .await?;
     Ok(Applied::Rows(r.rows_affected()))
+}
+
+/// Records receipts for objects `user_id` holds, in the writer's transaction: the ownership
+/// check, the search for the same receipt and the insert cannot interleave with another write,
+/// so two identical requests racing each other still make one receipt. A receipt is a finished
+/// upload row of protocol `receipt` (no partial file, no bytes): every read of receipts — the
+/// listing, `/receipts`, cancelling one with `DELETE /v1/uploads/{id}` — treats it like one.
+async fn add_receipts(
+    conn: &mut SqliteConnection,
+    user_id: i64,
+    items: &[(String, NewReceipt)],
+    now_unix_ms: i64,
+) -> Result<Applied, sqlx::Error> {
+    let mut out = Vec::with_capacity(items.len());
+    for (id, item) in items {
+        let size: Option<(i64,)> = sqlx::query_as(
+            "SELECT o.size_bytes FROM object_owners w JOIN objects o ON o.id = w.object_id WHERE w.user_id = ? AND w.object_id = ?",
+        )
+        .bind(user_id)
+        .bind(&item.object_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+        let Some((size,)) = size else {
+            out.push(ReceiptAdded::NotOwned);
+            continue;
+        };
+        // "The same receipt": same user, same object, same metadata (every key and value).
+        let same: Option<ReceiptTuple> = sqlx::query_as(
+            "SELECT id, COALESCE(completed_unix_ms, created_unix_ms), metadata_json FROM uploads WHERE user_id = ? AND object_id = ? AND metadata_json = ? ORDER BY created_unix_ms, id LIMIT 1",
+        )
+        .bind(user_id)
+        .bind(&item.object_id)
+        .bind(&item.metadata_json)
+        .fetch_optional(&mut *conn)
+        .await?;
+        if let Some(t) = same {
+            out.push(ReceiptAdded::Existing(receipt_from(t)));
+            continue;
+        }
+        sqlx::query(
+            "INSERT INTO uploads (id, protocol, offset_bytes, length_bytes, metadata_json, metadata_raw, object_id, created_unix_ms, expires_unix_ms, user_id, completed_unix_ms) VALUES (?, 'receipt', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(id)
+        .bind(size)
+        .bind(size)
+        .bind(&item.metadata_json)
+        .bind(&item.metadata_raw)
+        .bind(&item.object_id)
+        .bind(now_unix_ms)
+        .bind(now_unix_ms)
+        .bind(user_id)
+        .bind(now_unix_ms)
+        .execute(&mut *conn)
+        .await?;
+        out.push(ReceiptAdded::Created(Receipt {
+            upload_id: id.clone(),
+            received_unix_ms: now_unix_ms,
+            metadata_json: item.metadata_json.clone(),
+        }));
+    }
+    Ok(Applied::Receipts(out))
 }
 
 /// Commits a batch: each write in its own savepoint, so one failing write (a duplicate id)
@@ -555,8 +655,8 @@ impl Meta {
     async fn write(&self, op: Op) -> Result<u64, sqlx::Error> {
         match self.write_applied(op).await? {
             Applied::Rows(n) => Ok(n),
-            Applied::OverQuota(_) => Err(sqlx::Error::Protocol(
-                "a quota refusal from a write that has none".into(),
+            Applied::OverQuota(_) | Applied::Receipts(_) => Err(sqlx::Error::Protocol(
+                "a write answered with what another kind of write answers".into(),
             )),
         }
     }
@@ -625,10 +725,41 @@ impl Meta {
             upload_id: upload_id.into(),
             object: o.clone(),
         };
-        Ok(match self.write_applied(op).await? {
-            Applied::Rows(n) => Ok(n > 0),
-            Applied::OverQuota(q) => Err(q),
-        })
+        match self.write_applied(op).await? {
+            Applied::Rows(n) => Ok(Ok(n > 0)),
+            Applied::OverQuota(q) => Ok(Err(q)),
+            Applied::Receipts(_) => Err(sqlx::Error::Protocol(
+                "a completion answered with receipts".into(),
+            )),
+        }
+    }
+
+    /// Records receipts of objects `user_id` already holds, one outcome per item in order, in
+    /// one transaction (a batch costs one commit). Idempotent: an item whose object already has
+    /// a receipt of this user with exactly its metadata (`metadata_json` equal; the server
+    /// writes it with sorted keys) answers that receipt and writes nothing, so a client that
+    /// never saw an answer simply asks again. An object the user does not hold is
+    /// [`ReceiptAdded::NotOwned`], whoever else holds it.
+    pub async fn add_receipts(
+        &self,
+        user_id: i64,
+        items: &[NewReceipt],
+        now_unix_ms: i64,
+    ) -> Result<Vec<ReceiptAdded>, sqlx::Error> {
+        let op = Op::AddReceipts {
+            user_id,
+            items: items
+                .iter()
+                .map(|i| (uuid::Uuid::now_v7().simple().to_string(), i.clone()))
+                .collect(),
+            now_unix_ms,
+        };
+        match self.write_applied(op).await? {
+            Applied::Receipts(r) if r.len() == items.len() => Ok(r),
+            _ => Err(sqlx::Error::Protocol(
+                "adding receipts answered something else".into(),
+            )),
+        }
     }
 
     pub async fn delete_upload(&self, id: &str) -> Result<bool, sqlx::Error> {
