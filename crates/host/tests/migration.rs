@@ -115,6 +115,34 @@ async fn an_export_arrives_byte_for_byte_with_its_hashes() {
     assert!(stray.is_empty(), "{stray:?}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_folder_of_many_small_files_is_not_refused_for_its_count() {
+    // More appends than the request rate limit allows in a burst (twice 200 a second): each
+    // append is paced by its own answer, so none may be refused as a flood.
+    let lib = Lib::new();
+    let m = lib.install_with("many", "export_good", &["export"], "");
+    lib.enable(&m);
+    for i in 0..1_000 {
+        write(
+            &lib.work_dir("many")
+                .join(format!("data/{:02}/{i:04}.json", i % 10)),
+            format!("{{\"n\":{i}}}").as_bytes(),
+        );
+    }
+    let host = lib.host();
+    let pre = host.migration_preflight("many").await.unwrap();
+    let out = lib.dir.path().join("out");
+    let (_cancel_tx, cancel) = watch::channel(false);
+    let outcome = host
+        .migration_export("many", &out, Some(pre.size_estimate_bytes), cancel, &|_| {})
+        .await
+        .unwrap();
+    let ExportOutcome::Exported { files } = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert_eq!(files.len(), 1_000);
+}
+
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).unwrap() {
