@@ -654,17 +654,38 @@ pub async fn send(
     }
     let moved = finish_send(&paths, &prepared, to)?;
     progress.set_phase(MovePhase::Done, "", 0);
-    Ok(SendSummary {
-        package: prepared.id(),
-        entries: prepared.manifest.entries.len() as u64,
-        bytes: prepared.manifest.total_bytes(),
-        wire_bytes: report.wire_bytes,
-        skipped_entries: report.skipped_entries,
-        sent_entries: report.sent_entries,
-        elapsed_ms: started.elapsed().as_millis() as u64,
+    Ok(SendSummary::of(
+        &prepared,
         moved,
-        extensions: prepared.meta.extensions.clone(),
-    })
+        (
+            report.wire_bytes,
+            report.sent_entries,
+            report.skipped_entries,
+        ),
+        started,
+    ))
+}
+
+impl SendSummary {
+    /// `wire`: bytes written, distinct contents sent now, and those the other side held.
+    fn of(
+        prepared: &Prepared,
+        moved: MovedMark,
+        (wire_bytes, sent_entries, skipped_entries): (u64, u64, u64),
+        started: std::time::Instant,
+    ) -> SendSummary {
+        SendSummary {
+            package: prepared.id(),
+            entries: prepared.manifest.entries.len() as u64,
+            bytes: prepared.manifest.total_bytes(),
+            wire_bytes,
+            sent_entries,
+            skipped_entries,
+            elapsed_ms: started.elapsed().as_millis() as u64,
+            moved,
+            extensions: prepared.meta.extensions.clone(),
+        }
+    }
 }
 
 /// Writes the move to a file, for devices that never meet.
@@ -698,17 +719,13 @@ pub async fn export(
     let abs = std::fs::canonicalize(out).unwrap_or_else(|_| out.to_owned());
     let moved = finish_send(&paths, &prepared, &format!("file {}", abs.display()))?;
     progress.set_phase(MovePhase::Done, "", 0);
-    Ok(SendSummary {
-        package: prepared.id(),
-        entries: prepared.manifest.entries.len() as u64,
-        bytes: prepared.manifest.total_bytes(),
-        wire_bytes: written,
-        skipped_entries: 0,
-        sent_entries: prepared.manifest.entries.len() as u64,
-        elapsed_ms: started.elapsed().as_millis() as u64,
+    let entries = prepared.manifest.entries.len() as u64;
+    Ok(SendSummary::of(
+        &prepared,
         moved,
-        extensions: prepared.meta.extensions.clone(),
-    })
+        (written, entries, 0),
+        started,
+    ))
 }
 
 // ---------------------------------------------------------------------------------------------
