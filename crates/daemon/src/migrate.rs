@@ -507,6 +507,7 @@ pub async fn prepare(
     if *cancel.borrow() {
         return Err(MoveError::Transport(ferry_migrate::MigrateError::Cancelled));
     }
+    ferry_library::failpoint::hit("migrate.after_export");
     drop(host);
     // The snapshot after the exports: what an extension recorded in its key-value store while
     // exporting belongs with the files it exported.
@@ -549,6 +550,7 @@ pub async fn prepare(
     let prepared = Prepared { manifest, meta };
     let bytes = serde_json::to_vec(&prepared).map_err(|e| MoveError::BadPackage(e.to_string()))?;
     write_durably(&paths.outgoing_manifest(), &bytes)?;
+    ferry_library::failpoint::hit("migrate.after_prepare");
     Ok(prepared)
 }
 
@@ -652,6 +654,7 @@ pub async fn send(
     if !report.installed {
         return Err(MoveError::NotConfirmed);
     }
+    ferry_library::failpoint::hit("migrate.after_confirmed");
     let moved = finish_send(&paths, &prepared, to)?;
     progress.set_phase(MovePhase::Done, "", 0);
     Ok(SendSummary::of(
@@ -850,6 +853,7 @@ pub async fn receive(
         .receive(&staging, move |e: ferry_migrate::Progress| p.transport(e))
         .await?;
     let mut summary = install(&paths, session.package(), roots, &progress, installed)?;
+    ferry_library::failpoint::hit("migrate.after_install");
     // Installed whatever happens to the confirmation. The old device hears it at once, before
     // the (long) check of the library files: it waits for it only so long.
     match session.confirm_installed().await {
@@ -863,6 +867,7 @@ pub async fn receive(
             summary.confirmation_lost = true;
         }
     }
+    ferry_library::failpoint::hit("migrate.before_check");
     check_files(&paths, &progress, &mut summary).await?;
     summary.elapsed_ms = started.elapsed().as_millis() as u64;
     progress.set_phase(MovePhase::Done, "", 0);

@@ -137,12 +137,17 @@ struct Receiving {
 
 impl Receiving {
     fn start(state: &Path, verb: &str, extra: &[&str]) -> Receiving {
+        Receiving::start_with(state, verb, extra, &[])
+    }
+
+    fn start_with(state: &Path, verb: &str, extra: &[&str], env: &[(&str, &str)]) -> Receiving {
         let mut args = vec!["migrate", verb, "--listen", "127.0.0.1:0", "--json"];
         args.extend_from_slice(extra);
         let args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
         // stderr to a file: a pipe nobody reads would block the child once full.
         let log = std::fs::File::create(state.join(format!("test-{verb}.log"))).unwrap();
         let mut child = command(state, &args)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
@@ -814,4 +819,84 @@ fn a_crafted_package_naming_an_extension_outside_its_folder_is_refused_and_delet
     assert!(sentinel.exists(), "the state folder was touched");
     assert!(new.path().join("ferry.db").exists());
     assert_eq!(jobs_count(new.path()), 0);
+}
+
+#[test]
+fn a_crash_at_each_named_point_then_the_same_commands_again_give_the_uncut_result() {
+    // Each named point aborts its process as `kill -9` would (FERRY_FAILPOINTS); then the
+    // person runs `receive` and `send` again. The result must be the uncut move's: the new
+    // device holds exactly what the reference move installed, the old one is marked moved.
+    let server = Server::start();
+    let (_lib, old) = old_device(&server);
+    let reference_old = tempfile::tempdir().unwrap();
+    copy_tree(old.path(), reference_old.path());
+    let reference = tempfile::tempdir().unwrap();
+    let rx = Receiving::start(reference.path(), "receive", &[]);
+    let out = send(reference_old.path(), &rx.addr, &rx.code);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(rx.finish().0, Some(0));
+
+    for (side, point) in [
+        ("sender", "migrate.after_export"),
+        ("sender", "migrate.after_prepare"),
+        ("receiver", "migrate.after_install"),
+        ("receiver", "migrate.before_check"),
+        ("sender", "migrate.after_confirmed"),
+    ] {
+        let old_i = tempfile::tempdir().unwrap();
+        copy_tree(old.path(), old_i.path());
+        let new_i = tempfile::tempdir().unwrap();
+        let armed = [("FERRY_FAILPOINTS", format!("{point}=1"))];
+        let armed: Vec<(&str, &str)> = armed.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let rx = Receiving::start_with(
+            new_i.path(),
+            "receive",
+            &[],
+            if side == "receiver" { &armed } else { &[] },
+        );
+        let words = [
+            "migrate", "send", "--to", &rx.addr, "--code", &rx.code, "--json",
+        ];
+        let args: Vec<&OsStr> = words.iter().map(OsStr::new).collect();
+        let out = command(old_i.path(), &args)
+            .envs(if side == "sender" {
+                armed.clone()
+            } else {
+                Vec::new()
+            })
+            .output()
+            .unwrap();
+        if side == "sender" {
+            assert_eq!(
+                out.status.code(),
+                None,
+                "{point}: the sender aborts: {}",
+                text(&out)
+            );
+            // A sender that died before pairing leaves the receiver waiting: the person stops it.
+            let mut rx = rx;
+            let _ = rx.child.kill();
+            let _ = rx.child.wait();
+        } else {
+            let (code, _) = rx.finish();
+            assert_eq!(code, None, "{point}: the receiver aborts");
+        }
+        // Again, with nothing armed.
+        let moved_already = {
+            let st = ferry(old_i.path(), &["migrate", "status", "--json"]);
+            serde_json::from_slice::<Value>(&st.stdout).unwrap()["moved_to"].is_object()
+        };
+        if !moved_already {
+            let rx = Receiving::start(new_i.path(), "receive", &[]);
+            let out = send(old_i.path(), &rx.addr, &rx.code);
+            assert_eq!(out.status.code(), Some(0), "{point}: again: {}", text(&out));
+            let (code, last) = rx.finish();
+            assert_eq!(code, Some(0), "{point}: again: {last}");
+        }
+        let st = ferry(old_i.path(), &["migrate", "status", "--json"]);
+        let v: Value = serde_json::from_slice(&st.stdout).unwrap();
+        assert!(v["moved_to"].is_object(), "{point}: {v}");
+        assert!(v["outgoing"].is_null(), "{point}: {v}");
+        assert_eq!(dump(new_i.path()), dump(reference.path()), "{point}");
+    }
 }
