@@ -67,6 +67,9 @@ pub enum MoveError {
         "this device already holds a moved state (from {from}); a second move would mix two devices"
     )]
     AlreadyReceived { from: String },
+    /// A `ferry backup` (or the daemon) uploads from this state now.
+    #[error("a `ferry backup` is running on {0}: let it finish (or stop it) first")]
+    BackupRunning(PathBuf),
     #[error("nothing to cancel: no move is under way on this device")]
     NothingToCancel,
     /// Everything arrived, but the new device's "installed" never came back: this device stays
@@ -262,14 +265,67 @@ fn open_store(paths: &MovePaths) -> Result<Store, MoveError> {
 }
 
 /// Holds the state folder against the daemon (and another move) while a move runs.
-fn take_lock(paths: &MovePaths) -> Result<crate::daemon::StateLock, MoveError> {
-    crate::daemon::StateLock::take(&paths.state_dir).map_err(|e| match e {
+fn take_lock(paths: &MovePaths) -> Result<MoveLock, MoveError> {
+    let state = crate::daemon::StateLock::take(&paths.state_dir).map_err(|e| match e {
         crate::daemon::DaemonError::AlreadyRunning(p) => MoveError::Busy(p),
         other => MoveError::State {
             dir: paths.state_dir.clone(),
             detail: other.to_string(),
         },
+    })?;
+    // Exclusive on the uploads lock: no `ferry backup` runs (each holds it shared).
+    let uploads = open_uploads_lock(&paths.state_dir).map_err(io_err(&paths.state_dir))?;
+    match uploads.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            return Err(MoveError::BackupRunning(paths.state_dir.clone()));
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(io_err(&paths.state_dir)(e)),
+    }
+    Ok(MoveLock {
+        _state: state,
+        _uploads: uploads,
     })
+}
+
+/// A move's hold on the state folder: the daemon's lock, and the uploads lock exclusively.
+#[derive(Debug)]
+pub struct MoveLock {
+    _state: crate::daemon::StateLock,
+    _uploads: std::fs::File,
+}
+
+fn open_uploads_lock(state_dir: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(ferry_store::private::FILE_MODE)
+        .open(state_dir.join("uploads.lock"))
+}
+
+/// Held (shared) by `ferry backup` and the daemon for as long as they may upload: a move
+/// cannot be prepared under them, and they cannot start under a move being prepared (the lock
+/// is released by the kernel on any exit, `kill -9` included).
+#[derive(Debug)]
+pub struct UploadsGuard {
+    _file: std::fs::File,
+}
+
+/// Takes the uploads lock shared; `Err` names why not (a move holds it).
+pub fn hold_uploads(state_dir: &Path) -> Result<UploadsGuard, String> {
+    let f = open_uploads_lock(state_dir)
+        .map_err(|e| format!("{}: {e}", state_dir.join("uploads.lock").display()))?;
+    match f.try_lock_shared() {
+        Ok(()) => Ok(UploadsGuard { _file: f }),
+        Err(std::fs::TryLockError::WouldBlock) => Err(
+            "a move to another device is being prepared or sent (`ferry migrate`): this device \
+             does not upload meanwhile"
+                .into(),
+        ),
+        Err(std::fs::TryLockError::Error(e)) => Err(format!("uploads.lock: {e}")),
+    }
 }
 
 /// Why this device must not upload (moved away, or frozen for a move), if so: for `ferry
@@ -803,7 +859,7 @@ fn check_receivable(paths: &MovePaths) -> Result<Option<ReceivedMark>, MoveError
 pub struct Waiting {
     receiver: ferry_migrate::Receiver,
     paths: MovePaths,
-    _lock: crate::daemon::StateLock,
+    _lock: MoveLock,
     installed: Option<ReceivedMark>,
 }
 

@@ -78,6 +78,8 @@ pub async fn run(
 ) -> Result<BackupSummary, BackupError> {
     let started = Instant::now();
     let store = open_state(&opts.state_dir)?;
+    // Held for the whole run: a move cannot freeze this state while it uploads.
+    let _uploads = crate::migrate::hold_uploads(&opts.state_dir).map_err(BackupError::Moved)?;
     if let Some(why) = crate::migrate::upload_block(&store)? {
         return Err(BackupError::Moved(why));
     }

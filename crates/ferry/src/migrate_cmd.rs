@@ -154,6 +154,7 @@ fn exit_code(e: &MoveError) -> u8 {
         _ if e.is_resumable() => EXIT_RESUMABLE,
         MoveError::Usage(_)
         | MoveError::Busy(_)
+        | MoveError::BackupRunning(_)
         | MoveError::AlreadyReceived { .. }
         | MoveError::NothingToCancel
         | MoveError::BadPackage(_) => EXIT_BAD_INPUT,

@@ -900,3 +900,46 @@ fn a_crash_at_each_named_point_then_the_same_commands_again_give_the_uncut_resul
         assert_eq!(dump(new_i.path()), dump(reference.path()), "{point}");
     }
 }
+
+#[test]
+fn a_move_and_a_backup_never_run_on_one_state_at_once() {
+    // The test holds the uploads lock as a running `ferry backup` does (shared), then as a move
+    // does (exclusive): each time the other command is refused at once, saying why.
+    let server = Server::start();
+    let (lib, old) = old_device(&server);
+    let lock = std::fs::OpenOptions::new()
+        .write(true)
+        .open(old.path().join("uploads.lock"))
+        .unwrap();
+    lock.try_lock_shared().unwrap();
+    let file = old.path().join("move.ferry");
+    let out = ferry(
+        old.path(),
+        &["migrate", "export", "--out", file.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("ferry backup"),
+        "{}",
+        text(&out)
+    );
+    assert!(!file.exists());
+    lock.unlock().unwrap();
+
+    lock.try_lock().unwrap();
+    let url = server.handle.base_url();
+    let out = server.backup(old.path(), lib.path(), &url);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("move"),
+        "{}",
+        text(&out)
+    );
+    lock.unlock().unwrap();
+    // Neither left anything behind: the backup runs, the move is not under way.
+    let out = server.backup(old.path(), lib.path(), &url);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let st = ferry(old.path(), &["migrate", "status", "--json"]);
+    let v: Value = serde_json::from_slice(&st.stdout).unwrap();
+    assert!(v["outgoing"].is_null() && v["moved_to"].is_null(), "{v}");
+}
