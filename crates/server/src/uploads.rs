@@ -14,6 +14,10 @@
 //! A crash between any two steps leaves the SQL offset at or before the fsynced bytes, and the
 //! partial file is removed only after the object is durable.
 
+/// How long a plain upload restarted under its `Idempotency-Key` waits for the request it
+/// replaces to end (it was cut; its handler ends when the server reads the cut).
+const SLOT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -336,9 +340,12 @@ impl Engine {
             }
             // A plain upload cannot resume, and an expired one is as good as gone: start over
             // under the same key (an append still running on it answers "busy").
+            // A client retrying after a cut usually arrives before this server has noticed that
+            // the cut request's connection is gone (that request still holds the slot): wait a
+            // little for it to let go rather than refuse the retry.
             let slot = self.slot(&row.id);
-            let _guard = slot
-                .try_lock_owned()
+            let _guard = tokio::time::timeout(SLOT_WAIT, slot.lock_owned())
+                .await
                 .map_err(|_| ApiError::IdempotencyConflict)?;
             self.meta.delete_upload(&row.id).await?;
             let _ = tokio::fs::remove_file(self.partial_path(&row.id)).await;
