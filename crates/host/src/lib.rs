@@ -354,6 +354,27 @@ impl Host {
         })
     }
 
+    /// One launch of `m` with this host's configuration, disable signal and job counter.
+    pub(crate) fn launch_of<'a>(
+        &'a self,
+        manifest: &'a Manifest,
+        init: InitializeParams,
+        ctx: serve::Context,
+        gate: watch::Receiver<Gate>,
+        stop: watch::Receiver<bool>,
+    ) -> session::Launch<'a> {
+        session::Launch {
+            manifest,
+            init,
+            ctx,
+            config: &self.inner.config,
+            gate,
+            stop,
+            disabled: self.inner.disabled.subscribe(),
+            jobs_changed: &self.inner.jobs_changed,
+        }
+    }
+
     pub fn config(&self) -> &HostConfig {
         &self.inner.config
     }
@@ -697,20 +718,7 @@ impl Host {
                 },
             },
             (None, Ok((token_before, init, ctx))) => {
-                let outcome = session::run(
-                    session::Launch {
-                        manifest: m,
-                        init,
-                        ctx,
-                        config: &self.inner.config,
-                        gate,
-                        stop,
-                        disabled: self.inner.disabled.subscribe(),
-                        jobs_changed: &self.inner.jobs_changed,
-                    },
-                    reasons,
-                )
-                .await;
+                let outcome = session::run(self.launch_of(m, init, ctx, gate, stop), reasons).await;
                 self.record(&m.id, &outcome, token_before);
                 outcome
             }

@@ -719,20 +719,7 @@ impl Host {
             tracing::warn!(extension = %m.id, error = %e, "could not clear the data folder before the import");
         }
         let (init, ctx) = self.launch_parts(m, c)?;
-        let ended = session::run_call(
-            session::Launch {
-                manifest: m,
-                init,
-                ctx,
-                config: &self.inner.config,
-                gate,
-                stop,
-                disabled: self.inner.disabled.subscribe(),
-                jobs_changed: &self.inner.jobs_changed,
-            },
-            &mut kind,
-        )
-        .await;
+        let ended = session::run_call(self.launch_of(m, init, ctx, gate, stop), &mut kind).await;
         let outcome = match ended {
             Ended::Answered(Ok(v)) if v.is_object() => ImportOutcome::Succeeded,
             Ended::Answered(Ok(v)) => ImportOutcome::Failed {
@@ -791,20 +778,7 @@ impl Host {
     ) -> Result<Ended, HostError> {
         let (init, ctx) = self.launch_parts(m, c)?;
         let (_keep, gate, stop) = open_gate();
-        Ok(session::run_call(
-            session::Launch {
-                manifest: m,
-                init,
-                ctx,
-                config: &self.inner.config,
-                gate,
-                stop,
-                disabled: self.inner.disabled.subscribe(),
-                jobs_changed: &self.inner.jobs_changed,
-            },
-            kind,
-        )
-        .await)
+        Ok(session::run_call(self.launch_of(m, init, ctx, gate, stop), kind).await)
     }
 }
 
