@@ -66,13 +66,21 @@ impl Accounts {
     /// Opens (and migrates) the data directory's database. A missing directory is created
     /// private (`0700`); an existing one keeps its mode (`serve` sets it).
     pub async fn open(data_dir: &Path) -> Result<Accounts, AccountError> {
+        Accounts::connect(data_dir, None).await
+    }
+
+    /// [`Accounts::open`] on the metadata database `database` (`sqlite:PATH` or
+    /// `postgres://…`, see [`crate::Config::database`]); `None`: the data directory's.
+    pub async fn connect(
+        data_dir: &Path,
+        database: Option<&str>,
+    ) -> Result<Accounts, AccountError> {
+        let database = crate::backend::database_url(data_dir, database)?;
         if !data_dir.exists() {
             ensure_data_dir(data_dir, DEFAULT_DATA_MODE)
                 .map_err(|e| StartError::DataDir(data_dir.into(), e))?;
         }
-        let meta = Meta::open(Some(&data_dir.join("meta.db")))
-            .await
-            .map_err(StartError::Meta)?;
+        let meta = database.open().await?;
         Ok(Accounts { meta })
     }
 

@@ -74,6 +74,10 @@ pub enum ApiError {
     /// request may be repeated once there is room (507, retried by clients as a server error).
     #[error("insufficient storage: {0}")]
     InsufficientStorage(String),
+    /// A store the server needs (the database, the object store) could not be reached or
+    /// timed out: nothing was recorded, the request may be repeated (503, `Retry-After`).
+    #[error("temporarily unavailable: {0}")]
+    Unavailable(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -106,6 +110,7 @@ impl ApiError {
             }
             ApiError::Timeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -133,6 +138,17 @@ impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
         if crate::meta::is_storage_full(&e) {
             return ApiError::InsufficientStorage(format!("metadata store: {e}"));
+        }
+        // The connection, not the statement, failed: nothing was committed (a write is
+        // answered committed only after COMMIT), so the request may simply be repeated.
+        if matches!(
+            e,
+            sqlx::Error::Io(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed
+        ) {
+            return ApiError::Unavailable(format!("metadata store: {e}"));
         }
         ApiError::Internal(format!("metadata store: {e}"))
     }
@@ -202,6 +218,9 @@ impl IntoResponse for ApiError {
             }
             ApiError::UnsupportedTusVersion => {
                 h.insert("tus-version", HeaderValue::from_static("1.0.0"));
+            }
+            ApiError::Unavailable(_) => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             ApiError::OffsetMismatch { expected, .. } => {
                 h.insert("upload-offset", HeaderValue::from(expected));

@@ -7,10 +7,13 @@
 //!
 //! Data directory layout: `meta.db` (SQLite, WAL), `partial/<upload id>` (uploads in progress,
 //! plain files), `blobs/objects/<2 hex>/<blake3 hex>` (finished objects via `object_store`).
+//! To scale out, the metadata can live in PostgreSQL ([`Config::database`]) and the objects in
+//! an S3 bucket ([`Config::store`]); the partial files stay in the data directory.
 //!
 //! Embedding: `Server::start(Config::new(dir, "127.0.0.1:0".parse()?)).await?.local_addr()`.
 
 pub mod accounts;
+pub mod backend;
 pub mod blobs;
 pub mod error;
 pub mod http;
@@ -19,6 +22,7 @@ pub mod meta;
 pub mod sf;
 pub mod uploads;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,12 +31,24 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+pub use backend::{DatabaseUrl, StoreUrl, UrlError};
 pub use listen::{TlsError, TlsFiles, certificate_sha256};
 pub use uploads::Limits;
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Config {
+    /// Unfinished uploads' partial files, and by default the metadata and the objects.
     pub data_dir: PathBuf,
+    /// The metadata database: `sqlite:PATH` or `postgres://…` (see [`DatabaseUrl`]);
+    /// `None`: `meta.db` in the data directory.
+    pub database: Option<String>,
+    /// Where finished objects go: `file:DIR` or `s3://BUCKET[/PREFIX]` (see [`StoreUrl`]);
+    /// `None`: `blobs` in the data directory.
+    pub store: Option<String>,
+    /// The `AWS_*` settings an `s3://` store is configured from; `None`: this process's
+    /// environment (what `ferry-server serve` uses). Lets an embedding program, or a test,
+    /// configure a store without changing its environment.
+    pub store_env: Option<BTreeMap<String, String>>,
     /// The data directory's mode ([`DEFAULT_DATA_MODE`], the owner's alone): it holds a copy
     /// of every upload. Created with it, and set to it at start when it differs.
     pub data_mode: u32,
@@ -53,6 +69,9 @@ impl Config {
     pub fn new(data_dir: impl Into<PathBuf>, listen: SocketAddr) -> Config {
         Config {
             data_dir: data_dir.into(),
+            database: None,
+            store: None,
+            store_env: None,
             data_mode: DEFAULT_DATA_MODE,
             listen,
             open: false,
@@ -69,14 +88,65 @@ impl Config {
     }
 }
 
+/// A `Config` as it may be logged: the database URL without its password, and the names of
+/// the store settings without their values (they hold the secret key).
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("data_dir", &self.data_dir)
+            .field(
+                "database",
+                &self.database.as_deref().map(backend::redact_url),
+            )
+            .field("store", &self.store)
+            .field(
+                "store_env",
+                &self
+                    .store_env
+                    .as_ref()
+                    .map(|e| e.keys().collect::<Vec<_>>()),
+            )
+            .field("data_mode", &self.data_mode)
+            .field("listen", &self.listen)
+            .field("open", &self.open)
+            .field("limits", &self.limits)
+            .field("gc_interval", &self.gc_interval)
+            .field("tls", &self.tls)
+            .field("header_read_timeout", &self.header_read_timeout)
+            .finish()
+    }
+}
+
+/// Why a server (or a `user`/`token` command) could not start. Nothing is left half-started:
+/// the server listens only once the database and the store have both answered.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("data directory {0}: {1}")]
     DataDir(PathBuf, std::io::Error),
+    #[error("database URL {0}")]
+    DatabaseUrl(UrlError),
+    #[error("store URL {0}")]
+    StoreUrl(UrlError),
+    /// Opening or migrating the database failed (`url` and `detail` hold no password).
+    #[error("metadata database {url}: {detail}")]
+    Database { url: String, detail: String },
     #[error("metadata database: {0}")]
     Meta(#[from] sqlx::Error),
-    #[error("blob store: {0}")]
-    Blobs(#[from] blobs::BlobError),
+    #[error("object store {url}: bucket {bucket:?} does not exist ({detail})")]
+    StoreBucketMissing {
+        url: String,
+        bucket: String,
+        detail: String,
+    },
+    #[error(
+        "object store {url}: access denied; check AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and \
+         the bucket's policy ({detail})"
+    )]
+    StoreDenied { url: String, detail: String },
+    #[error("object store {url}: unreachable; check AWS_ENDPOINT_URL ({detail})")]
+    StoreUnreachable { url: String, detail: String },
+    #[error("object store {url}: {detail}")]
+    Store { url: String, detail: String },
     #[error("cannot listen on {0}: {1}")]
     Listen(SocketAddr, std::io::Error),
     #[error(transparent)]
@@ -116,7 +186,11 @@ pub fn ensure_data_dir(dir: &Path, mode: u32) -> std::io::Result<Option<u32>> {
     Ok(Some(old))
 }
 
-async fn open_engine(config: &Config) -> Result<uploads::Engine, StartError> {
+async fn open_engine(
+    config: &Config,
+    database: &DatabaseUrl,
+    store: &StoreUrl,
+) -> Result<uploads::Engine, StartError> {
     let dir = &config.data_dir;
     let existed = dir.exists();
     match ensure_data_dir(dir, config.data_mode) {
@@ -133,8 +207,9 @@ async fn open_engine(config: &Config) -> Result<uploads::Engine, StartError> {
         Ok(_) => {}
         Err(e) => return Err(StartError::DataDir(dir.clone(), e)),
     }
-    let meta = meta::Meta::open(Some(&dir.join("meta.db"))).await?;
-    let blobs = blobs::Blobs::local(&dir.join("blobs"))?;
+    // The store first: its probe opens nothing that would need closing when it fails.
+    let blobs = store.open(config.store_env.as_ref()).await?;
+    let meta = database.open().await?;
     uploads::Engine::new(meta, blobs, dir.join("partial"), config.limits.clone())
         .map_err(|e| StartError::DataDir(dir.clone(), e))
 }
@@ -146,9 +221,12 @@ pub struct Server;
 impl Server {
     /// Binds, starts serving and the expiry collector, and returns at once.
     pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
-        // TLS files are read first: a bad certificate fails the start before anything is opened.
+        // The URLs and TLS files are read first: a typo or a bad certificate fails the start
+        // before anything is opened.
+        let database = backend::database_url(&config.data_dir, config.database.as_deref())?;
+        let store = backend::store_url(&config.data_dir, config.store.as_deref())?;
         let tls = config.tls.as_ref().map(listen::tls_acceptor).transpose()?;
-        let engine = open_engine(&config).await?;
+        let engine = open_engine(&config, &database, &store).await?;
         let state = Arc::new(http::AppState {
             engine,
             auth_required: !config.open,
@@ -190,7 +268,7 @@ impl Server {
                 }
             }
         });
-        tracing::info!(%local_addr, scheme, auth = !config.open, "ferry-server listening");
+        tracing::info!(%local_addr, scheme, auth = !config.open, %database, %store, "ferry-server listening");
         Ok(ServerHandle {
             local_addr,
             scheme,
@@ -229,6 +307,11 @@ impl ServerHandle {
         self.state.engine.collect_expired(now_unix_ms).await
     }
 
+    /// Every object id the store holds (see [`blobs::Blobs::object_ids`]).
+    pub async fn stored_object_ids(&self) -> Result<Vec<String>, error::ApiError> {
+        Ok(self.state.engine.blobs.object_ids().await?)
+    }
+
     /// Stops accepting connections, lets requests in flight finish, closes the database.
     pub async fn shutdown(mut self) {
         if let Some(stop) = self.stop.take() {
@@ -248,12 +331,22 @@ impl ServerHandle {
 /// Creates a device token of the default user in `data_dir` and returns it; only its SHA-256 is
 /// stored, so the caller must show it now or never.
 pub async fn create_token(data_dir: &Path, name: &str) -> Result<String, StartError> {
+    create_token_in(data_dir, None, name).await
+}
+
+/// [`create_token`] in the metadata database `database` (see [`Config::database`]).
+pub async fn create_token_in(
+    data_dir: &Path,
+    database: Option<&str>,
+    name: &str,
+) -> Result<String, StartError> {
+    let database = backend::database_url(data_dir, database)?;
     // A new data directory is created private; an existing one keeps its mode (`serve` sets it).
     if !data_dir.exists() {
         ensure_data_dir(data_dir, DEFAULT_DATA_MODE)
             .map_err(|e| StartError::DataDir(data_dir.into(), e))?;
     }
-    let meta = meta::Meta::open(Some(&data_dir.join("meta.db"))).await?;
+    let meta = database.open().await?;
     let (token, hash) = accounts::new_token();
     // The implicit default user's (see `accounts` for tokens of named users).
     meta.add_token(meta::DEFAULT_USER_ID, name, &hash, uploads::now_unix_ms())

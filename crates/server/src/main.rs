@@ -19,13 +19,55 @@ struct Cli {
     command: Command,
 }
 
+/// Where the server's data lives; every command that opens it takes the same flags.
+#[derive(Debug, clap::Args)]
+struct DataArgs {
+    /// The data directory: unfinished uploads, and unless told otherwise the metadata
+    /// (`meta.db`) and the objects (`blobs/`).
+    #[arg(long = "data", env = "FERRY_SERVER_DATA", value_name = "DIR")]
+    dir: PathBuf,
+    /// The metadata database: `sqlite:PATH` or `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE`
+    /// (default: sqlite:DIR/meta.db).
+    // The value is never shown in --help: it may hold a password.
+    #[arg(
+        long,
+        env = "FERRY_SERVER_DATABASE",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    database: Option<String>,
+    /// Where finished objects go: `file:DIR` or `s3://BUCKET[/PREFIX]` (default: file:DIR/blobs).
+    /// An S3 store is configured by AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID,
+    /// AWS_SECRET_ACCESS_KEY (and AWS_ALLOW_HTTP=true for a plain-http endpoint). The `user` and
+    /// `token` commands check the URL but never open the store.
+    #[arg(long, env = "FERRY_SERVER_STORE", value_name = "URL")]
+    store: Option<String>,
+}
+
+impl DataArgs {
+    /// A command that never opens the store still refuses a bad `--store` (or
+    /// `FERRY_SERVER_STORE`): the same flags serve every command, so a typo shows at once.
+    fn check_store(&self) -> anyhow::Result<()> {
+        if let Some(store) = &self.store {
+            ferry_server::StoreUrl::parse(store).map_err(ferry_server::StartError::StoreUrl)?;
+        }
+        Ok(())
+    }
+
+    /// Opens the accounts (users and tokens) these flags name.
+    async fn accounts(&self) -> anyhow::Result<ferry_server::accounts::Accounts> {
+        self.check_store()?;
+        Ok(ferry_server::accounts::Accounts::connect(&self.dir, self.database.as_deref()).await?)
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve uploads. The first line on stdout is `listening on http://ADDR` (or https); with
     /// TLS the second is `certificate sha256 AA:BB:…`, the fingerprint a client can pin.
     Serve {
-        #[arg(long, env = "FERRY_SERVER_DATA")]
-        data: PathBuf,
+        #[command(flatten)]
+        data: DataArgs,
         /// The data directory's mode, in octal (default 0700: it holds a copy of every upload,
         /// so only the server's own account may enter it). Created with it, set to it at start;
         /// e.g. 0750 lets the directory's group read the stored objects.
@@ -76,21 +118,21 @@ enum UserCommand {
         /// Most bytes the user's objects may take (the sum of their sizes); default unlimited.
         #[arg(long, value_name = "BYTES")]
         quota: Option<u64>,
-        #[arg(long, env = "FERRY_SERVER_DATA")]
-        data: PathBuf,
+        #[command(flatten)]
+        data: DataArgs,
     },
     /// List users with their quota, usage and number of tokens.
     List {
-        #[arg(long, env = "FERRY_SERVER_DATA")]
-        data: PathBuf,
+        #[command(flatten)]
+        data: DataArgs,
     },
     /// Set a user's quota in bytes, or `none` for unlimited.
     SetQuota {
         name: String,
         #[arg(value_parser = parse_quota, value_name = "BYTES|none")]
         quota: Quota,
-        #[arg(long, env = "FERRY_SERVER_DATA")]
-        data: PathBuf,
+        #[command(flatten)]
+        data: DataArgs,
     },
 }
 
@@ -104,15 +146,15 @@ enum TokenCommand {
         /// The user the token belongs to (default: the implicit user `default`).
         #[arg(long)]
         user: Option<String>,
-        #[arg(long, env = "FERRY_SERVER_DATA")]
-        data: PathBuf,
+        #[command(flatten)]
+        data: DataArgs,
     },
     /// List tokens (id, user, device name, creation time); never the tokens themselves.
     List {
         #[arg(long)]
         user: Option<String>,
-        #[arg(long, env = "FERRY_SERVER_DATA")]
-        data: PathBuf,
+        #[command(flatten)]
+        data: DataArgs,
     },
     /// Revoke a token by its id or device name: a running server refuses it from its next
     /// request (401).
@@ -122,8 +164,8 @@ enum TokenCommand {
         /// Look the name up among this user's tokens only.
         #[arg(long)]
         user: Option<String>,
-        #[arg(long, env = "FERRY_SERVER_DATA")]
-        data: PathBuf,
+        #[command(flatten)]
+        data: DataArgs,
     },
 }
 
@@ -168,7 +210,9 @@ async fn main() -> anyhow::Result<()> {
             tls_cert,
             tls_key,
         } => {
-            let mut config = ferry_server::Config::new(data, listen);
+            let mut config = ferry_server::Config::new(data.dir, listen);
+            config.database = data.database;
+            config.store = data.store;
             config.data_mode = data_mode;
             config.open = open;
             if let Some(v) = max_size_bytes {
@@ -220,10 +264,9 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn user_command(command: UserCommand) -> anyhow::Result<()> {
-    use ferry_server::accounts::Accounts;
     match command {
         UserCommand::Create { name, quota, data } => {
-            let accounts = Accounts::open(&data).await?;
+            let accounts = data.accounts().await?;
             let user = accounts.create_user(&name, quota).await;
             accounts.close().await;
             let user = user.context("creating the user")?;
@@ -234,7 +277,7 @@ async fn user_command(command: UserCommand) -> anyhow::Result<()> {
             );
         }
         UserCommand::List { data } => {
-            let accounts = Accounts::open(&data).await?;
+            let accounts = data.accounts().await?;
             let listed = async {
                 Ok::<_, anyhow::Error>((accounts.users().await?, accounts.tokens(None).await?))
             }
@@ -260,7 +303,7 @@ async fn user_command(command: UserCommand) -> anyhow::Result<()> {
             }
         }
         UserCommand::SetQuota { name, quota, data } => {
-            let accounts = Accounts::open(&data).await?;
+            let accounts = data.accounts().await?;
             let user = accounts.set_quota(&name, quota.0).await;
             accounts.close().await;
             let user = user.context("setting the quota")?;
@@ -276,16 +319,18 @@ async fn user_command(command: UserCommand) -> anyhow::Result<()> {
 }
 
 async fn token_command(command: TokenCommand) -> anyhow::Result<()> {
-    use ferry_server::accounts::Accounts;
     match command {
         TokenCommand::Create { name, user, data } => {
             let token = match user {
                 // Without a user: exactly as before accounts (the embedded server's path).
-                None => ferry_server::create_token(&data, &name)
-                    .await
-                    .context("creating the token")?,
+                None => {
+                    data.check_store()?;
+                    ferry_server::create_token_in(&data.dir, data.database.as_deref(), &name)
+                        .await
+                        .context("creating the token")?
+                }
                 Some(user) => {
-                    let accounts = Accounts::open(&data).await?;
+                    let accounts = data.accounts().await?;
                     let token = accounts.create_token(Some(&user), &name).await;
                     accounts.close().await;
                     token.context("creating the token")?
@@ -294,7 +339,7 @@ async fn token_command(command: TokenCommand) -> anyhow::Result<()> {
             println!("{token}");
         }
         TokenCommand::List { user, data } => {
-            let accounts = Accounts::open(&data).await?;
+            let accounts = data.accounts().await?;
             let tokens = accounts.tokens(user.as_deref()).await;
             accounts.close().await;
             let mut out = std::io::stdout().lock();
@@ -313,7 +358,7 @@ async fn token_command(command: TokenCommand) -> anyhow::Result<()> {
             }
         }
         TokenCommand::Revoke { token, user, data } => {
-            let accounts = Accounts::open(&data).await?;
+            let accounts = data.accounts().await?;
             let revoked = accounts.revoke_token(&token, user.as_deref()).await;
             accounts.close().await;
             let t = revoked.context("revoking the token")?;

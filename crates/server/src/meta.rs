@@ -1,17 +1,24 @@
 //! The server's metadata (users, uploads, objects and who owns them, device tokens) in SQL
-//! through sqlx.
+//! through sqlx, on SQLite (the embedded default) or PostgreSQL (for many instances).
 //!
-//! SQLite in WAL mode with `synchronous=FULL` is the embedded default: a committed write survives
-//! `kill -9` and power loss. The SQL is kept portable (no SQLite-only syntax in queries) so a
-//! PostgreSQL pool can replace it later; the conformance tests in this module run against a file
-//! database and an in-memory one.
+//! SQLite in WAL mode with `synchronous=FULL`: a committed write survives `kill -9` and power
+//! loss. PostgreSQL: many ferry-server instances share one database; the writes that read
+//! before they write (quota, listing order, "the same receipt") lock the user's row, so they
+//! serialise across instances as the single writer serialises them within one.
+//!
+//! Both backends run the same SQL text: [`backend!`] expands it once per driver, differing
+//! only where the dialects do (how a transaction starts, row locks, a JSON list). There is no
+//! `Any` driver: each expansion is checked against its own driver's types. The conformance
+//! suite in this module runs against an SQLite file, an in-memory SQLite and, when the
+//! scale-out engines run (`FERRY_TEST_PG_URL`), a PostgreSQL database.
 
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{SqliteConnection, SqlitePool};
+use sqlx::{PgPool, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
 /// One upload: in progress while `object_id` is `None`, afterwards the receipt of what was stored.
@@ -135,13 +142,21 @@ pub struct ObjectRow {
     pub created_unix_ms: i64,
 }
 
+/// The metadata store: one interface over either backend.
 #[derive(Debug, Clone)]
 pub struct Meta {
     /// Reads; with a file database, separate connections that WAL lets run beside the writer.
-    pool: SqlitePool,
+    reads: Backend,
     /// Writes go through one task that commits everything queued in one transaction (group
-    /// commit): `synchronous=FULL` costs one fsync per batch instead of one per request.
+    /// commit): one fsync per batch instead of one per request, on either backend.
     writes: mpsc::Sender<Write>,
+}
+
+/// Which database a [`Meta`] reads from (its writer task holds its own pool of the same kind).
+#[derive(Debug, Clone)]
+enum Backend {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
 }
 
 #[derive(Debug)]
@@ -149,6 +164,9 @@ enum Op {
     CreateUpload(UploadRow),
     SetProgress {
         id: String,
+        /// The offset the writer read before its append: the update applies only if the row
+        /// still has it (another instance's append in between makes this one lose).
+        from_offset_bytes: u64,
         offset_bytes: u64,
         length_bytes: Option<u64>,
         expires_unix_ms: i64,
@@ -203,297 +221,686 @@ struct Write {
 /// Most writes committed together; bounds one transaction's size and latency.
 const MAX_BATCH_WRITES: usize = 512;
 
-async fn apply(conn: &mut SqliteConnection, op: &Op) -> Result<Applied, sqlx::Error> {
-    let r = match op {
-        Op::CreateUpload(u) => sqlx::query(
-            "INSERT INTO uploads (id, protocol, offset_bytes, length_bytes, metadata_json, metadata_raw, expected_sha256_hex, expected_blake3_hex, idempotency_key, object_id, created_unix_ms, expires_unix_ms, user_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&u.id)
-        .bind(&u.protocol)
-        .bind(db_int(u.offset_bytes))
-        .bind(u.length_bytes.map(db_int))
-        .bind(&u.metadata_json)
-        .bind(&u.metadata_raw)
-        .bind(&u.expected_sha256_hex)
-        .bind(&u.expected_blake3_hex)
-        .bind(&u.idempotency_key)
-        .bind(&u.object_id)
-        .bind(u.created_unix_ms)
-        .bind(u.expires_unix_ms)
-        .bind(u.user_id)
-        .execute(&mut *conn)
-        .await?,
-        Op::SetProgress { id, offset_bytes, length_bytes, expires_unix_ms } => sqlx::query(
-            "UPDATE uploads SET offset_bytes = ?, length_bytes = ?, expires_unix_ms = ? WHERE id = ? AND object_id IS NULL",
-        )
-        .bind(db_int(*offset_bytes))
-        .bind(length_bytes.map(db_int))
-        .bind(expires_unix_ms)
-        .bind(id)
-        .execute(&mut *conn)
-        .await?,
-        Op::CompleteUpload { upload_id, object: o } => {
-            return complete_upload(conn, upload_id, o).await;
-        }
-        Op::AddReceipts {
-            user_id,
-            items,
-            now_unix_ms,
-        } => {
-            return add_receipts(conn, *user_id, items, *now_unix_ms).await;
-        }
-        Op::DeleteUpload(id) => sqlx::query("DELETE FROM uploads WHERE id = ?")
-            .bind(id)
-            .execute(&mut *conn)
-            .await?,
-        Op::AddToken {
-            user_id,
-            name,
-            sha256_hex,
-            now_unix_ms,
-        } => sqlx::query(
-            "INSERT INTO tokens (sha256_hex, name, created_unix_ms, user_id) VALUES (?, ?, ?, ?)",
-        )
-        .bind(sha256_hex)
-        .bind(name)
-        .bind(now_unix_ms)
-        .bind(user_id)
-        .execute(&mut *conn)
-        .await?,
-        Op::RevokeToken(sha256_hex) => sqlx::query("DELETE FROM tokens WHERE sha256_hex = ?")
-            .bind(sha256_hex)
-            .execute(&mut *conn)
-            .await?,
-        Op::CreateUser {
-            name,
-            quota_bytes,
-            now_unix_ms,
-        } => sqlx::query(
-            "INSERT INTO users (id, name, quota_bytes, used_bytes, created_unix_ms) VALUES ((SELECT COALESCE(MAX(id), 0) + 1 FROM users), ?, ?, 0, ?)",
-        )
-        .bind(name)
-        .bind(quota_bytes.map(db_int))
-        .bind(now_unix_ms)
-        .execute(&mut *conn)
-        .await?,
-        Op::SetQuota { name, quota_bytes } => {
-            sqlx::query("UPDATE users SET quota_bytes = ? WHERE name = ?")
-                .bind(quota_bytes.map(db_int))
-                .bind(name)
-                .execute(&mut *conn)
-                .await?
-        }
+/// The columns of [`UploadRow`], in its order (a macro so `concat!` can build the SQL text).
+macro_rules! upload_columns {
+    () => {
+        "id, protocol, offset_bytes, length_bytes, metadata_json, metadata_raw, expected_sha256_hex, expected_blake3_hex, idempotency_key, object_id, created_unix_ms, expires_unix_ms, user_id"
     };
-    Ok(Applied::Rows(r.rows_affected()))
 }
 
-/// Records the object (if new to the store), its ownership by the upload's user (if new to the
-/// user, within the user's quota) and the receipt, in the writer's transaction: the quota check
-/// and the usage it adds cannot interleave with another completion.
-async fn complete_upload(
-    conn: &mut SqliteConnection,
-    upload_id: &str,
-    o: &ObjectRow,
-) -> Result<Applied, sqlx::Error> {
-    let user: Option<(i64,)> = sqlx::query_as("SELECT user_id FROM uploads WHERE id = ?")
-        .bind(upload_id)
-        .fetch_optional(&mut *conn)
-        .await?;
-    let Some((user_id,)) = user else {
-        return Ok(Applied::Rows(0));
+macro_rules! user_columns {
+    () => {
+        "id, name, quota_bytes, used_bytes, created_unix_ms"
     };
-    let owned: Option<(i64,)> =
-        sqlx::query_as("SELECT seq FROM object_owners WHERE user_id = ? AND object_id = ?")
-            .bind(user_id)
-            .bind(&o.id)
-            .fetch_optional(&mut *conn)
-            .await?;
-    if owned.is_none() {
-        let (quota, used): (Option<i64>, i64) =
-            sqlx::query_as("SELECT quota_bytes, used_bytes FROM users WHERE id = ?")
+}
+
+/// Every statement the server runs, for one driver. The dialect arguments are the only
+/// differences: `begin` starts the writer's transaction (SQLite must take its write lock at
+/// once), `for_update` locks a row a write reads before it writes (PostgreSQL; SQLite's single
+/// writer needs none), and `json_open`/`json_close` wrap a JSON array parameter into the rows
+/// of its strings.
+macro_rules! backend {
+    (
+        $module:ident,
+        $conn:ty,
+        $pool:ty,
+        begin = $begin:literal,
+        for_update = $for_update:literal,
+        json_open = $json_open:literal,
+        json_close = $json_close:literal $(,)?
+    ) => {
+        mod $module {
+            use super::*;
+
+            type Conn = $conn;
+            pub(super) type Pool = $pool;
+
+            async fn apply(conn: &mut Conn, op: &Op) -> Result<Applied, sqlx::Error> {
+                let r = match op {
+                    Op::CreateUpload(u) => sqlx::query(concat!(
+                        "INSERT INTO uploads (",
+                        upload_columns!(),
+                        ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+                    ))
+                    .bind(&u.id)
+                    .bind(&u.protocol)
+                    .bind(db_int(u.offset_bytes))
+                    .bind(u.length_bytes.map(db_int))
+                    .bind(&u.metadata_json)
+                    .bind(&u.metadata_raw)
+                    .bind(&u.expected_sha256_hex)
+                    .bind(&u.expected_blake3_hex)
+                    .bind(&u.idempotency_key)
+                    .bind(&u.object_id)
+                    .bind(u.created_unix_ms)
+                    .bind(u.expires_unix_ms)
+                    .bind(u.user_id)
+                    .execute(&mut *conn)
+                    .await?,
+                    Op::SetProgress {
+                        id,
+                        from_offset_bytes,
+                        offset_bytes,
+                        length_bytes,
+                        expires_unix_ms,
+                    } => sqlx::query(
+                        "UPDATE uploads SET offset_bytes = $1, length_bytes = $2, expires_unix_ms = $3 WHERE id = $4 AND object_id IS NULL AND offset_bytes = $5",
+                    )
+                    .bind(db_int(*offset_bytes))
+                    .bind(length_bytes.map(db_int))
+                    .bind(expires_unix_ms)
+                    .bind(id)
+                    .bind(db_int(*from_offset_bytes))
+                    .execute(&mut *conn)
+                    .await?,
+                    Op::CompleteUpload { upload_id, object } => {
+                        return complete_upload(conn, upload_id, object).await;
+                    }
+                    Op::AddReceipts {
+                        user_id,
+                        items,
+                        now_unix_ms,
+                    } => {
+                        return add_receipts(conn, *user_id, items, *now_unix_ms).await;
+                    }
+                    Op::DeleteUpload(id) => sqlx::query("DELETE FROM uploads WHERE id = $1")
+                        .bind(id)
+                        .execute(&mut *conn)
+                        .await?,
+                    Op::AddToken {
+                        user_id,
+                        name,
+                        sha256_hex,
+                        now_unix_ms,
+                    } => sqlx::query(
+                        "INSERT INTO tokens (sha256_hex, name, created_unix_ms, user_id) VALUES ($1, $2, $3, $4)",
+                    )
+                    .bind(sha256_hex)
+                    .bind(name)
+                    .bind(now_unix_ms)
+                    .bind(user_id)
+                    .execute(&mut *conn)
+                    .await?,
+                    Op::RevokeToken(sha256_hex) => {
+                        sqlx::query("DELETE FROM tokens WHERE sha256_hex = $1")
+                            .bind(sha256_hex)
+                            .execute(&mut *conn)
+                            .await?
+                    }
+                    Op::CreateUser {
+                        name,
+                        quota_bytes,
+                        now_unix_ms,
+                    } => sqlx::query(
+                        "INSERT INTO users (id, name, quota_bytes, used_bytes, created_unix_ms) VALUES ((SELECT COALESCE(MAX(id), 0) + 1 FROM users), $1, $2, 0, $3)",
+                    )
+                    .bind(name)
+                    .bind(quota_bytes.map(db_int))
+                    .bind(now_unix_ms)
+                    .execute(&mut *conn)
+                    .await?,
+                    Op::SetQuota { name, quota_bytes } => {
+                        sqlx::query("UPDATE users SET quota_bytes = $1 WHERE name = $2")
+                            .bind(quota_bytes.map(db_int))
+                            .bind(name)
+                            .execute(&mut *conn)
+                            .await?
+                    }
+                };
+                Ok(Applied::Rows(r.rows_affected()))
+            }
+
+            /// Records the object (if new to the store), its ownership by the upload's user (if
+            /// new to the user, within the user's quota) and the receipt, in the writer's
+            /// transaction. The upload's and the user's rows are locked first (PostgreSQL), so
+            /// the quota check, the usage it adds and the listing order cannot interleave with
+            /// another completion, on this instance or another.
+            async fn complete_upload(
+                conn: &mut Conn,
+                upload_id: &str,
+                o: &ObjectRow,
+            ) -> Result<Applied, sqlx::Error> {
+                let user: Option<(i64,)> = sqlx::query_as(concat!(
+                    "SELECT user_id FROM uploads WHERE id = $1",
+                    $for_update
+                ))
+                .bind(upload_id)
+                .fetch_optional(&mut *conn)
+                .await?;
+                let Some((user_id,)) = user else {
+                    return Ok(Applied::Rows(0));
+                };
+                let (quota, used): (Option<i64>, i64) = sqlx::query_as(concat!(
+                    "SELECT quota_bytes, used_bytes FROM users WHERE id = $1",
+                    $for_update
+                ))
                 .bind(user_id)
                 .fetch_one(&mut *conn)
                 .await?;
-        let used = used.max(0) as u64;
-        if let Some(quota) = quota.map(|q| q.max(0) as u64)
-            && used.saturating_add(o.size_bytes) > quota
-        {
-            return Ok(Applied::OverQuota(QuotaExceeded {
-                used_bytes: used,
-                quota_bytes: quota,
-                needed_bytes: o.size_bytes,
-            }));
-        }
-    }
-    sqlx::query(
-                "INSERT INTO objects (id, sha256_hex, size_bytes, created_unix_ms) VALUES (?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
-            )
-            .bind(&o.id)
-            .bind(&o.sha256_hex)
-            .bind(db_int(o.size_bytes))
-            .bind(o.created_unix_ms)
-            .execute(&mut *conn)
-            .await?;
-    if owned.is_none() {
-        sqlx::query(
-            "INSERT INTO object_owners (user_id, object_id, first_stored_ms, seq) VALUES (?, ?, ?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM object_owners WHERE user_id = ?))",
-        )
-        .bind(user_id)
-        .bind(&o.id)
-        .bind(o.created_unix_ms)
-        .bind(user_id)
-        .execute(&mut *conn)
-        .await?;
-        sqlx::query("UPDATE users SET used_bytes = used_bytes + ? WHERE id = ?")
-            .bind(db_int(o.size_bytes))
-            .bind(user_id)
-            .execute(&mut *conn)
-            .await?;
-    }
-    let r = sqlx::query(
-        "UPDATE uploads SET object_id = ?, offset_bytes = ?, length_bytes = ?, completed_unix_ms = ? WHERE id = ?",
-    )
-    .bind(&o.id)
-    .bind(db_int(o.size_bytes))
-    .bind(db_int(o.size_bytes))
-    .bind(o.created_unix_ms)
-    .bind(upload_id)
-    .execute(&mut *conn)
-    .await?;
-    Ok(Applied::Rows(r.rows_affected()))
-}
-
-/// Records receipts for objects `user_id` holds, in the writer's transaction: the ownership
-/// check, the search for the same receipt and the insert cannot interleave with another write,
-/// so two identical requests racing each other still make one receipt. A receipt is a finished
-/// upload row of protocol `receipt` (no partial file, no bytes): every read of receipts — the
-/// listing, `/receipts`, cancelling one with `DELETE /v1/uploads/{id}` — treats it like one.
-async fn add_receipts(
-    conn: &mut SqliteConnection,
-    user_id: i64,
-    items: &[(String, NewReceipt)],
-    now_unix_ms: i64,
-) -> Result<Applied, sqlx::Error> {
-    let mut out = Vec::with_capacity(items.len());
-    for (id, item) in items {
-        let size: Option<(i64,)> = sqlx::query_as(
-            "SELECT o.size_bytes FROM object_owners w JOIN objects o ON o.id = w.object_id WHERE w.user_id = ? AND w.object_id = ?",
-        )
-        .bind(user_id)
-        .bind(&item.object_id)
-        .fetch_optional(&mut *conn)
-        .await?;
-        let Some((size,)) = size else {
-            out.push(ReceiptAdded::NotOwned);
-            continue;
-        };
-        // "The same receipt": same user, same object, same metadata (every key and value).
-        let same: Option<ReceiptTuple> = sqlx::query_as(
-            "SELECT id, COALESCE(completed_unix_ms, created_unix_ms), metadata_json FROM uploads WHERE user_id = ? AND object_id = ? AND metadata_json = ? ORDER BY created_unix_ms, id LIMIT 1",
-        )
-        .bind(user_id)
-        .bind(&item.object_id)
-        .bind(&item.metadata_json)
-        .fetch_optional(&mut *conn)
-        .await?;
-        if let Some(t) = same {
-            out.push(ReceiptAdded::Existing(receipt_from(t)));
-            continue;
-        }
-        sqlx::query(
-            "INSERT INTO uploads (id, protocol, offset_bytes, length_bytes, metadata_json, metadata_raw, object_id, created_unix_ms, expires_unix_ms, user_id, completed_unix_ms) VALUES (?, 'receipt', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(id)
-        .bind(size)
-        .bind(size)
-        .bind(&item.metadata_json)
-        .bind(&item.metadata_raw)
-        .bind(&item.object_id)
-        .bind(now_unix_ms)
-        .bind(now_unix_ms)
-        .bind(user_id)
-        .bind(now_unix_ms)
-        .execute(&mut *conn)
-        .await?;
-        out.push(ReceiptAdded::Created(Receipt {
-            upload_id: id.clone(),
-            received_unix_ms: now_unix_ms,
-            metadata_json: item.metadata_json.clone(),
-        }));
-    }
-    Ok(Applied::Receipts(out))
-}
-
-/// Commits a batch: each write in its own savepoint, so one failing write (a duplicate id)
-/// fails alone while the others commit.
-///
-/// The transaction is driven with plain `BEGIN IMMEDIATE` / `COMMIT` statements, not sqlx's
-/// `Transaction`: when SQLite itself ends a transaction on an error (`SQLITE_FULL`, `SQLITE_IOERR`
-/// roll back on their own), sqlx's rollback-on-drop fails and its nesting counter stays behind;
-/// the next `begin` then issues `SAVEPOINT`s whose `RELEASE` may never commit, and every later
-/// write is answered as committed while only this connection sees it (a full disk produced
-/// receipts for objects the database never held). Here `BEGIN` fails if a transaction is still
-/// open and `COMMIT` fails if none is, so a write is reported committed only when it is.
-async fn commit_batch(
-    conn: &mut SqliteConnection,
-    batch: &[Write],
-) -> Result<Vec<Result<Applied, sqlx::Error>>, sqlx::Error> {
-    if sqlx::query("BEGIN IMMEDIATE")
-        .execute(&mut *conn)
-        .await
-        .is_err()
-    {
-        // A transaction a failed batch could not end: end it now, then start afresh.
-        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-        sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
-    }
-    let r = apply_batch(conn, batch).await;
-    if r.is_err() {
-        // Whatever failed (a write, a savepoint, the commit), no transaction outlives the batch;
-        // "no transaction is active" (SQLite already rolled back) is fine.
-        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-    }
-    r
-}
-
-async fn apply_batch(
-    conn: &mut SqliteConnection,
-    batch: &[Write],
-) -> Result<Vec<Result<Applied, sqlx::Error>>, sqlx::Error> {
-    let mut results = Vec::with_capacity(batch.len());
-    for w in batch {
-        sqlx::query("SAVEPOINT ferry_write")
-            .execute(&mut *conn)
-            .await?;
-        let r = apply(conn, &w.op).await;
-        if r.is_err() {
-            sqlx::query("ROLLBACK TO ferry_write")
+                let owned: Option<(i64,)> = sqlx::query_as(
+                    "SELECT seq FROM object_owners WHERE user_id = $1 AND object_id = $2",
+                )
+                .bind(user_id)
+                .bind(&o.id)
+                .fetch_optional(&mut *conn)
+                .await?;
+                if owned.is_none() {
+                    let used = used.max(0) as u64;
+                    if let Some(quota) = quota.map(|q| q.max(0) as u64)
+                        && used.saturating_add(o.size_bytes) > quota
+                    {
+                        return Ok(Applied::OverQuota(QuotaExceeded {
+                            used_bytes: used,
+                            quota_bytes: quota,
+                            needed_bytes: o.size_bytes,
+                        }));
+                    }
+                }
+                sqlx::query(
+                    "INSERT INTO objects (id, sha256_hex, size_bytes, created_unix_ms) VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING",
+                )
+                .bind(&o.id)
+                .bind(&o.sha256_hex)
+                .bind(db_int(o.size_bytes))
+                .bind(o.created_unix_ms)
                 .execute(&mut *conn)
                 .await?;
+                if owned.is_none() {
+                    sqlx::query(
+                        "INSERT INTO object_owners (user_id, object_id, first_stored_ms, seq) VALUES ($1, $2, $3, (SELECT COALESCE(MAX(seq), 0) + 1 FROM object_owners WHERE user_id = $1))",
+                    )
+                    .bind(user_id)
+                    .bind(&o.id)
+                    .bind(o.created_unix_ms)
+                    .execute(&mut *conn)
+                    .await?;
+                    sqlx::query("UPDATE users SET used_bytes = used_bytes + $1 WHERE id = $2")
+                        .bind(db_int(o.size_bytes))
+                        .bind(user_id)
+                        .execute(&mut *conn)
+                        .await?;
+                }
+                let r = sqlx::query(
+                    "UPDATE uploads SET object_id = $1, offset_bytes = $2, length_bytes = $3, completed_unix_ms = $4 WHERE id = $5",
+                )
+                .bind(&o.id)
+                .bind(db_int(o.size_bytes))
+                .bind(db_int(o.size_bytes))
+                .bind(o.created_unix_ms)
+                .bind(upload_id)
+                .execute(&mut *conn)
+                .await?;
+                Ok(Applied::Rows(r.rows_affected()))
+            }
+
+            /// Records receipts for objects `user_id` holds, in the writer's transaction with
+            /// the user's row locked (PostgreSQL): the ownership check, the search for the same
+            /// receipt and the insert cannot interleave with another write, so two identical
+            /// requests racing each other still make one receipt. A receipt is a finished upload
+            /// row of protocol `receipt` (no partial file, no bytes): every read of receipts —
+            /// the listing, `/receipts`, cancelling one with `DELETE /v1/uploads/{id}` — treats
+            /// it like one.
+            async fn add_receipts(
+                conn: &mut Conn,
+                user_id: i64,
+                items: &[(String, NewReceipt)],
+                now_unix_ms: i64,
+            ) -> Result<Applied, sqlx::Error> {
+                let _: Option<(i64,)> =
+                    sqlx::query_as(concat!("SELECT id FROM users WHERE id = $1", $for_update))
+                        .bind(user_id)
+                        .fetch_optional(&mut *conn)
+                        .await?;
+                let mut out = Vec::with_capacity(items.len());
+                for (id, item) in items {
+                    let size: Option<(i64,)> = sqlx::query_as(
+                        "SELECT o.size_bytes FROM object_owners w JOIN objects o ON o.id = w.object_id WHERE w.user_id = $1 AND w.object_id = $2",
+                    )
+                    .bind(user_id)
+                    .bind(&item.object_id)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+                    let Some((size,)) = size else {
+                        out.push(ReceiptAdded::NotOwned);
+                        continue;
+                    };
+                    // "The same receipt": same user, same object, same metadata (every key and
+                    // value).
+                    let same: Option<ReceiptTuple> = sqlx::query_as(
+                        "SELECT id, COALESCE(completed_unix_ms, created_unix_ms), metadata_json FROM uploads WHERE user_id = $1 AND object_id = $2 AND metadata_json = $3 ORDER BY created_unix_ms, id LIMIT 1",
+                    )
+                    .bind(user_id)
+                    .bind(&item.object_id)
+                    .bind(&item.metadata_json)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+                    if let Some(t) = same {
+                        out.push(ReceiptAdded::Existing(receipt_from(t)));
+                        continue;
+                    }
+                    sqlx::query(
+                        "INSERT INTO uploads (id, protocol, offset_bytes, length_bytes, metadata_json, metadata_raw, object_id, created_unix_ms, expires_unix_ms, user_id, completed_unix_ms) VALUES ($1, 'receipt', $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                    )
+                    .bind(id)
+                    .bind(size)
+                    .bind(size)
+                    .bind(&item.metadata_json)
+                    .bind(&item.metadata_raw)
+                    .bind(&item.object_id)
+                    .bind(now_unix_ms)
+                    .bind(now_unix_ms)
+                    .bind(user_id)
+                    .bind(now_unix_ms)
+                    .execute(&mut *conn)
+                    .await?;
+                    out.push(ReceiptAdded::Created(Receipt {
+                        upload_id: id.clone(),
+                        received_unix_ms: now_unix_ms,
+                        metadata_json: item.metadata_json.clone(),
+                    }));
+                }
+                Ok(Applied::Receipts(out))
+            }
+
+            /// Commits a batch: each write in its own savepoint, so one failing write (a
+            /// duplicate id) fails alone while the others commit.
+            ///
+            /// The transaction is driven with plain `BEGIN` / `COMMIT` statements, not sqlx's
+            /// `Transaction`: when SQLite itself ends a transaction on an error (`SQLITE_FULL`,
+            /// `SQLITE_IOERR` roll back on their own), sqlx's rollback-on-drop fails and its
+            /// nesting counter stays behind; the next `begin` then issues `SAVEPOINT`s whose
+            /// `RELEASE` may never commit, and every later write is answered as committed while
+            /// only this connection sees it (a full disk produced receipts for objects the
+            /// database never held). Here `BEGIN` fails if a transaction is still open (SQLite;
+            /// PostgreSQL warns, and the `ROLLBACK` before it ends it) and `COMMIT` fails if
+            /// none is, so a write is reported committed only when it is.
+            async fn commit_batch(
+                conn: &mut Conn,
+                batch: &[Write],
+            ) -> Result<Vec<Result<Applied, sqlx::Error>>, sqlx::Error> {
+                if sqlx::query($begin).execute(&mut *conn).await.is_err() {
+                    // A transaction a failed batch could not end: end it now, then start afresh.
+                    let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+                    sqlx::query($begin).execute(&mut *conn).await?;
+                }
+                let r = apply_batch(conn, batch).await;
+                if r.is_err() {
+                    // Whatever failed (a write, a savepoint, the commit), no transaction
+                    // outlives the batch; "no transaction is active" (SQLite already rolled
+                    // back) is fine.
+                    let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+                }
+                r
+            }
+
+            async fn apply_batch(
+                conn: &mut Conn,
+                batch: &[Write],
+            ) -> Result<Vec<Result<Applied, sqlx::Error>>, sqlx::Error> {
+                let mut results = Vec::with_capacity(batch.len());
+                for w in batch {
+                    sqlx::query("SAVEPOINT ferry_write")
+                        .execute(&mut *conn)
+                        .await?;
+                    let mut r = apply(conn, &w.op).await;
+                    if let Err(e) = &r
+                        && is_lock_conflict(e)
+                    {
+                        // Another instance's batch held a row this one locks the other way
+                        // round (PostgreSQL chose this write to break the cycle): once more,
+                        // now that its batch has ended.
+                        sqlx::query("ROLLBACK TO SAVEPOINT ferry_write")
+                            .execute(&mut *conn)
+                            .await?;
+                        r = apply(conn, &w.op).await;
+                    }
+                    if r.is_err() {
+                        sqlx::query("ROLLBACK TO SAVEPOINT ferry_write")
+                            .execute(&mut *conn)
+                            .await?;
+                    }
+                    sqlx::query("RELEASE SAVEPOINT ferry_write")
+                        .execute(&mut *conn)
+                        .await?;
+                    results.push(r);
+                }
+                sqlx::query("COMMIT").execute(&mut *conn).await?;
+                Ok(results)
+            }
+
+            pub(super) async fn writer(pool: Pool, mut queue: mpsc::Receiver<Write>) {
+                while let Some(first) = queue.recv().await {
+                    let mut batch = vec![first];
+                    while batch.len() < MAX_BATCH_WRITES {
+                        match queue.try_recv() {
+                            Ok(w) => batch.push(w),
+                            Err(_) => break,
+                        }
+                    }
+                    let result = match pool.acquire().await {
+                        Ok(mut conn) => commit_batch(&mut conn, &batch).await,
+                        Err(e) => Err(e),
+                    };
+                    match result {
+                        Ok(results) => {
+                            for (w, r) in batch.into_iter().zip(results) {
+                                let _ = w.done.send(r);
+                            }
+                        }
+                        Err(e) => {
+                            for w in batch {
+                                let _ = w.done.send(Err(batch_failure(&e)));
+                            }
+                        }
+                    }
+                }
+            }
+
+            pub(super) async fn upload(
+                pool: &Pool,
+                id: &str,
+            ) -> Result<Option<UploadRow>, sqlx::Error> {
+                let row: Option<UploadTuple> = sqlx::query_as(concat!(
+                    "SELECT ",
+                    upload_columns!(),
+                    " FROM uploads WHERE id = $1"
+                ))
+                .bind(id)
+                .fetch_optional(pool)
+                .await?;
+                Ok(row.map(upload_from))
+            }
+
+            pub(super) async fn upload_by_key(
+                pool: &Pool,
+                user_id: i64,
+                key: &str,
+            ) -> Result<Option<UploadRow>, sqlx::Error> {
+                let row: Option<UploadTuple> = sqlx::query_as(concat!(
+                    "SELECT ",
+                    upload_columns!(),
+                    " FROM uploads WHERE idempotency_key = $1 AND user_id = $2"
+                ))
+                .bind(key)
+                .bind(user_id)
+                .fetch_optional(pool)
+                .await?;
+                Ok(row.map(upload_from))
+            }
+
+            pub(super) async fn expired_uploads(
+                pool: &Pool,
+                now_unix_ms: i64,
+            ) -> Result<Vec<String>, sqlx::Error> {
+                let rows: Vec<(String,)> = sqlx::query_as(
+                    "SELECT id FROM uploads WHERE object_id IS NULL AND expires_unix_ms <= $1 LIMIT 1000",
+                )
+                .bind(now_unix_ms)
+                .fetch_all(pool)
+                .await?;
+                Ok(rows.into_iter().map(|r| r.0).collect())
+            }
+
+            pub(super) async fn object(
+                pool: &Pool,
+                id: &str,
+            ) -> Result<Option<ObjectRow>, sqlx::Error> {
+                let row: Option<ObjectTuple> = sqlx::query_as(
+                    "SELECT id, sha256_hex, size_bytes, created_unix_ms FROM objects WHERE id = $1",
+                )
+                .bind(id)
+                .fetch_optional(pool)
+                .await?;
+                Ok(row.map(object_from))
+            }
+
+            pub(super) async fn owned_object(
+                pool: &Pool,
+                user_id: i64,
+                id: &str,
+            ) -> Result<Option<ObjectRow>, sqlx::Error> {
+                let row: Option<ObjectTuple> = sqlx::query_as(
+                    "SELECT o.id, o.sha256_hex, o.size_bytes, o.created_unix_ms FROM object_owners w JOIN objects o ON o.id = w.object_id WHERE w.user_id = $1 AND w.object_id = $2",
+                )
+                .bind(user_id)
+                .bind(id)
+                .fetch_optional(pool)
+                .await?;
+                Ok(row.map(object_from))
+            }
+
+            pub(super) async fn objects_present(
+                pool: &Pool,
+                user_id: i64,
+                blake3_json: String,
+                sha256_json: String,
+            ) -> Result<(Vec<String>, Vec<String>), sqlx::Error> {
+                let by_blake3: Vec<(String,)> = sqlx::query_as(concat!(
+                    "SELECT object_id FROM object_owners WHERE user_id = $1 AND object_id IN (",
+                    $json_open,
+                    "$2",
+                    $json_close,
+                    ")"
+                ))
+                .bind(user_id)
+                .bind(blake3_json)
+                .fetch_all(pool)
+                .await?;
+                let by_sha256: Vec<(String,)> = sqlx::query_as(concat!(
+                    "SELECT DISTINCT o.sha256_hex FROM objects o JOIN object_owners w ON w.object_id = o.id AND w.user_id = $1 WHERE o.sha256_hex IN (",
+                    $json_open,
+                    "$2",
+                    $json_close,
+                    ")"
+                ))
+                .bind(user_id)
+                .bind(sha256_json)
+                .fetch_all(pool)
+                .await?;
+                Ok((
+                    by_blake3.into_iter().map(|r| r.0).collect(),
+                    by_sha256.into_iter().map(|r| r.0).collect(),
+                ))
+            }
+
+            pub(super) async fn receipts(
+                pool: &Pool,
+                user_id: i64,
+                object_id: &str,
+            ) -> Result<Vec<Receipt>, sqlx::Error> {
+                let rows: Vec<ReceiptTuple> = sqlx::query_as(
+                    "SELECT id, COALESCE(completed_unix_ms, created_unix_ms), metadata_json FROM uploads WHERE user_id = $1 AND object_id = $2 ORDER BY created_unix_ms, id LIMIT $3",
+                )
+                .bind(user_id)
+                .bind(object_id)
+                .bind(MAX_RECEIPTS as i64)
+                .fetch_all(pool)
+                .await?;
+                Ok(rows.into_iter().map(receipt_from).collect())
+            }
+
+            pub(super) async fn list_objects(
+                pool: &Pool,
+                user_id: i64,
+                after_seq: i64,
+                limit: i64,
+            ) -> Result<Vec<OwnedObject>, sqlx::Error> {
+                let rows: Vec<(String, String, i64, i64, i64, i64)> = sqlx::query_as(
+                    "SELECT o.id, o.sha256_hex, o.size_bytes, o.created_unix_ms, w.first_stored_ms, w.seq FROM object_owners w JOIN objects o ON o.id = w.object_id WHERE w.user_id = $1 AND w.seq > $2 ORDER BY w.seq LIMIT $3",
+                )
+                .bind(user_id)
+                .bind(after_seq)
+                .bind(limit)
+                .fetch_all(pool)
+                .await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|r| OwnedObject {
+                        object: object_from((r.0, r.1, r.2, r.3)),
+                        first_stored_ms: r.4,
+                        seq: r.5,
+                    })
+                    .collect())
+            }
+
+            pub(super) async fn receipts_of(
+                pool: &Pool,
+                user_id: i64,
+                ids_json: String,
+                per_object: i64,
+            ) -> Result<Vec<(String, Receipt)>, sqlx::Error> {
+                let rows: Vec<(String, String, i64, String)> = sqlx::query_as(concat!(
+                    "SELECT object_id, id, received, metadata_json FROM (",
+                    "SELECT object_id, id, COALESCE(completed_unix_ms, created_unix_ms) AS received, metadata_json, ",
+                    "ROW_NUMBER() OVER (PARTITION BY object_id ORDER BY COALESCE(completed_unix_ms, created_unix_ms) DESC, id DESC) AS n ",
+                    "FROM uploads WHERE user_id = $1 AND object_id IN (",
+                    $json_open,
+                    "$2",
+                    $json_close,
+                    ")) AS ranked WHERE n <= $3 ORDER BY object_id, received DESC, id DESC"
+                ))
+                .bind(user_id)
+                .bind(ids_json)
+                .bind(per_object)
+                .fetch_all(pool)
+                .await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|r| (r.0, receipt_from((r.1, r.2, r.3))))
+                    .collect())
+            }
+
+            pub(super) async fn token_user(
+                pool: &Pool,
+                sha256_hex: &str,
+            ) -> Result<Option<i64>, sqlx::Error> {
+                let row: Option<(i64,)> =
+                    sqlx::query_as("SELECT user_id FROM tokens WHERE sha256_hex = $1")
+                        .bind(sha256_hex)
+                        .fetch_optional(pool)
+                        .await?;
+                Ok(row.map(|r| r.0))
+            }
+
+            pub(super) async fn tokens(
+                pool: &Pool,
+                user_id: Option<i64>,
+            ) -> Result<Vec<TokenRow>, sqlx::Error> {
+                let rows: Vec<(String, i64, String, String, i64)> = sqlx::query_as(
+                    "SELECT t.sha256_hex, t.user_id, u.name, t.name, t.created_unix_ms FROM tokens t JOIN users u ON u.id = t.user_id WHERE $1 IS NULL OR t.user_id = $1 ORDER BY u.name, t.created_unix_ms, t.sha256_hex",
+                )
+                .bind(user_id)
+                .fetch_all(pool)
+                .await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|r| TokenRow {
+                        sha256_hex: r.0,
+                        user_id: r.1,
+                        user_name: r.2,
+                        name: r.3,
+                        created_unix_ms: r.4,
+                    })
+                    .collect())
+            }
+
+            pub(super) async fn user(pool: &Pool, id: i64) -> Result<Option<UserRow>, sqlx::Error> {
+                let row: Option<UserTuple> = sqlx::query_as(concat!(
+                    "SELECT ",
+                    user_columns!(),
+                    " FROM users WHERE id = $1"
+                ))
+                .bind(id)
+                .fetch_optional(pool)
+                .await?;
+                Ok(row.map(user_from))
+            }
+
+            pub(super) async fn user_by_name(
+                pool: &Pool,
+                name: &str,
+            ) -> Result<Option<UserRow>, sqlx::Error> {
+                let row: Option<UserTuple> = sqlx::query_as(concat!(
+                    "SELECT ",
+                    user_columns!(),
+                    " FROM users WHERE name = $1"
+                ))
+                .bind(name)
+                .fetch_optional(pool)
+                .await?;
+                Ok(row.map(user_from))
+            }
+
+            pub(super) async fn users(pool: &Pool) -> Result<Vec<UserRow>, sqlx::Error> {
+                let rows: Vec<UserTuple> = sqlx::query_as(concat!(
+                    "SELECT ",
+                    user_columns!(),
+                    " FROM users ORDER BY name"
+                ))
+                .fetch_all(pool)
+                .await?;
+                Ok(rows.into_iter().map(user_from).collect())
+            }
+
+            pub(super) async fn close(pool: &Pool) {
+                pool.close().await;
+            }
         }
-        sqlx::query("RELEASE ferry_write")
-            .execute(&mut *conn)
-            .await?;
-        results.push(r);
-    }
-    sqlx::query("COMMIT").execute(&mut *conn).await?;
-    Ok(results)
+    };
 }
 
-/// Whether `e` says the database's disk is full (`SQLITE_FULL`, also as an extended code).
+backend!(
+    sqlite,
+    sqlx::SqliteConnection,
+    SqlitePool,
+    begin = "BEGIN IMMEDIATE",
+    for_update = "",
+    json_open = "SELECT value FROM json_each(",
+    json_close = ")",
+);
+
+backend!(
+    postgres,
+    sqlx::PgConnection,
+    PgPool,
+    begin = "BEGIN",
+    for_update = " FOR UPDATE",
+    json_open = "SELECT jsonb_array_elements_text(CAST(",
+    json_close = " AS jsonb))",
+);
+
+/// Whether `e` says the database's disk is full: `SQLITE_FULL` (also as an extended code),
+/// PostgreSQL's `disk_full` (53100), or an i/o error of that kind.
 pub fn is_storage_full(e: &sqlx::Error) -> bool {
     match e {
-        sqlx::Error::Database(d) => d
-            .code()
-            .and_then(|c| c.parse::<i32>().ok())
-            .is_some_and(|c| c & 0xff == SQLITE_FULL),
+        sqlx::Error::Database(d) => {
+            if let Some(pg) = d.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+                return pg.code() == PG_DISK_FULL;
+            }
+            d.code()
+                .and_then(|c| c.parse::<i32>().ok())
+                .is_some_and(|c| c & 0xff == SQLITE_FULL)
+        }
         sqlx::Error::Io(io) => io.kind() == std::io::ErrorKind::StorageFull,
+        _ => false,
+    }
+}
+
+/// Whether `e` is PostgreSQL breaking a lock cycle (`deadlock_detected`) or a serialisation
+/// conflict: the write did nothing and may run again.
+fn is_lock_conflict(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(d) => d
+            .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+            .is_some_and(|pg| matches!(pg.code(), "40P01" | "40001")),
         _ => false,
     }
 }
 
 /// SQLite's primary result code for "database or disk is full".
 const SQLITE_FULL: i32 = 13;
+/// PostgreSQL's SQLSTATE for "disk full".
+const PG_DISK_FULL: &str = "53100";
 
 /// The error each write of a failed batch gets: the batch's error cannot be cloned, so its
 /// class travels as the error's type (a full disk stays recognisable as one).
@@ -503,34 +910,6 @@ fn batch_failure(e: &sqlx::Error) -> sqlx::Error {
         sqlx::Error::Io(std::io::Error::new(std::io::ErrorKind::StorageFull, text))
     } else {
         sqlx::Error::Protocol(text)
-    }
-}
-
-async fn writer(pool: SqlitePool, mut queue: mpsc::Receiver<Write>) {
-    while let Some(first) = queue.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH_WRITES {
-            match queue.try_recv() {
-                Ok(w) => batch.push(w),
-                Err(_) => break,
-            }
-        }
-        let result = match pool.acquire().await {
-            Ok(mut conn) => commit_batch(&mut conn, &batch).await,
-            Err(e) => Err(e),
-        };
-        match result {
-            Ok(results) => {
-                for (w, r) in batch.into_iter().zip(results) {
-                    let _ = w.done.send(r);
-                }
-            }
-            Err(e) => {
-                for w in batch {
-                    let _ = w.done.send(Err(batch_failure(&e)));
-                }
-            }
-        }
     }
 }
 
@@ -550,8 +929,6 @@ type UploadTuple = (
     i64,
 );
 
-const UPLOAD_COLUMNS: &str = "id, protocol, offset_bytes, length_bytes, metadata_json, metadata_raw, expected_sha256_hex, expected_blake3_hex, idempotency_key, object_id, created_unix_ms, expires_unix_ms, user_id";
-
 fn upload_from(t: UploadTuple) -> UploadRow {
     UploadRow {
         id: t.0,
@@ -570,9 +947,18 @@ fn upload_from(t: UploadTuple) -> UploadRow {
     }
 }
 
-type UserTuple = (i64, String, Option<i64>, i64, i64);
+type ObjectTuple = (String, String, i64, i64);
 
-const USER_COLUMNS: &str = "id, name, quota_bytes, used_bytes, created_unix_ms";
+fn object_from(t: ObjectTuple) -> ObjectRow {
+    ObjectRow {
+        id: t.0,
+        sha256_hex: t.1,
+        size_bytes: t.2.max(0) as u64,
+        created_unix_ms: t.3,
+    }
+}
+
+type UserTuple = (i64, String, Option<i64>, i64, i64);
 
 fn user_from(t: UserTuple) -> UserRow {
     UserRow {
@@ -603,6 +989,19 @@ pub const MAX_RECEIPTS: usize = 1000;
 fn db_int(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
+
+/// Runs one read on whichever backend `meta` has.
+macro_rules! read {
+    ($meta:expr, $f:ident($($arg:expr),* $(,)?)) => {
+        match &$meta.reads {
+            Backend::Sqlite(p) => sqlite::$f(p, $($arg),*).await,
+            Backend::Postgres(p) => postgres::$f(p, $($arg),*).await,
+        }
+    };
+}
+
+/// How long a request waits for a database connection before it fails (retryable).
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Meta {
     /// Opens (creating if needed) the database at `path`, or a private in-memory one for `None`.
@@ -638,8 +1037,48 @@ impl Meta {
             }
         };
         let (writes, queue) = mpsc::channel(4 * MAX_BATCH_WRITES);
-        tokio::spawn(writer(write_pool, queue));
-        Ok(Meta { pool, writes })
+        tokio::spawn(sqlite::writer(write_pool, queue));
+        Ok(Meta {
+            reads: Backend::Sqlite(pool),
+            writes,
+        })
+    }
+
+    /// Connects to PostgreSQL and brings its schema up to date (`migrations_pg`; sqlx holds an
+    /// advisory lock while it migrates, so instances starting together migrate once).
+    pub async fn open_postgres(url: &str) -> Result<Meta, sqlx::Error> {
+        let opts = PgConnectOptions::from_str(url)?;
+        // One plain connection first: a pool that cannot connect says only that it timed out,
+        // this says why (refused, unknown host, authentication, no such database).
+        sqlx::Connection::close(
+            <sqlx::PgConnection as sqlx::Connection>::connect_with(&opts).await?,
+        )
+        .await?;
+        let write_pool = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(opts.clone())
+            .await?;
+        sqlx::migrate!("./migrations_pg").run(&write_pool).await?;
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(opts)
+            .await?;
+        let (writes, queue) = mpsc::channel(4 * MAX_BATCH_WRITES);
+        tokio::spawn(postgres::writer(write_pool, queue));
+        Ok(Meta {
+            reads: Backend::Postgres(pool),
+            writes,
+        })
+    }
+
+    /// Which backend this is, for the start line and `/healthz`-style reports.
+    pub fn backend_name(&self) -> &'static str {
+        match self.reads {
+            Backend::Sqlite(_) => "sqlite",
+            Backend::Postgres(_) => "postgres",
+        }
     }
 
     async fn write_applied(&self, op: Op) -> Result<Applied, sqlx::Error> {
@@ -662,7 +1101,7 @@ impl Meta {
     }
 
     pub async fn close(&self) {
-        self.pool.close().await;
+        read!(self, close())
     }
 
     pub async fn create_upload(&self, u: &UploadRow) -> Result<(), sqlx::Error> {
@@ -670,12 +1109,7 @@ impl Meta {
     }
 
     pub async fn upload(&self, id: &str) -> Result<Option<UploadRow>, sqlx::Error> {
-        let sql = format!("SELECT {UPLOAD_COLUMNS} FROM uploads WHERE id = ?");
-        let row: Option<UploadTuple> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.map(upload_from))
+        read!(self, upload(id))
     }
 
     /// The upload `user_id` created with this (scoped) idempotency key, if it still exists.
@@ -684,32 +1118,28 @@ impl Meta {
         user_id: i64,
         key: &str,
     ) -> Result<Option<UploadRow>, sqlx::Error> {
-        let sql = format!(
-            "SELECT {UPLOAD_COLUMNS} FROM uploads WHERE idempotency_key = ? AND user_id = ?"
-        );
-        let row: Option<UploadTuple> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(key)
-            .bind(user_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.map(upload_from))
+        read!(self, upload_by_key(user_id, key))
     }
 
-    /// Records a durable append: the bytes up to `offset_bytes` are fsynced in the partial file.
+    /// Records a durable append: the bytes from `from_offset_bytes` up to `offset_bytes` are
+    /// fsynced in the partial file. False when the upload no longer is at `from_offset_bytes`
+    /// (completed, deleted, or moved on by a request on another instance): nothing changed.
     pub async fn set_progress(
         &self,
         id: &str,
+        from_offset_bytes: u64,
         offset_bytes: u64,
         length_bytes: Option<u64>,
         expires_unix_ms: i64,
-    ) -> Result<(), sqlx::Error> {
+    ) -> Result<bool, sqlx::Error> {
         let op = Op::SetProgress {
             id: id.into(),
+            from_offset_bytes,
             offset_bytes,
             length_bytes,
             expires_unix_ms,
         };
-        self.write(op).await.map(drop)
+        Ok(self.write(op).await? > 0)
     }
 
     /// Records the object (if new), its ownership by the upload's user (if new to the user)
@@ -768,28 +1198,11 @@ impl Meta {
 
     /// Unfinished uploads whose `expires_unix_ms` is at or before `now_unix_ms`.
     pub async fn expired_uploads(&self, now_unix_ms: i64) -> Result<Vec<String>, sqlx::Error> {
-        let rows: Vec<(String,)> = sqlx::query_as(
-            "SELECT id FROM uploads WHERE object_id IS NULL AND expires_unix_ms <= ? LIMIT 1000",
-        )
-        .bind(now_unix_ms)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.into_iter().map(|r| r.0).collect())
+        read!(self, expired_uploads(now_unix_ms))
     }
 
     pub async fn object(&self, id: &str) -> Result<Option<ObjectRow>, sqlx::Error> {
-        let row: Option<(String, String, i64, i64)> = sqlx::query_as(
-            "SELECT id, sha256_hex, size_bytes, created_unix_ms FROM objects WHERE id = ?",
-        )
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.map(|r| ObjectRow {
-            id: r.0,
-            sha256_hex: r.1,
-            size_bytes: r.2.max(0) as u64,
-            created_unix_ms: r.3,
-        }))
+        read!(self, object(id))
     }
 
     /// The object `id` if `user_id` owns it: another user's object is no object at all.
@@ -798,19 +1211,7 @@ impl Meta {
         user_id: i64,
         id: &str,
     ) -> Result<Option<ObjectRow>, sqlx::Error> {
-        let row: Option<(String, String, i64, i64)> = sqlx::query_as(
-            "SELECT o.id, o.sha256_hex, o.size_bytes, o.created_unix_ms FROM object_owners w JOIN objects o ON o.id = w.object_id WHERE w.user_id = ? AND w.object_id = ?",
-        )
-        .bind(user_id)
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.map(|r| ObjectRow {
-            id: r.0,
-            sha256_hex: r.1,
-            size_bytes: r.2.max(0) as u64,
-            created_unix_ms: r.3,
-        }))
+        read!(self, owned_object(user_id, id))
     }
 
     /// Which of `blake3_hex` / `sha256_hex` name objects `user_id` owns. The lists travel as
@@ -823,24 +1224,7 @@ impl Meta {
     ) -> Result<(Vec<String>, Vec<String>), sqlx::Error> {
         let b = serde_json::to_string(blake3_hex).unwrap_or_else(|_| "[]".into());
         let s = serde_json::to_string(sha256_hex).unwrap_or_else(|_| "[]".into());
-        let by_blake3: Vec<(String,)> = sqlx::query_as(
-            "SELECT object_id FROM object_owners WHERE user_id = ? AND object_id IN (SELECT value FROM json_each(?))",
-        )
-        .bind(user_id)
-        .bind(b)
-        .fetch_all(&self.pool)
-        .await?;
-        let by_sha256: Vec<(String,)> = sqlx::query_as(
-            "SELECT DISTINCT o.sha256_hex FROM objects o JOIN object_owners w ON w.object_id = o.id AND w.user_id = ? WHERE o.sha256_hex IN (SELECT value FROM json_each(?))",
-        )
-        .bind(user_id)
-        .bind(s)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok((
-            by_blake3.into_iter().map(|r| r.0).collect(),
-            by_sha256.into_iter().map(|r| r.0).collect(),
-        ))
+        read!(self, objects_present(user_id, b, s))
     }
 
     /// `user_id`'s finished uploads that produced `object_id`, oldest first (at most
@@ -850,15 +1234,7 @@ impl Meta {
         user_id: i64,
         object_id: &str,
     ) -> Result<Vec<Receipt>, sqlx::Error> {
-        let rows: Vec<ReceiptTuple> = sqlx::query_as(
-            "SELECT id, COALESCE(completed_unix_ms, created_unix_ms), metadata_json FROM uploads WHERE user_id = ? AND object_id = ? ORDER BY created_unix_ms, id LIMIT ?",
-        )
-        .bind(user_id)
-        .bind(object_id)
-        .bind(MAX_RECEIPTS as i64)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.into_iter().map(receipt_from).collect())
+        read!(self, receipts(user_id, object_id))
     }
 
     /// One page of `user_id`'s objects in listing order: those after `after_seq`, at most
@@ -869,27 +1245,8 @@ impl Meta {
         after_seq: i64,
         limit: usize,
     ) -> Result<Vec<OwnedObject>, sqlx::Error> {
-        let rows: Vec<(String, String, i64, i64, i64, i64)> = sqlx::query_as(
-            "SELECT o.id, o.sha256_hex, o.size_bytes, o.created_unix_ms, w.first_stored_ms, w.seq FROM object_owners w JOIN objects o ON o.id = w.object_id WHERE w.user_id = ? AND w.seq > ? ORDER BY w.seq LIMIT ?",
-        )
-        .bind(user_id)
-        .bind(after_seq)
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| OwnedObject {
-                object: ObjectRow {
-                    id: r.0,
-                    sha256_hex: r.1,
-                    size_bytes: r.2.max(0) as u64,
-                    created_unix_ms: r.3,
-                },
-                first_stored_ms: r.4,
-                seq: r.5,
-            })
-            .collect())
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        read!(self, list_objects(user_id, after_seq, limit))
     }
 
     /// The receipts of several objects at once for `user_id`, newest first, at most
@@ -901,22 +1258,8 @@ impl Meta {
         per_object: usize,
     ) -> Result<Vec<(String, Receipt)>, sqlx::Error> {
         let ids = serde_json::to_string(object_ids).unwrap_or_else(|_| "[]".into());
-        let rows: Vec<(String, String, i64, String)> = sqlx::query_as(
-            "SELECT object_id, id, received, metadata_json FROM (\
-               SELECT object_id, id, COALESCE(completed_unix_ms, created_unix_ms) AS received, metadata_json, \
-                 ROW_NUMBER() OVER (PARTITION BY object_id ORDER BY COALESCE(completed_unix_ms, created_unix_ms) DESC, id DESC) AS n \
-               FROM uploads WHERE user_id = ? AND object_id IN (SELECT value FROM json_each(?))\
-             ) WHERE n <= ? ORDER BY object_id, received DESC, id DESC",
-        )
-        .bind(user_id)
-        .bind(ids)
-        .bind(i64::try_from(per_object).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| (r.0, receipt_from((r.1, r.2, r.3))))
-            .collect())
+        let per_object = i64::try_from(per_object).unwrap_or(i64::MAX);
+        read!(self, receipts_of(user_id, ids, per_object))
     }
 
     pub async fn add_token(
@@ -937,32 +1280,12 @@ impl Meta {
 
     /// The user a token hash belongs to, if the token is known (and not revoked).
     pub async fn token_user(&self, sha256_hex: &str) -> Result<Option<i64>, sqlx::Error> {
-        let row: Option<(i64,)> = sqlx::query_as("SELECT user_id FROM tokens WHERE sha256_hex = ?")
-            .bind(sha256_hex)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.map(|r| r.0))
+        read!(self, token_user(sha256_hex))
     }
 
     /// Every token (of `user_id`, if given), by user name and age.
     pub async fn tokens(&self, user_id: Option<i64>) -> Result<Vec<TokenRow>, sqlx::Error> {
-        let rows: Vec<(String, i64, String, String, i64)> = sqlx::query_as(
-            "SELECT t.sha256_hex, t.user_id, u.name, t.name, t.created_unix_ms FROM tokens t JOIN users u ON u.id = t.user_id WHERE ? IS NULL OR t.user_id = ? ORDER BY u.name, t.created_unix_ms, t.sha256_hex",
-        )
-        .bind(user_id)
-        .bind(user_id)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| TokenRow {
-                sha256_hex: r.0,
-                user_id: r.1,
-                user_name: r.2,
-                name: r.3,
-                created_unix_ms: r.4,
-            })
-            .collect())
+        read!(self, tokens(user_id))
     }
 
     /// Forgets a token: from the commit on, requests with it are refused.
@@ -1002,29 +1325,15 @@ impl Meta {
     }
 
     pub async fn user(&self, id: i64) -> Result<Option<UserRow>, sqlx::Error> {
-        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?");
-        let row: Option<UserTuple> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.map(user_from))
+        read!(self, user(id))
     }
 
     pub async fn user_by_name(&self, name: &str) -> Result<Option<UserRow>, sqlx::Error> {
-        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE name = ?");
-        let row: Option<UserTuple> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.map(user_from))
+        read!(self, user_by_name(name))
     }
 
     pub async fn users(&self) -> Result<Vec<UserRow>, sqlx::Error> {
-        let sql = format!("SELECT {USER_COLUMNS} FROM users ORDER BY name");
-        let rows: Vec<UserTuple> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows.into_iter().map(user_from).collect())
+        read!(self, users())
     }
 }
 
@@ -1059,7 +1368,11 @@ mod tests {
             m.create_upload(&upload("u1", 100)).await.is_err(),
             "ids are unique"
         );
-        m.set_progress("u1", 4, Some(10), 200).await.unwrap();
+        assert!(m.set_progress("u1", 0, 4, Some(10), 200).await.unwrap());
+        assert!(
+            !m.set_progress("u1", 0, 6, Some(10), 200).await.unwrap(),
+            "an append from an offset the upload has left changes nothing"
+        );
         let u = m.upload("u1").await.unwrap().unwrap();
         assert_eq!(
             (u.offset_bytes, u.length_bytes, u.expires_unix_ms),
@@ -1086,7 +1399,7 @@ mod tests {
         let u = m.upload("u1").await.unwrap().unwrap();
         assert_eq!((u.object_id.as_deref(), u.offset_bytes), (Some("b3"), 10));
         // A completed upload's progress cannot be rewound.
-        m.set_progress("u1", 0, None, 0).await.unwrap();
+        assert!(!m.set_progress("u1", 10, 0, None, 0).await.unwrap());
         assert_eq!(m.upload("u1").await.unwrap().unwrap().offset_bytes, 10);
         assert_eq!(m.receipts(DEFAULT_USER_ID, "b3").await.unwrap().len(), 2);
 
@@ -1299,7 +1612,7 @@ mod tests {
                 visible(id).await,
                 "{id} answered as committed but not in the database"
             );
-            m.set_progress(id, 4, Some(10), 2).await.unwrap();
+            assert!(m.set_progress(id, 0, 4, Some(10), 2).await.unwrap());
         }
         assert!(!visible("rolled-back").await);
         assert!(!visible("commit-fails").await);
@@ -1339,5 +1652,83 @@ mod tests {
     #[tokio::test]
     async fn sqlite_memory_conforms() {
         conformance(Meta::open(None).await.unwrap()).await;
+    }
+
+    /// The same suite on PostgreSQL, in a database of its own.
+    #[tokio::test]
+    async fn postgres_conforms() {
+        let Some(url) = fresh_postgres_database().await else {
+            return;
+        };
+        let m = Meta::open_postgres(&url).await.unwrap();
+        assert_eq!(m.backend_name(), "postgres");
+        conformance(m).await;
+    }
+
+    /// Two instances on one PostgreSQL completing uploads of one user at once: the quota and
+    /// the listing order hold as if one writer had done it all.
+    #[tokio::test]
+    async fn postgres_instances_serialise_per_user() {
+        let Some(url) = fresh_postgres_database().await else {
+            return;
+        };
+        let (a, b) = (
+            Meta::open_postgres(&url).await.unwrap(),
+            Meta::open_postgres(&url).await.unwrap(),
+        );
+        let user = a.create_user("carol", Some(100 * 10), 1).await.unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..150 {
+            let m = if i % 2 == 0 { a.clone() } else { b.clone() };
+            tasks.push(tokio::spawn(async move {
+                let mut u = upload(&format!("c{i}"), 1);
+                u.user_id = user.id;
+                m.create_upload(&u).await.unwrap();
+                let o = ObjectRow {
+                    id: format!("obj{i}"),
+                    sha256_hex: format!("sha{i}"),
+                    size_bytes: 10,
+                    created_unix_ms: i,
+                };
+                m.complete_upload(&u.id, &o).await.unwrap()
+            }));
+        }
+        let mut stored = 0;
+        for t in tasks {
+            stored += t.await.unwrap().is_ok() as usize;
+        }
+        assert_eq!(stored, 100, "exactly the quota's worth completes");
+        let carol = b.user(user.id).await.unwrap().unwrap();
+        assert_eq!(carol.used_bytes, 1000);
+        let listed = a.list_objects(user.id, 0, 1000).await.unwrap();
+        let seqs: Vec<i64> = listed.iter().map(|o| o.seq).collect();
+        assert_eq!(seqs, (1..=100).collect::<Vec<i64>>(), "no gap, no repeat");
+    }
+
+    /// A database of its own on the scale-out PostgreSQL (`FERRY_TEST_PG_URL`, the admin URL
+    /// `scripts/scaleout` exports), or `None` when it does not run — except under CI, which
+    /// must run these.
+    pub(crate) async fn fresh_postgres_database() -> Option<String> {
+        let Ok(admin) = std::env::var("FERRY_TEST_PG_URL") else {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI must run the PostgreSQL tests: start them with scripts/scaleout"
+            );
+            eprintln!("FERRY_TEST_PG_URL unset: skipping the PostgreSQL run");
+            return None;
+        };
+        let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&admin)
+            .await
+            .unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
+        Some(format!("{base}/{name}"))
     }
 }

@@ -722,19 +722,23 @@ impl Engine {
             // offset and answers the upload as gone, and the client starts it again.
             let (synced, committed) = tokio::join!(
                 sync,
-                self.meta.set_progress(id, new_offset, length, expires)
+                self.meta
+                    .set_progress(id, start, new_offset, length, expires)
             );
             match (synced, committed) {
-                (Ok(()), Ok(_)) => {}
-                (Err(e), Ok(_)) => {
+                (Ok(()), Ok(true)) => {}
+                // The upload left `start` while this append ran: a request for it on another
+                // instance sharing the database won. These bytes are not the upload's.
+                (Ok(()), Ok(false)) => return Err(ApiError::Locked { ietf: req.ietf }),
+                (Err(e), Ok(true)) => {
                     // The offset went in but its bytes may not be on the disk (a failed fsync
                     // can drop them): take the offset back before anyone reads it.
                     self.meta
-                        .set_progress(id, start, row.length_bytes, row.expires_unix_ms)
+                        .set_progress(id, new_offset, start, row.length_bytes, row.expires_unix_ms)
                         .await?;
                     return Err(e);
                 }
-                (Err(e), Err(_)) => return Err(e),
+                (Err(e), Ok(false) | Err(_)) => return Err(e),
                 // The bytes are safe but the offset is not recorded: the upload stays where it
                 // was (the next append cuts the file back to it).
                 (Ok(()), Err(e)) => return Err(e.into()),

@@ -6,13 +6,12 @@
 mod common;
 use common::*;
 
-use ferry_server::accounts::Accounts;
 use serde_json::{Value, json};
 
 /// A token of `user` (created, with `quota`, if it does not exist yet), through the same
 /// library calls the `user` / `token` subcommands make, on the server's own data folder.
 async fn user_token(s: &TestServer, user: &str, quota: Option<u64>) -> String {
-    let a = Accounts::open(s.dir.path()).await.unwrap();
+    let a = s.accounts().await;
     if a.user(user).await.is_err() {
         a.create_user(user, quota).await.unwrap();
     }
@@ -26,19 +25,6 @@ fn sha256_hex(b: &[u8]) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
-}
-
-/// Every file under the blob store's `objects/`.
-fn blob_files(s: &TestServer) -> Vec<String> {
-    let mut out = Vec::new();
-    let root = s.dir.path().join("blobs/objects");
-    for fan in std::fs::read_dir(&root).into_iter().flatten() {
-        for f in std::fs::read_dir(fan.unwrap().path()).unwrap() {
-            out.push(f.unwrap().file_name().to_string_lossy().into_owned());
-        }
-    }
-    out.sort();
-    out
 }
 
 fn partial_files(s: &TestServer) -> usize {
@@ -377,7 +363,7 @@ async fn another_users_objects_receipts_and_uploads_are_invisible() {
     // Stored once: one blob per distinct object, whoever holds it.
     let mut want = vec![id.clone(), part_id, blake3_hex(&key_data)];
     want.sort();
-    assert_eq!(blob_files(&s), want);
+    assert_eq!(s.stored_objects().await, want);
 }
 
 async fn assert_quota_refused(r: reqwest::Response, used: u64, quota: u64, needed: u64) {
@@ -494,7 +480,7 @@ async fn a_quota_refuses_at_creation_and_at_completion_and_only_its_user() {
         .unwrap();
     assert_eq!(r.status(), 404, "discarded");
     assert!(
-        !blob_files(&s).contains(&blake3_hex(&more)),
+        !s.stored_objects().await.contains(&blake3_hex(&more)),
         "no blob for a refused object"
     );
     assert_eq!(partial_files(&s), partials);
@@ -557,7 +543,7 @@ async fn a_quota_refuses_at_creation_and_at_completion_and_only_its_user() {
     assert_eq!(r.status(), 201);
     assert_object_headers(&r, &fits);
     assert_eq!(receipts(&s, &small, &blake3_hex(&fits)).await.len(), 2);
-    let accounts = Accounts::open(s.dir.path()).await.unwrap();
+    let accounts = s.accounts().await;
     assert_eq!(accounts.user("small").await.unwrap().used_bytes, 60_000);
 
     // Other users are not affected.
@@ -584,11 +570,10 @@ async fn a_quota_refuses_at_creation_and_at_completion_and_only_its_user() {
 }
 
 /// Runs the real `ferry-server` binary; returns (success, stdout, stderr).
-async fn cli(args: &[&str], data: &std::path::Path) -> (bool, String, String) {
+async fn cli(args: &[&str], s: &TestServer) -> (bool, String, String) {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry-server"))
         .args(args)
-        .arg("--data")
-        .arg(data)
+        .args(s.data_args())
         .output()
         .await
         .unwrap();
@@ -611,7 +596,7 @@ fn row<'a>(table: &'a str, first: &str) -> Vec<&'a str> {
 #[tokio::test]
 async fn user_and_token_commands_of_the_binary_and_revocation_at_once() {
     let s = server_with(|_| {}).await;
-    let data = s.dir.path();
+    let data = &s;
     let ok = |r: (bool, String, String)| {
         assert!(r.0, "stdout: {}\nstderr: {}", r.1, r.2);
         r.1
@@ -730,7 +715,7 @@ async fn user_and_token_commands_of_the_binary_and_revocation_at_once() {
     let (success, _, err) = cli(&["token", "revoke", &bob_id], data).await;
     assert!(!success && err.contains("no token"), "{err}");
     // The library's revocation (what the command runs) is as immediate.
-    let accounts = Accounts::open(data).await.unwrap();
+    let accounts = data.accounts().await;
     accounts.revoke_token("laptop", None).await.unwrap();
     accounts.close().await;
     assert_eq!(status(laptop.clone()).await, 401);
@@ -802,9 +787,10 @@ async fn a_data_folder_from_before_accounts_belongs_to_the_default_user() {
 
     let config = ferry_server::Config::new(dir.path(), "127.0.0.1:0".parse().unwrap());
     let s = TestServer {
-        handle: ferry_server::Server::start(config).await.unwrap(),
+        handle: ferry_server::Server::start(config.clone()).await.unwrap(),
         dir,
         client: reqwest::Client::new(),
+        config,
     };
     assert_eq!(s.get_object_as(token, &id).await, content);
     let r = receipts(&s, token, &id).await;
@@ -819,7 +805,7 @@ async fn a_data_folder_from_before_accounts_belongs_to_the_default_user() {
     assert_eq!(page["objects"][0]["id"], id.as_str());
     assert_eq!(page["objects"][0]["stored_ms"], 2000);
     assert_eq!(page["objects"][0]["size_bytes"], content.len());
-    let accounts = Accounts::open(s.dir.path()).await.unwrap();
+    let accounts = s.accounts().await;
     let default = accounts.user("default").await.unwrap();
     assert_eq!(default.used_bytes, content.len() as u64);
     let tokens = accounts.tokens(Some("default")).await.unwrap();

@@ -5,12 +5,11 @@
 mod common;
 use common::*;
 
-use ferry_server::accounts::Accounts;
 use futures_util::StreamExt as _;
 use serde_json::{Value, json};
 
 async fn user_token(s: &TestServer, user: &str) -> String {
-    let a = Accounts::open(s.dir.path()).await.unwrap();
+    let a = s.accounts().await;
     if a.user(user).await.is_err() {
         a.create_user(user, None).await.unwrap();
     }

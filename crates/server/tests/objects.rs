@@ -31,10 +31,7 @@ async fn plain_upload_dedup_and_object_reads() {
     assert_object_headers(&r, &data);
     assert_ne!(header(&r, "location").unwrap(), first_location);
     let id = blake3_hex(&data);
-    let files: Vec<_> = std::fs::read_dir(s.dir.path().join("blobs/objects").join(&id[..2]))
-        .unwrap()
-        .collect();
-    assert_eq!(files.len(), 1);
+    assert_eq!(s.stored_objects().await, vec![id.clone()], "stored once");
     let r = s
         .req("GET", &format!("/v1/objects/{id}/receipts"))
         .send()

@@ -7,11 +7,10 @@
 mod common;
 use common::*;
 
-use ferry_server::accounts::Accounts;
 use serde_json::{Value, json};
 
 async fn user_token(s: &TestServer, user: &str) -> String {
-    let a = Accounts::open(s.dir.path()).await.unwrap();
+    let a = s.accounts().await;
     if a.user(user).await.is_err() {
         a.create_user(user, None).await.unwrap();
     }
@@ -21,7 +20,7 @@ async fn user_token(s: &TestServer, user: &str) -> String {
 }
 
 async fn used_bytes(s: &TestServer, user: &str) -> u64 {
-    let a = Accounts::open(s.dir.path()).await.unwrap();
+    let a = s.accounts().await;
     let u = a.user(user).await.unwrap().used_bytes;
     a.close().await;
     u

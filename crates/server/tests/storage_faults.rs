@@ -12,7 +12,39 @@ use common::*;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 
-async fn install_faults(s: &TestServer) -> sqlx::SqlitePool {
+/// Installs the faults in the server's database: SQLite triggers, or — when the suite runs on
+/// PostgreSQL — their equivalents there: a trigger that raises (the statement fails and
+/// PostgreSQL aborts the transaction until it is rolled back), and a deferred foreign key that
+/// fails the commit.
+async fn install_faults(s: &TestServer) {
+    if let Some(url) = &s.config.database {
+        let db = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect(url)
+            .await
+            .unwrap();
+        for sql in [
+            "CREATE TABLE fault_parent (id TEXT PRIMARY KEY)",
+            "CREATE TABLE fault_child (parent TEXT REFERENCES fault_parent(id) DEFERRABLE INITIALLY DEFERRED)",
+            "CREATE FUNCTION fault_rollback() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN RAISE EXCEPTION 'simulated full disk'; END $$",
+            "CREATE TRIGGER fault_rollback AFTER INSERT ON uploads FOR EACH ROW \
+             WHEN (NEW.metadata_json LIKE '%\"fault\":\"rollback\"%') \
+             EXECUTE FUNCTION fault_rollback()",
+            "CREATE FUNCTION fault_commit() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN INSERT INTO fault_child VALUES ('missing'); RETURN NULL; END $$",
+            "CREATE TRIGGER fault_commit AFTER INSERT ON uploads FOR EACH ROW \
+             WHEN (NEW.metadata_json LIKE '%\"fault\":\"commit\"%') \
+             EXECUTE FUNCTION fault_commit()",
+        ] {
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .execute(&db)
+                .await
+                .unwrap();
+        }
+        db.close().await;
+        return;
+    }
     let db = SqlitePoolOptions::new()
         .max_connections(1)
         .connect_with(SqliteConnectOptions::new().filename(s.dir.path().join("meta.db")))
@@ -33,7 +65,8 @@ async fn install_faults(s: &TestServer) -> sqlx::SqlitePool {
             .await
             .unwrap();
     }
-    db
+    // The triggers are part of the schema: they outlive this connection.
+    db.close().await;
 }
 
 /// A plain one-request upload; returns the answer's status and object id (on success).
@@ -67,7 +100,7 @@ async fn failed_metadata_commits_never_yield_a_false_receipt() {
     assert_eq!(r.status(), 201);
     let location = header(&r, "location").unwrap().to_string();
 
-    let _db = install_faults(&s).await;
+    install_faults(&s).await;
     for round in 0..2u8 {
         for fault in ["rollback", "commit"] {
             let (status, id) = plain(&s, &[round, 1, 2, 3], Some(fault)).await;
@@ -95,19 +128,7 @@ async fn failed_metadata_commits_never_yield_a_false_receipt() {
     assert_eq!(s.get_object(&id.unwrap()).await, fresh);
 
     // And after a restart on the same data, every receipt still holds.
-    let dir = s.dir;
-    s.handle.shutdown().await;
-    let config = {
-        let mut c = ferry_server::Config::new(dir.path(), "127.0.0.1:0".parse().unwrap());
-        c.open = true;
-        c
-    };
-    let handle = ferry_server::Server::start(config).await.unwrap();
-    let again = TestServer {
-        handle,
-        dir,
-        client: reqwest::Client::new(),
-    };
+    let again = s.restart().await;
     assert_eq!(again.get_object(&blake3_hex(&data)).await, data);
     assert_eq!(again.get_object(&blake3_hex(&fresh)).await, fresh);
 }

@@ -10,25 +10,116 @@ pub struct TestServer {
     pub handle: ServerHandle,
     pub dir: tempfile::TempDir,
     pub client: reqwest::Client,
+    /// What it was started with: [`TestServer::restart`] starts it again the same way.
+    pub config: Config,
 }
 
 pub async fn open_server() -> TestServer {
     server_with(|c| c.open = true).await
 }
 
+/// A server on a fresh data directory. Two variables run the whole suite on the scale-out
+/// backends (`scripts/test` sets them for its second pass): `FERRY_TEST_SERVER_STORE=s3://…`
+/// puts each server's objects under a prefix of its own (configured by the `AWS_*`
+/// variables), `FERRY_TEST_SERVER_DATABASE=postgres://…/ADMIN_DB` gives each server a
+/// database of its own. What they leave behind is the engines' folder's, removed with it.
 pub async fn server_with(adjust: impl FnOnce(&mut Config)) -> TestServer {
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config::new(dir.path(), "127.0.0.1:0".parse().unwrap());
+    if let Some(base) = std::env::var("FERRY_TEST_SERVER_STORE")
+        .ok()
+        .filter(|u| !u.is_empty())
+    {
+        config.store = Some(format!(
+            "{}/t-{}",
+            base.trim_end_matches('/'),
+            uuid::Uuid::new_v4().simple()
+        ));
+    }
+    if let Some(admin) = std::env::var("FERRY_TEST_SERVER_DATABASE")
+        .ok()
+        .filter(|u| !u.is_empty())
+    {
+        config.database = Some(fresh_postgres_database(&admin).await);
+    }
     adjust(&mut config);
-    let handle = Server::start(config).await.unwrap();
+    let handle = Server::start(config.clone()).await.unwrap();
     TestServer {
         handle,
         dir,
         client: reqwest::Client::new(),
+        config,
     }
 }
 
+/// Creates a database of its own on the PostgreSQL that `admin` (a URL ending in a database
+/// to connect to) reaches, and answers its URL.
+pub async fn fresh_postgres_database(admin: &str) -> String {
+    let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(admin)
+        .await
+        .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(admin);
+    format!("{base}/{name}")
+}
+
 impl TestServer {
+    /// Shuts the server down and starts it again on the same data, database and store.
+    pub async fn restart(self) -> TestServer {
+        let TestServer {
+            handle,
+            dir,
+            client,
+            config,
+        } = self;
+        handle.shutdown().await;
+        let handle = Server::start(config.clone()).await.unwrap();
+        TestServer {
+            handle,
+            dir,
+            client,
+            config,
+        }
+    }
+
+    /// The server's accounts, opened as `ferry-server user …` / `token …` open them.
+    pub async fn accounts(&self) -> ferry_server::accounts::Accounts {
+        ferry_server::accounts::Accounts::connect(self.dir.path(), self.config.database.as_deref())
+            .await
+            .unwrap()
+    }
+
+    /// A device token of the default user, made as `ferry-server token create` makes it.
+    pub async fn create_token(&self, name: &str) -> String {
+        ferry_server::create_token_in(self.dir.path(), self.config.database.as_deref(), name)
+            .await
+            .unwrap()
+    }
+
+    /// The flags that make a `ferry-server` command use this server's data, database and store.
+    pub fn data_args(&self) -> Vec<std::ffi::OsString> {
+        let mut args = vec!["--data".into(), self.dir.path().into()];
+        if let Some(d) = &self.config.database {
+            args.extend(["--database".into(), d.into()]);
+        }
+        if let Some(st) = &self.config.store {
+            args.extend(["--store".into(), st.into()]);
+        }
+        args
+    }
+
+    /// Every object id the server's store holds (its folder, or its S3 prefix).
+    pub async fn stored_objects(&self) -> Vec<String> {
+        self.handle.stored_object_ids().await.unwrap()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.handle.base_url(), path)
     }
