@@ -141,13 +141,7 @@ impl From<sqlx::Error> for ApiError {
         }
         // The connection, not the statement, failed: nothing was committed (a write is
         // answered committed only after COMMIT), so the request may simply be repeated.
-        if matches!(
-            e,
-            sqlx::Error::Io(_)
-                | sqlx::Error::PoolTimedOut
-                | sqlx::Error::PoolClosed
-                | sqlx::Error::WorkerCrashed
-        ) {
+        if crate::meta::is_unreachable(&e) {
             return ApiError::Unavailable(format!("metadata store: {e}"));
         }
         ApiError::Internal(format!("metadata store: {e}"))

@@ -908,8 +908,28 @@ fn batch_failure(e: &sqlx::Error) -> sqlx::Error {
     let text = format!("batch commit failed: {e}");
     if is_storage_full(e) {
         sqlx::Error::Io(std::io::Error::new(std::io::ErrorKind::StorageFull, text))
+    } else if is_unreachable(e) {
+        sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::ConnectionAborted,
+            text,
+        ))
     } else {
         sqlx::Error::Protocol(text)
+    }
+}
+
+/// Whether `e` says the database could not be reached (its connection broke, none could be
+/// had in time), not that it refused the statement: the request may be repeated as it is.
+pub fn is_unreachable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(io) => io.kind() != std::io::ErrorKind::StorageFull,
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => true,
+        // PostgreSQL's connection exceptions (class 08) and "shutting down / cannot connect
+        // now" (57P01-57P03).
+        sqlx::Error::Database(d) => d
+            .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+            .is_some_and(|pg| pg.code().starts_with("08") || pg.code().starts_with("57P")),
+        _ => false,
     }
 }
 
