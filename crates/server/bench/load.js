@@ -1,7 +1,9 @@
 // The benchmark load: tus-js-client (tus-v1) uploads against a tus endpoint.
 //   node load.js small ENDPOINT COUNT SIZE_BYTES CONCURRENCY   distinct in-memory buffers
 //   node load.js large ENDPOINT FILE                           one file, streamed from disk
-// Prints one JSON line: seconds, bytes, MB/s.
+// Prints one JSON line: seconds, bytes, MB/s, uploads (succeeded), failed. Small mode goes on
+// after a failed upload (its error, up to 5 of them, on stderr) and exits 1 at the end if any
+// failed; so does a failed large upload.
 'use strict'
 
 const fs = require('fs')
@@ -29,6 +31,8 @@ async function main() {
   const headers = process.env.FERRY_TOKEN ? { Authorization: `Bearer ${process.env.FERRY_TOKEN}` } : {}
   const t0 = process.hrtime.bigint()
   let bytes = 0
+  let uploads = 0
+  let failed = 0
   if (mode === 'small') {
     const [count, size, concurrency] = rest.map(Number)
     const base = crypto.randomBytes(size)
@@ -39,8 +43,13 @@ async function main() {
         // Distinct content per upload, so content-addressed dedup cannot skip any work.
         const buf = Buffer.from(base)
         buf.writeUInt32LE(i, 0)
-        await upload(endpoint, buf, size, headers)
-        bytes += size
+        try {
+          await upload(endpoint, buf, size, headers)
+          bytes += size
+          uploads++
+        } catch (e) {
+          if (failed++ < 5) console.error(`upload ${i} failed: ${e.message || e}`)
+        }
       }
     }
     await Promise.all(Array.from({ length: concurrency }, worker))
@@ -49,11 +58,16 @@ async function main() {
     const size = fs.statSync(file).size
     await upload(endpoint, fs.createReadStream(file), size, headers)
     bytes = size
+    uploads = 1
   } else {
     throw new Error('mode is small or large')
   }
   const seconds = Number(process.hrtime.bigint() - t0) / 1e9
-  console.log(JSON.stringify({ mode, seconds, bytes, mb_per_s: bytes / 1e6 / seconds }))
+  console.log(JSON.stringify({ mode, seconds, bytes, mb_per_s: bytes / 1e6 / seconds, uploads, failed }))
+  if (failed > 0) {
+    console.error(`${failed} upload(s) failed`)
+    process.exit(1)
+  }
 }
 
 main().catch((e) => {

@@ -512,8 +512,9 @@ macro_rules! backend {
             /// `RELEASE` may never commit, and every later write is answered as committed while
             /// only this connection sees it (a full disk produced receipts for objects the
             /// database never held). Here `BEGIN` fails if a transaction is still open (SQLite;
-            /// PostgreSQL warns, and the `ROLLBACK` before it ends it) and `COMMIT` fails if
-            /// none is, so a write is reported committed only when it is.
+            /// PostgreSQL only warns, so the writer never reuses a connection whose batch
+            /// failed) and `COMMIT` fails if none is, so a write is reported committed only
+            /// when it is.
             async fn commit_batch(
                 conn: &mut Conn,
                 batch: &[Write],
@@ -568,7 +569,13 @@ macro_rules! backend {
                 Ok(results)
             }
 
-            pub(super) async fn writer(pool: Pool, mut queue: mpsc::Receiver<Write>) {
+            /// `reconnect_after_failure`: false only for an in-memory database, which lives and
+            /// dies with its one connection.
+            pub(super) async fn writer(
+                pool: Pool,
+                mut queue: mpsc::Receiver<Write>,
+                reconnect_after_failure: bool,
+            ) {
                 while let Some(first) = queue.recv().await {
                     let mut batch = vec![first];
                     while batch.len() < MAX_BATCH_WRITES {
@@ -578,7 +585,16 @@ macro_rules! backend {
                         }
                     }
                     let result = match pool.acquire().await {
-                        Ok(mut conn) => commit_batch(&mut conn, &batch).await,
+                        Ok(mut conn) => {
+                            let r = commit_batch(&mut conn, &batch).await;
+                            if r.is_err() && reconnect_after_failure {
+                                // Its `ROLLBACK` may have failed too, and PostgreSQL only warns
+                                // when `BEGIN` finds a transaction open: the next batch gets a
+                                // fresh connection instead of one in an unknown state.
+                                conn.close_on_drop();
+                            }
+                            r
+                        }
                         Err(e) => Err(e),
                     };
                     match result {
@@ -1026,7 +1042,7 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 impl Meta {
     /// Opens (creating if needed) the database at `path`, or a private in-memory one for `None`.
     pub async fn open(path: Option<&Path>) -> Result<Meta, sqlx::Error> {
-        let (pool, write_pool) = match path {
+        let (pool, write_pool, reconnect_after_failure) = match path {
             Some(p) => {
                 let opts = SqliteConnectOptions::new()
                     .filename(p)
@@ -1044,7 +1060,7 @@ impl Meta {
                     .max_connections(4)
                     .connect_with(opts)
                     .await?;
-                (pool, write_pool)
+                (pool, write_pool, true)
             }
             None => {
                 // One connection: each new connection to `:memory:` would be another database.
@@ -1053,11 +1069,11 @@ impl Meta {
                     .connect_with(SqliteConnectOptions::from_str("sqlite::memory:")?)
                     .await?;
                 sqlx::migrate!("./migrations").run(&pool).await?;
-                (pool.clone(), pool)
+                (pool.clone(), pool, false)
             }
         };
         let (writes, queue) = mpsc::channel(4 * MAX_BATCH_WRITES);
-        tokio::spawn(sqlite::writer(write_pool, queue));
+        tokio::spawn(sqlite::writer(write_pool, queue, reconnect_after_failure));
         Ok(Meta {
             reads: Backend::Sqlite(pool),
             writes,
@@ -1086,7 +1102,7 @@ impl Meta {
             .connect_with(opts)
             .await?;
         let (writes, queue) = mpsc::channel(4 * MAX_BATCH_WRITES);
-        tokio::spawn(postgres::writer(write_pool, queue));
+        tokio::spawn(postgres::writer(write_pool, queue, true));
         Ok(Meta {
             reads: Backend::Postgres(pool),
             writes,
