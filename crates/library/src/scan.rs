@@ -2,12 +2,15 @@
 //!
 //! The steps, in order:
 //! 1. **Walk** each scope (a folder tree) with `stat` only: no file is opened unless needed.
+//!    Each folder is compared with its own index entries as soon as it is listed; the walk
+//!    keeps only the folders that need work, the totals, and what disappeared, so memory grows
+//!    with the number of folders and with what changed, never with the library.
 //! 2. **Disappeared** = indexed resources under the scopes whose path was not seen (and not
 //!    under a folder that could not be read: an unreadable folder never deletes anything).
 //!    Their deletion waits until the end, so a file that moved can keep its identity.
-//! 3. **Per folder**: files whose (device, inode, size, mtime) match the index are unchanged
-//!    and not reread; the rest are hashed (BLAKE3, streamed) and their metadata read, on all
-//!    cores. A file is taken only if it did not change while being read. A new file whose hash
+//! 3. **Per folder** that needs work, listed again: files whose (device, inode, size, mtime)
+//!    match the index are unchanged and not reread; the rest are hashed (BLAKE3, streamed) and
+//!    their metadata read, on all cores, a bounded window of folders ahead of the writer. A file is taken only if it did not change while being read. A new file whose hash
 //!    matches a disappeared resource is that resource, moved. The folder is regrouped and the
 //!    asset ids carried over from the resources' previous assets.
 //! 4. Folders are written in batches, each one SQLite transaction and one change set: a
@@ -21,7 +24,7 @@ use ferry_core::{ResourceMetadata, ResourceType};
 use ferry_store::library::{HistoryLimits, IndexWriter, ResourceRecord, ResourceStat};
 use ferry_store::{Store, StoreError};
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fs::{self, File, Metadata};
 use std::io::{self, Read};
 use std::os::unix::fs::MetadataExt;
@@ -277,111 +280,92 @@ pub fn scan(
         .filter_map(|p| fs::canonicalize(p).ok())
         .collect();
 
-    // 1. Walk.
+    // 1. + 2. Walk, one folder at a time, comparing each with its index entries as it is
+    // listed: what remains is the list of folders that need work, the totals, and the
+    // resources that disappeared — never the whole library.
     let limit = opts.max_reported_issues;
-    let mut folders: Vec<FolderObs> = Vec::new();
+    let mut pass = WalkPass::default();
     let mut incomplete: Vec<PathBuf> = Vec::new();
     for root in &roots {
         walk(
             root,
             &excluded,
-            &mut folders,
             &mut incomplete,
             &mut report,
             limit,
-        );
+            &mut |folder, complete, report| pass.compare(store, folder, complete, report),
+        )?;
     }
-    report.folders = folders.len() as u64;
-    report.media_files = folders.iter().map(|f| f.files.len() as u64).sum();
-    let total_bytes: u64 = folders.iter().flat_map(|f| &f.files).map(|f| f.size).sum();
-    on_event(&ScanEvent::Walked {
-        folders: report.folders,
-        media_files: report.media_files,
-        bytes: total_bytes,
-    });
-
-    // 2. Disappeared: indexed under the scopes, not seen, not under an unreadable folder.
-    // Path → what the walk saw (`None`: present but unreadable, kept as indexed).
-    let seen: HashMap<&Path, Option<&FileObs>> = folders
-        .iter()
-        .flat_map(|f| {
-            f.files
-                .iter()
-                .map(|o| (o.path.as_path(), Some(o)))
-                .chain(f.kept_paths.iter().map(|p| (p.as_path(), None)))
-        })
-        .collect();
-    let mut disappeared: HashMap<[u8; 32], Vec<ResourceStat>> = HashMap::new();
-    // Per folder: how many resources the index has there, and how many of those are unchanged.
-    // A folder where the two match its files, with nothing to read, is left as it is.
-    let mut indexed_per_dir: HashMap<PathBuf, (usize, usize)> = HashMap::new();
-    let (mut unchanged_files, mut unchanged_bytes) = (0u64, 0u64);
-    let mut unchanged: HashSet<PathBuf> = HashSet::new();
+    // Folders the index knows that the walk did not see (deleted, renamed, excluded now):
+    // everything in them disappeared, unless it lies under a folder that could not be read.
     for root in &roots {
-        for r in store.resource_stats_under(root)? {
-            let dir = r.path.parent().map(Path::to_owned).unwrap_or_default();
-            let counts = indexed_per_dir.entry(dir).or_default();
-            counts.0 += 1;
-            match seen.get(r.path.as_path()) {
-                Some(Some(obs)) if obs.same_stat(&r) => {
-                    counts.1 += 1;
-                    unchanged_files += 1;
-                    unchanged_bytes += r.size;
-                    unchanged.insert(r.path);
-                }
-                Some(_) => {}
-                None if incomplete.iter().any(|d| r.path.starts_with(d)) => {}
-                None => disappeared.entry(r.blake3).or_default().push(r),
+        for dir in store.resource_dirs_under(root)? {
+            if pass.seen_dirs.contains(&dir) || incomplete.iter().any(|d| dir.starts_with(d)) {
+                continue;
+            }
+            for r in store.resource_stats_in_dir(&dir)? {
+                pass.disappeared.entry(r.blake3).or_default().push(r);
             }
         }
     }
-    drop(seen);
+    report.folders = pass.seen_dirs.len() as u64;
+    report.media_files = pass.media_files;
+    on_event(&ScanEvent::Walked {
+        folders: report.folders,
+        media_files: report.media_files,
+        bytes: pass.bytes,
+    });
+    let WalkPass {
+        dirty,
+        mut disappeared,
+        files_to_read,
+        bytes_to_read,
+        seen_dirs,
+        ..
+    } = pass;
+    drop(seen_dirs);
     let mut progress = Progress {
-        files_to_read: report.media_files - unchanged_files,
-        bytes_to_read: total_bytes - unchanged_bytes,
+        files_to_read,
+        bytes_to_read,
         ..Progress::default()
     };
+    let mut claims = AssetClaims {
+        at_risk: disappeared
+            .values()
+            .flatten()
+            .map(|r| r.asset_id.clone())
+            .collect(),
+        taken: HashSet::new(),
+    };
 
-    // 3. + 4. Per folder, in batches.
+    // 3. + 4. The folders that need work, read on all cores and written in folder order: a
+    // window of folders runs ahead of the writer (bounded in files and in folders), so
+    // memory holds one window, not the library.
     let threads = if opts.threads == 0 {
         std::thread::available_parallelism().map_or(2, |n| n.get())
     } else {
         opts.threads
     };
-    let mut claimed_assets: HashSet<String> = HashSet::new();
-    // Every file to read, in folder order: one reader pool runs ahead across folders while
-    // this thread writes each folder as soon as all of its files are read.
-    let mut expected: Vec<usize> = vec![0; folders.len()];
-    // (folder, file) indexes, not copies: the walk's records are borrowed by the readers.
-    let mut jobs: Vec<(usize, usize)> = Vec::new();
-    for (fi, folder) in folders.iter().enumerate() {
-        for (i, obs) in folder.files.iter().enumerate() {
-            if !unchanged.contains(&obs.path) {
-                expected[fi] += 1;
-                jobs.push((fi, i));
-            }
-        }
-    }
-    drop(unchanged);
     let mut writer = store.index_writer()?;
     let mut batch_written = 0u64;
     let mut batch_started = Instant::now();
-    let queue = std::sync::Mutex::new(jobs.into_iter());
+    // Files to read, tagged with their folder's place in the window; the readers share the
+    // receiving end. The window bounds how much is queued.
+    let (jobs_tx, jobs_rx) = mpsc::channel::<(u64, FileObs)>();
+    let jobs_rx = std::sync::Mutex::new(jobs_rx);
     let outcome: Result<(), ScanError> = std::thread::scope(|s| {
-        let (tx, rx) = mpsc::channel::<(usize, ReadResult)>();
+        let (tx, rx) = mpsc::channel::<(u64, ReadResult)>();
         for _ in 0..threads {
             let tx = tx.clone();
-            let queue = &queue;
-            let folders = &folders;
+            let jobs_rx = &jobs_rx;
             s.spawn(move || {
                 let mut buf = vec![0u8; READ_BUF];
                 let mut reader = MetadataReader::new();
                 loop {
-                    let next = queue.lock().map(|mut q| q.next()).unwrap_or(None);
-                    let Some((fi, i)) = next else { break };
-                    let obs = folders[fi].files[i].clone();
+                    let next = jobs_rx.lock().ok().and_then(|q| q.recv().ok());
+                    let Some((seq, obs)) = next else { break };
                     if tx
-                        .send((fi, read_file(obs, &mut buf, &mut reader)))
+                        .send((seq, read_file(obs, &mut buf, &mut reader)))
                         .is_err()
                     {
                         break;
@@ -390,35 +374,70 @@ pub fn scan(
             });
         }
         drop(tx);
-        let mut arrived: HashMap<usize, Vec<ReadResult>> = HashMap::new();
+        let mut window: VecDeque<InFlight> = VecDeque::new();
+        // `seq` of the window's first folder; folder `seq` sits at `seq - front_seq`.
+        let mut front_seq = 0u64;
+        let mut files_ahead = 0usize;
+        let mut dirty = dirty.into_iter();
         let result = (|| {
-            for (fi, folder) in folders.iter().enumerate() {
-                while arrived.get(&fi).map_or(0, Vec::len) < expected[fi] {
-                    let Ok((got, res)) = rx.recv() else { break };
+            loop {
+                // Fill the window: list the next folders again (they may have changed since
+                // the walk; the walk only chose them) and queue what they need read.
+                while files_ahead < MAX_FILES_AHEAD && window.len() < MAX_FOLDERS_AHEAD {
+                    let Some(dir) = dirty.next() else { break };
+                    let Some(folder) = relist(&dir, &excluded) else {
+                        continue;
+                    };
+                    let stats: HashMap<PathBuf, ResourceStat> = writer
+                        .store()
+                        .resource_stats_in_dir(&dir)?
+                        .into_iter()
+                        .map(|r| (r.path.clone(), r))
+                        .collect();
+                    let seq = front_seq + window.len() as u64;
+                    let mut expected = 0;
+                    for obs in &folder.files {
+                        if !stats.get(&obs.path).is_some_and(|r| obs.same_stat(r)) {
+                            expected += 1;
+                            // A closed queue means the readers are gone: the results say so.
+                            let _ = jobs_tx.send((seq, obs.clone()));
+                        }
+                    }
+                    files_ahead += expected;
+                    window.push_back(InFlight {
+                        folder,
+                        expected,
+                        results: Vec::new(),
+                    });
+                }
+                let Some(front) = window.front() else { break };
+                if front.results.len() < front.expected {
+                    let Ok((seq, res)) = rx.recv() else { break };
                     progress.files_done += 1;
                     progress.bytes_done += match &res {
                         Ok(f) => f.obs.size,
                         Err((obs, _, _)) => obs.size,
                     };
                     on_event(&progress.event());
-                    arrived.entry(got).or_default().push(res);
-                }
-                let read = arrived.remove(&fi).unwrap_or_default();
-                let untouched = read.is_empty()
-                    && folder.kept_paths.is_empty()
-                    && indexed_per_dir
-                        .get(&folder.dir)
-                        .is_some_and(|&(n, u)| n == u && u == folder.files.len());
-                if untouched {
-                    report.unchanged_resources += folder.files.len() as u64;
+                    if let Some(slot) = seq
+                        .checked_sub(front_seq)
+                        .and_then(|i| window.get_mut(i as usize))
+                    {
+                        slot.results.push(res);
+                    }
                     continue;
                 }
+                let Some(done) = window.pop_front() else {
+                    break;
+                };
+                front_seq += 1;
+                files_ahead -= done.expected;
                 batch_written += index_folder(
                     &mut writer,
-                    folder,
-                    read,
+                    &done.folder,
+                    done.results,
                     &mut disappeared,
-                    &mut claimed_assets,
+                    &mut claims,
                     &mut report,
                     limit,
                 )?;
@@ -438,12 +457,8 @@ pub fn scan(
             }
             Ok(())
         })();
-        // On an error, stop the readers early: drain the queue so they find nothing more.
-        if result.is_err()
-            && let Ok(mut q) = queue.lock()
-        {
-            q.by_ref().for_each(drop);
-        }
+        // On an error (or the end), close the queue: the readers finish what they hold.
+        drop(jobs_tx);
         drop(rx);
         result
     });
@@ -488,117 +503,227 @@ impl Progress {
     }
 }
 
+/// Most files queued for reading ahead of the folder being written.
+const MAX_FILES_AHEAD: usize = 4096;
+/// Most folders listed ahead of the folder being written (many small folders).
+const MAX_FOLDERS_AHEAD: usize = 256;
+
+/// Asset ids kept across folders. An asset's resources share its folder, so only a moved
+/// resource can carry its asset id into another folder's group: those ids (the assets of the
+/// disappeared resources) are `at_risk`, and the first group to keep one `taken`s it. Both
+/// sets grow with what moved, not with the library.
+struct AssetClaims {
+    at_risk: HashSet<String>,
+    taken: HashSet<String>,
+}
+
+/// A folder whose files are being read, waiting for its turn to be written.
+struct InFlight {
+    folder: FolderObs,
+    expected: usize,
+    results: Vec<ReadResult>,
+}
+
+/// What the walk keeps: bounded by the number of folders and by what changed.
+#[derive(Default)]
+struct WalkPass {
+    /// Every folder listed (to find the index's folders that are gone).
+    seen_dirs: HashSet<PathBuf>,
+    /// Folders with something to read, write or delete, in walk order.
+    dirty: Vec<PathBuf>,
+    disappeared: HashMap<[u8; 32], Vec<ResourceStat>>,
+    media_files: u64,
+    bytes: u64,
+    files_to_read: u64,
+    bytes_to_read: u64,
+}
+
+impl WalkPass {
+    /// Compares one listed folder with its index entries. `complete`: the listing saw every
+    /// entry (an entry that failed to list must not make its index entry disappear).
+    fn compare(
+        &mut self,
+        store: &Store,
+        folder: FolderObs,
+        complete: bool,
+        report: &mut ScanReport,
+    ) -> Result<(), ScanError> {
+        self.media_files += folder.files.len() as u64;
+        self.bytes += folder.files.iter().map(|f| f.size).sum::<u64>();
+        let listed: HashMap<&Path, &FileObs> =
+            folder.files.iter().map(|o| (o.path.as_path(), o)).collect();
+        let kept: HashSet<&Path> = folder.kept_paths.iter().map(PathBuf::as_path).collect();
+        let (mut indexed, mut unchanged) = (0usize, 0usize);
+        let mut unchanged_bytes = 0u64;
+        for r in store.resource_stats_in_dir(&folder.dir)? {
+            indexed += 1;
+            match listed.get(r.path.as_path()) {
+                Some(obs) if obs.same_stat(&r) => {
+                    unchanged += 1;
+                    unchanged_bytes += r.size;
+                }
+                Some(_) => {}
+                None if kept.contains(r.path.as_path()) || !complete => {}
+                None => self.disappeared.entry(r.blake3).or_default().push(r),
+            }
+        }
+        let to_read = folder.files.len() - unchanged;
+        self.files_to_read += to_read as u64;
+        self.bytes_to_read += folder.files.iter().map(|f| f.size).sum::<u64>() - unchanged_bytes;
+        // A folder whose files all match its entries, one for one, is left as it is.
+        let untouched = to_read == 0
+            && folder.kept_paths.is_empty()
+            && indexed == unchanged
+            && unchanged == folder.files.len();
+        if untouched {
+            report.unchanged_resources += folder.files.len() as u64;
+        } else {
+            self.dirty.push(folder.dir.clone());
+        }
+        self.seen_dirs.insert(folder.dir);
+        Ok(())
+    }
+}
+
+/// Lists `dir` again for indexing (the walk already reported its issues, and chose it).
+fn relist(dir: &Path, excluded: &[PathBuf]) -> Option<FolderObs> {
+    let mut scratch = ScanReport::default();
+    let mut visited = HashSet::new();
+    list_folder(dir, excluded, &mut visited, &mut scratch, 0)
+        .ok()
+        .map(|(folder, _, _)| folder)
+}
+
+/// Walks `root` depth-first in name order, handing each folder to `on_folder` as soon as it
+/// is listed (with whether its listing was complete).
 fn walk(
     root: &Path,
     excluded: &[PathBuf],
-    folders: &mut Vec<FolderObs>,
     incomplete: &mut Vec<PathBuf>,
     report: &mut ScanReport,
     limit: usize,
-) {
+    on_folder: &mut dyn FnMut(FolderObs, bool, &mut ScanReport) -> Result<(), ScanError>,
+) -> Result<(), ScanError> {
     let mut visited: HashSet<(u64, u64)> = HashSet::new();
     if let Ok(m) = fs::metadata(root) {
         visited.insert((m.dev(), m.ino()));
     }
     let mut stack = vec![root.to_owned()];
     while let Some(dir) = stack.pop() {
-        let entries = match fs::read_dir(&dir) {
-            Ok(rd) => rd,
+        match list_folder(&dir, excluded, &mut visited, report, limit) {
+            Ok((folder, mut subdirs, complete)) => {
+                if !complete {
+                    incomplete.push(dir);
+                }
+                // Depth-first, in name order.
+                subdirs.reverse();
+                stack.extend(subdirs);
+                on_folder(folder, complete, report)?;
+            }
             Err(e) => {
                 report.issue(limit, &dir, IssueReason::UnreadableFolder, e.to_string());
                 incomplete.push(dir);
-                continue;
-            }
-        };
-        let mut names: Vec<(String, PathBuf)> = Vec::new();
-        for entry in entries {
-            match entry {
-                Ok(e) => names.push((e.file_name().to_string_lossy().into_owned(), e.path())),
-                Err(e) => {
-                    report.issue(limit, &dir, IssueReason::UnreadableFolder, e.to_string());
-                    incomplete.push(dir.clone());
-                }
             }
         }
-        names.sort();
-        let mut folder = FolderObs {
-            dir: dir.clone(),
-            files: Vec::new(),
-            kept_paths: Vec::new(),
-        };
-        let mut subdirs = Vec::new();
-        for (name, path) in names {
-            let meta = match fs::metadata(&path) {
-                Ok(m) => m,
-                Err(e) => {
-                    let is_link =
-                        fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink());
-                    let reason = if e.raw_os_error() == Some(40) {
-                        IssueReason::SymlinkLoop
-                    } else if is_link && e.kind() == io::ErrorKind::NotFound {
-                        IssueReason::BrokenSymlink
-                    } else if e.kind() == io::ErrorKind::NotFound {
-                        IssueReason::Vanished
-                    } else {
-                        folder.kept_paths.push(path.clone());
-                        IssueReason::Unreadable
-                    };
-                    report.issue(limit, &path, reason, e.to_string());
-                    continue;
-                }
-            };
-            if meta.is_dir() {
-                if EXCLUDED_FOLDER_NAMES.contains(&name.as_str())
-                    || name.starts_with(".Trash-")
-                    || excluded
-                        .iter()
-                        .any(|x| fs::canonicalize(&path).is_ok_and(|p| &p == x))
-                {
-                    report.issue(limit, &path, IssueReason::ExcludedFolder, "skipped folder");
-                    continue;
-                }
-                if !visited.insert((meta.dev(), meta.ino())) {
-                    report.issue(
-                        limit,
-                        &path,
-                        IssueReason::SymlinkLoop,
-                        "folder already visited (a link back into the library)",
-                    );
-                    continue;
-                }
-                subdirs.push(path);
+    }
+    Ok(())
+}
+
+/// Lists one folder: its media files, the entries kept as indexed (present, unreadable now),
+/// its subfolders to walk, and whether every entry could be listed.
+fn list_folder(
+    dir: &Path,
+    excluded: &[PathBuf],
+    visited: &mut HashSet<(u64, u64)>,
+    report: &mut ScanReport,
+    limit: usize,
+) -> io::Result<(FolderObs, Vec<PathBuf>, bool)> {
+    let entries = fs::read_dir(dir)?;
+    let mut complete = true;
+    let mut names: Vec<(String, PathBuf)> = Vec::new();
+    for entry in entries {
+        match entry {
+            Ok(e) => names.push((e.file_name().to_string_lossy().into_owned(), e.path())),
+            Err(e) => {
+                report.issue(limit, dir, IssueReason::UnreadableFolder, e.to_string());
+                complete = false;
+            }
+        }
+    }
+    names.sort();
+    let mut folder = FolderObs {
+        dir: dir.to_owned(),
+        files: Vec::new(),
+        kept_paths: Vec::new(),
+    };
+    let mut subdirs = Vec::new();
+    for (name, path) in names {
+        let meta = match fs::metadata(&path) {
+            Ok(m) => m,
+            Err(e) => {
+                let is_link = fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink());
+                let reason = if e.raw_os_error() == Some(40) {
+                    IssueReason::SymlinkLoop
+                } else if is_link && e.kind() == io::ErrorKind::NotFound {
+                    IssueReason::BrokenSymlink
+                } else if e.kind() == io::ErrorKind::NotFound {
+                    IssueReason::Vanished
+                } else {
+                    folder.kept_paths.push(path.clone());
+                    IssueReason::Unreadable
+                };
+                report.issue(limit, &path, reason, e.to_string());
                 continue;
             }
-            if !meta.is_file() {
+        };
+        if meta.is_dir() {
+            if EXCLUDED_FOLDER_NAMES.contains(&name.as_str())
+                || name.starts_with(".Trash-")
+                || excluded
+                    .iter()
+                    .any(|x| fs::canonicalize(&path).is_ok_and(|p| &p == x))
+            {
+                report.issue(limit, &path, IssueReason::ExcludedFolder, "skipped folder");
+                continue;
+            }
+            if !visited.insert((meta.dev(), meta.ino())) {
                 report.issue(
                     limit,
                     &path,
-                    IssueReason::NotRegularFile,
-                    "not a regular file",
+                    IssueReason::SymlinkLoop,
+                    "folder already visited (a link back into the library)",
                 );
                 continue;
             }
-            let kind = match classify::kind_from_name(&name) {
-                Some(k) => Some(k),
-                None => sniff_kind(&path),
-            };
-            let Some(kind) = kind else {
-                report.issue(limit, &path, IssueReason::NotMedia, "not a media file");
-                continue;
-            };
-            if meta.len() == 0 {
-                report.issue(limit, &path, IssueReason::Empty, "zero bytes");
-                continue;
-            }
-            folder
-                .files
-                .push(FileObs::from_meta(path, name, kind, &meta));
+            subdirs.push(path);
+            continue;
         }
-        // Depth-first, in name order.
-        subdirs.reverse();
-        stack.extend(subdirs);
-        folders.push(folder);
+        if !meta.is_file() {
+            report.issue(
+                limit,
+                &path,
+                IssueReason::NotRegularFile,
+                "not a regular file",
+            );
+            continue;
+        }
+        let kind = match classify::kind_from_name(&name) {
+            Some(k) => Some(k),
+            None => sniff_kind(&path),
+        };
+        let Some(kind) = kind else {
+            report.issue(limit, &path, IssueReason::NotMedia, "not a media file");
+            continue;
+        };
+        if meta.len() == 0 {
+            report.issue(limit, &path, IssueReason::Empty, "zero bytes");
+            continue;
+        }
+        folder
+            .files
+            .push(FileObs::from_meta(path, name, kind, &meta));
     }
+    Ok((folder, subdirs, complete))
 }
 
 /// A file whose name says nothing: keep it if its bytes are media.
@@ -718,11 +843,14 @@ fn index_folder(
     folder: &FolderObs,
     results: Vec<ReadResult>,
     disappeared: &mut HashMap<[u8; 32], Vec<ResourceStat>>,
-    claimed_assets: &mut HashSet<String>,
+    claims: &mut AssetClaims,
     report: &mut ScanReport,
     limit: usize,
 ) -> Result<u64, ScanError> {
     let now = now_ms();
+    // An asset id is kept by at most one group: within the folder this set says which are
+    // taken, across folders `claims`.
+    let mut claimed_here: HashSet<String> = HashSet::new();
     let mut existing: HashMap<PathBuf, ResourceRecord> = writer
         .store()
         .resources_in_dir(&folder.dir)?
@@ -861,7 +989,7 @@ fn index_folder(
         let kept = ranked
             .iter()
             .map(|(a, _)| a.to_string())
-            .find(|a| !claimed_assets.contains(a));
+            .find(|a| !claimed_here.contains(a) && !claims.taken.contains(a));
         let asset_id = match kept {
             Some(id) => {
                 writer.put_asset(&id, &folder.dir, now)?;
@@ -873,7 +1001,10 @@ fn index_folder(
                 id
             }
         };
-        claimed_assets.insert(asset_id.clone());
+        if claims.at_risk.contains(&asset_id) {
+            claims.taken.insert(asset_id.clone());
+        }
+        claimed_here.insert(asset_id.clone());
         for (i, t) in g.members {
             let c = &current[i];
             let mut r = c.record.clone();

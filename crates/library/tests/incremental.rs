@@ -296,3 +296,38 @@ fn overlapping_scopes_are_walked_once() {
     assert_eq!((r.media_files, r.new_resources), (2, 2));
     assert_eq!(r.scopes.len(), 1);
 }
+
+/// A JPEG moves away from its RAW to a folder walked before (`0/`) or after (`z/`) the one
+/// it left: it keeps its resource id, and the asset id goes to exactly one of the two groups
+/// (whichever folder is written first), never to both.
+#[test]
+fn a_moved_resource_and_the_siblings_it_left_never_share_an_asset() {
+    for dest in ["0", "z"] {
+        let mut lib = Lib::new();
+        lib.put("m/IMG_0100.JPG", "raw/IMG_0100.JPG");
+        lib.put("m/IMG_0100.DNG", "raw/IMG_0100.DNG");
+        lib.scan();
+        let jpeg = lib.resource_at("m/IMG_0100.JPG");
+        let raw = lib.resource_at("m/IMG_0100.DNG");
+        assert_eq!(jpeg.asset_id, raw.asset_id);
+
+        fs::create_dir_all(lib.root.join(dest)).unwrap();
+        let to = format!("{dest}/IMG_0100.JPG");
+        fs::rename(lib.root.join("m/IMG_0100.JPG"), lib.root.join(&to)).unwrap();
+        let r = lib.scan();
+        assert_eq!(
+            (r.moved_resources, r.new_resources, r.deleted_resources),
+            (1, 0, 0),
+            "{dest}"
+        );
+        let moved = lib.resource_at(&to);
+        let left = lib.resource_at("m/IMG_0100.DNG");
+        assert_eq!(moved.id, jpeg.id, "{dest}");
+        assert_eq!(left.id, raw.id, "{dest}");
+        assert_ne!(moved.asset_id, left.asset_id, "{dest}: one asset per group");
+        assert!(
+            [&moved.asset_id, &left.asset_id].contains(&&jpeg.asset_id),
+            "{dest}: one of them keeps the asset"
+        );
+    }
+}

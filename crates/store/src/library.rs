@@ -361,19 +361,28 @@ impl Store {
             "SELECT id, asset_id, path, dev, ino, size, mtime_ns, blake3 FROM resources \
              WHERE path > ?1 AND path < ?2",
         )?;
-        let rows = stmt.query_map(params![lo, hi], |row| {
-            let hash: Vec<u8> = row.get(7)?;
-            Ok(ResourceStat {
-                id: row.get(0)?,
-                asset_id: row.get(1)?,
-                path: bytes_path(row.get(2)?),
-                dev: row.get::<_, i64>(3)? as u64,
-                ino: row.get::<_, i64>(4)? as u64,
-                size: row.get::<_, i64>(5)? as u64,
-                mtime_ns: row.get(6)?,
-                blake3: <[u8; 32]>::try_from(hash.as_slice()).unwrap_or([0; 32]),
-            })
-        })?;
+        let rows = stmt.query_map(params![lo, hi], stat_from_row)?;
+        rows.map(|r| r.map_err(StoreError::from)).collect()
+    }
+
+    /// The identity stats of the resources directly in `dir` (not below it): what a scan
+    /// compares one folder's listing with, without holding the whole library.
+    pub fn resource_stats_in_dir(&self, dir: &Path) -> Result<Vec<ResourceStat>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, asset_id, path, dev, ino, size, mtime_ns, blake3 FROM resources \
+             WHERE dir = ?1",
+        )?;
+        let rows = stmt.query_map(params![path_bytes(dir)], stat_from_row)?;
+        rows.map(|r| r.map_err(StoreError::from)).collect()
+    }
+
+    /// The folders at or below `dir` that hold indexed resources (one row per folder).
+    pub fn resource_dirs_under(&self, dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
+        let (lo, hi) = prefix_range(dir);
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT DISTINCT dir FROM resources WHERE path > ?1 AND path < ?2")?;
+        let rows = stmt.query_map(params![lo, hi], |row| Ok(bytes_path(row.get(0)?)))?;
         rows.map(|r| r.map_err(StoreError::from)).collect()
     }
 
@@ -441,6 +450,21 @@ impl Store {
             done: false,
         })
     }
+}
+
+/// A row of `id, asset_id, path, dev, ino, size, mtime_ns, blake3`.
+fn stat_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ResourceStat> {
+    let hash: Vec<u8> = row.get(7)?;
+    Ok(ResourceStat {
+        id: row.get(0)?,
+        asset_id: row.get(1)?,
+        path: bytes_path(row.get(2)?),
+        dev: row.get::<_, i64>(3)? as u64,
+        ino: row.get::<_, i64>(4)? as u64,
+        size: row.get::<_, i64>(5)? as u64,
+        mtime_ns: row.get(6)?,
+        blake3: <[u8; 32]>::try_from(hash.as_slice()).unwrap_or([0; 32]),
+    })
 }
 
 /// `(dir + "/", dir + "0")`: every path strictly below `dir` sorts between them, as `'0'` is
