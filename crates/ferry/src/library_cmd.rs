@@ -158,7 +158,11 @@ fn scan(
         ferry_daemon::run::record_root(store, &root)?;
     }
     if json {
-        json_line(&serde_json::json!({"event": "report", "report": &report}))?;
+        json_line(&serde_json::json!({
+            "event": "report",
+            "report": &report,
+            "peak_rss_bytes": crate::output::peak_rss_bytes(),
+        }))?;
     } else {
         print_report(store, &report)?;
     }
