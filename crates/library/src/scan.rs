@@ -857,6 +857,20 @@ fn index_folder(
         .into_iter()
         .map(|r| (r.path.clone(), r))
         .collect();
+    // The walk decided what disappeared from an earlier listing of this folder: a file that
+    // was missing then (being replaced, moved out and back) and is here now keeps its entry,
+    // so it must not be deleted at the end nor handed to a copy elsewhere as "moved".
+    let present: HashSet<&Path> = folder
+        .files
+        .iter()
+        .map(|o| o.path.as_path())
+        .chain(folder.kept_paths.iter().map(PathBuf::as_path))
+        .collect();
+    for r in existing.values() {
+        if present.contains(r.path.as_path()) {
+            forget_disappeared(disappeared, &r.blake3, &r.id);
+        }
+    }
     let mut current: Vec<Current> = Vec::new();
     let mut read: Vec<ReadFile> = Vec::new();
     for res in results {
@@ -1028,6 +1042,21 @@ fn take_disappeared(
     size: u64,
 ) -> Option<ResourceStat> {
     let list = disappeared.get_mut(blake3)?;
-    let pos = list.iter().position(|r| r.size == size)?;
+    // Gone when its folder was walked, but perhaps back since (its folder is written later):
+    // only a resource still gone may move.
+    let pos = list
+        .iter()
+        .position(|r| r.size == size && fs::symlink_metadata(&r.path).is_err())?;
     Some(list.swap_remove(pos))
+}
+
+/// Takes resource `id` (recorded with hash `blake3`) off the disappeared list.
+fn forget_disappeared(
+    disappeared: &mut HashMap<[u8; 32], Vec<ResourceStat>>,
+    blake3: &[u8; 32],
+    id: &str,
+) {
+    if let Some(list) = disappeared.get_mut(blake3) {
+        list.retain(|r| r.id != id);
+    }
 }

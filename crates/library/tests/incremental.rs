@@ -331,3 +331,42 @@ fn a_moved_resource_and_the_siblings_it_left_never_share_an_asset() {
         );
     }
 }
+
+/// A file missing while its folder is walked and back before the folder is written (a sync
+/// client replacing it, a save by rename): it keeps its entry and id, and nothing is deleted —
+/// neither it, nor (when a copy of it sits in a folder written first) handed to the copy.
+#[test]
+fn a_file_back_before_its_folder_is_written_keeps_its_entry() {
+    for copy_elsewhere in [false, true] {
+        let mut lib = Lib::new();
+        lib.put("m/IMG_0010.JPG", "plain/IMG_0010.JPG");
+        lib.put("m/IMG_0011.JPG", "plain/IMG_0011.JPG");
+        lib.scan();
+        let before = lib.resource_at("m/IMG_0010.JPG");
+        if copy_elsewhere {
+            // Same bytes in a folder walked and written before `m/`.
+            lib.put("a/copy.jpg", "plain/IMG_0010.JPG");
+        }
+        let away = lib._state.path().join("away.jpg");
+        let here = lib.root.join("m/IMG_0010.JPG");
+        fs::rename(&here, &away).unwrap();
+        let r = scan(
+            &mut lib.store,
+            std::slice::from_ref(&lib.root),
+            &ScanOptions::default(),
+            &mut |e| {
+                if matches!(e, ferry_library::ScanEvent::Walked { .. }) {
+                    fs::rename(&away, &here).unwrap();
+                }
+            },
+        )
+        .unwrap();
+        assert_eq!(r.deleted_resources, 0, "copy elsewhere: {copy_elsewhere}");
+        assert_eq!(r.moved_resources, 0, "copy elsewhere: {copy_elsewhere}");
+        let after = lib.resource_at("m/IMG_0010.JPG");
+        assert_eq!(after.id, before.id, "copy elsewhere: {copy_elsewhere}");
+        if copy_elsewhere {
+            assert_ne!(lib.resource_at("a/copy.jpg").id, before.id);
+        }
+    }
+}
