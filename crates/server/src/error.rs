@@ -139,8 +139,9 @@ impl From<sqlx::Error> for ApiError {
         if crate::meta::is_storage_full(&e) {
             return ApiError::InsufficientStorage(format!("metadata store: {e}"));
         }
-        // The connection, not the statement, failed: nothing was committed (a write is
-        // answered committed only after COMMIT), so the request may simply be repeated.
+        // The connection failed, or the database gave up on the write: the request may simply
+        // be repeated (a connection lost during COMMIT may have committed it; every write is
+        // safe to repeat: an append then meets its new offset, a receipt its twin).
         if crate::meta::is_unreachable(&e) {
             return ApiError::Unavailable(format!("metadata store: {e}"));
         }
@@ -150,6 +151,9 @@ impl From<sqlx::Error> for ApiError {
 
 impl From<object_store::Error> for ApiError {
     fn from(e: object_store::Error) -> Self {
+        if crate::backend::unreachable(&e) {
+            return ApiError::Unavailable(format!("blob store: {e}"));
+        }
         ApiError::Internal(format!("blob store: {e}"))
     }
 }

@@ -543,18 +543,7 @@ macro_rules! backend {
                     sqlx::query("SAVEPOINT ferry_write")
                         .execute(&mut *conn)
                         .await?;
-                    let mut r = apply(conn, &w.op).await;
-                    if let Err(e) = &r
-                        && is_lock_conflict(e)
-                    {
-                        // Another instance's batch held a row this one locks the other way
-                        // round (PostgreSQL chose this write to break the cycle): once more,
-                        // now that its batch has ended.
-                        sqlx::query("ROLLBACK TO SAVEPOINT ferry_write")
-                            .execute(&mut *conn)
-                            .await?;
-                        r = apply(conn, &w.op).await;
-                    }
+                    let r = apply(conn, &w.op).await;
                     if r.is_err() {
                         sqlx::query("ROLLBACK TO SAVEPOINT ferry_write")
                             .execute(&mut *conn)
@@ -586,7 +575,16 @@ macro_rules! backend {
                     }
                     let result = match pool.acquire().await {
                         Ok(mut conn) => {
-                            let r = commit_batch(&mut conn, &batch).await;
+                            // A database that stops answering (packets dropped, no reset) must
+                            // not hold every write of this instance for TCP's minutes.
+                            let r = tokio::time::timeout(BATCH_TIMEOUT, commit_batch(&mut conn, &batch))
+                                .await
+                                .unwrap_or_else(|_| {
+                                    Err(sqlx::Error::Io(std::io::Error::new(
+                                        std::io::ErrorKind::TimedOut,
+                                        format!("the database did not answer within {} s", BATCH_TIMEOUT.as_secs()),
+                                    )))
+                                });
                             if r.is_err() && reconnect_after_failure {
                                 // Its `ROLLBACK` may have failed too, and PostgreSQL only warns
                                 // when `BEGIN` finds a transaction open: the next batch gets a
@@ -902,17 +900,6 @@ pub fn is_storage_full(e: &sqlx::Error) -> bool {
     }
 }
 
-/// Whether `e` is PostgreSQL breaking a lock cycle (`deadlock_detected`) or a serialisation
-/// conflict: the write did nothing and may run again.
-fn is_lock_conflict(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::Database(d) => d
-            .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
-            .is_some_and(|pg| matches!(pg.code(), "40P01" | "40001")),
-        _ => false,
-    }
-}
-
 /// SQLite's primary result code for "database or disk is full".
 const SQLITE_FULL: i32 = 13;
 /// PostgreSQL's SQLSTATE for "disk full".
@@ -939,12 +926,20 @@ fn batch_failure(e: &sqlx::Error) -> sqlx::Error {
 pub fn is_unreachable(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Io(io) => io.kind() != std::io::ErrorKind::StorageFull,
-        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => true,
-        // PostgreSQL's connection exceptions (class 08) and "shutting down / cannot connect
-        // now" (57P01-57P03).
+        sqlx::Error::PoolTimedOut => true,
+        // PostgreSQL's connection exceptions (class 08), "shutting down / cannot connect now"
+        // (57P01-57P03), a timeout it enforced (57014 statement, 55P03 lock), and a lock cycle
+        // or serialisation conflict it broke by failing this write (40P01, 40001): the write
+        // did nothing, and the same request may succeed a moment later. (Retrying inside the
+        // batch would meet the same cycle: its earlier writes still hold their locks.)
         sqlx::Error::Database(d) => d
             .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
-            .is_some_and(|pg| pg.code().starts_with("08") || pg.code().starts_with("57P")),
+            .is_some_and(|pg| {
+                let c = pg.code();
+                c.starts_with("08")
+                    || c.starts_with("57P")
+                    || matches!(c, "57014" | "55P03" | "40P01" | "40001")
+            }),
         _ => false,
     }
 }
@@ -1038,6 +1033,16 @@ macro_rules! read {
 
 /// How long a request waits for a database connection before it fails (retryable).
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest one group commit may take before its writes fail as unreachable (503).
+const BATCH_TIMEOUT: Duration = Duration::from_secs(60);
+/// Limits PostgreSQL enforces on every connection of an instance: a statement, a wait for a
+/// row lock, and a transaction left open by a frozen instance (which would hold its user's
+/// row lock against every other instance) end instead of hanging.
+const PG_SESSION_LIMITS: [(&str, &str); 3] = [
+    ("statement_timeout", "30000"),
+    ("lock_timeout", "10000"),
+    ("idle_in_transaction_session_timeout", "60000"),
+];
 
 impl Meta {
     /// Opens (creating if needed) the database at `path`, or a private in-memory one for `None`.
@@ -1083,13 +1088,25 @@ impl Meta {
     /// Connects to PostgreSQL and brings its schema up to date (`migrations_pg`; sqlx holds an
     /// advisory lock while it migrates, so instances starting together migrate once).
     pub async fn open_postgres(url: &str) -> Result<Meta, sqlx::Error> {
-        let opts = PgConnectOptions::from_str(url)?;
+        let opts = PgConnectOptions::from_str(url)?.options(PG_SESSION_LIMITS);
         // One plain connection first: a pool that cannot connect says only that it timed out,
-        // this says why (refused, unknown host, authentication, no such database).
-        sqlx::Connection::close(
-            <sqlx::PgConnection as sqlx::Connection>::connect_with(&opts).await?,
+        // this says why (refused, unknown host, authentication, no such database); a host that
+        // never answers fails in ACQUIRE_TIMEOUT, not in TCP's minutes.
+        let first = tokio::time::timeout(
+            ACQUIRE_TIMEOUT,
+            <sqlx::PgConnection as sqlx::Connection>::connect_with(&opts),
         )
-        .await?;
+        .await
+        .map_err(|_| {
+            sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "no answer from the database within {} s",
+                    ACQUIRE_TIMEOUT.as_secs()
+                ),
+            ))
+        })??;
+        sqlx::Connection::close(first).await?;
         let write_pool = PgPoolOptions::new()
             .max_connections(1)
             .acquire_timeout(ACQUIRE_TIMEOUT)
