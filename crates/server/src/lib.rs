@@ -16,6 +16,7 @@ pub mod accounts;
 pub mod backend;
 pub mod blobs;
 pub mod error;
+mod failpoint;
 pub mod http;
 pub mod listen;
 pub mod meta;
@@ -80,6 +81,7 @@ impl Config {
                 max_append_size_bytes: 64 << 30,
                 max_age: Duration::from_secs(24 * 3600),
                 body_idle_timeout: Duration::from_secs(60),
+                lease_ttl: Duration::from_secs(30),
             },
             gc_interval: Duration::from_secs(60),
             tls: None,
@@ -210,8 +212,13 @@ async fn open_engine(
     // The store first: its probe opens nothing that would need closing when it fails.
     let blobs = store.open(config.store_env.as_ref()).await?;
     let meta = database.open().await?;
-    uploads::Engine::new(meta, blobs, dir.join("partial"), config.limits.clone())
-        .map_err(|e| StartError::DataDir(dir.clone(), e))
+    let engine = uploads::Engine::new(meta, blobs, dir.join("partial"), config.limits.clone())
+        .map_err(|e| StartError::DataDir(dir.clone(), e))?;
+    if let Some(key) = engine.instance_key() {
+        // Other instances see this one alive while it holds this lock (see `meta.rs`).
+        engine.meta.hold_instance_lock(key).await?;
+    }
+    Ok(engine)
 }
 
 /// Entry point for embedding the server in-process.
@@ -305,6 +312,12 @@ impl ServerHandle {
     /// instead of sleeping). Returns how many uploads were removed.
     pub async fn collect_expired_at(&self, now_unix_ms: i64) -> Result<usize, error::ApiError> {
         self.state.engine.collect_expired(now_unix_ms).await
+    }
+
+    /// How many store intents the metadata holds (see `uploads/remote.rs`): zero once every
+    /// unfinished upload's leftovers are collected.
+    pub async fn intent_count(&self) -> Result<i64, error::ApiError> {
+        Ok(self.state.engine.meta.intent_count().await?)
     }
 
     /// Every object id the store holds (see [`blobs::Blobs::object_ids`]).
