@@ -320,6 +320,12 @@ impl ServerHandle {
         Ok(self.state.engine.meta.intent_count().await?)
     }
 
+    /// Bytes received so far by the append running on upload `id`, when the store is remote
+    /// (a local store's partial file shows it). For tests that must know a body arrived.
+    pub fn bytes_in_flight(&self, id: &str) -> Option<u64> {
+        self.state.engine.bytes_in_flight(id)
+    }
+
     /// Every object id the store holds (see [`blobs::Blobs::object_ids`]).
     pub async fn stored_object_ids(&self) -> Result<Vec<String>, error::ApiError> {
         Ok(self.state.engine.blobs.object_ids().await?)

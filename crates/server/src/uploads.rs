@@ -195,6 +195,9 @@ pub struct Engine {
     /// Set when the store is remote: unfinished uploads keep their bytes there (see
     /// `uploads/remote.rs`) instead of in `partial_dir`.
     remote: Option<RemoteConfig>,
+    /// Remote store: bytes received so far by the append running on each upload (the local
+    /// path's partial file shows the same to a test).
+    in_flight: Mutex<HashMap<String, Arc<std::sync::atomic::AtomicU64>>>,
 }
 
 pub fn now_unix_ms() -> i64 {
@@ -300,7 +303,16 @@ impl Engine {
             limits,
             slots: Mutex::new(HashMap::new()),
             remote,
+            in_flight: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Bytes the append running on upload `id` has received so far (remote store only; tests
+    /// wait on it as they wait on a local partial file's length).
+    pub fn bytes_in_flight(&self, id: &str) -> Option<u64> {
+        let map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(id)
+            .map(|c| c.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// This instance's lease identity when the store is remote.

@@ -83,6 +83,37 @@ impl Drop for Lease {
     }
 }
 
+/// Publishes an append's received bytes in `Engine::in_flight` while it runs.
+struct InFlight<'a> {
+    engine: &'a Engine,
+    id: String,
+    count: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl<'a> InFlight<'a> {
+    fn new(engine: &'a Engine, id: &str) -> InFlight<'a> {
+        let count = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut map = engine.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        map.insert(id.to_string(), count.clone());
+        InFlight {
+            engine,
+            id: id.to_string(),
+            count,
+        }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut map = self
+            .engine
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        map.remove(&self.id);
+    }
+}
+
 /// The bytes to become the object: completed in the store at a key, or in memory.
 enum Source {
     Key(String),
@@ -331,6 +362,7 @@ impl Engine {
         let mut hblock = BytesMut::with_capacity(BLOCK_BYTES);
         let mut received_bytes: u64 = 0;
         let mut stream = body.into_data_stream();
+        let in_flight = InFlight::new(self, &id);
         let mut failure: Option<ApiError> = None;
         let mut store_error: Option<ApiError> = None;
         loop {
@@ -349,6 +381,7 @@ impl Engine {
                 Ok(Some(Ok(c))) => c,
             };
             received_bytes += c.len() as u64;
+            in_flight.count.store(received_bytes, Ordering::Relaxed);
             if received_bytes > room_bytes {
                 failure = Some(if length.is_some_and(|l| start + received_bytes > l) {
                     ApiError::InconsistentLength("body runs past Upload-Length".into())
