@@ -1884,6 +1884,113 @@ mod tests {
         assert_eq!(m.token_user("h2").await.unwrap(), None);
 
         accounts(&m).await;
+        leases(&m).await;
+    }
+
+    /// Leases, fencing and intents (remote-store uploads).
+    async fn leases(m: &Meta) {
+        m.create_upload(&upload("l1", i64::MAX)).await.unwrap();
+        let e1 = m.take_lease("l1", 11, 30_000).await.unwrap().unwrap();
+        assert_eq!(
+            m.take_lease("l1", 11, 30_000).await.unwrap(),
+            Some(e1 + 1),
+            "the holder takes its own lease again, with a new epoch"
+        );
+        // Instance 12 holds no advisory lock (PostgreSQL) / is another process (SQLite): dead.
+        let e2 = m.take_lease("l1", 12, 30_000).await.unwrap().unwrap();
+        assert_eq!(e2, e1 + 2);
+        let state = |offset: u64| RemoteState {
+            multipart_id: Some("mpu".into()),
+            parts: vec!["etag1".into()],
+            tail: vec![Piece {
+                key: format!("uploads/l1/tail-{offset}"),
+                size: 3,
+            }],
+            lease_epoch: 0,
+        };
+        let intent = |key: &str| Intent {
+            key: key.into(),
+            upload_id: "l1".into(),
+            kind: INTENT_PIECE.into(),
+            multipart_id: None,
+            created_unix_ms: 5,
+        };
+        m.put_intent(intent("uploads/l1/tail-4")).await.unwrap();
+        let commit = |epoch: i64| RemoteCommit {
+            epoch,
+            state: state(4),
+            referenced: vec!["uploads/l1/tail-4".into()],
+            obsolete: vec![intent("uploads/l1/old")],
+        };
+        assert!(
+            !m.commit_remote("l1", 0, 4, None, 9, commit(e1))
+                .await
+                .unwrap(),
+            "a stale epoch commits nothing, at the right offset"
+        );
+        assert_eq!(m.intent_count().await.unwrap(), 1);
+        assert!(!m.renew_lease("l1", e1, 30_000).await.unwrap());
+        assert!(m.renew_lease("l1", e2, 30_000).await.unwrap());
+        assert!(
+            m.commit_remote("l1", 0, 4, None, 9, commit(e2))
+                .await
+                .unwrap()
+        );
+        let got = m.remote_state("l1").await.unwrap().unwrap();
+        assert_eq!(
+            (got.parts, got.tail, got.lease_epoch),
+            (state(4).parts, state(4).tail, e2)
+        );
+        // The referenced piece's intent went, the obsolete one's came, in that commit; the
+        // collector leaves it while a live lease may still be writing.
+        assert!(m.old_intents(i64::MAX, 0).await.unwrap().is_empty());
+        assert!(m.release_lease("l1", e2).await.unwrap());
+        let left = m.old_intents(i64::MAX, 0).await.unwrap();
+        assert_eq!(
+            left.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(),
+            ["uploads/l1/old"]
+        );
+        let o = ObjectRow {
+            id: "lobj".into(),
+            sha256_hex: "ls".into(),
+            size_bytes: 4,
+            created_unix_ms: 1,
+        };
+        assert_eq!(
+            m.complete_upload_fenced("l1", &o, Some(e1), vec![])
+                .await
+                .unwrap(),
+            Ok(false),
+            "a stale epoch does not complete"
+        );
+        // Liveness: an owner holding its instance lock keeps the lease (PostgreSQL only).
+        m.hold_instance_lock(13).await.unwrap();
+        let e3 = m.take_lease("l1", 13, 30_000).await.unwrap().unwrap();
+        let other = m.take_lease("l1", 14, 30_000).await.unwrap();
+        if m.backend_name() == "postgres" {
+            assert_eq!(other, None, "a live holder's lease is not taken");
+            // Run out (a zero time to live): then it is.
+            assert!(m.renew_lease("l1", e3, -1).await.unwrap());
+            assert_eq!(m.take_lease("l1", 14, 30_000).await.unwrap(), Some(e3 + 1));
+        } else {
+            assert_eq!(
+                other,
+                Some(e3 + 1),
+                "SQLite: another owner is a dead process"
+            );
+        }
+        assert!(
+            m.delete_intents(vec!["uploads/l1/old".into()])
+                .await
+                .unwrap()
+                == 1
+        );
+        assert!(
+            m.discard_upload("l1", None, vec![intent("uploads/l1/x")])
+                .await
+                .unwrap()
+        );
+        assert_eq!(m.intent_count().await.unwrap(), 1);
     }
 
     /// Users, ownership, quota and listing order.

@@ -10,6 +10,7 @@
 mod common;
 use common::*;
 
+use futures_util::FutureExt as _;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
@@ -550,8 +551,11 @@ async fn killed_instance_mid_append_continues_elsewhere() {
 }
 
 /// A stopped (SIGSTOP) mid-append past its lease's time to live: B takes the upload over and
-/// appends; A, continued, finishes its body but its commit is fenced (refused, nothing of it
-/// kept) and the upload is as B left it. A itself then finishes the upload.
+/// starts an append of its own; A, continued, finishes its body while B's is still open — the
+/// upload is still at the offset both started from, so the offset cannot refuse A — and is
+/// refused (by its first renewal finding the lease gone, or else by the epoch its commit names:
+/// `meta.rs`'s conformance suite checks that fence alone); B's append then commits. A itself
+/// then finishes the upload.
 #[tokio::test]
 async fn paused_instance_is_fenced() {
     let Some((database, store)) = engines().await else {
@@ -569,24 +573,21 @@ async fn paused_instance_is_fenced() {
     let data = bytes(6 * MIB, 61);
     let path = tus_create(&client, &a.base, data.len()).await;
     let id = upload_id(&path);
-    let (tx, body) = stalled_body();
-    let stalled = tokio::spawn(tus_patch(&client, &a.base, &path, 0, body).send());
-    tx.send(bytes(MIB, 62)).await.unwrap();
+    let epoch = |pool: sqlx::PgPool, id: String| async move {
+        let e: (i64,) = sqlx::query_as("SELECT lease_epoch FROM uploads WHERE id = $1")
+            .bind(&id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        e.0
+    };
+    let (tx_a, body_a) = stalled_body();
+    let stalled_a = tokio::spawn(tus_patch(&client, &a.base, &path, 0, body_a).send());
+    tx_a.send(bytes(MIB, 62)).await.unwrap();
     until(
         std::time::Duration::from_secs(10),
         "A takes the lease",
-        || {
-            let (pool, id) = (pool.clone(), id.clone());
-            async move {
-                let owner: (Option<i64>,) =
-                    sqlx::query_as("SELECT lease_owner FROM uploads WHERE id = $1")
-                        .bind(&id)
-                        .fetch_one(&pool)
-                        .await
-                        .unwrap();
-                owner.0.is_some()
-            }
-        },
+        || epoch(pool.clone(), id.clone()).map(|e| e == 1),
     )
     .await;
     let pid = a.child.id() as i32;
@@ -595,20 +596,48 @@ async fn paused_instance_is_fenced() {
     unsafe {
         libc::kill(pid, libc::SIGSTOP);
     }
-    let status = while_locked(std::time::Duration::from_secs(20), || {
-        tus_patch(&client, &b.base, &path, 0, data[..2 * MIB].to_vec())
+    // A cannot renew while stopped: its lease runs out by the database's clock.
+    until(std::time::Duration::from_secs(20), "A's lease runs out", || {
+        let (pool, id) = (pool.clone(), id.clone());
+        async move {
+            let out: (bool,) = sqlx::query_as(
+                "SELECT lease_until_ms < CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT) FROM uploads WHERE id = $1",
+            )
+            .bind(&id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            out.0
+        }
     })
     .await;
-    assert_eq!(status, 204);
-    tx.send(bytes(2 * MIB, 63)).await.unwrap();
-    drop(tx);
+    let (tx_b, body_b) = stalled_body();
+    let stalled_b = tokio::spawn(tus_patch(&client, &b.base, &path, 0, body_b).send());
+    tx_b.send(data[..MIB].to_vec()).await.unwrap();
+    until(
+        std::time::Duration::from_secs(10),
+        "B takes the lease",
+        || epoch(pool.clone(), id.clone()).map(|e| e == 2),
+    )
+    .await;
+    // A's body ends while B's append is open: A's commit names epoch 1 and the same offset 0.
+    tx_a.send(bytes(2 * MIB, 63)).await.unwrap();
+    drop(tx_a);
     #[allow(unsafe_code)]
     unsafe {
         libc::kill(pid, libc::SIGCONT);
     }
-    let fenced = stalled.await.unwrap().unwrap().status().as_u16();
+    let fenced = stalled_a.await.unwrap().unwrap().status().as_u16();
     assert!([409, 423].contains(&fenced), "A's stale append: {fenced}");
-    assert_eq!(tus_offset(&client, &a.base, &path).await, 2 * MIB);
+    assert_eq!(tus_offset(&client, &a.base, &path).await, 0);
+    tx_b.send(data[MIB..2 * MIB].to_vec()).await.unwrap();
+    drop(tx_b);
+    let r = stalled_b.await.unwrap().unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(
+        header(&r, "upload-offset"),
+        Some((2 * MIB).to_string().as_str())
+    );
     let r = tus_patch(&client, &a.base, &path, 2 * MIB, data[2 * MIB..].to_vec())
         .send()
         .await

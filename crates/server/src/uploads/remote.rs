@@ -548,8 +548,11 @@ impl Engine {
         }
         let _ = to_hasher.send(HashInput::Keep).await;
         drop(to_hasher);
-        // Only now, with no committed state naming them, may the old pieces go.
-        self.clean(obsolete_intents).await?;
+        // Only now, with no committed state naming them, may the old pieces go. The offset is
+        // committed: a failure here leaves intents for the collector, not a failed append.
+        if let Err(e) = self.clean(obsolete_intents).await {
+            tracing::warn!(upload = %id, error = %e, "old tail pieces left for the collector");
+        }
         if let Some(err) = verdict {
             return Err(err);
         }
@@ -657,7 +660,9 @@ impl Engine {
                 });
             }
         }
-        self.clean(cleanup).await?;
+        if let Err(e) = self.clean(cleanup).await {
+            tracing::warn!(upload = %id, error = %e, "upload's store objects left for the collector");
+        }
         let object = self.meta.object(&blake3_hex).await?.ok_or_else(|| {
             ApiError::Internal(format!("object {blake3_hex} missing after its commit"))
         })?;
