@@ -8,7 +8,8 @@
 //! Data directory layout: `meta.db` (SQLite, WAL), `partial/<upload id>` (uploads in progress,
 //! plain files), `blobs/objects/<2 hex>/<blake3 hex>` (finished objects via `object_store`).
 //! To scale out, the metadata can live in PostgreSQL ([`Config::database`]) and the objects in
-//! an S3 bucket ([`Config::store`]); the partial files stay in the data directory.
+//! an S3 bucket ([`Config::store`]); with an S3 store, unfinished uploads live in the bucket
+//! too (`uploads/remote.rs`), so any instance continues any upload.
 //!
 //! Embedding: `Server::start(Config::new(dir, "127.0.0.1:0".parse()?)).await?.local_addr()`.
 

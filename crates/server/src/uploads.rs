@@ -13,6 +13,9 @@
 //!
 //! A crash between any two steps leaves the SQL offset at or before the fsynced bytes, and the
 //! partial file is removed only after the object is durable.
+//!
+//! That is the local store's path. With a remote (S3) store the bytes go to the bucket instead
+//! and any instance continues any upload: see `uploads/remote.rs`.
 
 mod remote;
 pub use remote::{PART as REMOTE_PART_BYTES, RemoteConfig};
