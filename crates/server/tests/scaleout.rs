@@ -376,8 +376,35 @@ async fn while_locked(
 
 /// Runs a collection (as a third instance would, an hour and more later), then checks that
 /// the store holds exactly `objects`, once each, and nothing of an unfinished upload; that no
-/// intent is left; and that every upload row is a finished one.
-async fn collect_and_check(database: &str, store: &str, objects: &[&[u8]]) {
+/// intent is left; and that every upload row is a finished one. Answers how many multipart
+/// uploads of dead appends the collection aborted.
+async fn collect_and_check(database: &str, store: &str, objects: &[&[u8]]) -> usize {
+    // Multipart uploads only intents still name (those of appends that died): object_store
+    // cannot list multipart uploads, so each is checked by name after the collection.
+    let pool = pg(database).await;
+    let orphans: Vec<(String, String)> = sqlx::query_as(
+        "SELECT upload_id, multipart_id FROM store_intents WHERE multipart_id IS NOT NULL",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let blobs = ferry_server::StoreUrl::parse(store)
+        .unwrap()
+        .open(None)
+        .await
+        .unwrap();
+    for (upload, mpu) in &orphans {
+        // Still open before the collection: the check after it can fail.
+        blobs
+            .put_part(
+                &format!("uploads/{upload}/data"),
+                mpu,
+                0,
+                bytes::Bytes::from_static(b"x"),
+            )
+            .await
+            .unwrap();
+    }
     let dir = tempfile::tempdir().unwrap();
     let mut config = ferry_server::Config::new(dir.path(), "127.0.0.1:0".parse().unwrap());
     config.database = Some(database.into());
@@ -390,11 +417,6 @@ async fn collect_and_check(database: &str, store: &str, objects: &[&[u8]]) {
     want.sort();
     want.dedup();
     assert_eq!(server.stored_object_ids().await.unwrap(), want);
-    let blobs = ferry_server::StoreUrl::parse(store)
-        .unwrap()
-        .open(None)
-        .await
-        .unwrap();
     let left: Vec<object_store::ObjectMeta> = futures_util::TryStreamExt::try_collect(
         blobs
             .store()
@@ -403,7 +425,16 @@ async fn collect_and_check(database: &str, store: &str, objects: &[&[u8]]) {
     .await
     .unwrap();
     assert!(left.is_empty(), "left under uploads/: {left:?}");
-    let pool = pg(database).await;
+    for (upload, mpu) in &orphans {
+        let key = format!("uploads/{upload}/data");
+        assert!(
+            blobs
+                .put_part(&key, mpu, 0, bytes::Bytes::from_static(b"x"))
+                .await
+                .is_err(),
+            "multipart upload {mpu} of {upload} still takes parts"
+        );
+    }
     let (unfinished,): (i64,) =
         sqlx::query_as("SELECT COUNT(*) FROM uploads WHERE object_id IS NULL")
             .fetch_one(&pool)
@@ -411,6 +442,7 @@ async fn collect_and_check(database: &str, store: &str, objects: &[&[u8]]) {
             .unwrap();
     assert_eq!(unfinished, 0, "unfinished upload rows");
     server.shutdown().await;
+    orphans.len()
 }
 
 /// An upload created on A and appended alternately on B and A, chunks from 1 KiB to 40 MiB
@@ -547,7 +579,8 @@ async fn killed_instance_mid_append_continues_elsewhere() {
         .await
         .unwrap();
     assert!(r.bytes().await.unwrap().as_ref() == data.as_slice());
-    collect_and_check(&database, &store, &[&data]).await;
+    let aborted = collect_and_check(&database, &store, &[&data]).await;
+    assert_eq!(aborted, 1, "A's multipart upload of the lost append");
 }
 
 /// A stopped (SIGSTOP) mid-append past its lease's time to live: B takes the upload over and
