@@ -1384,6 +1384,10 @@ impl Meta {
     }
 
     pub async fn close(&self) {
+        // This instance's leases count as dead from now on (see `hold_instance_lock`).
+        if let Some(conn) = self.instance_lock.lock().await.take() {
+            let _ = sqlx::Connection::close(conn).await;
+        }
         read!(self, close())
     }
 
