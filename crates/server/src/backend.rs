@@ -208,15 +208,15 @@ impl StoreUrl {
             StoreUrl::S3 { bucket, prefix } => {
                 let builder = s3_builder(bucket, aws_env);
                 let build = |b: AmazonS3Builder| {
-                    b.build()
-                        .map(|s| with_prefix(Arc::new(s), prefix.as_deref()))
-                        .map_err(|e| StartError::Store {
-                            url: url.clone(),
-                            detail: e.to_string(),
-                        })
+                    b.build().map(Arc::new).map_err(|e| StartError::Store {
+                        url: url.clone(),
+                        detail: e.to_string(),
+                    })
                 };
-                let probe_store = build(probe_settings(builder.clone()))?;
-                let store = build(builder)?;
+                let probe_store =
+                    with_prefix(build(probe_settings(builder.clone()))?, prefix.as_deref());
+                let s3 = build(builder)?;
+                let store = with_prefix(s3.clone(), prefix.as_deref());
                 match tokio::time::timeout(PROBE_TIME_LIMIT, probe(&probe_store)).await {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => {
@@ -239,7 +239,7 @@ impl StoreUrl {
                         });
                     }
                 }
-                Ok(Blobs::from_store(store))
+                Ok(Blobs::remote(store, s3, prefix.clone()))
             }
         }
     }

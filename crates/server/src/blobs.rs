@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use object_store::local::LocalFileSystem;
+use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path;
 use object_store::{GetResult, ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 use tokio::io::AsyncReadExt;
@@ -32,7 +33,27 @@ pub struct Blobs {
     store: Arc<dyn ObjectStore>,
     /// Set when `store` is this local filesystem and hard links may replace copies.
     local: Option<Arc<LocalFileSystem>>,
+    /// Set for a remote (S3) store: its multipart calls, which unfinished uploads use directly
+    /// (object_store's `PrefixStore` does not pass them on, so the prefix is added here).
+    multipart: Option<Multipart>,
 }
+
+#[derive(Clone)]
+struct Multipart {
+    store: Arc<dyn MultipartStore>,
+    prefix: Option<String>,
+}
+
+impl std::fmt::Debug for Multipart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Multipart")
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+/// S3's limit for one `CopyObject`: a larger object is copied by streaming it.
+const COPY_LIMIT_BYTES: u64 = 5 << 30;
 
 /// How much one read of a local object takes: a whole photo in one or two blocks.
 pub const READ_BLOCK_BYTES: usize = 1 << 20;
@@ -63,12 +84,193 @@ impl Blobs {
         Ok(Blobs {
             store: fs.clone(),
             local: Some(fs),
+            multipart: None,
         })
     }
 
     /// Any store, committed by a streamed copy.
     pub fn from_store(store: Arc<dyn ObjectStore>) -> Blobs {
-        Blobs { store, local: None }
+        Blobs {
+            store,
+            local: None,
+            multipart: None,
+        }
+    }
+
+    /// A remote store (`store`, already under `prefix`) whose multipart calls go to `multipart`
+    /// (the same store without the prefix): unfinished uploads keep their bytes in it.
+    pub fn remote(
+        store: Arc<dyn ObjectStore>,
+        multipart: Arc<dyn MultipartStore>,
+        prefix: Option<String>,
+    ) -> Blobs {
+        Blobs {
+            store,
+            local: None,
+            multipart: Some(Multipart {
+                store: multipart,
+                prefix,
+            }),
+        }
+    }
+
+    /// True when unfinished uploads keep their bytes in this store (see `uploads::remote`).
+    pub fn is_remote(&self) -> bool {
+        self.multipart.is_some()
+    }
+
+    fn mpu(&self) -> Result<&Arc<dyn MultipartStore>, BlobError> {
+        let m = self
+            .multipart
+            .as_ref()
+            .ok_or_else(|| std::io::Error::other("the store has no multipart uploads"))?;
+        Ok(&m.store)
+    }
+
+    fn mpu_path(&self, key: &str) -> Path {
+        match self.multipart.as_ref().and_then(|m| m.prefix.as_deref()) {
+            Some(p) => Path::from(format!("{p}/{key}")),
+            None => Path::from(key),
+        }
+    }
+
+    /// Writes `bytes` at `key` (one request).
+    pub async fn put_key(&self, key: &str, bytes: bytes::Bytes) -> Result<(), BlobError> {
+        self.store
+            .put(&Path::from(key), PutPayload::from(bytes))
+            .await?;
+        Ok(())
+    }
+
+    /// The whole object at `key` (tail pieces: at most one part).
+    pub async fn get_key(&self, key: &str) -> Result<bytes::Bytes, BlobError> {
+        Ok(self.store.get(&Path::from(key)).await?.bytes().await?)
+    }
+
+    /// The object at `key` as a stream.
+    pub async fn stream_key(&self, key: &str) -> Result<BlobStream, BlobError> {
+        let r = self.store.get(&Path::from(key)).await?;
+        Ok(Box::pin(futures_util::StreamExt::map(
+            r.into_stream(),
+            |c| c.map_err(std::io::Error::other),
+        )))
+    }
+
+    /// The size of the object at `key`, `None` when there is none.
+    pub async fn size_of_key(&self, key: &str) -> Result<Option<u64>, BlobError> {
+        match self.store.head(&Path::from(key)).await {
+            Ok(m) => Ok(Some(m.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Deletes the object at `key`; one already gone is fine.
+    pub async fn delete_key(&self, key: &str) -> Result<(), BlobError> {
+        match self.store.delete(&Path::from(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn create_multipart(&self, key: &str) -> Result<String, BlobError> {
+        let m = self.mpu()?;
+        Ok(m.create_multipart(&self.mpu_path(key)).await?)
+    }
+
+    /// Uploads part `idx` (0-based) of multipart upload `id` at `key`; answers its ETag.
+    pub async fn put_part(
+        &self,
+        key: &str,
+        id: &str,
+        idx: usize,
+        bytes: bytes::Bytes,
+    ) -> Result<String, BlobError> {
+        let m = self.mpu()?;
+        let id = id.to_string();
+        let part = m
+            .put_part(&self.mpu_path(key), &id, idx, PutPayload::from(bytes))
+            .await?;
+        Ok(part.content_id)
+    }
+
+    pub async fn complete_multipart(
+        &self,
+        key: &str,
+        id: &str,
+        parts: &[String],
+    ) -> Result<(), BlobError> {
+        let m = self.mpu()?;
+        let parts = parts
+            .iter()
+            .map(|p| PartId {
+                content_id: p.clone(),
+            })
+            .collect();
+        m.complete_multipart(&self.mpu_path(key), &id.to_string(), parts)
+            .await?;
+        Ok(())
+    }
+
+    /// Aborts multipart upload `id` at `key`; one already gone is fine.
+    pub async fn abort_multipart(&self, key: &str, id: &str) -> Result<(), BlobError> {
+        let m = self.mpu()?;
+        match m
+            .abort_multipart(&self.mpu_path(key), &id.to_string())
+            .await
+        {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Makes the object at `key` (`size` bytes) the object `id`, unless that exists already
+    /// (the same id is the same bytes). A server-side copy; above S3's 5 GiB copy limit a
+    /// streamed one. Answers whether it wrote the object.
+    pub async fn copy_key_to_object(
+        &self,
+        key: &str,
+        size: u64,
+        id: &str,
+    ) -> Result<bool, BlobError> {
+        if self.exists(id).await? {
+            return Ok(false);
+        }
+        let target = object_path(id);
+        if size <= COPY_LIMIT_BYTES {
+            self.store.copy(&Path::from(key), &target).await?;
+            return Ok(true);
+        }
+        let upload = self.store.put_multipart(&target).await?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, part_bytes(size));
+        let mut source = self.stream_key(key).await?;
+        let sent: Result<(), BlobError> = async {
+            while let Some(chunk) = futures_util::StreamExt::next(&mut source).await {
+                writer.wait_for_capacity(PARTS_IN_FLIGHT).await?;
+                writer.write(&chunk?);
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = sent {
+            if let Err(abort) = writer.abort().await {
+                tracing::warn!(object = %target, error = %abort, "cannot abort a multipart upload");
+            }
+            return Err(e);
+        }
+        writer.finish().await?;
+        Ok(true)
+    }
+
+    /// Stores `bytes` (all of an object, at most one part) as the object `id` unless it exists.
+    pub async fn put_object(&self, id: &str, bytes: bytes::Bytes) -> Result<bool, BlobError> {
+        if self.exists(id).await? {
+            return Ok(false);
+        }
+        self.store
+            .put(&object_path(id), PutPayload::from(bytes))
+            .await?;
+        Ok(true)
     }
 
     pub fn store(&self) -> &Arc<dyn ObjectStore> {

@@ -8,7 +8,8 @@
 //! Data directory layout: `meta.db` (SQLite, WAL), `partial/<upload id>` (uploads in progress,
 //! plain files), `blobs/objects/<2 hex>/<blake3 hex>` (finished objects via `object_store`).
 //! To scale out, the metadata can live in PostgreSQL ([`Config::database`]) and the objects in
-//! an S3 bucket ([`Config::store`]); the partial files stay in the data directory.
+//! an S3 bucket ([`Config::store`]); with an S3 store, unfinished uploads live in the bucket
+//! too (`uploads/remote.rs`), so any instance continues any upload.
 //!
 //! Embedding: `Server::start(Config::new(dir, "127.0.0.1:0".parse()?)).await?.local_addr()`.
 
@@ -16,6 +17,7 @@ pub mod accounts;
 pub mod backend;
 pub mod blobs;
 pub mod error;
+mod failpoint;
 pub mod http;
 pub mod listen;
 pub mod meta;
@@ -80,6 +82,7 @@ impl Config {
                 max_append_size_bytes: 64 << 30,
                 max_age: Duration::from_secs(24 * 3600),
                 body_idle_timeout: Duration::from_secs(60),
+                lease_ttl: Duration::from_secs(30),
             },
             gc_interval: Duration::from_secs(60),
             tls: None,
@@ -210,8 +213,13 @@ async fn open_engine(
     // The store first: its probe opens nothing that would need closing when it fails.
     let blobs = store.open(config.store_env.as_ref()).await?;
     let meta = database.open().await?;
-    uploads::Engine::new(meta, blobs, dir.join("partial"), config.limits.clone())
-        .map_err(|e| StartError::DataDir(dir.clone(), e))
+    let engine = uploads::Engine::new(meta, blobs, dir.join("partial"), config.limits.clone())
+        .map_err(|e| StartError::DataDir(dir.clone(), e))?;
+    if let Some(key) = engine.instance_key() {
+        // Other instances see this one alive while it holds this lock (see `meta.rs`).
+        engine.meta.hold_instance_lock(key).await?;
+    }
+    Ok(engine)
 }
 
 /// Entry point for embedding the server in-process.
@@ -305,6 +313,18 @@ impl ServerHandle {
     /// instead of sleeping). Returns how many uploads were removed.
     pub async fn collect_expired_at(&self, now_unix_ms: i64) -> Result<usize, error::ApiError> {
         self.state.engine.collect_expired(now_unix_ms).await
+    }
+
+    /// How many store intents the metadata holds (see `uploads/remote.rs`): zero once every
+    /// unfinished upload's leftovers are collected.
+    pub async fn intent_count(&self) -> Result<i64, error::ApiError> {
+        Ok(self.state.engine.meta.intent_count().await?)
+    }
+
+    /// Bytes received so far by the append running on upload `id`, when the store is remote
+    /// (a local store's partial file shows it). For tests that must know a body arrived.
+    pub fn bytes_in_flight(&self, id: &str) -> Option<u64> {
+        self.state.engine.bytes_in_flight(id)
     }
 
     /// Every object id the store holds (see [`blobs::Blobs::object_ids`]).

@@ -90,6 +90,11 @@ enum Command {
         /// A client must send a request's headers within this many seconds (default 30).
         #[arg(long)]
         header_read_timeout_secs: Option<u64>,
+        /// With an S3 store: how long an upload's lease holds without renewal, in
+        /// milliseconds (default 30000); another instance takes over an upload whose holder
+        /// stopped after this long.
+        #[arg(long, env = "FERRY_SERVER_LEASE_TTL_MS")]
+        lease_ttl_ms: Option<u64>,
         /// Serve https: PEM certificate chain (needs --tls-key).
         #[arg(long, requires = "tls_key", value_name = "PEM")]
         tls_cert: Option<PathBuf>,
@@ -207,6 +212,7 @@ async fn main() -> anyhow::Result<()> {
             max_age_secs,
             body_idle_timeout_secs,
             header_read_timeout_secs,
+            lease_ttl_ms,
             tls_cert,
             tls_key,
         } => {
@@ -226,6 +232,9 @@ async fn main() -> anyhow::Result<()> {
             }
             if let Some(v) = body_idle_timeout_secs {
                 config.limits.body_idle_timeout = Duration::from_secs(v);
+            }
+            if let Some(v) = lease_ttl_ms {
+                config.limits.lease_ttl = Duration::from_millis(v.max(1));
             }
             if let Some(v) = header_read_timeout_secs {
                 config.header_read_timeout = Duration::from_secs(v);

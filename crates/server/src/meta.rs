@@ -142,6 +142,54 @@ pub struct ObjectRow {
     pub created_unix_ms: i64,
 }
 
+/// Where an unfinished upload's bytes are when the store is remote (S3): a multipart upload
+/// of equal parts, then write-once tail pieces (see `uploads::remote`). Empty for a local store.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RemoteState {
+    pub multipart_id: Option<String>,
+    /// The ETags of parts 1..N, in order.
+    pub parts: Vec<String>,
+    /// The bytes after the last part, in order.
+    pub tail: Vec<Piece>,
+    /// The fencing epoch of the upload's latest lease.
+    pub lease_epoch: i64,
+}
+
+/// One write-once tail piece of an unfinished upload.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Piece {
+    pub key: String,
+    pub size: u64,
+}
+
+/// An object in the store that no upload row references: to be referenced by a commit soon,
+/// or garbage for the collector (see migration 0005).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Intent {
+    pub key: String,
+    pub upload_id: String,
+    /// [`INTENT_PIECE`] or [`INTENT_MULTIPART`].
+    pub kind: String,
+    pub multipart_id: Option<String>,
+    pub created_unix_ms: i64,
+}
+
+/// An intent to delete the object at `key`.
+pub const INTENT_PIECE: &str = "piece";
+/// An intent to abort the multipart upload `multipart_id` at `key` (and delete `key`).
+pub const INTENT_MULTIPART: &str = "multipart";
+
+/// What an append commits besides its offset when its bytes are in a remote store.
+#[derive(Debug, Clone)]
+pub struct RemoteCommit {
+    pub epoch: i64,
+    pub state: RemoteState,
+    /// Keys of objects the new state references: their intents go.
+    pub referenced: Vec<String>,
+    /// Objects the new state no longer references: their intents come, in the same commit.
+    pub obsolete: Vec<Intent>,
+}
+
 /// The metadata store: one interface over either backend.
 #[derive(Debug, Clone)]
 pub struct Meta {
@@ -150,6 +198,10 @@ pub struct Meta {
     /// Writes go through one task that commits everything queued in one transaction (group
     /// commit): one fsync per batch instead of one per request, on either backend.
     writes: mpsc::Sender<Write>,
+    /// PostgreSQL: how to connect, for the instance lock's own connection.
+    pg_options: Option<PgConnectOptions>,
+    /// The connection holding this instance's advisory lock (see [`Meta::hold_instance_lock`]).
+    instance_lock: std::sync::Arc<tokio::sync::Mutex<Option<sqlx::PgConnection>>>,
 }
 
 /// Which database a [`Meta`] reads from (its writer task holds its own pool of the same kind).
@@ -174,8 +226,43 @@ enum Op {
     CompleteUpload {
         upload_id: String,
         object: ObjectRow,
+        /// The lease epoch the completing request holds (remote store): a later lease fences it.
+        epoch: Option<i64>,
+        /// Store objects the upload no longer needs once complete, recorded as intents.
+        cleanup: Vec<Intent>,
     },
     DeleteUpload(String),
+    /// Deletes an unfinished upload and records its store objects as intents, one transaction.
+    DiscardUpload {
+        id: String,
+        epoch: Option<i64>,
+        cleanup: Vec<Intent>,
+    },
+    CommitRemote {
+        id: String,
+        from_offset_bytes: u64,
+        offset_bytes: u64,
+        length_bytes: Option<u64>,
+        expires_unix_ms: i64,
+        commit: RemoteCommit,
+    },
+    TakeLease {
+        id: String,
+        owner: i64,
+        ttl_ms: i64,
+    },
+    RenewLease {
+        id: String,
+        epoch: i64,
+        ttl_ms: i64,
+    },
+    ReleaseLease {
+        id: String,
+        epoch: i64,
+    },
+    /// Inserts an intent, or sets an existing one's multipart id.
+    PutIntent(Intent),
+    DeleteIntents(Vec<String>),
     AddToken {
         user_id: i64,
         name: String,
@@ -209,6 +296,8 @@ enum Applied {
     OverQuota(QuotaExceeded),
     /// `AddReceipts`: one outcome per item, in order.
     Receipts(Vec<ReceiptAdded>),
+    /// `TakeLease`: the new epoch, or `None` when a live instance holds the lease.
+    Epoch(Option<i64>),
 }
 
 #[derive(Debug)]
@@ -247,7 +336,9 @@ macro_rules! backend {
         begin = $begin:literal,
         for_update = $for_update:literal,
         json_open = $json_open:literal,
-        json_close = $json_close:literal $(,)?
+        json_close = $json_close:literal,
+        now_ms = $now_ms:literal,
+        owner_alive = $owner_alive:literal $(,)?
     ) => {
         mod $module {
             use super::*;
@@ -293,8 +384,113 @@ macro_rules! backend {
                     .bind(db_int(*from_offset_bytes))
                     .execute(&mut *conn)
                     .await?,
-                    Op::CompleteUpload { upload_id, object } => {
-                        return complete_upload(conn, upload_id, object).await;
+                    Op::CompleteUpload {
+                        upload_id,
+                        object,
+                        epoch,
+                        cleanup,
+                    } => {
+                        return complete_upload(conn, upload_id, object, *epoch, cleanup).await;
+                    }
+                    Op::DiscardUpload { id, epoch, cleanup } => {
+                        let r = sqlx::query(
+                            "DELETE FROM uploads WHERE id = $1 AND ($2 IS NULL OR lease_epoch = $2)",
+                        )
+                        .bind(id)
+                        .bind(epoch)
+                        .execute(&mut *conn)
+                        .await?;
+                        if r.rows_affected() > 0 {
+                            for i in cleanup {
+                                put_intent(conn, i).await?;
+                            }
+                        }
+                        r
+                    }
+                    Op::CommitRemote {
+                        id,
+                        from_offset_bytes,
+                        offset_bytes,
+                        length_bytes,
+                        expires_unix_ms,
+                        commit,
+                    } => {
+                        let parts = serde_json::to_string(&commit.state.parts)
+                            .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+                        let tail = serde_json::to_string(&commit.state.tail)
+                            .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+                        let r = sqlx::query(
+                            "UPDATE uploads SET offset_bytes = $1, length_bytes = $2, expires_unix_ms = $3, multipart_id = $4, parts_json = $5, tail_json = $6 WHERE id = $7 AND object_id IS NULL AND offset_bytes = $8 AND lease_epoch = $9",
+                        )
+                        .bind(db_int(*offset_bytes))
+                        .bind(length_bytes.map(db_int))
+                        .bind(expires_unix_ms)
+                        .bind(&commit.state.multipart_id)
+                        .bind(parts)
+                        .bind(tail)
+                        .bind(id)
+                        .bind(db_int(*from_offset_bytes))
+                        .bind(commit.epoch)
+                        .execute(&mut *conn)
+                        .await?;
+                        if r.rows_affected() > 0 {
+                            for key in &commit.referenced {
+                                sqlx::query("DELETE FROM store_intents WHERE key = $1")
+                                    .bind(key)
+                                    .execute(&mut *conn)
+                                    .await?;
+                            }
+                            for i in &commit.obsolete {
+                                put_intent(conn, i).await?;
+                            }
+                        }
+                        r
+                    }
+                    Op::TakeLease { id, owner, ttl_ms } => {
+                        let epoch: Option<(i64,)> = sqlx::query_as(concat!(
+                            "UPDATE uploads SET lease_owner = $2, lease_epoch = lease_epoch + 1, lease_until_ms = ",
+                            $now_ms,
+                            " + $3 WHERE id = $1 AND object_id IS NULL AND (lease_owner IS NULL OR lease_owner = $2 OR lease_until_ms < ",
+                            $now_ms,
+                            " OR NOT ",
+                            $owner_alive,
+                            ") RETURNING lease_epoch"
+                        ))
+                        .bind(id)
+                        .bind(owner)
+                        .bind(ttl_ms)
+                        .fetch_optional(&mut *conn)
+                        .await?;
+                        return Ok(Applied::Epoch(epoch.map(|e| e.0)));
+                    }
+                    Op::RenewLease { id, epoch, ttl_ms } => sqlx::query(concat!(
+                        "UPDATE uploads SET lease_until_ms = ",
+                        $now_ms,
+                        " + $1 WHERE id = $2 AND lease_epoch = $3 AND lease_owner IS NOT NULL"
+                    ))
+                    .bind(ttl_ms)
+                    .bind(id)
+                    .bind(epoch)
+                    .execute(&mut *conn)
+                    .await?,
+                    Op::ReleaseLease { id, epoch } => sqlx::query(
+                        "UPDATE uploads SET lease_owner = NULL, lease_until_ms = NULL WHERE id = $1 AND lease_epoch = $2",
+                    )
+                    .bind(id)
+                    .bind(epoch)
+                    .execute(&mut *conn)
+                    .await?,
+                    Op::PutIntent(i) => put_intent(conn, i).await?,
+                    Op::DeleteIntents(keys) => {
+                        let mut n = 0;
+                        for key in keys {
+                            n += sqlx::query("DELETE FROM store_intents WHERE key = $1")
+                                .bind(key)
+                                .execute(&mut *conn)
+                                .await?
+                                .rows_affected();
+                        }
+                        return Ok(Applied::Rows(n));
                     }
                     Op::AddReceipts {
                         user_id,
@@ -359,12 +555,16 @@ macro_rules! backend {
                 conn: &mut Conn,
                 upload_id: &str,
                 o: &ObjectRow,
+                epoch: Option<i64>,
+                cleanup: &[Intent],
             ) -> Result<Applied, sqlx::Error> {
+                // Fenced: a request whose lease was taken over changes nothing.
                 let user: Option<(i64,)> = sqlx::query_as(concat!(
-                    "SELECT user_id FROM uploads WHERE id = $1",
+                    "SELECT user_id FROM uploads WHERE id = $1 AND ($2 IS NULL OR (lease_epoch = $2 AND object_id IS NULL))",
                     $for_update
                 ))
                 .bind(upload_id)
+                .bind(epoch)
                 .fetch_optional(&mut *conn)
                 .await?;
                 let Some((user_id,)) = user else {
@@ -421,7 +621,7 @@ macro_rules! backend {
                         .await?;
                 }
                 let r = sqlx::query(
-                    "UPDATE uploads SET object_id = $1, offset_bytes = $2, length_bytes = $3, completed_unix_ms = $4 WHERE id = $5",
+                    "UPDATE uploads SET object_id = $1, offset_bytes = $2, length_bytes = $3, completed_unix_ms = $4, lease_owner = NULL, multipart_id = NULL, parts_json = NULL, tail_json = NULL WHERE id = $5",
                 )
                 .bind(&o.id)
                 .bind(db_int(o.size_bytes))
@@ -430,7 +630,31 @@ macro_rules! backend {
                 .bind(upload_id)
                 .execute(&mut *conn)
                 .await?;
+                for i in cleanup {
+                    put_intent(conn, i).await?;
+                }
                 Ok(Applied::Rows(r.rows_affected()))
+            }
+
+            /// Records an intent; an existing one for the key gets the multipart id (set right
+            /// after the store answered it).
+            async fn put_intent(
+                conn: &mut Conn,
+                i: &Intent,
+            ) -> Result<
+                <<Conn as sqlx::Connection>::Database as sqlx::Database>::QueryResult,
+                sqlx::Error,
+            > {
+                sqlx::query(
+                    "INSERT INTO store_intents (key, upload_id, kind, multipart_id, created_unix_ms) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (key) DO UPDATE SET multipart_id = COALESCE(excluded.multipart_id, store_intents.multipart_id), kind = excluded.kind",
+                )
+                .bind(&i.key)
+                .bind(&i.upload_id)
+                .bind(&i.kind)
+                .bind(&i.multipart_id)
+                .bind(i.created_unix_ms)
+                .execute(&mut *conn)
+                .await
             }
 
             /// Records receipts for objects `user_id` holds, in the writer's transaction with
@@ -856,6 +1080,51 @@ macro_rules! backend {
                 Ok(rows.into_iter().map(user_from).collect())
             }
 
+            pub(super) async fn remote_state(
+                pool: &Pool,
+                id: &str,
+            ) -> Result<Option<(Option<String>, Option<String>, Option<String>, i64)>, sqlx::Error> {
+                sqlx::query_as(
+                    "SELECT multipart_id, parts_json, tail_json, lease_epoch FROM uploads WHERE id = $1",
+                )
+                .bind(id)
+                .fetch_optional(pool)
+                .await
+            }
+
+            /// Intents created before `before_ms` whose upload no request holds a live lease on
+            /// at `now_ms` (a long append renews its lease, so its objects stay).
+            pub(super) async fn old_intents(
+                pool: &Pool,
+                before_ms: i64,
+                now_ms: i64,
+            ) -> Result<Vec<Intent>, sqlx::Error> {
+                let rows: Vec<(String, String, String, Option<String>, i64)> = sqlx::query_as(
+                    "SELECT key, upload_id, kind, multipart_id, created_unix_ms FROM store_intents i WHERE created_unix_ms < $1 AND NOT EXISTS (SELECT 1 FROM uploads u WHERE u.id = i.upload_id AND u.lease_owner IS NOT NULL AND u.lease_until_ms > $2) ORDER BY created_unix_ms LIMIT 1000",
+                )
+                .bind(before_ms)
+                .bind(now_ms)
+                .fetch_all(pool)
+                .await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|r| Intent {
+                        key: r.0,
+                        upload_id: r.1,
+                        kind: r.2,
+                        multipart_id: r.3,
+                        created_unix_ms: r.4,
+                    })
+                    .collect())
+            }
+
+            pub(super) async fn intent_count(pool: &Pool) -> Result<i64, sqlx::Error> {
+                let n: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM store_intents")
+                    .fetch_one(pool)
+                    .await?;
+                Ok(n.0)
+            }
+
             pub(super) async fn close(pool: &Pool) {
                 pool.close().await;
             }
@@ -871,6 +1140,9 @@ backend!(
     for_update = "",
     json_open = "SELECT value FROM json_each(",
     json_close = ")",
+    now_ms = "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)",
+    // One process per SQLite database: a lease of another owner is a dead process's.
+    owner_alive = "(lease_owner = $2)",
 );
 
 backend!(
@@ -881,6 +1153,11 @@ backend!(
     for_update = " FOR UPDATE",
     json_open = "SELECT jsonb_array_elements_text(CAST(",
     json_close = " AS jsonb))",
+    now_ms = "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
+    // Each instance holds a session advisory lock on its key while it lives (see
+    // `Meta::hold_instance_lock`); pg_locks shows a bigint key as classid (high 32 bits) and
+    // objid (low 32 bits) with objsubid 1.
+    owner_alive = "EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 AND ((CAST(l.classid AS BIGINT) << 32) | CAST(l.objid AS BIGINT)) = uploads.lease_owner)",
 );
 
 /// Whether `e` says the database's disk is full: `SQLITE_FULL` (also as an extended code),
@@ -1082,6 +1359,8 @@ impl Meta {
         Ok(Meta {
             reads: Backend::Sqlite(pool),
             writes,
+            pg_options: None,
+            instance_lock: Default::default(),
         })
     }
 
@@ -1116,13 +1395,15 @@ impl Meta {
         let pool = PgPoolOptions::new()
             .max_connections(8)
             .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_with(opts)
+            .connect_with(opts.clone())
             .await?;
         let (writes, queue) = mpsc::channel(4 * MAX_BATCH_WRITES);
         tokio::spawn(postgres::writer(write_pool, queue, true));
         Ok(Meta {
             reads: Backend::Postgres(pool),
             writes,
+            pg_options: Some(opts),
+            instance_lock: Default::default(),
         })
     }
 
@@ -1147,13 +1428,19 @@ impl Meta {
     async fn write(&self, op: Op) -> Result<u64, sqlx::Error> {
         match self.write_applied(op).await? {
             Applied::Rows(n) => Ok(n),
-            Applied::OverQuota(_) | Applied::Receipts(_) => Err(sqlx::Error::Protocol(
-                "a write answered with what another kind of write answers".into(),
-            )),
+            Applied::OverQuota(_) | Applied::Receipts(_) | Applied::Epoch(_) => {
+                Err(sqlx::Error::Protocol(
+                    "a write answered with what another kind of write answers".into(),
+                ))
+            }
         }
     }
 
     pub async fn close(&self) {
+        // This instance's leases count as dead from now on (see `hold_instance_lock`).
+        if let Some(conn) = self.instance_lock.lock().await.take() {
+            let _ = sqlx::Connection::close(conn).await;
+        }
         read!(self, close())
     }
 
@@ -1204,15 +1491,30 @@ impl Meta {
         upload_id: &str,
         o: &ObjectRow,
     ) -> Result<Result<bool, QuotaExceeded>, sqlx::Error> {
+        self.complete_upload_fenced(upload_id, o, None, Vec::new())
+            .await
+    }
+
+    /// [`Meta::complete_upload`] for a request holding lease `epoch` (nothing changes when the
+    /// upload's lease moved on), recording `cleanup` as intents in the same transaction.
+    pub async fn complete_upload_fenced(
+        &self,
+        upload_id: &str,
+        o: &ObjectRow,
+        epoch: Option<i64>,
+        cleanup: Vec<Intent>,
+    ) -> Result<Result<bool, QuotaExceeded>, sqlx::Error> {
         let op = Op::CompleteUpload {
             upload_id: upload_id.into(),
             object: o.clone(),
+            epoch,
+            cleanup,
         };
         match self.write_applied(op).await? {
             Applied::Rows(n) => Ok(Ok(n > 0)),
             Applied::OverQuota(q) => Ok(Err(q)),
-            Applied::Receipts(_) => Err(sqlx::Error::Protocol(
-                "a completion answered with receipts".into(),
+            Applied::Receipts(_) | Applied::Epoch(_) => Err(sqlx::Error::Protocol(
+                "a completion answered with something else".into(),
             )),
         }
     }
@@ -1243,6 +1545,149 @@ impl Meta {
                 "adding receipts answered something else".into(),
             )),
         }
+    }
+
+    /// Deletes an unfinished upload (only under lease `epoch`, when given) and records the
+    /// store objects it referenced as intents in the same transaction, so that whatever
+    /// happens next they are found again. False when nothing was deleted.
+    pub async fn discard_upload(
+        &self,
+        id: &str,
+        epoch: Option<i64>,
+        cleanup: Vec<Intent>,
+    ) -> Result<bool, sqlx::Error> {
+        let op = Op::DiscardUpload {
+            id: id.into(),
+            epoch,
+            cleanup,
+        };
+        Ok(self.write(op).await? > 0)
+    }
+
+    /// Commits an append whose bytes are in a remote store: offset, parts, tail pieces and
+    /// intents in one transaction, only if the upload is still at `from_offset_bytes` under
+    /// lease `commit.epoch`. False: fenced, nothing changed.
+    pub async fn commit_remote(
+        &self,
+        id: &str,
+        from_offset_bytes: u64,
+        offset_bytes: u64,
+        length_bytes: Option<u64>,
+        expires_unix_ms: i64,
+        commit: RemoteCommit,
+    ) -> Result<bool, sqlx::Error> {
+        let op = Op::CommitRemote {
+            id: id.into(),
+            from_offset_bytes,
+            offset_bytes,
+            length_bytes,
+            expires_unix_ms,
+            commit,
+        };
+        Ok(self.write(op).await? > 0)
+    }
+
+    /// Takes the upload's lease for `owner` for `ttl_ms` (the database's clock) when nobody
+    /// holds it, `owner` does, it ran out, or its holder is dead. Answers the new fencing
+    /// epoch, or `None` (a live instance holds it, or the upload is finished or gone).
+    pub async fn take_lease(
+        &self,
+        id: &str,
+        owner: i64,
+        ttl_ms: i64,
+    ) -> Result<Option<i64>, sqlx::Error> {
+        let op = Op::TakeLease {
+            id: id.into(),
+            owner,
+            ttl_ms,
+        };
+        match self.write_applied(op).await? {
+            Applied::Epoch(e) => Ok(e),
+            _ => Err(sqlx::Error::Protocol(
+                "taking a lease answered something else".into(),
+            )),
+        }
+    }
+
+    /// Extends the lease of `epoch`; false when it was taken over (the holder must stop).
+    pub async fn renew_lease(
+        &self,
+        id: &str,
+        epoch: i64,
+        ttl_ms: i64,
+    ) -> Result<bool, sqlx::Error> {
+        let op = Op::RenewLease {
+            id: id.into(),
+            epoch,
+            ttl_ms,
+        };
+        Ok(self.write(op).await? > 0)
+    }
+
+    pub async fn release_lease(&self, id: &str, epoch: i64) -> Result<bool, sqlx::Error> {
+        let op = Op::ReleaseLease {
+            id: id.into(),
+            epoch,
+        };
+        Ok(self.write(op).await? > 0)
+    }
+
+    pub async fn put_intent(&self, i: Intent) -> Result<(), sqlx::Error> {
+        self.write(Op::PutIntent(i)).await.map(drop)
+    }
+
+    pub async fn delete_intents(&self, keys: Vec<String>) -> Result<u64, sqlx::Error> {
+        self.write(Op::DeleteIntents(keys)).await
+    }
+
+    /// The upload's remote state as last committed (`None`: no such upload).
+    pub async fn remote_state(&self, id: &str) -> Result<Option<RemoteState>, sqlx::Error> {
+        let Some((multipart_id, parts, tail, lease_epoch)) = read!(self, remote_state(id))? else {
+            return Ok(None);
+        };
+        let decode = |e: serde_json::Error| sqlx::Error::Decode(Box::new(e));
+        Ok(Some(RemoteState {
+            multipart_id,
+            parts: match parts.as_deref() {
+                None | Some("") => Vec::new(),
+                Some(j) => serde_json::from_str(j).map_err(decode)?,
+            },
+            tail: match tail.as_deref() {
+                None | Some("") => Vec::new(),
+                Some(j) => serde_json::from_str(j).map_err(decode)?,
+            },
+            lease_epoch,
+        }))
+    }
+
+    /// Intents older than `before_ms` whose upload holds no live lease at `now_ms`.
+    pub async fn old_intents(
+        &self,
+        before_ms: i64,
+        now_ms: i64,
+    ) -> Result<Vec<Intent>, sqlx::Error> {
+        read!(self, old_intents(before_ms, now_ms))
+    }
+
+    /// How many intents exist (tests and audits).
+    pub async fn intent_count(&self) -> Result<i64, sqlx::Error> {
+        read!(self, intent_count())
+    }
+
+    /// On PostgreSQL: holds a session advisory lock on `key` on a connection of its own for as
+    /// long as this `Meta` lives, which is how other instances see that this one is alive (the
+    /// lock goes when the process dies and its connection with it). On SQLite: nothing.
+    pub async fn hold_instance_lock(&self, key: i64) -> Result<(), sqlx::Error> {
+        let Some(opts) = &self.pg_options else {
+            return Ok(());
+        };
+        let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect_with(opts).await?;
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(key)
+            .execute(&mut conn)
+            .await?;
+        *self.instance_lock.lock().await = Some(conn);
+        Ok(())
     }
 
     pub async fn delete_upload(&self, id: &str) -> Result<bool, sqlx::Error> {
@@ -1496,6 +1941,113 @@ mod tests {
         assert_eq!(m.token_user("h2").await.unwrap(), None);
 
         accounts(&m).await;
+        leases(&m).await;
+    }
+
+    /// Leases, fencing and intents (remote-store uploads).
+    async fn leases(m: &Meta) {
+        m.create_upload(&upload("l1", i64::MAX)).await.unwrap();
+        let e1 = m.take_lease("l1", 11, 30_000).await.unwrap().unwrap();
+        assert_eq!(
+            m.take_lease("l1", 11, 30_000).await.unwrap(),
+            Some(e1 + 1),
+            "the holder takes its own lease again, with a new epoch"
+        );
+        // Instance 12 holds no advisory lock (PostgreSQL) / is another process (SQLite): dead.
+        let e2 = m.take_lease("l1", 12, 30_000).await.unwrap().unwrap();
+        assert_eq!(e2, e1 + 2);
+        let state = |offset: u64| RemoteState {
+            multipart_id: Some("mpu".into()),
+            parts: vec!["etag1".into()],
+            tail: vec![Piece {
+                key: format!("uploads/l1/tail-{offset}"),
+                size: 3,
+            }],
+            lease_epoch: 0,
+        };
+        let intent = |key: &str| Intent {
+            key: key.into(),
+            upload_id: "l1".into(),
+            kind: INTENT_PIECE.into(),
+            multipart_id: None,
+            created_unix_ms: 5,
+        };
+        m.put_intent(intent("uploads/l1/tail-4")).await.unwrap();
+        let commit = |epoch: i64| RemoteCommit {
+            epoch,
+            state: state(4),
+            referenced: vec!["uploads/l1/tail-4".into()],
+            obsolete: vec![intent("uploads/l1/old")],
+        };
+        assert!(
+            !m.commit_remote("l1", 0, 4, None, 9, commit(e1))
+                .await
+                .unwrap(),
+            "a stale epoch commits nothing, at the right offset"
+        );
+        assert_eq!(m.intent_count().await.unwrap(), 1);
+        assert!(!m.renew_lease("l1", e1, 30_000).await.unwrap());
+        assert!(m.renew_lease("l1", e2, 30_000).await.unwrap());
+        assert!(
+            m.commit_remote("l1", 0, 4, None, 9, commit(e2))
+                .await
+                .unwrap()
+        );
+        let got = m.remote_state("l1").await.unwrap().unwrap();
+        assert_eq!(
+            (got.parts, got.tail, got.lease_epoch),
+            (state(4).parts, state(4).tail, e2)
+        );
+        // The referenced piece's intent went, the obsolete one's came, in that commit; the
+        // collector leaves it while a live lease may still be writing.
+        assert!(m.old_intents(i64::MAX, 0).await.unwrap().is_empty());
+        assert!(m.release_lease("l1", e2).await.unwrap());
+        let left = m.old_intents(i64::MAX, 0).await.unwrap();
+        assert_eq!(
+            left.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(),
+            ["uploads/l1/old"]
+        );
+        let o = ObjectRow {
+            id: "lobj".into(),
+            sha256_hex: "ls".into(),
+            size_bytes: 4,
+            created_unix_ms: 1,
+        };
+        assert_eq!(
+            m.complete_upload_fenced("l1", &o, Some(e1), vec![])
+                .await
+                .unwrap(),
+            Ok(false),
+            "a stale epoch does not complete"
+        );
+        // Liveness: an owner holding its instance lock keeps the lease (PostgreSQL only).
+        m.hold_instance_lock(13).await.unwrap();
+        let e3 = m.take_lease("l1", 13, 30_000).await.unwrap().unwrap();
+        let other = m.take_lease("l1", 14, 30_000).await.unwrap();
+        if m.backend_name() == "postgres" {
+            assert_eq!(other, None, "a live holder's lease is not taken");
+            // Run out (a zero time to live): then it is.
+            assert!(m.renew_lease("l1", e3, -1).await.unwrap());
+            assert_eq!(m.take_lease("l1", 14, 30_000).await.unwrap(), Some(e3 + 1));
+        } else {
+            assert_eq!(
+                other,
+                Some(e3 + 1),
+                "SQLite: another owner is a dead process"
+            );
+        }
+        assert!(
+            m.delete_intents(vec!["uploads/l1/old".into()])
+                .await
+                .unwrap()
+                == 1
+        );
+        assert!(
+            m.discard_upload("l1", None, vec![intent("uploads/l1/x")])
+                .await
+                .unwrap()
+        );
+        assert_eq!(m.intent_count().await.unwrap(), 1);
     }
 
     /// Users, ownership, quota and listing order.

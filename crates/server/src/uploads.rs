@@ -13,6 +13,12 @@
 //!
 //! A crash between any two steps leaves the SQL offset at or before the fsynced bytes, and the
 //! partial file is removed only after the object is durable.
+//!
+//! That is the local store's path. With a remote (S3) store the bytes go to the bucket instead
+//! and any instance continues any upload: see `uploads/remote.rs`.
+
+mod remote;
+pub use remote::{PART as REMOTE_PART_BYTES, RemoteConfig};
 
 /// How long a plain upload restarted under its `Idempotency-Key` waits for the request it
 /// replaces to end (it was cut; its handler ends when the server reads the cut).
@@ -54,6 +60,9 @@ pub struct Limits {
     pub max_age: Duration,
     /// A request body that sends nothing for this long is cut off.
     pub body_idle_timeout: Duration,
+    /// How long an upload's lease holds without renewal (remote store: one writer per upload
+    /// across instances; a holder renews it every third of this while it works).
+    pub lease_ttl: Duration,
 }
 
 /// What a client says one request's body must hash to.
@@ -186,6 +195,12 @@ pub struct Engine {
     partial_dir: PathBuf,
     pub limits: Limits,
     slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>,
+    /// Set when the store is remote: unfinished uploads keep their bytes there (see
+    /// `uploads/remote.rs`) instead of in `partial_dir`.
+    remote: Option<RemoteConfig>,
+    /// Remote store: bytes received so far by the append running on each upload (the local
+    /// path's partial file shows the same to a test).
+    in_flight: Mutex<HashMap<String, Arc<std::sync::atomic::AtomicU64>>>,
 }
 
 pub fn now_unix_ms() -> i64 {
@@ -279,13 +294,33 @@ impl Engine {
         limits: Limits,
     ) -> std::io::Result<Engine> {
         std::fs::create_dir_all(&partial_dir)?;
+        let remote = blobs.is_remote().then(|| RemoteConfig {
+            // Positive, so PostgreSQL's advisory-lock view shows it back unchanged.
+            instance_key: (uuid::Uuid::new_v4().as_u64_pair().0 >> 1) as i64,
+            lease_ttl: limits.lease_ttl,
+        });
         Ok(Engine {
             meta,
             blobs,
             partial_dir,
             limits,
             slots: Mutex::new(HashMap::new()),
+            remote,
+            in_flight: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Bytes the append running on upload `id` has received so far (remote store only; tests
+    /// wait on it as they wait on a local partial file's length).
+    pub fn bytes_in_flight(&self, id: &str) -> Option<u64> {
+        let map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(id)
+            .map(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// This instance's lease identity when the store is remote.
+    pub fn instance_key(&self) -> Option<i64> {
+        self.remote.as_ref().map(|r| r.instance_key)
     }
 
     fn partial_path(&self, id: &str) -> PathBuf {
@@ -347,8 +382,26 @@ impl Engine {
             let _guard = tokio::time::timeout(SLOT_WAIT, slot.lock_owned())
                 .await
                 .map_err(|_| ApiError::IdempotencyConflict)?;
-            self.meta.delete_upload(&row.id).await?;
-            let _ = tokio::fs::remove_file(self.partial_path(&row.id)).await;
+            if self.remote.is_some() {
+                // A request on another instance may still hold it: wait for its lease as the
+                // slot was waited for.
+                let deadline = tokio::time::Instant::now() + SLOT_WAIT;
+                let lease = loop {
+                    if let Some(l) = self.take_lease(&row.id).await? {
+                        break l;
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(ApiError::IdempotencyConflict);
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                };
+                let discarded = self.discard_remote(&row.id, Some(lease.epoch)).await;
+                self.release_lease(&row.id, lease).await;
+                discarded?;
+            } else {
+                self.meta.delete_upload(&row.id).await?;
+                let _ = tokio::fs::remove_file(self.partial_path(&row.id)).await;
+            }
             self.forget_slot(&row.id);
         }
         if let Some(l) = length_bytes
@@ -367,15 +420,18 @@ impl Engine {
         let path = self.partial_path(&id);
         // Not fsynced here: an empty file holds nothing to lose. The first append that leaves
         // bytes behind an answered offset fsyncs the directory (see `append`), and an append
-        // at offset 0 recreates a file that a crash took away.
-        run_blocking(move || {
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&path)
-                .map(drop)
-        })
-        .await?;
+        // at offset 0 recreates a file that a crash took away. A remote store needs none: the
+        // first append writes to the store.
+        if self.remote.is_none() {
+            run_blocking(move || {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&path)
+                    .map(drop)
+            })
+            .await?;
+        }
         let now = now_unix_ms();
         let row = UploadRow {
             id: id.clone(),
@@ -464,7 +520,17 @@ impl Engine {
         }
         let slot = self.slot(id);
         let _ = tokio::time::timeout(Duration::from_secs(2), slot.lock()).await;
-        self.get(id, user_id).await
+        let row = self.get(id, user_id).await?;
+        if self.remote.is_some()
+            && row.object_id.is_none()
+            && row.length_bytes == Some(row.offset_bytes)
+        {
+            // Every byte committed but no object: the completing instance died in between.
+            // A client that sees the whole offset takes the upload as done, so finish it now.
+            let _ = self.settle_remote(id).await;
+            return self.get(id, user_id).await;
+        }
+        Ok(row)
     }
 
     pub async fn append(
@@ -476,9 +542,35 @@ impl Engine {
     ) -> Result<Outcome, ApiError> {
         self.get(id, user_id).await?;
         let slot = self.slot(id);
-        let mut slot = slot
+        let slot = slot
             .try_lock_owned()
             .map_err(|_| ApiError::Locked { ietf: req.ietf })?;
+        if self.remote.is_none() {
+            return self.append_locked(id, req, body, slot, None).await;
+        }
+        // One writer across instances: the upload's lease, held until this request ends.
+        let Some(lease) = self.take_lease(id).await? else {
+            // Busy on a live instance, or finished (answered below as it always was), or gone.
+            return match self.meta.upload(id).await? {
+                None => Err(ApiError::Gone),
+                Some(r) if r.object_id.is_none() => Err(ApiError::Locked { ietf: req.ietf }),
+                Some(_) => self.append_locked(id, req, body, slot, None).await,
+            };
+        };
+        let r = self.append_locked(id, req, body, slot, Some(&lease)).await;
+        self.release_lease(id, lease).await;
+        r
+    }
+
+    /// An append under the upload's slot (and, on a remote store, its lease).
+    async fn append_locked(
+        &self,
+        id: &str,
+        req: Append,
+        body: Body,
+        mut slot: tokio::sync::OwnedMutexGuard<Slot>,
+        lease: Option<&remote::Lease>,
+    ) -> Result<Outcome, ApiError> {
         // Re-read under the lock: another append may have finished in between.
         let row = self
             .meta
@@ -545,6 +637,25 @@ impl Engine {
             .saturating_sub(row.offset_bytes)
             .min(self.limits.max_append_size_bytes);
 
+        if let Some(lease) = lease {
+            let r = self
+                .append_remote(
+                    &mut slot,
+                    lease,
+                    row,
+                    &req,
+                    body,
+                    length,
+                    room_bytes,
+                    (repr_sha256_hex, repr_blake3_hex),
+                )
+                .await;
+            if matches!(r, Ok(Outcome::Complete(..))) {
+                drop(slot);
+                self.forget_slot(id);
+            }
+            return r;
+        }
         let path = self.partial_path(id);
         let start = row.offset_bytes;
         let file = run_blocking(move || {
@@ -857,6 +968,24 @@ impl Engine {
         let _guard = slot
             .try_lock_owned()
             .map_err(|_| ApiError::Locked { ietf })?;
+        if self.remote.is_some() {
+            match self.take_lease(id).await? {
+                Some(lease) => {
+                    let r = self.discard_remote(id, Some(lease.epoch)).await;
+                    self.release_lease(id, lease).await;
+                    r?;
+                    self.forget_slot(id);
+                    return Ok(());
+                }
+                None => {
+                    // Finished (its receipt goes, as always), or busy on another instance.
+                    let row = self.meta.upload(id).await?.ok_or(ApiError::NotFound)?;
+                    if row.object_id.is_none() {
+                        return Err(ApiError::Locked { ietf });
+                    }
+                }
+            }
+        }
         self.meta.delete_upload(id).await?;
         match tokio::fs::remove_file(self.partial_path(id)).await {
             Ok(()) => {}
@@ -877,10 +1006,26 @@ impl Engine {
             let Ok(_guard) = slot.try_lock_owned() else {
                 continue;
             };
+            if self.remote.is_some() {
+                // Busy on another instance: the next round.
+                let Some(lease) = self.take_lease(&id).await? else {
+                    continue;
+                };
+                let r = self.discard_remote(&id, Some(lease.epoch)).await;
+                self.release_lease(&id, lease).await;
+                if r? {
+                    collected += 1;
+                }
+                self.forget_slot(&id);
+                continue;
+            }
             self.meta.delete_upload(&id).await?;
             let _ = tokio::fs::remove_file(self.partial_path(&id)).await;
             self.forget_slot(&id);
             collected += 1;
+        }
+        if self.remote.is_some() {
+            self.collect_intents(now_unix_ms).await?;
         }
         let max_age_ms = self.limits.max_age.as_millis() as i64;
         let mut dir = tokio::fs::read_dir(&self.partial_dir).await?;

@@ -261,13 +261,8 @@ async fn concurrent_appends_one_wins_the_other_gets_409_or_423() {
         // request runs meanwhile, so nothing can take the lock before it.
         tx.send(vec![1; 1_500_000]).await.unwrap();
         let first = tokio::spawn(patch(body));
-        let partial = s
-            .dir
-            .path()
-            .join("partial")
-            .join(loc.rsplit('/').next().unwrap());
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0) < 1 << 20 {
+        while s.received(&loc) < 1 << 20 {
             assert!(
                 std::time::Instant::now() < deadline,
                 "first append never started writing"

@@ -339,13 +339,8 @@ async fn a_cut_final_append_keeps_its_bytes_but_does_not_complete() {
             .body(reqwest::Body::wrap_stream(stream))
             .send(),
     );
-    let partial = s
-        .dir
-        .path()
-        .join("partial")
-        .join(loc.rsplit('/').next().unwrap());
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0) < 1 << 20 {
+    while s.received(&loc) < 1 << 20 {
         assert!(
             std::time::Instant::now() < deadline,
             "append never reached the disk"

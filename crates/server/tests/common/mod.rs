@@ -115,6 +115,16 @@ impl TestServer {
         args
     }
 
+    /// How many bytes of the append running on the upload at `location` the server holds:
+    /// its partial file's length (local store), or what the append has received (S3 store).
+    pub fn received(&self, location: &str) -> u64 {
+        let id = location.rsplit('/').next().unwrap_or_default();
+        match std::fs::metadata(self.dir.path().join("partial").join(id)) {
+            Ok(m) => m.len(),
+            Err(_) => self.handle.bytes_in_flight(id).unwrap_or(0),
+        }
+    }
+
     /// Every object id the server's store holds (its folder, or its S3 prefix).
     pub async fn stored_objects(&self) -> Vec<String> {
         self.handle.stored_object_ids().await.unwrap()
