@@ -223,7 +223,7 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-enum ChunkHasher {
+pub(crate) enum ChunkHasher {
     Sha256(Sha256),
     Sha1(Sha1),
     Md5(Md5),
@@ -769,33 +769,9 @@ impl Engine {
                 return Err(e);
             }
         };
-        let mut verdict = failure;
         let mut sink = sink;
-        if verdict.is_none()
-            && let (Some(check), Some(hasher)) = (&req.check, sink.chunk.take())
-            && !hasher.matches(check)
-        {
-            verdict = Some(match check {
-                ChunkCheck::ContentDigestSha256(_) => ApiError::DigestMismatch(
-                    "Content-Digest does not match the request body; the chunk was discarded"
-                        .into(),
-                ),
-                _ => ApiError::ChecksumMismatch,
-            });
-        }
         let new_offset = start + received_bytes;
-        if verdict.is_none() && req.complete && length.is_some_and(|l| l != new_offset) {
-            verdict = Some(ApiError::InconsistentLength(format!(
-                "Upload-Complete with {new_offset} bytes but Upload-Length is {}",
-                length.unwrap_or(0)
-            )));
-        }
-        // A cut connection keeps what arrived (both protocols resume from the offset), unless a
-        // chunk digest was promised: bytes that cannot be verified are dropped.
-        let keep = matches!(
-            verdict,
-            Some(ApiError::BodyInterrupted(_) | ApiError::Timeout)
-        ) && req.check.is_none();
+        let (verdict, keep) = append_verdict(failure, &req, sink.chunk.take(), new_offset, length);
         if verdict.is_some() && !keep {
             // Discard the whole chunk: the file goes back to the acknowledged offset.
             let file = sink.file;
@@ -1059,6 +1035,42 @@ impl Engine {
 /// `sync_file_range(SYNC_FILE_RANGE_WRITE)`): the stream goes on while the disk catches up,
 /// and the `fdatasync` that makes an offset durable (always done before it is answered) finds
 /// little left to write. Elsewhere, a plain `fdatasync` here.
+/// What an append that received its body (or part of it) ends as, on either storage: the
+/// error it is answered with, if any, and whether its bytes are kept anyway. A cut connection
+/// keeps what arrived (both protocols resume from the offset) unless a chunk digest was
+/// promised: bytes that cannot be verified are dropped, as are those of a failed check.
+pub(crate) fn append_verdict(
+    failure: Option<ApiError>,
+    req: &Append,
+    chunk: Option<ChunkHasher>,
+    new_offset: u64,
+    length: Option<u64>,
+) -> (Option<ApiError>, bool) {
+    let mut verdict = failure;
+    if verdict.is_none()
+        && let (Some(check), Some(hasher)) = (&req.check, chunk)
+        && !hasher.matches(check)
+    {
+        verdict = Some(match check {
+            ChunkCheck::ContentDigestSha256(_) => ApiError::DigestMismatch(
+                "Content-Digest does not match the request body; the chunk was discarded".into(),
+            ),
+            _ => ApiError::ChecksumMismatch,
+        });
+    }
+    if verdict.is_none() && req.complete && length.is_some_and(|l| l != new_offset) {
+        verdict = Some(ApiError::InconsistentLength(format!(
+            "Upload-Complete with {new_offset} bytes but Upload-Length is {}",
+            length.unwrap_or(0)
+        )));
+    }
+    let keep = matches!(
+        verdict,
+        Some(ApiError::BodyInterrupted(_) | ApiError::Timeout)
+    ) && req.check.is_none();
+    (verdict, keep)
+}
+
 fn write_behind(file: &std::fs::File, offset: u64, len: u64) -> std::io::Result<()> {
     #[cfg(target_os = "linux")]
     {

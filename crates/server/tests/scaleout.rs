@@ -29,20 +29,9 @@ async fn engines() -> Option<(String, String)> {
         eprintln!("FERRY_TEST_PG_URL / FERRY_TEST_S3_URL unset: skipping the scale-out run");
         return None;
     };
-    let name = format!("t_{}", uuid::Uuid::new_v4().simple());
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&admin)
-        .await
-        .unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&pool)
-        .await
-        .unwrap();
-    pool.close().await;
-    let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
+    let database = fresh_postgres_database(&admin).await;
     let prefix = uuid::Uuid::new_v4().simple();
-    Some((format!("{base}/{name}"), format!("{s3}/scaleout-{prefix}")))
+    Some((database, format!("{s3}/scaleout-{prefix}")))
 }
 
 struct Instance {

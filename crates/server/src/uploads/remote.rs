@@ -455,30 +455,8 @@ impl Engine {
             // Nothing is committed: what this append wrote has intents the collector finds.
             return Err(e);
         }
-        let mut verdict = failure;
-        if verdict.is_none()
-            && let (Some(check), Some(hasher)) = (&req.check, chunk.take())
-            && !hasher.matches(check)
-        {
-            verdict = Some(match check {
-                ChunkCheck::ContentDigestSha256(_) => ApiError::DigestMismatch(
-                    "Content-Digest does not match the request body; the chunk was discarded"
-                        .into(),
-                ),
-                _ => ApiError::ChecksumMismatch,
-            });
-        }
         let new_offset = start + received_bytes;
-        if verdict.is_none() && req.complete && length.is_some_and(|l| l != new_offset) {
-            verdict = Some(ApiError::InconsistentLength(format!(
-                "Upload-Complete with {new_offset} bytes but Upload-Length is {}",
-                length.unwrap_or(0)
-            )));
-        }
-        let keep = matches!(
-            verdict,
-            Some(ApiError::BodyInterrupted(_) | ApiError::Timeout)
-        ) && req.check.is_none();
+        let (verdict, keep) = super::append_verdict(failure, req, chunk.take(), new_offset, length);
         if verdict.is_some() && !keep {
             return Err(verdict.unwrap_or(ApiError::Internal("unreachable".into())));
         }
