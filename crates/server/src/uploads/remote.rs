@@ -140,7 +140,8 @@ impl Engine {
             self.meta.clone(),
             id.to_string(),
             lost.clone(),
-            cfg.lease_ttl / 3,
+            // A zero time to live (the library API allows it) must not make a zero period.
+            (cfg.lease_ttl / 3).max(Duration::from_millis(1)),
         );
         let renewer = tokio::spawn(async move {
             let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
@@ -657,14 +658,27 @@ impl Engine {
     /// BLAKE3 and SHA-256 of the object at `key`, streamed.
     async fn hash_key(&self, key: &str) -> Result<(String, String), ApiError> {
         let mut s = self.blobs.stream_key(key).await?;
-        let mut b3 = blake3::Hasher::new();
-        let mut s2 = Sha256::new();
+        // Hashing gigabytes is CPU work: a blocking thread does it while the download goes on,
+        // never an async worker (a few blocks queued at most).
+        let (to_hasher, mut blocks) = tokio::sync::mpsc::channel::<Bytes>(4);
+        let hasher = tokio::task::spawn_blocking(move || {
+            let mut b3 = blake3::Hasher::new();
+            let mut s2 = Sha256::new();
+            while let Some(chunk) = blocks.blocking_recv() {
+                b3.update(&chunk);
+                s2.update(&chunk);
+            }
+            (b3.finalize().to_hex().to_string(), hex(&s2.finalize()))
+        });
         while let Some(chunk) = s.next().await {
-            let chunk = chunk?;
-            b3.update(&chunk);
-            s2.update(&chunk);
+            if to_hasher.send(chunk?).await.is_err() {
+                break;
+            }
         }
-        Ok((b3.finalize().to_hex().to_string(), hex(&s2.finalize())))
+        drop(to_hasher);
+        hasher
+            .await
+            .map_err(|e| ApiError::Internal(format!("hashing thread: {e}")))
     }
 
     /// An upload whose every byte is committed but which is no object yet (its completing
