@@ -10,7 +10,6 @@
 mod common;
 use common::*;
 
-use futures_util::FutureExt as _;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
@@ -347,6 +346,23 @@ where
     }
 }
 
+/// Waits at most `within_s` seconds until `sql`, a yes-or-no question about upload `$1`,
+/// answers yes.
+async fn until_upload(pool: &sqlx::PgPool, id: &str, within_s: u64, what: &str, sql: &'static str) {
+    until(std::time::Duration::from_secs(within_s), what, || {
+        let (pool, id) = (pool.clone(), id.to_string());
+        async move {
+            let (yes,): (bool,) = sqlx::query_as(sql)
+                .bind(&id)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            yes
+        }
+    })
+    .await
+}
+
 /// Sends the request `make` builds again every 20 ms while it is answered 423 (the upload's
 /// lease is held), for at most `within`; answers the last status.
 async fn while_locked(
@@ -529,19 +545,13 @@ async fn killed_instance_mid_append_continues_elsewhere() {
         tx.send(data[from..from + MIB].to_vec()).await.unwrap();
     }
     // A has received a part's worth once it created the multipart upload (its intent shows).
-    until(std::time::Duration::from_secs(30), "A starts a part", || {
-        let (pool, id) = (pool.clone(), id.clone());
-        async move {
-            let n: (i64,) = sqlx::query_as(
-                "SELECT COUNT(*) FROM store_intents WHERE upload_id = $1 AND kind = 'multipart' AND multipart_id IS NOT NULL",
-            )
-            .bind(&id)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-            n.0 > 0
-        }
-    })
+    until_upload(
+        &pool,
+        &id,
+        30,
+        "A starts a part",
+        "SELECT COUNT(*) > 0 FROM store_intents WHERE upload_id = $1 AND kind = 'multipart' AND multipart_id IS NOT NULL",
+    )
     .await;
     drop(a);
     assert!(stalled.await.unwrap().is_err(), "A died mid-request");
@@ -595,21 +605,15 @@ async fn paused_instance_is_fenced() {
     let data = bytes(6 * MIB, 61);
     let path = tus_create(&client, &a.base, data.len()).await;
     let id = upload_id(&path);
-    let epoch = |pool: sqlx::PgPool, id: String| async move {
-        let e: (i64,) = sqlx::query_as("SELECT lease_epoch FROM uploads WHERE id = $1")
-            .bind(&id)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-        e.0
-    };
     let (tx_a, body_a) = stalled_body();
     let stalled_a = tokio::spawn(tus_patch(&client, &a.base, &path, 0, body_a).send());
     tx_a.send(bytes(MIB, 62)).await.unwrap();
-    until(
-        std::time::Duration::from_secs(10),
+    until_upload(
+        &pool,
+        &id,
+        10,
         "A takes the lease",
-        || epoch(pool.clone(), id.clone()).map(|e| e == 1),
+        "SELECT lease_epoch = 1 FROM uploads WHERE id = $1",
     )
     .await;
     let pid = a.child.id() as i32;
@@ -619,27 +623,23 @@ async fn paused_instance_is_fenced() {
         libc::kill(pid, libc::SIGSTOP);
     }
     // A cannot renew while stopped: its lease runs out by the database's clock.
-    until(std::time::Duration::from_secs(20), "A's lease runs out", || {
-        let (pool, id) = (pool.clone(), id.clone());
-        async move {
-            let out: (bool,) = sqlx::query_as(
-                "SELECT lease_until_ms < CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT) FROM uploads WHERE id = $1",
-            )
-            .bind(&id)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-            out.0
-        }
-    })
+    until_upload(
+        &pool,
+        &id,
+        20,
+        "A's lease runs out",
+        "SELECT lease_until_ms < CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT) FROM uploads WHERE id = $1",
+    )
     .await;
     let (tx_b, body_b) = stalled_body();
     let stalled_b = tokio::spawn(tus_patch(&client, &b.base, &path, 0, body_b).send());
     tx_b.send(data[..MIB].to_vec()).await.unwrap();
-    until(
-        std::time::Duration::from_secs(10),
+    until_upload(
+        &pool,
+        &id,
+        10,
         "B takes the lease",
-        || epoch(pool.clone(), id.clone()).map(|e| e == 2),
+        "SELECT lease_epoch = 2 FROM uploads WHERE id = $1",
     )
     .await;
     // A's body ends while B's append is open: A's commit names epoch 1 and the same offset 0.
