@@ -219,6 +219,13 @@ async fn open_engine(
         // Other instances see this one alive while it holds this lock (see `meta.rs`).
         engine.meta.hold_instance_lock(key).await?;
     }
+    // Other instances ask this one to stop an append when a newer request for its upload
+    // reached them (see `Engine::append`).
+    let in_flight = engine.in_flight();
+    engine
+        .meta
+        .listen_for_stops(move |id| uploads::request_stop(&in_flight, id))
+        .await?;
     Ok(engine)
 }
 

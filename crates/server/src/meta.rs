@@ -201,7 +201,13 @@ pub struct Meta {
     /// PostgreSQL: how to connect, for the instance lock's own connection.
     pg_options: Option<PgConnectOptions>,
     /// The connection holding this instance's advisory lock (see [`Meta::hold_instance_lock`]).
-    instance_lock: std::sync::Arc<tokio::sync::Mutex<Option<sqlx::PgConnection>>>,
+    instance_lock: std::sync::Arc<tokio::sync::Mutex<Option<(i64, sqlx::PgConnection)>>>,
+    /// How many times this instance lost its advisory lock (its connection broke): a lease
+    /// taken before a loss may have been taken over since, as others saw this instance dead.
+    lock_generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// The task listening for stop requests (see [`Meta::listen_for_stops`]): it holds a
+    /// connection of the pool, so closing ends it first.
+    stop_listener: std::sync::Arc<std::sync::Mutex<Option<tokio::task::AbortHandle>>>,
 }
 
 /// Which database a [`Meta`] reads from (its writer task holds its own pool of the same kind).
@@ -419,9 +425,12 @@ macro_rules! backend {
                             .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
                         let tail = serde_json::to_string(&commit.state.tail)
                             .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-                        let r = sqlx::query(
-                            "UPDATE uploads SET offset_bytes = $1, length_bytes = $2, expires_unix_ms = $3, multipart_id = $4, parts_json = $5, tail_json = $6 WHERE id = $7 AND object_id IS NULL AND offset_bytes = $8 AND lease_epoch = $9",
-                        )
+                        // The lease must not have run out either: a holder whose renewals
+                        // stalled may have had its uncommitted objects collected.
+                        let r = sqlx::query(concat!(
+                            "UPDATE uploads SET offset_bytes = $1, length_bytes = $2, expires_unix_ms = $3, multipart_id = $4, parts_json = $5, tail_json = $6 WHERE id = $7 AND object_id IS NULL AND offset_bytes = $8 AND lease_epoch = $9 AND lease_until_ms >= ",
+                            $now_ms
+                        ))
                         .bind(db_int(*offset_bytes))
                         .bind(length_bytes.map(db_int))
                         .bind(expires_unix_ms)
@@ -466,7 +475,8 @@ macro_rules! backend {
                     Op::RenewLease { id, epoch, ttl_ms } => sqlx::query(concat!(
                         "UPDATE uploads SET lease_until_ms = ",
                         $now_ms,
-                        " + $1 WHERE id = $2 AND lease_epoch = $3 AND lease_owner IS NOT NULL"
+                        " + $1 WHERE id = $2 AND lease_epoch = $3 AND lease_owner IS NOT NULL AND lease_until_ms >= ",
+                        $now_ms
                     ))
                     .bind(ttl_ms)
                     .bind(id)
@@ -1092,18 +1102,23 @@ macro_rules! backend {
                 .await
             }
 
-            /// Intents created before `before_ms` whose upload no request holds a live lease on
-            /// at `now_ms` (a long append renews its lease, so its objects stay).
+            /// Intents created before `before_ms` whose upload no live request holds: a lease
+            /// still valid by the database's clock, of an instance still alive (`me` is the
+            /// collecting instance's key). A long append renews its lease, so its objects stay.
             pub(super) async fn old_intents(
                 pool: &Pool,
                 before_ms: i64,
-                now_ms: i64,
+                me: i64,
             ) -> Result<Vec<Intent>, sqlx::Error> {
-                let rows: Vec<(String, String, String, Option<String>, i64)> = sqlx::query_as(
-                    "SELECT key, upload_id, kind, multipart_id, created_unix_ms FROM store_intents i WHERE created_unix_ms < $1 AND NOT EXISTS (SELECT 1 FROM uploads u WHERE u.id = i.upload_id AND u.lease_owner IS NOT NULL AND u.lease_until_ms > $2) ORDER BY created_unix_ms LIMIT 1000",
-                )
+                let rows: Vec<(String, String, String, Option<String>, i64)> = sqlx::query_as(concat!(
+                    "SELECT key, upload_id, kind, multipart_id, created_unix_ms FROM store_intents i WHERE created_unix_ms < $1 AND NOT EXISTS (SELECT 1 FROM uploads WHERE uploads.id = i.upload_id AND uploads.lease_owner IS NOT NULL AND uploads.lease_until_ms > ",
+                    $now_ms,
+                    " AND ",
+                    $owner_alive,
+                    ") ORDER BY created_unix_ms LIMIT 1000"
+                ))
                 .bind(before_ms)
-                .bind(now_ms)
+                .bind(me)
                 .fetch_all(pool)
                 .await?;
                 Ok(rows
@@ -1309,6 +1324,9 @@ macro_rules! read {
 }
 
 /// How long a request waits for a database connection before it fails (retryable).
+/// The PostgreSQL notification channel of stop requests (see [`Meta::notify_stop`]).
+const STOP_CHANNEL: &str = "ferry_stop_append";
+
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest one group commit may take before its writes fail as unreachable (503).
 const BATCH_TIMEOUT: Duration = Duration::from_secs(60);
@@ -1361,6 +1379,8 @@ impl Meta {
             writes,
             pg_options: None,
             instance_lock: Default::default(),
+            lock_generation: Default::default(),
+            stop_listener: Default::default(),
         })
     }
 
@@ -1404,6 +1424,8 @@ impl Meta {
             writes,
             pg_options: Some(opts),
             instance_lock: Default::default(),
+            lock_generation: Default::default(),
+            stop_listener: Default::default(),
         })
     }
 
@@ -1438,7 +1460,15 @@ impl Meta {
 
     pub async fn close(&self) {
         // This instance's leases count as dead from now on (see `hold_instance_lock`).
-        if let Some(conn) = self.instance_lock.lock().await.take() {
+        let listener = self
+            .stop_listener
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(task) = listener {
+            task.abort();
+        }
+        if let Some((_, conn)) = self.instance_lock.lock().await.take() {
             let _ = sqlx::Connection::close(conn).await;
         }
         read!(self, close())
@@ -1660,13 +1690,10 @@ impl Meta {
         }))
     }
 
-    /// Intents older than `before_ms` whose upload holds no live lease at `now_ms`.
-    pub async fn old_intents(
-        &self,
-        before_ms: i64,
-        now_ms: i64,
-    ) -> Result<Vec<Intent>, sqlx::Error> {
-        read!(self, old_intents(before_ms, now_ms))
+    /// Intents older than `before_ms` whose upload no live request holds (see the backend's
+    /// `old_intents`; `me`: the collecting instance's key).
+    pub async fn old_intents(&self, before_ms: i64, me: i64) -> Result<Vec<Intent>, sqlx::Error> {
+        read!(self, old_intents(before_ms, me))
     }
 
     /// How many intents exist (tests and audits).
@@ -1678,16 +1705,118 @@ impl Meta {
     /// long as this `Meta` lives, which is how other instances see that this one is alive (the
     /// lock goes when the process dies and its connection with it). On SQLite: nothing.
     pub async fn hold_instance_lock(&self, key: i64) -> Result<(), sqlx::Error> {
+        self.ensure_instance_lock(key, Duration::from_secs(10))
+            .await
+            .map(|_| ())
+    }
+
+    /// Checks, with one round trip bounded by `wait`, that this instance still holds its
+    /// advisory lock, and takes it again if its connection broke (counting a loss: see
+    /// [`Meta::lock_generation`]). Answers the generation the lock is held in. A lock that a
+    /// broken session of ours still holds on the server is an unreachable database until the
+    /// server lets it go. On SQLite: always generation 0.
+    pub async fn ensure_instance_lock(&self, key: i64, wait: Duration) -> Result<u64, sqlx::Error> {
+        use std::sync::atomic::Ordering;
         let Some(opts) = &self.pg_options else {
+            return Ok(0);
+        };
+        let mut held = self.instance_lock.lock().await;
+        if held.as_ref().is_some_and(|(k, _)| *k != key) {
+            // Another identity (tests give one `Meta` several): its lock goes with it.
+            *held = None;
+        }
+        if let Some((_, conn)) = held.as_mut() {
+            let ping = sqlx::query("SELECT 1").execute(&mut *conn);
+            match tokio::time::timeout(wait, ping).await {
+                Ok(Ok(_)) => return Ok(self.lock_generation.load(Ordering::SeqCst)),
+                Ok(Err(e)) => tracing::warn!(error = %e, "lost the instance lock's connection"),
+                Err(_) => tracing::warn!("the instance lock's connection stopped answering"),
+            }
+            // Others may take this instance's leases over from now on.
+            *held = None;
+            self.lock_generation.fetch_add(1, Ordering::SeqCst);
+        }
+        let unreachable = |what: &str| {
+            sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                what.to_string(),
+            ))
+        };
+        let take = async {
+            let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect_with(opts).await?;
+            let (got,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock($1)")
+                .bind(key)
+                .fetch_one(&mut conn)
+                .await?;
+            Ok::<_, sqlx::Error>(got.then_some(conn))
+        };
+        match tokio::time::timeout(wait, take).await {
+            Ok(Ok(Some(conn))) => {
+                *held = Some((key, conn));
+                Ok(self.lock_generation.load(Ordering::SeqCst))
+            }
+            Ok(Ok(None)) => Err(unreachable(
+                "the instance lock is still held by an earlier session of this instance",
+            )),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(unreachable("taking the instance lock timed out")),
+        }
+    }
+
+    /// Asks whichever instance runs an append on upload `id` to stop it (PostgreSQL: a
+    /// notification every instance listens for, see [`Meta::stop_listener`]). On SQLite, one
+    /// instance: nothing to send.
+    pub async fn notify_stop(&self, id: &str) -> Result<(), sqlx::Error> {
+        if let Backend::Postgres(pool) = &self.reads {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(STOP_CHANNEL)
+                .bind(id)
+                .execute(pool)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// PostgreSQL: listens for other instances' stop requests ([`Meta::notify_stop`]) and
+    /// calls `on_stop` with each one's upload id, until [`Meta::close`]. On SQLite: nothing.
+    pub async fn listen_for_stops(
+        &self,
+        on_stop: impl Fn(&str) + Send + 'static,
+    ) -> Result<(), sqlx::Error> {
+        let Backend::Postgres(pool) = &self.reads else {
             return Ok(());
         };
-        let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect_with(opts).await?;
-        sqlx::query("SELECT pg_advisory_lock($1)")
-            .bind(key)
-            .execute(&mut conn)
-            .await?;
-        *self.instance_lock.lock().await = Some(conn);
+        let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
+        listener.listen(STOP_CHANNEL).await?;
+        let task = tokio::spawn(async move {
+            loop {
+                match listener.recv().await {
+                    Ok(n) => on_stop(n.payload()),
+                    Err(sqlx::Error::PoolClosed) => return,
+                    // `recv` connects again on the next call; a request missed meanwhile
+                    // leaves its asker answering busy, as it would without.
+                    Err(e) => {
+                        tracing::warn!(error = %e, "stop requests: the listener failed");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        });
+        let old = self
+            .stop_listener
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(task.abort_handle());
+        if let Some(old) = old {
+            old.abort();
+        }
         Ok(())
+    }
+
+    /// How many times this instance lost its advisory lock (see [`Meta::ensure_instance_lock`]).
+    pub fn lock_generation(&self) -> u64 {
+        self.lock_generation
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub async fn delete_upload(&self, id: &str) -> Result<bool, sqlx::Error> {
@@ -1999,10 +2128,20 @@ mod tests {
             (state(4).parts, state(4).tail, e2)
         );
         // The referenced piece's intent went, the obsolete one's came, in that commit; the
-        // collector leaves it while a live lease may still be writing.
-        assert!(m.old_intents(i64::MAX, 0).await.unwrap().is_empty());
+        // collector leaves it while a live lease may still be writing: valid by the database's
+        // clock, held by a live instance (PostgreSQL: its advisory lock; SQLite: the
+        // collector itself).
+        m.hold_instance_lock(12).await.unwrap();
+        assert!(m.old_intents(i64::MAX, 12).await.unwrap().is_empty());
+        if m.backend_name() == "sqlite" {
+            assert_eq!(
+                m.old_intents(i64::MAX, 99).await.unwrap().len(),
+                1,
+                "SQLite: another owner's lease is a dead process's"
+            );
+        }
         assert!(m.release_lease("l1", e2).await.unwrap());
-        let left = m.old_intents(i64::MAX, 0).await.unwrap();
+        let left = m.old_intents(i64::MAX, 12).await.unwrap();
         assert_eq!(
             left.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(),
             ["uploads/l1/old"]

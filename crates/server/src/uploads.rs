@@ -198,10 +198,72 @@ pub struct Engine {
     /// Set when the store is remote: unfinished uploads keep their bytes there (see
     /// `uploads/remote.rs`) instead of in `partial_dir`.
     remote: Option<RemoteConfig>,
-    /// Remote store: bytes received so far by the append running on each upload (the local
-    /// path's partial file shows the same to a test).
-    in_flight: Mutex<HashMap<String, Arc<std::sync::atomic::AtomicU64>>>,
+    /// The append running on each upload here, to ask it to stop and to see how many bytes
+    /// it received.
+    in_flight: InFlightMap,
 }
+
+/// The appends running on this instance, by upload id (see `Engine::in_flight`).
+pub(crate) type InFlightMap = Arc<Mutex<HashMap<String, Arc<RunningAppend>>>>;
+
+/// One append running on a remote store.
+#[derive(Debug, Default)]
+pub(crate) struct RunningAppend {
+    /// Bytes received so far.
+    pub(crate) received_bytes: std::sync::atomic::AtomicU64,
+    /// Wakes the append to stop as if its client had gone: a newer request for the upload
+    /// asked (a permit is kept when the append is between reads).
+    pub(crate) stop: tokio::sync::Notify,
+}
+
+/// Asks the append running on upload `id` here, if any, to stop (see [`RunningAppend::stop`]).
+pub(crate) fn request_stop(in_flight: &InFlightMap, id: &str) {
+    let map = in_flight.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(running) = map.get(id) {
+        running.stop.notify_one();
+    }
+}
+
+/// Publishes a running append in `Engine::in_flight` while it runs.
+pub(crate) struct InFlight<'a> {
+    engine: &'a Engine,
+    id: String,
+    pub(crate) running: Arc<RunningAppend>,
+}
+
+impl<'a> InFlight<'a> {
+    pub(crate) fn new(engine: &'a Engine, id: &str) -> InFlight<'a> {
+        let running = Arc::new(RunningAppend::default());
+        let mut map = engine.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        map.insert(id.to_string(), running.clone());
+        InFlight {
+            engine,
+            id: id.to_string(),
+            running,
+        }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut map = self
+            .engine
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        // Only this append's entry (a newer one may have replaced it after a stop).
+        if map
+            .get(&self.id)
+            .is_some_and(|r| Arc::ptr_eq(r, &self.running))
+        {
+            map.remove(&self.id);
+        }
+    }
+}
+
+/// How long a request for an upload another request is appending to waits for that one to
+/// stop (it was asked to) before it is answered busy.
+const STOP_WAIT: Duration = Duration::from_secs(5);
 
 pub fn now_unix_ms() -> i64 {
     SystemTime::now()
@@ -306,16 +368,20 @@ impl Engine {
             limits,
             slots: Mutex::new(HashMap::new()),
             remote,
-            in_flight: Mutex::new(HashMap::new()),
+            in_flight: Arc::new(Mutex::new(HashMap::new())),
         })
     }
 
-    /// Bytes the append running on upload `id` has received so far (remote store only; tests
-    /// wait on it as they wait on a local partial file's length).
+    /// Bytes the append running on upload `id` has received so far (tests wait on it).
     pub fn bytes_in_flight(&self, id: &str) -> Option<u64> {
         let map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
         map.get(id)
-            .map(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+            .map(|c| c.received_bytes.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// The appends running here (the listener for other instances' stop requests holds it).
+    pub(crate) fn in_flight(&self) -> InFlightMap {
+        self.in_flight.clone()
     }
 
     /// This instance's lease identity when the store is remote.
@@ -541,21 +607,48 @@ impl Engine {
         body: Body,
     ) -> Result<Outcome, ApiError> {
         self.get(id, user_id).await?;
+        // A newer request takes over: the append running on the upload, here or (remote
+        // store) on another instance, is asked to stop — it keeps what it received, as if its
+        // client had gone: mostly it has, with a connection that would take minutes to time
+        // out — and this one waits for it, a few seconds at most, before it is answered busy.
         let slot = self.slot(id);
-        let slot = slot
-            .try_lock_owned()
-            .map_err(|_| ApiError::Locked { ietf: req.ietf })?;
+        let slot = match slot.clone().try_lock_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                request_stop(&self.in_flight, id);
+                tokio::time::timeout(STOP_WAIT, slot.lock_owned())
+                    .await
+                    .map_err(|_| ApiError::Locked { ietf: req.ietf })?
+            }
+        };
         if self.remote.is_none() {
             return self.append_locked(id, req, body, slot, None).await;
         }
         // One writer across instances: the upload's lease, held until this request ends.
-        let Some(lease) = self.take_lease(id).await? else {
+        let waited_until = tokio::time::Instant::now() + STOP_WAIT;
+        let mut asked = false;
+        let lease = loop {
+            if let Some(lease) = self.take_lease(id).await? {
+                break lease;
+            }
             // Busy on a live instance, or finished (answered below as it always was), or gone.
-            return match self.meta.upload(id).await? {
-                None => Err(ApiError::Gone),
-                Some(r) if r.object_id.is_none() => Err(ApiError::Locked { ietf: req.ietf }),
-                Some(_) => self.append_locked(id, req, body, slot, None).await,
-            };
+            match self.meta.upload(id).await? {
+                None => return Err(ApiError::Gone),
+                Some(r) if r.object_id.is_some() => {
+                    return self.append_locked(id, req, body, slot, None).await;
+                }
+                Some(_) if tokio::time::Instant::now() >= waited_until => {
+                    return Err(ApiError::Locked { ietf: req.ietf });
+                }
+                Some(_) => {}
+            }
+            if !asked {
+                asked = true;
+                if let Err(e) = self.meta.notify_stop(id).await {
+                    tracing::warn!(upload = %id, error = %e, "cannot ask another instance to stop");
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         };
         let r = self.append_locked(id, req, body, slot, Some(&lease)).await;
         self.release_lease(id, lease).await;
@@ -713,8 +806,18 @@ impl Engine {
         let mut block = BytesMut::with_capacity(BLOCK_BYTES);
         let mut stream = body.into_data_stream();
         let mut failure: Option<ApiError> = None;
+        let in_flight = InFlight::new(self, id);
         loop {
-            let next = tokio::time::timeout(self.limits.body_idle_timeout, stream.next()).await;
+            let next = tokio::select! {
+                // A newer request for this upload asked this one to stop: it ends as a cut.
+                () = in_flight.running.stop.notified() => {
+                    failure = Some(ApiError::BodyInterrupted(
+                        "stopped for a newer request for this upload".into(),
+                    ));
+                    break;
+                }
+                next = tokio::time::timeout(self.limits.body_idle_timeout, stream.next()) => next,
+            };
             let chunk = match next {
                 Err(_) => {
                     failure = Some(ApiError::Timeout);
@@ -728,6 +831,10 @@ impl Engine {
                 Ok(Some(Ok(c))) => c,
             };
             received_bytes += chunk.len() as u64;
+            in_flight
+                .running
+                .received_bytes
+                .store(received_bytes, std::sync::atomic::Ordering::Relaxed);
             if received_bytes > room_bytes {
                 failure = Some(if length.is_some_and(|l| start + received_bytes > l) {
                     ApiError::InconsistentLength("body runs past Upload-Length".into())

@@ -221,7 +221,7 @@ fn held_body() -> (tokio::sync::mpsc::Sender<Vec<u8>>, reqwest::Body) {
 }
 
 #[tokio::test]
-async fn concurrent_appends_one_wins_the_other_gets_409_or_423() {
+async fn a_newer_append_stops_the_running_one_which_keeps_its_bytes() {
     let s = open_server().await;
     for tus in [false, true] {
         let loc = if tus {
@@ -270,11 +270,40 @@ async fn concurrent_appends_one_wins_the_other_gets_409_or_423() {
             tokio::task::yield_now().await;
         }
         let r = patch(reqwest::Body::from(vec![9; 5])).await.unwrap();
-        assert_eq!(r.status().as_u16(), if tus { 423 } else { 409 });
-        assert!(r.text().await.unwrap().contains("another request"));
-        tx.send(vec![2; 10]).await.unwrap();
+        // The running append was asked to stop and kept what it had received (its client
+        // still holds the request open): the newer one meets that offset.
+        assert_eq!(r.status().as_u16(), 409, "tus: {tus}");
         drop(tx);
-        let r = first.await.unwrap().unwrap();
+        let r = first.await.unwrap();
+        assert!(!matches!(r, Ok(r) if r.status().is_success()));
+        let r = if tus {
+            s.req("HEAD", &loc).header("tus-resumable", "1.0.0")
+        } else {
+            s.req("HEAD", &loc)
+                .header("upload-draft-interop-version", "8")
+        }
+        .send()
+        .await
+        .unwrap();
+        let at: usize = header(&r, "upload-offset").unwrap().parse().unwrap();
+        assert!(
+            (1 << 20..=1_500_000).contains(&at),
+            "the stopped append kept what it had received: {at}"
+        );
+        let mut rest = vec![1; 1_500_000 - at];
+        rest.extend_from_slice(&[2; 10]);
+        let r = {
+            let req = s.req("PATCH", &loc).header("upload-offset", at.to_string());
+            let req = if tus {
+                req.header("tus-resumable", "1.0.0")
+                    .header("content-type", "application/offset+octet-stream")
+            } else {
+                req.header("upload-draft-interop-version", "8")
+                    .header("content-type", "application/partial-upload")
+                    .header("upload-complete", "?0")
+            };
+            req.body(rest).send().await.unwrap()
+        };
         assert!(r.status().is_success(), "{}", r.status());
         assert_eq!(header(&r, "upload-offset"), Some("1500010"));
     }

@@ -67,50 +67,52 @@ fn piece_key(id: &str, epoch: i64, start: u64) -> String {
 pub struct Lease {
     pub epoch: i64,
     lost: Arc<AtomicBool>,
+    /// Until when, by this process's monotonic clock, the lease is surely still ours: the
+    /// moment the last successful take or renewal was asked plus three quarters of the time
+    /// to live (the database counts the whole time to live from a later moment). Writes to
+    /// the store happen only before it: S3 keeps one part per number, so a holder that slept
+    /// past its lease must not overwrite a part another instance committed meanwhile. (The
+    /// database fences every commit by epoch; this fences the writes that precede a commit.)
+    valid_until: Arc<std::sync::Mutex<std::time::Instant>>,
+    /// The instance lock's generation when the lease was taken: a later one means the lock
+    /// was lost meanwhile, and others may have taken the lease over at once.
+    generation: u64,
     renewer: tokio::task::JoinHandle<()>,
 }
 
 impl Lease {
-    /// True once a renewal found the lease taken over: the holder must stop.
-    fn lost(&self) -> bool {
+    /// True once the lease may be someone else's: a renewal found it taken over, it may have
+    /// run out, or this instance lost its lock meanwhile. The holder must stop writing.
+    fn lost(&self, meta: &crate::meta::Meta) -> bool {
         self.lost.load(Ordering::SeqCst)
+            || meta.lock_generation() != self.generation
+            || self
+                .valid_until
+                .lock()
+                .map_or(true, |until| std::time::Instant::now() >= *until)
     }
+
+    /// How long the lease surely stays ours (zero once [`Lease::lost`] may be true).
+    fn remaining(&self) -> Duration {
+        self.valid_until.lock().map_or(Duration::ZERO, |until| {
+            until.saturating_duration_since(std::time::Instant::now())
+        })
+    }
+}
+
+/// How long a check of the instance lock may take: well inside the margin a lease keeps.
+fn lock_check_wait(ttl: Duration) -> Duration {
+    (ttl / 8).clamp(Duration::from_millis(1), Duration::from_secs(10))
+}
+
+/// The part of a lease's time to live its holder counts on (see [`Lease::valid_until`]).
+fn safe_ttl(ttl: Duration) -> Duration {
+    ttl * 3 / 4
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
         self.renewer.abort();
-    }
-}
-
-/// Publishes an append's received bytes in `Engine::in_flight` while it runs.
-struct InFlight<'a> {
-    engine: &'a Engine,
-    id: String,
-    count: Arc<std::sync::atomic::AtomicU64>,
-}
-
-impl<'a> InFlight<'a> {
-    fn new(engine: &'a Engine, id: &str) -> InFlight<'a> {
-        let count = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let mut map = engine.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-        map.insert(id.to_string(), count.clone());
-        InFlight {
-            engine,
-            id: id.to_string(),
-            count,
-        }
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        let mut map = self
-            .engine
-            .in_flight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        map.remove(&self.id);
     }
 }
 
@@ -132,14 +134,24 @@ impl Engine {
     pub(super) async fn take_lease(&self, id: &str) -> Result<Option<Lease>, ApiError> {
         let cfg = self.remote_config()?;
         let ttl_ms = cfg.lease_ttl.as_millis() as i64;
+        // A lease is worth having only while others can see this instance alive.
+        let generation = self
+            .meta
+            .ensure_instance_lock(cfg.instance_key, lock_check_wait(cfg.lease_ttl))
+            .await?;
+        let asked = std::time::Instant::now();
         let Some(epoch) = self.meta.take_lease(id, cfg.instance_key, ttl_ms).await? else {
             return Ok(None);
         };
         let lost = Arc::new(AtomicBool::new(false));
-        let (meta, id, flag, every) = (
+        let valid_until = Arc::new(std::sync::Mutex::new(asked + safe_ttl(cfg.lease_ttl)));
+        let (meta, id, flag, until, ttl, key, every) = (
             self.meta.clone(),
             id.to_string(),
             lost.clone(),
+            valid_until.clone(),
+            cfg.lease_ttl,
+            cfg.instance_key,
             // A zero time to live (the library API allows it) must not make a zero period.
             (cfg.lease_ttl / 3).max(Duration::from_millis(1)),
         );
@@ -147,14 +159,31 @@ impl Engine {
             let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
             loop {
                 tick.tick().await;
+                let asked = std::time::Instant::now();
+                // The lock first: a renewal is no use to a holder others already see dead.
+                match meta.ensure_instance_lock(key, lock_check_wait(ttl)).await {
+                    Ok(g) if g == generation => {}
+                    Ok(_) => {
+                        flag.store(true, Ordering::SeqCst);
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(upload = %id, error = %e, "cannot check the instance lock");
+                        continue;
+                    }
+                }
                 match meta.renew_lease(&id, epoch, ttl_ms).await {
-                    Ok(true) => {}
+                    Ok(true) => {
+                        if let Ok(mut u) = until.lock() {
+                            *u = asked + safe_ttl(ttl);
+                        }
+                    }
                     Ok(false) => {
                         flag.store(true, Ordering::SeqCst);
                         return;
                     }
-                    // A failed renewal may let the lease run out; every commit is fenced, so
-                    // the worst is a request that fails at its commit.
+                    // A failed renewal lets the lease run out: the holder stops writing at its
+                    // deadline, and every commit is fenced.
                     Err(e) => tracing::warn!(upload = %id, error = %e, "cannot renew a lease"),
                 }
             }
@@ -162,6 +191,8 @@ impl Engine {
         Ok(Some(Lease {
             epoch,
             lost,
+            valid_until,
+            generation,
             renewer,
         }))
     }
@@ -363,12 +394,20 @@ impl Engine {
         let mut hblock = BytesMut::with_capacity(BLOCK_BYTES);
         let mut received_bytes: u64 = 0;
         let mut stream = body.into_data_stream();
-        let in_flight = InFlight::new(self, &id);
+        let in_flight = super::InFlight::new(self, &id);
         let mut failure: Option<ApiError> = None;
         let mut store_error: Option<ApiError> = None;
         loop {
-            let next_chunk =
-                tokio::time::timeout(self.limits.body_idle_timeout, stream.next()).await;
+            let next_chunk = tokio::select! {
+                // A newer request for this upload asked this one to stop: it ends as a cut.
+                () = in_flight.running.stop.notified() => {
+                    failure = Some(ApiError::BodyInterrupted(
+                        "stopped for a newer request for this upload".into(),
+                    ));
+                    break;
+                }
+                next = tokio::time::timeout(self.limits.body_idle_timeout, stream.next()) => next,
+            };
             let c = match next_chunk {
                 Err(_) => {
                     failure = Some(ApiError::Timeout);
@@ -382,7 +421,10 @@ impl Engine {
                 Ok(Some(Ok(c))) => c,
             };
             received_bytes += c.len() as u64;
-            in_flight.count.store(received_bytes, Ordering::Relaxed);
+            in_flight
+                .running
+                .received_bytes
+                .store(received_bytes, Ordering::Relaxed);
             if received_bytes > room_bytes {
                 failure = Some(if length.is_some_and(|l| start + received_bytes > l) {
                     ApiError::InconsistentLength("body runs past Upload-Length".into())
@@ -401,7 +443,15 @@ impl Engine {
             }
             pending.extend_from_slice(&c);
             while tail_size + pending.len() >= PART {
-                if lease.lost() {
+                // Before the tail is read: a stale holder's pieces may be gone already.
+                let holds = match self.still_holds(lease).await {
+                    Ok(h) => h,
+                    Err(e) => {
+                        store_error = Some(e);
+                        break;
+                    }
+                };
+                if !holds {
                     store_error = Some(ApiError::Locked { ietf: req.ietf });
                     break;
                 }
@@ -430,8 +480,11 @@ impl Engine {
                         }
                     };
                     let etag = self
-                        .blobs
-                        .put_part(&data_key(&id), &mpu, next.parts.len(), part)
+                        .fenced(
+                            lease,
+                            self.blobs
+                                .put_part(&data_key(&id), &mpu, next.parts.len(), part),
+                        )
                         .await?;
                     next.parts.push(etag);
                     failpoint::hit("remote.after_part");
@@ -483,12 +536,12 @@ impl Engine {
                 None => None,
             };
             return self
-                .finish_remote(&row, lease.epoch, &next, Some(pending.freeze()), running)
+                .finish_remote(&row, lease, &next, Some(pending.freeze()), running)
                 .await;
         }
 
         if !pending.is_empty() {
-            if lease.lost() {
+            if lease.lost(&self.meta) {
                 return Err(ApiError::Locked { ietf: req.ietf });
             }
             let piece_start = new_offset - pending.len() as u64;
@@ -542,8 +595,41 @@ impl Engine {
             Some(h) => h.await.ok().flatten(),
             None => None,
         };
-        self.finish_remote(&row, lease.epoch, &next, None, running)
+        self.finish_remote(&row, lease, &next, None, running).await
+    }
+
+    /// Whether `lease` is surely still this request's. Others see this instance alive only
+    /// while its lock's connection is: that is checked now, not at the next renewal, as a
+    /// takeover after a lost lock needs no waiting.
+    async fn still_holds(&self, lease: &Lease) -> Result<bool, ApiError> {
+        let cfg = self.remote_config()?;
+        let generation = self
+            .meta
+            .ensure_instance_lock(cfg.instance_key, lock_check_wait(cfg.lease_ttl))
+            .await?;
+        Ok(generation == lease.generation && !lease.lost(&self.meta))
+    }
+
+    /// Runs `write`, a write to the upload's multipart upload, only while `lease` is surely
+    /// still ours, and gives up on it before anyone else could take the lease: S3 keeps the
+    /// last part written under a number and completes whatever list it is given, so a stale
+    /// holder's write could spoil a part or a completion another instance committed. (A write
+    /// whose every byte had reached the store before it was given up may still land; the
+    /// margin of a quarter of the time to live is what covers it.)
+    async fn fenced<T, E: Into<ApiError>>(
+        &self,
+        lease: &Lease,
+        write: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, ApiError> {
+        let lost = || ApiError::Unavailable("this request's hold on the upload ran out".into());
+        if !self.still_holds(lease).await? {
+            return Err(lost());
+        }
+        let margin = self.remote_config()?.lease_ttl / 8;
+        tokio::time::timeout(lease.remaining() + margin, write)
             .await
+            .map_err(|_| lost())?
+            .map_err(Into::into)
     }
 
     /// Makes a remote upload whose every byte is committed (or, with `in_memory`, whose every
@@ -554,7 +640,7 @@ impl Engine {
     pub(super) async fn finish_remote(
         &self,
         row: &UploadRow,
-        epoch: i64,
+        lease: &Lease,
         state: &RemoteState,
         in_memory: Option<Bytes>,
         running: Option<Running>,
@@ -569,10 +655,17 @@ impl Engine {
             if self.blobs.size_of_key(&data).await? != Some(size) {
                 let mut parts = state.parts.clone();
                 if !state.tail.is_empty() {
+                    if !self.still_holds(lease).await? {
+                        return Err(ApiError::Unavailable(
+                            "this request's hold on the upload ran out".into(),
+                        ));
+                    }
                     let last = self.read_pieces(&state.tail).await?.freeze();
-                    parts.push(self.blobs.put_part(&data, mpu, parts.len(), last).await?);
+                    let put = self.blobs.put_part(&data, mpu, parts.len(), last);
+                    parts.push(self.fenced(lease, put).await?);
                 }
-                self.blobs.complete_multipart(&data, mpu, &parts).await?;
+                let done = self.blobs.complete_multipart(&data, mpu, &parts);
+                self.fenced(lease, done).await?;
                 failpoint::hit("remote.after_complete");
             }
             Source::Key(data.clone())
@@ -602,13 +695,13 @@ impl Engine {
         if mismatch(&row.expected_sha256_hex, &sha256_hex)
             || mismatch(&row.expected_blake3_hex, &blake3_hex)
         {
-            self.discard_remote(&id, Some(epoch)).await?;
+            self.discard_remote(&id, Some(lease.epoch)).await?;
             return Err(ApiError::UploadDiscarded(
                 "Repr-Digest does not match the uploaded bytes; the upload was discarded".into(),
             ));
         }
         if let Err(e) = self.check_quota(row.user_id, size, Some(&blake3_hex)).await {
-            self.discard_remote(&id, Some(epoch)).await?;
+            self.discard_remote(&id, Some(lease.epoch)).await?;
             return Err(e);
         }
         match &source {
@@ -624,14 +717,14 @@ impl Engine {
         };
         match self
             .meta
-            .complete_upload_fenced(&id, &object, Some(epoch), cleanup.clone())
+            .complete_upload_fenced(&id, &object, Some(lease.epoch), cleanup.clone())
             .await?
         {
             Ok(true) => {}
             // Taken over (or gone) meanwhile: the object stays for whoever completes it.
             Ok(false) => return Err(ApiError::Locked { ietf: true }),
             Err(q) => {
-                self.discard_remote(&id, Some(epoch)).await?;
+                self.discard_remote(&id, Some(lease.epoch)).await?;
                 return Err(ApiError::QuotaExceeded {
                     used_bytes: q.used_bytes,
                     quota_bytes: q.quota_bytes,
@@ -698,7 +791,7 @@ impl Engine {
                 Some(h) => h.await.ok().flatten(),
                 None => None,
             };
-            self.finish_remote(&row, lease.epoch, &state, None, running)
+            self.finish_remote(&row, &lease, &state, None, running)
                 .await
                 .ok()
                 .map(drop)
@@ -711,7 +804,10 @@ impl Engine {
     /// Collects old intents (see [`INTENT_AGE`]) as if the clock read `now_unix_ms`.
     pub(super) async fn collect_intents(&self, now_unix_ms: i64) -> Result<usize, ApiError> {
         let before = now_unix_ms - INTENT_AGE.as_millis() as i64;
-        let old = self.meta.old_intents(before, now_unix_ms).await?;
+        let old = self
+            .meta
+            .old_intents(before, self.remote_config()?.instance_key)
+            .await?;
         self.clean(old).await
     }
 }
