@@ -3,7 +3,6 @@
 //! server's own digests. The command line's one long-running operation, as a library call
 //! with a live [`Progress`] for displays.
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -236,10 +235,16 @@ pub struct BackupSummary {
     pub already_stored: u64,
     pub failed: u64,
     pub verified: u64,
+    /// What the server lacks, the first [`MISSING_LISTED`] of them (`resources - verified`
+    /// counts them all).
     pub missing: Vec<Missing>,
     pub index_issues: u64,
     pub elapsed_ms: u64,
 }
+
+/// How many missing resources a summary lists by name: enough to act on, and a library that
+/// is all missing does not make a summary the size of the library.
+pub const MISSING_LISTED: usize = 1000;
 
 impl BackupSummary {
     pub fn complete(&self) -> bool {
@@ -285,51 +290,59 @@ fn lock(store: &SharedStore) -> Result<std::sync::MutexGuard<'_, Tracked>, Backu
         .map_err(|_| BackupError::Internal("store lock poisoned".into()))
 }
 
-pub(crate) fn resources_under(
-    store: &SharedStore,
-    roots: &[PathBuf],
-) -> Result<Vec<ferry_store::library::ResourceRecord>, BackupError> {
-    let g = lock(store)?;
-    let mut out = Vec::new();
-    let mut seen = HashSet::new();
-    for root in roots {
-        for r in g.inner.resources_under(root)? {
-            // Nested roots list a resource twice.
-            if seen.insert(r.id.clone()) {
-                out.push(r);
-            }
+/// Resources asked about per round trip while planning: one server check batch.
+const PLAN_PAGE: usize = crate::server::CHECK_BATCH;
+
+/// `roots` without those inside another (a nested root would count its resources twice).
+pub(crate) fn outermost(roots: &[PathBuf]) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = Vec::new();
+    for r in roots {
+        if roots.iter().any(|o| o != r && r.starts_with(o)) || out.contains(r) {
+            continue;
         }
+        out.push(r.clone());
     }
-    Ok(out)
+    out
 }
 
 /// Asks the server which resources under `roots` it lacks: the totals progress shows. (The
-/// extension asks again for itself: it decides what to send.)
+/// extension asks again for itself: it decides what to send.) Page by page: memory stays
+/// flat however large the library.
 pub(crate) async fn plan(
     store: &SharedStore,
     client: &ServerClient,
     roots: &[PathBuf],
     progress: &Progress,
 ) -> Result<(), BackupError> {
-    let resources = resources_under(store, roots)?;
-    let hashes: Vec<String> = resources.iter().map(|r| hex(&r.blake3)).collect();
-    let present = match client.present(&hashes).await {
-        Ok(p) => p,
-        // The totals are for display; a server in trouble now (down, 5xx) leaves them as
-        // they were rather than stopping the backup (the uploads retry on their own).
-        Err(e @ (ServerError::Unreachable { .. } | ServerError::BadResponse { .. })) => {
-            tracing::warn!(error = %e, "could not ask the server what it holds; totals not updated");
-            return Ok(());
-        }
-        Err(e) => return Err(e.into()),
-    };
     let (mut n, mut bytes, mut stored, mut stored_bytes) = (0u64, 0u64, 0u64, 0u64);
-    for r in &resources {
-        n += 1;
-        bytes += r.size;
-        if present.contains(&hex(&r.blake3)) {
-            stored += 1;
-            stored_bytes += r.size;
+    for root in outermost(roots) {
+        let mut after: Option<PathBuf> = None;
+        loop {
+            let page =
+                lock(store)?
+                    .inner
+                    .resource_stats_under_page(&root, after.as_deref(), PLAN_PAGE)?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.path.clone());
+            let hashes: Vec<String> = page.iter().map(|r| hex(&r.blake3)).collect();
+            let present = match client.present(&hashes).await {
+                Ok(p) => p,
+                // The totals are for display; a server in trouble now (down, 5xx) leaves them
+                // as they were rather than stopping the backup (the uploads retry on their own).
+                Err(e @ (ServerError::Unreachable { .. } | ServerError::BadResponse { .. })) => {
+                    tracing::warn!(error = %e, "could not ask the server what it holds; totals not updated");
+                    return Ok(());
+                }
+                Err(e) => return Err(e.into()),
+            };
+            for (r, h) in page.iter().zip(&hashes) {
+                n += 1;
+                bytes += r.size;
+                if present.contains(h) {
+                    stored += 1;
+                    stored_bytes += r.size;
+                }
+            }
         }
     }
     let s = |a: &AtomicU64, v: u64| a.store(v, Ordering::Relaxed);
@@ -337,9 +350,6 @@ pub(crate) async fn plan(
     s(&progress.bytes_total, bytes);
     s(&progress.already_stored, stored);
     s(&progress.already_stored_bytes, stored_bytes);
-    for r in &resources {
-        progress.tally.note_size(&r.id, r.size);
-    }
     // What is still to go, plus what this run already sent (a rescan while watching).
     let sent = Tally::get(&progress.tally.succeeded);
     let sent_bytes = Tally::get(&progress.tally.bytes_succeeded);

@@ -17,7 +17,6 @@
 //! 6. [`wait`]: until the bundled extension is settled (one-shot) or a stop (daemon).
 //! 7. Wind down (host and engine drain), then [`verify`] the bundled extension's work.
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -32,7 +31,7 @@ use ferry_transfer::{Engine, EngineConfig};
 use tokio::sync::{Notify, watch};
 
 use crate::backup::{
-    BackupError, BackupSummary, Missing, Phase, Progress, Target, plan, resources_under, scan_into,
+    BackupError, BackupSummary, Missing, Phase, Progress, Target, plan, scan_into,
 };
 use crate::extension::{self, BundledConsent, ExtensionError};
 use crate::gate::{Gate, drive_engine};
@@ -551,38 +550,56 @@ async fn verify(
     index_issues: u64,
     started: Instant,
 ) -> Result<BackupSummary, BackupError> {
-    let resources = resources_under(shared, roots)?;
-    let hashes: Vec<String> = resources.iter().map(|r| hex(&r.blake3)).collect();
-    let present = b.client.present(&hashes).await?;
     let waiting = progress.decision().and_then(|d| d.wait_reason());
     let mut missing = Vec::new();
-    let mut assets = HashSet::new();
-    let mut bytes = 0;
-    {
-        let g = shared
+    let (mut resources, mut unverified, mut assets, mut bytes) = (0u64, 0u64, 0u64, 0u64);
+    // Page by page, in path order: memory stays flat however large the library.
+    for root in crate::backup::outermost(roots) {
+        assets += shared
             .lock()
-            .map_err(|_| BackupError::Internal("store lock poisoned".into()))?;
-        for (r, h) in resources.iter().zip(&hashes) {
-            assets.insert(r.asset_id.as_str());
-            bytes += r.size;
-            if present.contains(h) {
-                continue;
+            .map_err(|_| BackupError::Internal("store lock poisoned".into()))?
+            .inner
+            .asset_count_under(&root)?;
+        let mut after: Option<PathBuf> = None;
+        loop {
+            let page = shared
+                .lock()
+                .map_err(|_| BackupError::Internal("store lock poisoned".into()))?
+                .inner
+                .resource_stats_under_page(&root, after.as_deref(), crate::server::CHECK_BATCH)?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.path.clone());
+            let hashes: Vec<String> = page.iter().map(|r| hex(&r.blake3)).collect();
+            let present = b.client.present(&hashes).await?;
+            let g = shared
+                .lock()
+                .map_err(|_| BackupError::Internal("store lock poisoned".into()))?;
+            for (r, h) in page.iter().zip(&hashes) {
+                resources += 1;
+                bytes += r.size;
+                if present.contains(h) {
+                    continue;
+                }
+                unverified += 1;
+                if missing.len() >= crate::backup::MISSING_LISTED {
+                    continue;
+                }
+                let last = g
+                    .receipts_for_hash(&ferry_core::ContentHash(r.blake3))?
+                    .into_iter()
+                    .next();
+                let why = match (last.and_then(|rc| rc.error), waiting) {
+                    (Some(code), _) => code.to_string(),
+                    (None, Some(w)) => w.code().to_owned(),
+                    (None, None) => "not_sent".to_owned(),
+                };
+                missing.push(Missing {
+                    path: r.path.clone(),
+                    resource_id: r.id.clone(),
+                    blake3: h.clone(),
+                    why,
+                });
             }
-            let last = g
-                .receipts_for_hash(&ferry_core::ContentHash(r.blake3))?
-                .into_iter()
-                .next();
-            let why = match (last.and_then(|rc| rc.error), waiting) {
-                (Some(code), _) => code.to_string(),
-                (None, Some(w)) => w.code().to_owned(),
-                (None, None) => "not_sent".to_owned(),
-            };
-            missing.push(Missing {
-                path: r.path.clone(),
-                resource_id: r.id.clone(),
-                blake3: h.clone(),
-                why,
-            });
         }
     }
     let snap = progress.snapshot();
@@ -590,14 +607,14 @@ async fn verify(
         dirs: roots.to_vec(),
         server_url: b.url.clone(),
         embedded_server_dir: b.embedded.as_ref().map(|e| e.data_dir.clone()),
-        assets: assets.len() as u64,
-        resources: resources.len() as u64,
+        assets,
+        resources,
         bytes,
         sent: snap.sent,
         bytes_sent: snap.bytes_sent,
         already_stored: snap.already_stored,
         failed: snap.failed,
-        verified: (resources.len() - missing.len()) as u64,
+        verified: resources - unverified,
         missing,
         index_issues,
         elapsed_ms: started.elapsed().as_millis() as u64,

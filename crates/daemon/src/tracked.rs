@@ -22,28 +22,12 @@ pub struct Tally {
     pub succeeded: AtomicU64,
     pub failed: AtomicU64,
     pub bytes_succeeded: AtomicU64,
-    /// Resource sizes by resource id, filled by whoever creates jobs (bytes done on success).
-    sizes: Mutex<HashMap<String, u64>>,
     /// Signalled after every recorded batch of transfer events (one consumer: a stored permit
     /// means no event is lost between a check and the wait).
     pub changed: Notify,
 }
 
 impl Tally {
-    pub fn note_size(&self, resource_id: &str, size_bytes: u64) {
-        if let Ok(mut s) = self.sizes.lock() {
-            s.insert(resource_id.to_owned(), size_bytes);
-        }
-    }
-
-    fn size_of(&self, resource_id: &str) -> u64 {
-        self.sizes
-            .lock()
-            .ok()
-            .and_then(|s| s.get(resource_id).copied())
-            .unwrap_or(0)
-    }
-
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
     }
@@ -106,7 +90,13 @@ impl JobStore for Tracked {
                 }
                 TransferEvent::Finish { .. } if job.state == JobState::Succeeded => {
                     self.tally.succeeded.fetch_add(1, Ordering::Relaxed);
-                    let size = self.tally.size_of(&job.resource_id);
+                    // From the index, not a map of every resource kept for the purpose.
+                    let size = self
+                        .inner
+                        .resource_size(&job.resource_id)
+                        .ok()
+                        .flatten()
+                        .unwrap_or(0);
                     self.tally
                         .bytes_succeeded
                         .fetch_add(size, Ordering::Relaxed);

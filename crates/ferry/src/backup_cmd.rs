@@ -267,8 +267,9 @@ fn report(s: &BackupSummary, json: bool) -> ExitCode {
             m.why
         ));
     }
-    if s.missing.len() > 20 {
-        lines.push(format!("  ... and {} more missing", s.missing.len() - 20));
+    let missing_total = s.resources.saturating_sub(s.verified) as usize;
+    if missing_total > 20 {
+        lines.push(format!("  ... and {} more missing", missing_total - 20));
     }
     if !s.complete() {
         lines.push("  run the same command again to retry; `ferry status` shows what waits".into());

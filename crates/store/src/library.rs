@@ -365,6 +365,50 @@ impl Store {
         rows.map(|r| r.map_err(StoreError::from)).collect()
     }
 
+    /// One page of [`Store::resource_stats_under`] in path order: at most `limit` resources
+    /// at or below `dir` whose path sorts after `after` (from the first when `None`). Walking
+    /// a library page by page keeps a million resources out of memory.
+    pub fn resource_stats_under_page(
+        &self,
+        dir: &Path,
+        after: Option<&Path>,
+        limit: usize,
+    ) -> Result<Vec<ResourceStat>, StoreError> {
+        let (lo, hi) = prefix_range(dir);
+        let from = match after {
+            Some(a) if path_bytes(a) > &lo[..] => path_bytes(a).to_vec(),
+            _ => lo,
+        };
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, asset_id, path, dev, ino, size, mtime_ns, blake3 FROM resources \
+             WHERE path > ?1 AND path < ?2 ORDER BY path LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(
+            params![from, hi, i64::try_from(limit).unwrap_or(i64::MAX)],
+            stat_from_row,
+        )?;
+        rows.map(|r| r.map_err(StoreError::from)).collect()
+    }
+
+    /// How many assets have a resource at or below `dir`.
+    pub fn asset_count_under(&self, dir: &Path) -> Result<u64, StoreError> {
+        let (lo, hi) = prefix_range(dir);
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT COUNT(DISTINCT asset_id) FROM resources WHERE path > ?1 AND path < ?2",
+        )?;
+        let n: i64 = stmt.query_row(params![lo, hi], |row| row.get(0))?;
+        Ok(n.max(0) as u64)
+    }
+
+    /// The size of resource `id`, if it is indexed.
+    pub fn resource_size(&self, id: &str) -> Result<Option<u64>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT size FROM resources WHERE id = ?1")?;
+        let size: Option<i64> = stmt.query_row([id], |row| row.get(0)).optional()?;
+        Ok(size.map(|s| s.max(0) as u64))
+    }
+
     /// The identity stats of the resources directly in `dir` (not below it): what a scan
     /// compares one folder's listing with, without holding the whole library.
     pub fn resource_stats_in_dir(&self, dir: &Path) -> Result<Vec<ResourceStat>, StoreError> {
@@ -846,5 +890,29 @@ mod tests {
                 PathBuf::from("/lib/a/x.jpg")
             ]
         );
+        // Paged, one at a time: the same resources, in the same order, then nothing.
+        let mut paged = Vec::new();
+        let mut after: Option<PathBuf> = None;
+        loop {
+            let page = s
+                .resource_stats_under_page(Path::new("/lib/a"), after.as_deref(), 1)
+                .unwrap();
+            let Some(last) = page.last() else { break };
+            assert_eq!(page.len(), 1);
+            after = Some(last.path.clone());
+            paged.push(last.path.clone());
+        }
+        assert_eq!(paged, under);
+        let all = s
+            .resource_stats_under_page(Path::new("/lib"), None, 10)
+            .unwrap();
+        assert_eq!(all.len(), 4);
+        assert_eq!(s.asset_count_under(Path::new("/lib/a")).unwrap(), 1);
+        assert_eq!(s.asset_count_under(Path::new("/other")).unwrap(), 0);
+        assert_eq!(
+            s.resource_size("r0").unwrap(),
+            Some(rec("r0", "a", "/x").size)
+        );
+        assert_eq!(s.resource_size("nope").unwrap(), None);
     }
 }
