@@ -138,14 +138,22 @@ impl Progress {
     }
 
     pub(crate) fn set_phase(&self, p: Phase) {
-        if let Ok(mut ph) = self.phase.lock() {
+        if let Ok(mut ph) = self.phase.lock()
+            && *ph != p
+        {
             *ph = p;
+            drop(ph);
+            self.tally.bump();
         }
     }
 
     pub(crate) fn set_decision(&self, d: Decision) {
-        if let Ok(mut x) = self.decision.lock() {
+        if let Ok(mut x) = self.decision.lock()
+            && *x != Some(d)
+        {
             *x = Some(d);
+            drop(x);
+            self.tally.bump();
         }
     }
 

@@ -439,9 +439,11 @@ fn wire(
     {
         let mut jobs = host.jobs_changed();
         let engine = engine.clone();
+        let tally = tally.clone();
         tasks.push(tokio::spawn(async move {
             while jobs.changed().await.is_ok() {
                 engine.wake();
+                tally.bump();
             }
         }));
     }
