@@ -1,0 +1,182 @@
+//! The dashboard's markup, written by hand: small enough not to need a template engine, and
+//! every string that comes from the library or an extension goes through [`esc`].
+
+use std::fmt::Write as _;
+
+use super::view::{Card, View};
+
+/// Escapes text for HTML element content and double-quoted attribute values.
+pub fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A complete page around `body` (markup). No inline script or style: the CSP allows neither.
+pub fn document(title: &str, body: &str) -> String {
+    format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+<title>{} · Ferry</title><link rel=\"stylesheet\" href=\"/static/dashboard.css\"></head>\
+<body><main><h1>{}</h1>\n{body}\n</main></body></html>\n",
+        esc(title),
+        esc(title)
+    )
+}
+
+fn csrf_field(csrf: &str) -> String {
+    format!(
+        "<input type=\"hidden\" name=\"csrf\" value=\"{}\">",
+        esc(csrf)
+    )
+}
+
+fn card(out: &mut String, c: &Card, csrf: &str) {
+    let id = esc(&c.id);
+    let _ = write!(
+        out,
+        "<article class=\"card\" aria-labelledby=\"ext-{id}\"><h3 id=\"ext-{id}\">{} <span class=\"id\">({id})</span></h3><dl>",
+        esc(&c.name)
+    );
+    let _ = write!(
+        out,
+        "<dt>Consent</dt><dd class=\"{}\">{}</dd>",
+        if c.enabled { "on" } else { "off" },
+        if c.enabled { "Enabled" } else { "Not enabled" }
+    );
+    if let Some(g) = &c.granted {
+        let _ = write!(out, "<dt>May see</dt><dd>{}</dd>", esc(g));
+    }
+    if let Some(a) = &c.asks {
+        let _ = write!(out, "<dt>Asks to see</dt><dd>{}</dd>", esc(a));
+    }
+    if !c.installed {
+        out.push_str("<dt>Installed</dt><dd>No (its manifest is gone)</dd>");
+    }
+    let _ = write!(out, "<dt>State</dt><dd>{}</dd>", esc(&c.state));
+    if let Some(e) = &c.last_error {
+        let _ = write!(out, "<dt>Last error</dt><dd>{}</dd>", esc(e));
+    }
+    out.push_str("</dl><div class=\"actions\">");
+    if c.installed {
+        let _ = write!(
+            out,
+            "<form method=\"post\" action=\"/extensions/grant\">{}<input type=\"hidden\" name=\"id\" value=\"{id}\"><button type=\"submit\">{}</button></form>",
+            csrf_field(csrf),
+            if c.enabled {
+                "Grant everything it asks for"
+            } else {
+                "Grant"
+            }
+        );
+        let _ = write!(
+            out,
+            "<form method=\"post\" action=\"/extensions/limit\">{}<input type=\"hidden\" name=\"id\" value=\"{id}\">\
+<label for=\"folders-{id}\">Limit to folders (one a line, relative to the library folder or a full path)</label>\
+<textarea id=\"folders-{id}\" name=\"folders\" rows=\"2\">{}</textarea><button type=\"submit\">Limit to these folders</button></form>",
+            csrf_field(csrf),
+            esc(&c.granted_folders.join("\n"))
+        );
+    }
+    if c.enabled {
+        let _ = write!(
+            out,
+            "<form method=\"post\" action=\"/extensions/revoke\">{}<input type=\"hidden\" name=\"id\" value=\"{id}\"><button type=\"submit\" class=\"danger\">Revoke (cancels its waiting uploads)</button></form>",
+            csrf_field(csrf)
+        );
+    }
+    out.push_str("</div></article>");
+}
+
+/// The dashboard page.
+pub fn dashboard(v: &View, csrf: &str) -> String {
+    let mut b = String::new();
+    let _ = write!(
+        b,
+        "<section aria-labelledby=\"verdict-h\"><h2 id=\"verdict-h\" class=\"visually-hidden\">Status</h2>\
+<p id=\"verdict\" class=\"verdict {tone}\" role=\"status\" aria-live=\"polite\" data-tone=\"{tone}\">\
+<span class=\"tone\">{word}</span> <span id=\"verdict-text\">{}</span></p>\
+<p id=\"progress\">{}</p>",
+        esc(&v.verdict),
+        esc(&v.progress_line),
+        tone = v.tone,
+        word = match v.tone {
+            "ok" => "Safe:",
+            "failed" => "Problem:",
+            _ => "Not yet:",
+        }
+    );
+    let _ = write!(
+        b,
+        "<p>Library: {} photos, {} files.</p>",
+        v.library.assets, v.library.resources
+    );
+    if let Some(c) = &v.conditions {
+        let _ = write!(b, "<p>Conditions: {}.</p>", esc(c));
+    }
+    b.push_str("</section>");
+    if !v.failed.is_empty() {
+        b.push_str("<section aria-labelledby=\"failed-h\"><h2 id=\"failed-h\">Failed</h2><ul class=\"files\">");
+        for f in &v.failed {
+            let _ = write!(
+                b,
+                "<li><span class=\"file\">{}</span> — {} <span class=\"ext\">({})</span></li>",
+                esc(&f.file),
+                esc(&f.error),
+                esc(&f.extension)
+            );
+        }
+        b.push_str("</ul></section>");
+    }
+    if !v.waiting.is_empty() {
+        b.push_str("<section aria-labelledby=\"waiting-h\"><h2 id=\"waiting-h\">Waiting</h2>");
+        for g in &v.waiting {
+            let _ = write!(
+                b,
+                "<h3>{} — {}</h3><ul class=\"files\">",
+                g.count,
+                esc(&g.reason)
+            );
+            for f in &g.files {
+                let _ = write!(b, "<li class=\"file\">{}</li>", esc(f));
+            }
+            if (g.files.len() as u64) < g.count {
+                let _ = write!(b, "<li>and {} more</li>", g.count - g.files.len() as u64);
+            }
+            b.push_str("</ul>");
+        }
+        b.push_str("</section>");
+    }
+    b.push_str("<section aria-labelledby=\"ext-h\"><h2 id=\"ext-h\">Extensions</h2>");
+    if v.extensions.is_empty() {
+        b.push_str("<p>No extension is installed.</p>");
+    }
+    for c in &v.extensions {
+        card(&mut b, c, csrf);
+    }
+    b.push_str("</section><script src=\"/static/dashboard.js\"></script>");
+    document("Photo backup", &b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn markup_characters_are_escaped() {
+        assert_eq!(
+            esc("<img src=x onerror=alert(1)>.jpg"),
+            "&lt;img src=x onerror=alert(1)&gt;.jpg"
+        );
+        assert_eq!(esc("a\"b'c&d"), "a&quot;b&#39;c&amp;d");
+    }
+}

@@ -1,0 +1,439 @@
+//! What the dashboard shows, computed from the same reports as `ferry status` and `ferry why`
+//! (crate::report), and what its forms do, through the same consent code as
+//! `ferry extensions enable/disable` (ferry_host::consent). No HTML here: see `html.rs`.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use ferry_core::job::JobState;
+use ferry_core::policy::{Decision, WaitReason};
+use ferry_extension::protocol::Scope;
+use ferry_host::{Grant, HostConfig, HostError, consent, manifest};
+use ferry_store::{Store, StoreError};
+
+use super::DashboardConfig;
+use crate::report::{self, ReportError};
+
+/// At most this many file names are listed per group (the count says how many there are).
+const MAX_LISTED: usize = 50;
+
+/// Waiting files that share one reason.
+#[derive(Debug, Clone)]
+pub struct WaitGroup {
+    /// The reason in plain words.
+    pub reason: String,
+    pub count: u64,
+    pub files: Vec<String>,
+}
+
+/// A file whose upload failed (and was not delivered since).
+#[derive(Debug, Clone)]
+pub struct Failed {
+    pub file: String,
+    pub extension: String,
+    pub error: String,
+}
+
+/// One extension's card.
+#[derive(Debug, Clone)]
+pub struct Card {
+    pub id: String,
+    pub name: String,
+    pub installed: bool,
+    pub enabled: bool,
+    /// What its manifest asks to see.
+    pub asks: Option<String>,
+    /// What the person granted, while enabled.
+    pub granted: Option<String>,
+    /// Folders granted, one a line (pre-fills the limit form).
+    pub granted_folders: Vec<String>,
+    pub state: String,
+    pub last_error: Option<String>,
+}
+
+/// Everything on the page.
+#[derive(Debug, Clone)]
+pub struct View {
+    /// The one sentence: are my photos safe?
+    pub verdict: String,
+    /// `ok`, `waiting` or `failed` (a word beside the sentence, never colour alone).
+    pub tone: &'static str,
+    pub progress_line: String,
+    pub library: report::LibraryTotals,
+    pub conditions: Option<String>,
+    pub waiting: Vec<WaitGroup>,
+    pub failed: Vec<Failed>,
+    pub extensions: Vec<Card>,
+}
+
+/// A waiting reason's code (as in `ferry status`) in plain words.
+pub fn reason_words(code: &str) -> String {
+    match code {
+        "retry_backoff" => "waiting to try again after a failed attempt".to_owned(),
+        "in_flight" => "being uploaded now".to_owned(),
+        "queued" => "queued to upload next".to_owned(),
+        _ => serde_json::from_value::<WaitReason>(serde_json::Value::String(code.to_owned()))
+            .map(|r| r.to_string())
+            .unwrap_or_else(|_| code.replace('_', " ")),
+    }
+}
+
+fn plural(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// The verdict sentence and its tone.
+pub fn verdict(
+    status: &report::Status,
+    waiting: &[WaitGroup],
+    failed: usize,
+    decision: Option<&Decision>,
+) -> (String, &'static str) {
+    let n_waiting: u64 = waiting.iter().map(|g| g.count).sum();
+    if let Some(why) = &status.upload_blocked {
+        return (format!("Not uploading — {why}"), "waiting");
+    }
+    if failed > 0 {
+        let mut s = format!("{failed} failed");
+        if n_waiting > 0 {
+            s.push_str(&format!(" · {n_waiting} waiting"));
+        }
+        return (s, "failed");
+    }
+    if n_waiting > 0 {
+        let reason = match decision {
+            Some(Decision::Wait(r)) => Some(r.to_string()),
+            _ => waiting
+                .iter()
+                .filter(|g| g.reason == reason_words("retry_backoff"))
+                .max_by_key(|g| g.count)
+                .map(|g| g.reason.clone()),
+        };
+        return match reason {
+            Some(r) => (format!("{n_waiting} waiting — {r}"), "waiting"),
+            None => (format!("Backing up — {n_waiting} to go"), "waiting"),
+        };
+    }
+    if status.library.resources == 0 {
+        return ("No photos in the library yet".to_owned(), "waiting");
+    }
+    if status.safe {
+        let n = status.library.assets;
+        return (
+            if n == 1 {
+                "The 1 photo is backed up".to_owned()
+            } else {
+                format!("All {n} photos are backed up")
+            },
+            "ok",
+        );
+    }
+    (
+        format!(
+            "{} not backed up yet — no extension has made an upload for them",
+            plural(status.resources_not_backed_up, "file", "files")
+        ),
+        "waiting",
+    )
+}
+
+fn scope_text(scope: &Scope) -> String {
+    match scope {
+        Scope::Library => "the whole library".to_owned(),
+        Scope::Folders { folders } => format!("only these folders: {}", folders.join(", ")),
+    }
+}
+
+fn display_path(store: &Store, resource_id: &str) -> String {
+    match store.resource(resource_id) {
+        Ok(Some(r)) => ferry_core::path_text::display(&r.path),
+        _ => format!("(resource {resource_id}, no longer in the index)"),
+    }
+}
+
+impl View {
+    pub fn load(cfg: &DashboardConfig) -> Result<View, ReportError> {
+        let store = Store::open(&cfg.state_dir.join("ferry.db"))?;
+        let decision = cfg.progress.decision();
+        let now = crate::backup::now_ms();
+        let status = report::status(&store, decision, now)?;
+        let jobs = report::all_jobs(&store)?;
+        let backoff = report::backoff_until(&store)?;
+        let delivered: HashSet<[u8; 32]> = jobs
+            .iter()
+            .filter(|j| j.state == JobState::Succeeded)
+            .map(|j| j.content_hash.0)
+            .collect();
+        let mut groups: BTreeMap<String, WaitGroup> = BTreeMap::new();
+        let mut failed = Vec::new();
+        for j in &jobs {
+            match j.state {
+                JobState::Registered | JobState::Pending => {
+                    let reason = match decision {
+                        Some(Decision::Wait(r)) => r.to_string(),
+                        _ => reason_words(&report::waiting_reason(
+                            j,
+                            decision.as_ref(),
+                            &backoff,
+                            now,
+                        )),
+                    };
+                    let g = groups.entry(reason.clone()).or_insert(WaitGroup {
+                        reason,
+                        count: 0,
+                        files: Vec::new(),
+                    });
+                    g.count += 1;
+                    if g.files.len() < MAX_LISTED {
+                        g.files.push(display_path(&store, &j.resource_id));
+                    }
+                }
+                JobState::Failed if !delivered.contains(&j.content_hash.0) => {
+                    if failed.len() < MAX_LISTED {
+                        failed.push(Failed {
+                            file: display_path(&store, &j.resource_id),
+                            extension: j.extension.clone(),
+                            error: format!(
+                                "{}{}",
+                                j.error.as_ref().map(|e| e.as_str()).unwrap_or("unknown"),
+                                j.status.map(|s| format!(" (HTTP {s})")).unwrap_or_default()
+                            ),
+                        });
+                    }
+                }
+                _ => {}
+            }
+        }
+        let n_failed = jobs
+            .iter()
+            .filter(|j| j.state == JobState::Failed && !delivered.contains(&j.content_hash.0))
+            .count();
+        let waiting: Vec<WaitGroup> = groups.into_values().collect();
+        let (verdict, tone) = verdict(&status, &waiting, n_failed, decision.as_ref());
+        let snap = cfg.progress.snapshot();
+        let progress_line = if snap.to_send > 0 {
+            format!(
+                "This session: {} of {} sent ({} bytes), {} uploading now",
+                snap.sent, snap.to_send, snap.bytes_sent, snap.in_flight
+            )
+        } else {
+            format!(
+                "{} of {} files backed up",
+                status.resources_backed_up, status.library.resources
+            )
+        };
+        Ok(View {
+            verdict,
+            tone,
+            progress_line,
+            library: status.library,
+            conditions: decision.map(|d| d.to_string()),
+            waiting,
+            failed,
+            extensions: cards(cfg, &store),
+        })
+    }
+}
+
+fn cards(cfg: &DashboardConfig, store: &Store) -> Vec<Card> {
+    let host = HostConfig::new(cfg.extensions_dir.clone(), cfg.state_dir.clone());
+    let (manifests, _) = manifest::load_dirs(&host.manifest_dirs());
+    let consents = store.consents().unwrap_or_default();
+    report::extension_calls(&cfg.state_dir, &cfg.extensions_dir)
+        .into_iter()
+        .map(|s| {
+            let m = manifests.iter().find(|m| m.id == s.id);
+            let c = consents.iter().find(|c| c.id == s.id && c.is_enabled());
+            Card {
+                name: s
+                    .name
+                    .clone()
+                    .or_else(|| m.map(|m| m.name.clone()))
+                    .unwrap_or_else(|| s.id.clone()),
+                installed: s.installed,
+                enabled: s.enabled,
+                asks: m.map(|m| scope_text(&m.scope)),
+                granted: c.map(|c| scope_text(&consent::scope_of(c))),
+                granted_folders: c.and_then(|c| c.folders.clone()).unwrap_or_default(),
+                state: format!("{:?}", s.state).to_lowercase(),
+                last_error: s.last_error.clone(),
+                id: s.id,
+            }
+        })
+        .collect()
+}
+
+/// What a dashboard form asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Everything the manifest asks for (`ferry extensions enable ID`).
+    Grant,
+    /// Only these folders (`ferry extensions enable ID --folder DIR...`).
+    Limit(Vec<String>),
+    /// `ferry extensions disable ID`.
+    Revoke,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ActionError {
+    #[error("no extension {0:?} is installed")]
+    NotInstalled(String),
+    #[error("give at least one folder to limit it to")]
+    NoFolders,
+    #[error(
+        "{0:?} is not a folder of the library; give a folder inside one of its roots (a path, or relative to the root)"
+    )]
+    NotAFolder(String),
+    #[error(transparent)]
+    Host(#[from] HostError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A folder as the consent records it: relative to a library root. Accepts a path inside a
+/// root, or the root-relative form of a folder that exists (any well-formed one while no root
+/// is known yet), as `ferry extensions enable --folder` does.
+pub fn relative_folder(folder: &str, roots: &[PathBuf]) -> Option<String> {
+    let as_text = |rel: &Path| -> Option<String> {
+        let text = rel.to_str()?.trim_end_matches('/').to_owned();
+        manifest::valid_folder(&text).then_some(text)
+    };
+    let p = Path::new(folder);
+    if p.is_absolute() {
+        let real = std::fs::canonicalize(p).ok()?;
+        return roots
+            .iter()
+            .find_map(|r| real.strip_prefix(r).ok())
+            .and_then(as_text);
+    }
+    let text = as_text(p)?;
+    (roots.is_empty() || roots.iter().any(|r| r.join(&text).is_dir())).then_some(text)
+}
+
+/// Records the consent change, durably, as the CLI does; the caller wakes the host.
+pub fn act(cfg: &DashboardConfig, id: &str, action: Action) -> Result<(), ActionError> {
+    let mut store = Store::open(&cfg.state_dir.join("ferry.db"))?;
+    let now = ferry_host::now_ms();
+    let find = || -> Result<_, ActionError> {
+        let host = HostConfig::new(cfg.extensions_dir.clone(), cfg.state_dir.clone());
+        manifest::find_in(&host.manifest_dirs(), id)
+            .map_err(HostError::from)?
+            .ok_or_else(|| ActionError::NotInstalled(id.to_owned()))
+    };
+    match action {
+        Action::Grant => {
+            let m = find()?;
+            consent::enable(&mut store, &m, Grant::requested(&m), now)?;
+        }
+        Action::Limit(folders) => {
+            let m = find()?;
+            if folders.is_empty() {
+                return Err(ActionError::NoFolders);
+            }
+            let roots = store.roots()?;
+            let rel = folders
+                .iter()
+                .map(|f| {
+                    relative_folder(f, &roots).ok_or_else(|| ActionError::NotAFolder(f.clone()))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            consent::enable(&mut store, &m, Grant::requested(&m).with_folders(rel), now)?;
+        }
+        Action::Revoke => {
+            consent::disable(&mut store, id, now)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(assets: u64, resources: u64, backed_up: u64, safe: bool) -> report::Status {
+        report::Status {
+            library: report::LibraryTotals {
+                assets,
+                resources,
+                bytes: 0,
+            },
+            resources_backed_up: backed_up,
+            resources_not_backed_up: resources - backed_up,
+            safe,
+            extensions: Vec::new(),
+            decision: None,
+            daemon: None,
+            extension_calls: Vec::new(),
+            upload_blocked: None,
+        }
+    }
+
+    fn group(code: &str, count: u64) -> WaitGroup {
+        WaitGroup {
+            reason: reason_words(code),
+            count,
+            files: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_verdict_says_safe_waiting_with_its_reason_or_failed() {
+        assert_eq!(
+            verdict(&status(4213, 5000, 5000, true), &[], 0, None).0,
+            "All 4213 photos are backed up"
+        );
+        let on_battery = Decision::Wait(WaitReason::OnBattery);
+        let (s, tone) = verdict(
+            &status(40, 40, 3, false),
+            &[group("on_battery", 37)],
+            0,
+            Some(&on_battery),
+        );
+        assert_eq!(
+            s,
+            format!("37 waiting — {}", WaitReason::OnBattery),
+            "the reason in words"
+        );
+        assert_eq!(tone, "waiting");
+        let (s, tone) = verdict(&status(9, 9, 6, false), &[group("queued", 1)], 3, None);
+        assert_eq!(s, "3 failed · 1 waiting");
+        assert_eq!(tone, "failed");
+        assert_eq!(
+            verdict(&status(9, 9, 6, false), &[group("in_flight", 3)], 0, None).0,
+            "Backing up — 3 to go"
+        );
+        assert_eq!(
+            verdict(&status(0, 0, 0, true), &[], 0, None).0,
+            "No photos in the library yet"
+        );
+    }
+
+    #[test]
+    fn reasons_read_as_words() {
+        assert_eq!(
+            reason_words("on_battery"),
+            WaitReason::OnBattery.to_string()
+        );
+        assert_eq!(reason_words("queued"), "queued to upload next");
+        assert_eq!(reason_words("something_new"), "something new");
+    }
+
+    #[test]
+    fn folders_are_root_relative_and_stay_inside_a_root() {
+        let root = tempfile::tempdir().unwrap();
+        let root_path = std::fs::canonicalize(root.path()).unwrap();
+        std::fs::create_dir_all(root_path.join("Trips/2024")).unwrap();
+        let roots = vec![root_path.clone()];
+        assert_eq!(
+            relative_folder(root_path.join("Trips").to_str().unwrap(), &roots).as_deref(),
+            Some("Trips")
+        );
+        assert_eq!(
+            relative_folder("Trips/2024/", &roots).as_deref(),
+            Some("Trips/2024")
+        );
+        assert_eq!(relative_folder("Nope", &roots), None);
+        assert_eq!(relative_folder("../etc", &roots), None);
+        assert_eq!(relative_folder("/etc", &roots), None);
+    }
+}
