@@ -363,7 +363,7 @@ async fn login(State(d): State<Arc<Dashboard>>, Query(q): Query<LoginQuery>) -> 
         return page(
             StatusCode::UNAUTHORIZED,
             "Login link used or expired",
-            "<p>This login link was already used, has expired (it lasts 60 seconds), or is wrong. Run `ferry dashboard` again for a new one.</p>",
+            "<p>This login link was already used, has expired (it lasts 60 seconds), or is wrong. For a new one, run `ferry dashboard` again.</p>",
         );
     }
     let (id, _) = match d.new_session() {

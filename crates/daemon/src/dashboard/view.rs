@@ -188,18 +188,18 @@ impl View {
                         g.files.push(display_path(&store, &j.resource_id));
                     }
                 }
-                JobState::Failed if !delivered.contains(&j.content_hash.0) => {
-                    if failed.len() < MAX_LISTED {
-                        failed.push(Failed {
-                            file: display_path(&store, &j.resource_id),
-                            extension: j.extension.clone(),
-                            error: format!(
-                                "{}{}",
-                                j.error.as_ref().map(|e| e.as_str()).unwrap_or("unknown"),
-                                j.status.map(|s| format!(" (HTTP {s})")).unwrap_or_default()
-                            ),
-                        });
-                    }
+                JobState::Failed
+                    if !delivered.contains(&j.content_hash.0) && failed.len() < MAX_LISTED =>
+                {
+                    failed.push(Failed {
+                        file: display_path(&store, &j.resource_id),
+                        extension: j.extension.clone(),
+                        error: format!(
+                            "{}{}",
+                            j.error.as_ref().map(|e| e.as_str()).unwrap_or("unknown"),
+                            j.status.map(|s| format!(" (HTTP {s})")).unwrap_or_default()
+                        ),
+                    });
                 }
                 _ => {}
             }
