@@ -790,3 +790,90 @@ fn live_updates_send_the_state_at_once_and_when_a_photo_arrives() {
     let all: Vec<&Value> = first.iter().chain(&later).map(|(_, v)| v).collect();
     assert!(all.windows(2).all(|w| w[0] != w[1]), "{all:?}");
 }
+
+/// Writes one fake sysfs attribute whole (the observer never reads half a value).
+fn sysfs(root: &Path, rel: &str, value: &str) {
+    let path = root.join(rel);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, value).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+}
+
+fn power(root: &Path, plugged: bool) {
+    sysfs(root, "class/power_supply/AC/type", "Mains");
+    sysfs(
+        root,
+        "class/power_supply/AC/online",
+        if plugged { "1" } else { "0" },
+    );
+    sysfs(root, "class/power_supply/BAT0/type", "Battery");
+    sysfs(root, "class/power_supply/BAT0/capacity", "80");
+    sysfs(
+        root,
+        "class/power_supply/BAT0/status",
+        if plugged { "Charging" } else { "Discharging" },
+    );
+}
+
+/// On battery under a policy that wants the charger: the page says so in words, and plugging
+/// in turns the verdict to "backed up" on an open event stream, with no reload.
+#[test]
+fn on_battery_the_verdict_gives_the_reason_and_turns_live_when_plugged_in() {
+    let env = Env::new();
+    let sys = tempfile::tempdir().unwrap();
+    power(sys.path(), false);
+    std::fs::write(
+        env.home.path().join("config.toml"),
+        format!(
+            "[conditions]\nsysfs_root = \"{}\"\nsysfs_poll_ms = 100\n[policy]\nrequire_charging = true\n",
+            sys.path().display()
+        ),
+    )
+    .unwrap();
+    let lib = tempfile::tempdir().unwrap();
+    copy_dir(&fixtures().join("plain"), lib.path());
+    let _daemon = env.daemon(&["--folder", lib.path().to_str().unwrap()]);
+    let status = || json(&env.run(&["status", "--json"]))["status"].clone();
+    wait_for(
+        "the daemon waiting for the charger, the library indexed",
+        || {
+            let s = status();
+            s["decision"]["wait"] == "on_battery" && s["library"]["resources"].as_u64() >= Some(3)
+        },
+    );
+    let s = status();
+    let files = s["library"]["resources"].as_u64().unwrap();
+    assert_eq!(s["resources_backed_up"], 0, "nothing sent on battery: {s}");
+    let assets = s["library"]["assets"].as_u64().unwrap();
+
+    let (port, cookie) = login(&env);
+    let page = http(port, "GET", "/", &[("Cookie", cookie.as_str())], "");
+    let expected = format!("{files} waiting — waiting for the charger (charging required)");
+    assert!(page.body.contains(&expected), "{expected} in {}", page.body);
+    assert!(page.body.contains("Not yet:"), "said in words, not colour");
+
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    write!(
+        s,
+        "GET /events HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nCookie: {cookie}\r\n\r\n"
+    )
+    .unwrap();
+    let mut reader = BufReader::new(s);
+    let first = read_events(
+        &mut reader,
+        Instant::now() + Duration::from_secs(30),
+        |_| true,
+    );
+    assert_eq!(first[0].1["verdict"], expected.as_str());
+    assert_eq!(first[0].1["tone"], "waiting");
+
+    power(sys.path(), true);
+    let done = format!("All {assets} photos are backed up");
+    let later = read_events(&mut reader, Instant::now() + Duration::from_secs(90), |v| {
+        v["verdict"] == done.as_str()
+    });
+    assert_eq!(later.last().unwrap().1["tone"], "ok");
+}

@@ -100,6 +100,18 @@ pub fn verdict(
         }
         return (s, "failed");
     }
+    // Conditions hold everything back: extensions are not called either, so files may wait
+    // with no job made for them yet.
+    if let Some(Decision::Wait(r)) = decision
+        && (n_waiting > 0 || status.resources_not_backed_up > 0)
+    {
+        let n = if n_waiting > 0 {
+            n_waiting
+        } else {
+            status.resources_not_backed_up
+        };
+        return (format!("{n} waiting — {r}"), "waiting");
+    }
     if n_waiting > 0 {
         let reason = match decision {
             Some(Decision::Wait(r)) => Some(r.to_string()),
@@ -395,6 +407,11 @@ mod tests {
             "the reason in words"
         );
         assert_eq!(tone, "waiting");
+        assert_eq!(
+            verdict(&status(40, 40, 3, false), &[], 0, Some(&on_battery)).0,
+            format!("37 waiting — {}", WaitReason::OnBattery),
+            "no job made yet: the files not backed up wait"
+        );
         let (s, tone) = verdict(&status(9, 9, 6, false), &[group("queued", 1)], 3, None);
         assert_eq!(s, "3 failed · 1 waiting");
         assert_eq!(tone, "failed");
