@@ -877,3 +877,32 @@ fn on_battery_the_verdict_gives_the_reason_and_turns_live_when_plugged_in() {
     });
     assert_eq!(later.last().unwrap().1["tone"], "ok");
 }
+
+#[test]
+fn a_configured_port_is_used() {
+    let env = Env::new();
+    // A port free a moment ago (the kernel hands out ephemeral ports in turn, so it stays free).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::fs::write(
+        env.home.path().join("config.toml"),
+        format!("[dashboard]\nport = {port}\n"),
+    )
+    .unwrap();
+    let out = env.run(&["config", "check"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lib = tempfile::tempdir().unwrap();
+    copy_dir(&fixtures().join("plain"), lib.path());
+    let _daemon = env.daemon(&["--folder", lib.path().to_str().unwrap(), "--now"]);
+    let (got, path) = login_url(&env);
+    assert_eq!(got, port);
+    assert_eq!(http(port, "GET", &path, &[], "").code, 303);
+}
