@@ -5,7 +5,8 @@
 //!
 //! **Security** (docs/control-api.md, issue 22): the Host header must name our loopback address
 //! and port (DNS rebinding gets 421); every page needs a session (else 401); a POST needs our
-//! Origin, `Sec-Fetch-Site: same-origin` when sent, and the session's CSRF token (else 403);
+//! Origin (or `null` beside `Sec-Fetch-Site: same-origin`, see `extension_action`),
+//! `Sec-Fetch-Site: same-origin` when sent, and the session's CSRF token (else 403);
 //! every response carries a strict Content-Security-Policy; every string from the library or an
 //! extension is HTML-escaped ([`html::esc`]).
 
@@ -431,13 +432,19 @@ async fn extension_action(
         .and_then(|h| h.to_str().ok())
         .unwrap_or_default();
     let origin = headers.get(header::ORIGIN).and_then(|h| h.to_str().ok());
-    if origin != Some(format!("http://{host}").as_str()) {
-        return forbidden("the request did not come from this dashboard (Origin)");
-    }
-    if let Some(site) = headers.get("sec-fetch-site")
-        && site.as_bytes() != b"same-origin"
-    {
+    let site = headers.get("sec-fetch-site").map(|s| s.as_bytes());
+    if site.is_some_and(|s| s != b"same-origin") {
         return forbidden("the request came from another site (Sec-Fetch-Site)");
+    }
+    // Our pages say `Referrer-Policy: no-referrer`, and under that policy a browser sends
+    // `Origin: null` even on a form posted from our own page (Fetch, "serializing a request
+    // origin"; seen in Chromium). `null` passes only beside `Sec-Fetch-Site: same-origin`,
+    // which the browser sets and no page can forge; a client that sends neither is refused.
+    let ours = format!("http://{host}");
+    let origin_ok = origin == Some(ours.as_str())
+        || (origin == Some("null") && site == Some(b"same-origin".as_slice()));
+    if !origin_ok {
+        return forbidden("the request did not come from this dashboard (Origin)");
     }
     let Ok(Form(form)) = form else {
         return forbidden("the form is missing its token");
@@ -502,6 +509,7 @@ fn live_payload(cfg: &DashboardConfig) -> Option<String> {
         "verdict": v.verdict,
         "tone": v.tone,
         "progress": v.progress_line,
+        "conditions": v.conditions,
     }))
     .ok()
 }
