@@ -533,6 +533,36 @@ fn refused_requests_change_nothing_and_the_forms_change_consent() {
             form.clone(),
         ),
         (
+            "an opaque Origin from another site",
+            403,
+            vec![
+                ("Cookie", cookie.as_str()),
+                ("Origin", "null"),
+                ("Sec-Fetch-Site", "cross-site"),
+            ],
+            form.clone(),
+        ),
+        (
+            "an opaque Origin, the site unknown",
+            403,
+            vec![
+                ("Cookie", cookie.as_str()),
+                ("Origin", "null"),
+                ("Sec-Fetch-Site", "none"),
+            ],
+            form.clone(),
+        ),
+        (
+            "another Origin claiming same-origin",
+            403,
+            vec![
+                ("Cookie", cookie.as_str()),
+                ("Origin", evil_origin.as_str()),
+                ("Sec-Fetch-Site", "same-origin"),
+            ],
+            form.clone(),
+        ),
+        (
             "a cross-site fetch",
             403,
             vec![
@@ -905,4 +935,76 @@ fn a_configured_port_is_used() {
     let (got, path) = login_url(&env);
     assert_eq!(got, port);
     assert_eq!(http(port, "GET", &path, &[], "").code, 303);
+}
+
+/// The dashboard in Debian's Chromium (Playwright, `dashboard_browser.py`; installed by
+/// `scripts/setup.d/dashboard-browser.sh`): the verdict turns from waiting to backed up with no
+/// reload, axe-core finds nothing serious, every request stays on our origin, another origin's
+/// auto-submitted revoke and DNS rebinding are refused, and the revoke button works. Writes
+/// screenshots (desktop and phone, light and dark) to `<target tmp>/dashboard-screenshots`.
+#[test]
+fn in_a_real_chromium() {
+    let tools = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.tools/dashboard-browser");
+    let python = tools.join("bin/python");
+    let axe = tools.join("node_modules/axe-core/axe.min.js");
+    assert!(
+        python.exists() && axe.exists() && Path::new("/usr/bin/chromium").exists(),
+        "Chromium, Playwright or axe-core is not installed: run scripts/setup.d/dashboard-browser.sh"
+    );
+    let env = Env::new();
+    let sys = tempfile::tempdir().unwrap();
+    power(sys.path(), false);
+    std::fs::write(
+        env.home.path().join("config.toml"),
+        format!(
+            "[conditions]\nsysfs_root = \"{}\"\nsysfs_poll_ms = 100\n[policy]\nrequire_charging = true\n",
+            sys.path().display()
+        ),
+    )
+    .unwrap();
+    let lib = tempfile::tempdir().unwrap();
+    copy_dir(&fixtures().join("plain"), lib.path());
+    let _daemon = env.daemon(&["--folder", lib.path().to_str().unwrap()]);
+    wait_for(
+        "the daemon waiting for the charger, the library indexed",
+        || {
+            let s = json(&env.run(&["status", "--json"]))["status"].clone();
+            s["decision"]["wait"] == "on_battery" && s["library"]["resources"].as_u64() >= Some(3)
+        },
+    );
+    let assets = json(&env.run(&["status", "--json"]))["status"]["library"]["assets"]
+        .as_u64()
+        .unwrap();
+    let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    let (port, path) = login_url(&env);
+    let args = serde_json::json!({
+        "login_url": format!("http://127.0.0.1:{port}{path}"),
+        "port": port,
+        "sysfs": sys.path(),
+        "assets": assets,
+        "screenshots": shots,
+        "axe": axe,
+    });
+    let out = Command::new(&python)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/dashboard_browser.py"))
+        .arg(args.to_string())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let found = json(&out);
+    assert_eq!(found["rebinding_status"], 421);
+    // The revoke clicked in the browser is what the CLI sees, and no job waits.
+    let (consent, jobs) = env.consent_and_jobs();
+    assert!(consent["disabled_at_ms"].is_i64(), "{consent}");
+    assert!(
+        jobs.iter()
+            .all(|(_, s, _)| s != "pending" && s != "registered"),
+        "{jobs:?}"
+    );
 }

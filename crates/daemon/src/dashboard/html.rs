@@ -120,9 +120,11 @@ pub fn dashboard(v: &View, csrf: &str) -> String {
         "<p>Library: {} photos, {} files.</p>",
         v.library.assets, v.library.resources
     );
-    if let Some(c) = &v.conditions {
-        let _ = write!(b, "<p>Conditions: {}.</p>", esc(c));
-    }
+    let _ = write!(
+        b,
+        "<p>Conditions: <span id=\"conditions\">{}</span></p>",
+        esc(v.conditions.as_deref().unwrap_or("not known yet"))
+    );
     b.push_str("</section>");
     if !v.failed.is_empty() {
         b.push_str("<section aria-labelledby=\"failed-h\"><h2 id=\"failed-h\">Failed</h2><ul class=\"files\">");

@@ -239,7 +239,10 @@ impl View {
             tone,
             progress_line,
             library: status.library,
-            conditions: decision.map(|d| d.to_string()),
+            conditions: decision.map(|d| match d {
+                Decision::Wait(r) => format!("uploads wait: {r}"),
+                allow => allow.to_string(),
+            }),
             waiting,
             failed,
             extensions: cards(cfg, &store),

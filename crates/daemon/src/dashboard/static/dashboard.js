@@ -5,6 +5,7 @@
   var text = document.getElementById("verdict-text");
   var box = document.getElementById("verdict");
   var progress = document.getElementById("progress");
+  var conditions = document.getElementById("conditions");
   if (!text || !box || !window.EventSource) {
     return;
   }
@@ -26,6 +27,9 @@
     }
     if (progress && typeof state.progress === "string") {
       progress.textContent = state.progress;
+    }
+    if (conditions && typeof state.conditions === "string") {
+      conditions.textContent = state.conditions;
     }
   };
 })();
