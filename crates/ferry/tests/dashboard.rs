@@ -344,6 +344,35 @@ fn the_login_link_works_once_and_opens_a_session_on_the_page() {
 
     // A second `ferry dashboard` reuses the running listener.
     assert_eq!(login_url(&env).0, port);
+
+    // Signing out ends the session (revocable), under the same rules as every POST.
+    let origin = format!("http://127.0.0.1:{port}");
+    let a = http(
+        port,
+        "POST",
+        "/logout",
+        &[("Cookie", cookie.as_str()), ("Origin", origin.as_str())],
+        "csrf=wrong",
+    );
+    assert_eq!(a.code, 403, "{a:?}");
+    assert_eq!(
+        http(port, "GET", "/", &[("Cookie", cookie.as_str())], "").code,
+        200,
+        "a refused sign-out leaves the session"
+    );
+    let a = http(
+        port,
+        "POST",
+        "/logout",
+        &[("Cookie", cookie.as_str()), ("Origin", origin.as_str())],
+        &format!("csrf={}", csrf_of(&page.body)),
+    );
+    assert_eq!(a.code, 200, "{a:?}");
+    a.assert_hardened();
+    assert!(a.header("set-cookie").unwrap().contains("Max-Age=0"));
+    let after = http(port, "GET", "/", &[("Cookie", cookie.as_str())], "");
+    assert_eq!(after.code, 401, "the session is gone");
+    assert!(after.body.contains("run `ferry dashboard`"));
 }
 
 #[test]

@@ -165,7 +165,11 @@ pub fn dashboard(v: &View, csrf: &str) -> String {
     for c in &v.extensions {
         card(&mut b, c, csrf);
     }
-    b.push_str("</section><script src=\"/static/dashboard.js\"></script>");
+    let _ = write!(
+        b,
+        "</section><form method=\"post\" action=\"/logout\" class=\"logout\">{}<button type=\"submit\">Sign out</button></form><script src=\"/static/dashboard.js\"></script>",
+        csrf_field(csrf)
+    );
     document("Photo backup", &b)
 }
 

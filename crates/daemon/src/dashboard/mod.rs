@@ -261,6 +261,7 @@ fn router(d: Arc<Dashboard>) -> Router {
         .route("/login", get(login))
         .route("/events", get(events))
         .route("/extensions/{action}", post(extension_action))
+        .route("/logout", post(logout))
         .route("/static/dashboard.css", get(css))
         .route("/static/dashboard.js", get(js))
         .fallback(not_found)
@@ -416,16 +417,18 @@ struct ActionForm {
     folders: Option<String>,
 }
 
-/// Grant, limit or revoke, from a form. Checked in order: session (401), then where the
-/// request comes from (403), then the CSRF token (403); nothing changes before all pass.
-async fn extension_action(
-    State(d): State<Arc<Dashboard>>,
-    axum::extract::Path(action): axum::extract::Path<String>,
-    headers: HeaderMap,
-    form: Result<Form<ActionForm>, FormRejection>,
-) -> Response {
-    let Some(session) = d.session(&headers) else {
-        return no_session();
+/// Whether a POST may act: a session (else 401), then where it comes from (403), then the
+/// session's CSRF token (403). Checked before anything changes.
+fn post_allowed(
+    d: &Dashboard,
+    headers: &HeaderMap,
+    form: &Result<Form<ActionForm>, FormRejection>,
+) -> Result<String, Response> {
+    let Some(id) = cookie_value(headers, &d.cookie) else {
+        return Err(no_session());
+    };
+    let Some(session) = d.session(headers) else {
+        return Err(no_session());
     };
     let host = headers
         .get(header::HOST)
@@ -434,7 +437,9 @@ async fn extension_action(
     let origin = headers.get(header::ORIGIN).and_then(|h| h.to_str().ok());
     let site = headers.get("sec-fetch-site").map(|s| s.as_bytes());
     if site.is_some_and(|s| s != b"same-origin") {
-        return forbidden("the request came from another site (Sec-Fetch-Site)");
+        return Err(forbidden(
+            "the request came from another site (Sec-Fetch-Site)",
+        ));
     }
     // Our pages say `Referrer-Policy: no-referrer`, and under that policy a browser sends
     // `Origin: null` even on a form posted from our own page (Fetch, "serializing a request
@@ -444,18 +449,58 @@ async fn extension_action(
     let origin_ok = origin == Some(ours.as_str())
         || (origin == Some("null") && site == Some(b"same-origin".as_slice()));
     if !origin_ok {
-        return forbidden("the request did not come from this dashboard (Origin)");
+        return Err(forbidden(
+            "the request did not come from this dashboard (Origin)",
+        ));
+    }
+    let csrf = form.as_ref().ok().and_then(|f| f.csrf.as_deref());
+    if !csrf.is_some_and(|t| same_secret(t, &session.csrf)) {
+        return Err(forbidden("the form's token is missing or wrong"));
+    }
+    Ok(id)
+}
+
+/// Ends this browser's session (the cookie is forgotten too); `ferry dashboard` makes a new one.
+async fn logout(
+    State(d): State<Arc<Dashboard>>,
+    headers: HeaderMap,
+    form: Result<Form<ActionForm>, FormRejection>,
+) -> Response {
+    let id = match post_allowed(&d, &headers, &form) {
+        Ok(id) => id,
+        Err(refused) => return refused,
+    };
+    d.sessions
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&id);
+    let mut resp = page(
+        StatusCode::OK,
+        "Signed out",
+        "<p>Signed out. To open the dashboard again, run `ferry dashboard`.</p>",
+    );
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "{}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0",
+        d.cookie
+    )) {
+        resp.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    resp
+}
+
+/// Grant, limit or revoke, from a form; nothing changes unless [`post_allowed`].
+async fn extension_action(
+    State(d): State<Arc<Dashboard>>,
+    axum::extract::Path(action): axum::extract::Path<String>,
+    headers: HeaderMap,
+    form: Result<Form<ActionForm>, FormRejection>,
+) -> Response {
+    if let Err(refused) = post_allowed(&d, &headers, &form) {
+        return refused;
     }
     let Ok(Form(form)) = form else {
         return forbidden("the form is missing its token");
     };
-    if !form
-        .csrf
-        .as_deref()
-        .is_some_and(|t| same_secret(t, &session.csrf))
-    {
-        return forbidden("the form's token is missing or wrong");
-    }
     let Some(id) = form.id else {
         return page(
             StatusCode::BAD_REQUEST,
