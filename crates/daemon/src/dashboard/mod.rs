@@ -417,18 +417,34 @@ struct ActionForm {
     folders: Option<String>,
 }
 
+/// Why a POST may not act.
+#[derive(Debug)]
+enum Refused {
+    NoSession,
+    Forbidden(&'static str),
+}
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        match self {
+            Refused::NoSession => no_session(),
+            Refused::Forbidden(why) => forbidden(why),
+        }
+    }
+}
+
 /// Whether a POST may act: a session (else 401), then where it comes from (403), then the
 /// session's CSRF token (403). Checked before anything changes.
 fn post_allowed(
     d: &Dashboard,
     headers: &HeaderMap,
     form: &Result<Form<ActionForm>, FormRejection>,
-) -> Result<String, Response> {
+) -> Result<String, Refused> {
     let Some(id) = cookie_value(headers, &d.cookie) else {
-        return Err(no_session());
+        return Err(Refused::NoSession);
     };
     let Some(session) = d.session(headers) else {
-        return Err(no_session());
+        return Err(Refused::NoSession);
     };
     let host = headers
         .get(header::HOST)
@@ -437,7 +453,7 @@ fn post_allowed(
     let origin = headers.get(header::ORIGIN).and_then(|h| h.to_str().ok());
     let site = headers.get("sec-fetch-site").map(|s| s.as_bytes());
     if site.is_some_and(|s| s != b"same-origin") {
-        return Err(forbidden(
+        return Err(Refused::Forbidden(
             "the request came from another site (Sec-Fetch-Site)",
         ));
     }
@@ -449,13 +465,13 @@ fn post_allowed(
     let origin_ok = origin == Some(ours.as_str())
         || (origin == Some("null") && site == Some(b"same-origin".as_slice()));
     if !origin_ok {
-        return Err(forbidden(
+        return Err(Refused::Forbidden(
             "the request did not come from this dashboard (Origin)",
         ));
     }
     let csrf = form.as_ref().ok().and_then(|f| f.csrf.as_deref());
     if !csrf.is_some_and(|t| same_secret(t, &session.csrf)) {
-        return Err(forbidden("the form's token is missing or wrong"));
+        return Err(Refused::Forbidden("the form's token is missing or wrong"));
     }
     Ok(id)
 }
@@ -468,7 +484,7 @@ async fn logout(
 ) -> Response {
     let id = match post_allowed(&d, &headers, &form) {
         Ok(id) => id,
-        Err(refused) => return refused,
+        Err(refused) => return refused.into_response(),
     };
     d.sessions
         .lock()
@@ -496,7 +512,7 @@ async fn extension_action(
     form: Result<Form<ActionForm>, FormRejection>,
 ) -> Response {
     if let Err(refused) = post_allowed(&d, &headers, &form) {
-        return refused;
+        return refused.into_response();
     }
     let Ok(Form(form)) = form else {
         return forbidden("the form is missing its token");
