@@ -1037,3 +1037,54 @@ fn in_a_real_chromium() {
         "{jobs:?}"
     );
 }
+
+/// Uploads held to a trickle by the policy's bandwidth cap: while they go, the page lists the
+/// waiting files under their reason (a markup file name escaped), and then says all is safe.
+#[test]
+fn waiting_files_are_listed_under_their_reason() {
+    let env = Env::new();
+    let sys = tempfile::tempdir().unwrap();
+    power(sys.path(), true);
+    std::fs::write(
+        env.home.path().join("config.toml"),
+        format!(
+            "[conditions]\nsysfs_root = \"{}\"\n[policy]\nbandwidth_cap_bytes_per_s = 400\n",
+            sys.path().display()
+        ),
+    )
+    .unwrap();
+    let lib = tempfile::tempdir().unwrap();
+    copy_dir(&fixtures().join("plain"), lib.path());
+    let a_jpeg = std::fs::read_dir(lib.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("jpg")))
+        .unwrap();
+    // Other bytes than its source, so it is a job of its own.
+    let mut bytes = std::fs::read(&a_jpeg).unwrap();
+    bytes.extend_from_slice(b"different tail");
+    std::fs::write(lib.path().join(XSS_NAME), bytes).unwrap();
+    let _daemon = env.daemon(&["--folder", lib.path().to_str().unwrap()]);
+    let (port, cookie) = login(&env);
+    let mut seen = String::new();
+    wait_for("the waiting files listed", || {
+        seen = http(port, "GET", "/", &[("Cookie", cookie.as_str())], "").body;
+        seen.contains("<h2 id=\"waiting-h\">Waiting</h2>")
+            && seen.contains("&lt;img src=x onerror=alert(1)&gt;.jpg")
+    });
+    assert!(!seen.contains("<img"), "{seen}");
+    assert!(
+        ["being uploaded now", "queued to upload next"]
+            .iter()
+            .any(|r| seen.contains(r)),
+        "a reason in words: {seen}"
+    );
+    let assets = json(&env.run(&["status", "--json"]))["status"]["library"]["assets"]
+        .as_u64()
+        .unwrap();
+    wait_for("everything backed up", || {
+        http(port, "GET", "/", &[("Cookie", cookie.as_str())], "")
+            .body
+            .contains(&format!("All {assets} photos are backed up"))
+    });
+}
