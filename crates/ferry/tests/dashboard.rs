@@ -490,6 +490,36 @@ fn refused_requests_change_nothing_and_the_forms_change_consent() {
         "the verdict: {}",
         page.body
     );
+    assert!(
+        page.body.contains("<h2 id=\"history-h\">History</h2>")
+            && page.body.contains("<td>failed ("),
+        "the receipts are listed: {}",
+        page.body
+    );
+    // The markup-named file links to its `why` page, which escapes it too.
+    let name_at = page
+        .body
+        .find("&lt;img src=x onerror=alert(1)&gt;.jpg")
+        .unwrap();
+    let href_at = page.body[..name_at].rfind("href=\"/why?asset=").unwrap() + 6;
+    let href = &page.body[href_at..href_at + page.body[href_at..].find('"').unwrap()];
+    let why = http(port, "GET", href, &[("Cookie", cookie.as_str())], "");
+    assert_eq!(why.code, 200, "{why:?}");
+    why.assert_hardened();
+    assert!(why.body.contains("&lt;img src=x onerror=alert(1)&gt;.jpg"));
+    assert!(!why.body.contains("<img"), "{}", why.body);
+    assert!(why.body.contains("<strong>failed</strong>"), "{}", why.body);
+    assert_eq!(http(port, "GET", href, &[], "").code, 401);
+    let missing = http(
+        port,
+        "GET",
+        "/why?asset=%3Cb%3Ex",
+        &[("Cookie", cookie.as_str())],
+        "",
+    );
+    assert_eq!(missing.code, 404);
+    assert!(missing.body.contains("&lt;b&gt;x") && !missing.body.contains("<b>x"));
+
     let csrf = csrf_of(&page.body);
     let origin = format!("http://127.0.0.1:{port}");
     let form = format!("id=bundled&csrf={csrf}");
@@ -701,6 +731,30 @@ fn refused_requests_change_nothing_and_the_forms_change_consent() {
     assert_eq!(a.code, 303, "{a:?}");
     let (consent, _) = env.consent_and_jobs();
     assert_eq!(consent["scope"]["folders"], serde_json::json!(["plain"]));
+    // A new photo elsewhere is outside the consent's scope, and its `why` page says so.
+    copy_dir(&fixtures().join("live"), &lib.path().join("elsewhere"));
+    let mut asset = None;
+    wait_for("the new photo indexed", || {
+        let out = env.run(&["library", "ls", "--json"]);
+        asset = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|a| a.to_string().contains("elsewhere"))
+            .and_then(|a| a["id"].as_str().map(str::to_owned));
+        asset.is_some()
+    });
+    let why = http(
+        port,
+        "GET",
+        &format!("/why?asset={}", asset.unwrap()),
+        &[("Cookie", cookie.as_str())],
+        "",
+    );
+    assert!(
+        why.body.contains("<strong>outside scope</strong>"),
+        "{}",
+        why.body
+    );
     // A folder outside the library: refused with the reason, consent as it was.
     let a = http(
         port,

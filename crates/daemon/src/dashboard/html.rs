@@ -3,7 +3,33 @@
 
 use std::fmt::Write as _;
 
-use super::view::{Card, View};
+use super::view::{Card, FileRef, View};
+use crate::report::Why;
+
+/// A file's path, linked to its `why` page when its asset is known.
+fn file_link(f: &FileRef) -> String {
+    match &f.asset_id {
+        Some(a) => format!(
+            "<a class=\"file\" href=\"/why?asset={}\">{}</a>",
+            esc(&url_component(a)),
+            esc(&f.path)
+        ),
+        None => format!("<span class=\"file\">{}</span>", esc(&f.path)),
+    }
+}
+
+/// Percent-encodes everything but unreserved characters (RFC 3986).
+fn url_component(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
 
 /// Escapes text for HTML element content and double-quoted attribute values.
 pub fn esc(s: &str) -> String {
@@ -131,8 +157,8 @@ pub fn dashboard(v: &View, csrf: &str) -> String {
         for f in &v.failed {
             let _ = write!(
                 b,
-                "<li><span class=\"file\">{}</span> — {} <span class=\"ext\">({})</span></li>",
-                esc(&f.file),
+                "<li>{} — {} <span class=\"ext\">({})</span></li>",
+                file_link(&f.file),
                 esc(&f.error),
                 esc(&f.extension)
             );
@@ -149,7 +175,7 @@ pub fn dashboard(v: &View, csrf: &str) -> String {
                 esc(&g.reason)
             );
             for f in &g.files {
-                let _ = write!(b, "<li class=\"file\">{}</li>", esc(f));
+                let _ = write!(b, "<li>{}</li>", file_link(f));
             }
             if (g.files.len() as u64) < g.count {
                 let _ = write!(b, "<li>and {} more</li>", g.count - g.files.len() as u64);
@@ -165,12 +191,56 @@ pub fn dashboard(v: &View, csrf: &str) -> String {
     for c in &v.extensions {
         card(&mut b, c, csrf);
     }
+    b.push_str(
+        "</section><section aria-labelledby=\"history-h\"><h2 id=\"history-h\">History</h2>",
+    );
+    if v.history.is_empty() {
+        b.push_str("<p>Nothing was sent yet.</p>");
+    } else {
+        b.push_str("<table><thead><tr><th scope=\"col\">When</th><th scope=\"col\">File</th><th scope=\"col\">Outcome</th><th scope=\"col\">Extension</th></tr></thead><tbody>");
+        for h in &v.history {
+            let _ = write!(
+                b,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&h.when),
+                file_link(&h.file),
+                esc(&h.outcome),
+                esc(&h.extension)
+            );
+        }
+        b.push_str("</tbody></table>");
+    }
     let _ = write!(
         b,
         "</section><form method=\"post\" action=\"/logout\" class=\"logout\">{}<button type=\"submit\">Sign out</button></form><script src=\"/static/dashboard.js\"></script>",
         csrf_field(csrf)
     );
     document("Photo backup", &b)
+}
+
+/// One asset's `why`: each resource, its verdict, and what each extension did with it.
+pub fn why_page(w: &Why) -> String {
+    let mut b = String::from("<p><a href=\"/\">Back to the dashboard</a></p>");
+    for r in &w.resources {
+        let _ = write!(
+            b,
+            "<section class=\"card\"><h2 class=\"file\">{}</h2><p><strong>{}</strong>: {}</p><ul>",
+            esc(&ferry_core::path_text::display(&r.path)),
+            esc(&r.verdict.replace('_', " ")),
+            esc(&r.explanation)
+        );
+        for e in &r.by_extension {
+            let _ = write!(
+                b,
+                "<li>{}: <strong>{}</strong> — {}</li>",
+                esc(&e.extension),
+                esc(&e.verdict.replace('_', " ")),
+                esc(&e.explanation)
+            );
+        }
+        b.push_str("</ul></section>");
+    }
+    document("Why this photo is (not) backed up", &b)
 }
 
 #[cfg(test)]
@@ -184,5 +254,7 @@ mod tests {
             "&lt;img src=x onerror=alert(1)&gt;.jpg"
         );
         assert_eq!(esc("a\"b'c&d"), "a&quot;b&#39;c&amp;d");
+        assert_eq!(url_component("01a-b_c.d~"), "01a-b_c.d~");
+        assert_eq!(url_component("a b&c\"<"), "a%20b%26c%22%3C");
     }
 }

@@ -260,6 +260,7 @@ fn router(d: Arc<Dashboard>) -> Router {
         .route("/", get(index))
         .route("/login", get(login))
         .route("/events", get(events))
+        .route("/why", get(why))
         .route("/extensions/{action}", post(extension_action))
         .route("/logout", post(logout))
         .route("/static/dashboard.css", get(css))
@@ -400,6 +401,57 @@ async fn index(State(d): State<Arc<Dashboard>>, headers: HeaderMap) -> Response 
                 "<p>Cannot read Ferry's state: {}</p>",
                 html::esc(&e.to_string())
             ),
+        ),
+        Err(e) => page(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Error",
+            &format!("<p>{}</p>", html::esc(&e.to_string())),
+        ),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct WhyQuery {
+    asset: Option<String>,
+}
+
+/// `ferry why ASSET` as a page.
+async fn why(
+    State(d): State<Arc<Dashboard>>,
+    headers: HeaderMap,
+    Query(q): Query<WhyQuery>,
+) -> Response {
+    if d.session(&headers).is_none() {
+        return no_session();
+    }
+    let Some(asset) = q.asset else {
+        return page(
+            StatusCode::BAD_REQUEST,
+            "Which photo?",
+            "<p>No asset named. <a href=\"/\">Back to the dashboard</a></p>",
+        );
+    };
+    let db = d.config.state_dir.join("ferry.db");
+    let decision = d.config.progress.decision();
+    let r = tokio::task::spawn_blocking(move || {
+        let store = ferry_store::Store::open(&db)?;
+        crate::report::why(&store, &asset, decision, crate::backup::now_ms())
+    })
+    .await;
+    match r {
+        Ok(Ok(w)) => (StatusCode::OK, Html(html::why_page(&w))).into_response(),
+        Ok(Err(e @ crate::report::ReportError::NoSuchAsset(_))) => page(
+            StatusCode::NOT_FOUND,
+            "No such photo",
+            &format!(
+                "<p>{}</p><p><a href=\"/\">Back to the dashboard</a></p>",
+                html::esc(&e.to_string())
+            ),
+        ),
+        Ok(Err(e)) => page(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Error",
+            &format!("<p>{}</p>", html::esc(&e.to_string())),
         ),
         Err(e) => page(
             StatusCode::INTERNAL_SERVER_ERROR,

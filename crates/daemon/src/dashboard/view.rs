@@ -23,13 +23,30 @@ pub struct WaitGroup {
     /// The reason in plain words.
     pub reason: String,
     pub count: u64,
-    pub files: Vec<String>,
+    pub files: Vec<FileRef>,
+}
+
+/// A file as shown: its path for people, its asset for the `why` page.
+#[derive(Debug, Clone)]
+pub struct FileRef {
+    pub path: String,
+    pub asset_id: Option<String>,
+}
+
+/// One receipt: what became of an upload that was let go of.
+#[derive(Debug, Clone)]
+pub struct HistoryRow {
+    pub when: String,
+    pub file: FileRef,
+    pub extension: String,
+    /// `succeeded`, `failed` or `cancelled`, with the error if any.
+    pub outcome: String,
 }
 
 /// A file whose upload failed (and was not delivered since).
 #[derive(Debug, Clone)]
 pub struct Failed {
-    pub file: String,
+    pub file: FileRef,
     pub extension: String,
     pub error: String,
 }
@@ -64,6 +81,8 @@ pub struct View {
     pub waiting: Vec<WaitGroup>,
     pub failed: Vec<Failed>,
     pub extensions: Vec<Card>,
+    /// The newest receipts first.
+    pub history: Vec<HistoryRow>,
 }
 
 /// A waiting reason's code (as in `ferry status`) in plain words.
@@ -156,12 +175,28 @@ fn scope_text(scope: &Scope) -> String {
     }
 }
 
-fn display_path(store: &Store, resource_id: &str) -> String {
+fn display_path(store: &Store, resource_id: &str) -> FileRef {
     match store.resource(resource_id) {
-        Ok(Some(r)) => ferry_core::path_text::display(&r.path),
-        _ => format!("(resource {resource_id}, no longer in the index)"),
+        Ok(Some(r)) => FileRef {
+            path: ferry_core::path_text::display(&r.path),
+            asset_id: Some(r.asset_id),
+        },
+        _ => FileRef {
+            path: format!("(resource {resource_id}, no longer in the index)"),
+            asset_id: None,
+        },
     }
 }
+
+/// Milliseconds since the epoch as people read them (UTC: the daemon may not know the zone).
+pub fn when(ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(ms)
+        .map(|t| t.strftime("%Y-%m-%d %H:%M UTC").to_string())
+        .unwrap_or_else(|_| format!("{ms} ms"))
+}
+
+/// How many receipts the page lists.
+const HISTORY_ROWS: usize = 20;
 
 impl View {
     pub fn load(cfg: &DashboardConfig) -> Result<View, ReportError> {
@@ -246,6 +281,18 @@ impl View {
             waiting,
             failed,
             extensions: cards(cfg, &store),
+            history: report::history(&store, HISTORY_ROWS, 0)?
+                .into_iter()
+                .map(|r| HistoryRow {
+                    when: when(r.finished_ms.unwrap_or(r.acknowledged_ms)),
+                    file: display_path(&store, &r.resource_id),
+                    extension: r.extension,
+                    outcome: match &r.error {
+                        Some(e) => format!("{} ({})", r.state.as_str(), e.as_str()),
+                        None => r.state.as_str().to_owned(),
+                    },
+                })
+                .collect(),
         })
     }
 }
