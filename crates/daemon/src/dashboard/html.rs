@@ -93,7 +93,8 @@ fn card(out: &mut String, c: &Card, csrf: &str) {
         let _ = write!(out, "<dt>Last error</dt><dd>{}</dd>", esc(e));
     }
     out.push_str("</dl><div class=\"actions\">");
-    if c.installed {
+    // Granting again is offered while it is off, or limited to fewer folders than it asks.
+    if c.installed && (!c.enabled || !c.granted_folders.is_empty()) {
         let _ = write!(
             out,
             "<form method=\"post\" action=\"/extensions/grant\">{}<input type=\"hidden\" name=\"id\" value=\"{id}\"><button type=\"submit\">{}</button></form>",
@@ -104,6 +105,8 @@ fn card(out: &mut String, c: &Card, csrf: &str) {
                 "Grant"
             }
         );
+    }
+    if c.installed {
         let _ = write!(
             out,
             "<form method=\"post\" action=\"/extensions/limit\">{}<input type=\"hidden\" name=\"id\" value=\"{id}\">\
@@ -195,7 +198,7 @@ pub fn dashboard(v: &View, csrf: &str) -> String {
         "</section><section aria-labelledby=\"history-h\"><h2 id=\"history-h\">History</h2>",
     );
     if v.history.is_empty() {
-        b.push_str("<p>Nothing was sent yet.</p>");
+        b.push_str("<p>No finished upload recorded yet.</p>");
     } else {
         b.push_str("<table><thead><tr><th scope=\"col\">When</th><th scope=\"col\">File</th><th scope=\"col\">Outcome</th><th scope=\"col\">Extension</th></tr></thead><tbody>");
         for h in &v.history {
