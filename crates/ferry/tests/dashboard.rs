@@ -1141,4 +1141,10 @@ fn waiting_files_are_listed_under_their_reason() {
             .body
             .contains(&format!("All {assets} photos are backed up"))
     });
+    // Once the extension let go of its jobs (receipts), the day's sparkline shows the bytes.
+    wait_for("the receipts in the sparkline", || {
+        let page = http(port, "GET", "/", &[("Cookie", cookie.as_str())], "").body;
+        page.contains("<svg role=\"img\" aria-label=\"Sent in the last 24 hours: ")
+            && !page.contains("Sent in the last 24 hours: 0 bytes")
+    });
 }

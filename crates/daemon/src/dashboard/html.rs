@@ -47,6 +47,49 @@ pub fn esc(s: &str) -> String {
     out
 }
 
+/// A byte count for people (1 KB = 1000 bytes, as file managers on Linux show).
+pub fn bytes_text(n: u64) -> String {
+    const UNITS: [&str; 5] = ["bytes", "KB", "MB", "GB", "TB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1000.0 && u < UNITS.len() - 1 {
+        v /= 1000.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} bytes")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// The last day's throughput as an inline SVG line, oldest hour at the left, with the same
+/// facts in words beside it (a screen reader reads the label; nothing is in colour alone).
+pub fn sparkline(hourly: &[u64; 24]) -> String {
+    let (w, h) = (240.0_f64, 40.0_f64);
+    let max = hourly.iter().copied().max().unwrap_or(0).max(1) as f64;
+    let points: Vec<String> = hourly
+        .iter()
+        .enumerate()
+        .map(|(i, &b)| {
+            let x = i as f64 * w / 23.0;
+            let y = h - 2.0 - (b as f64 / max) * (h - 4.0);
+            format!("{x:.1},{y:.1}")
+        })
+        .collect();
+    let total: u64 = hourly.iter().sum();
+    let busiest = hourly.iter().copied().max().unwrap_or(0);
+    let words = format!(
+        "Sent in the last 24 hours: {}; busiest hour: {}",
+        bytes_text(total),
+        bytes_text(busiest)
+    );
+    format!(
+        "<figure class=\"sparkline\"><svg role=\"img\" aria-label=\"{words}\" viewBox=\"0 0 {w} {h}\" width=\"{w}\" height=\"{h}\"><polyline fill=\"none\" stroke=\"currentColor\" stroke-width=\"2\" points=\"{}\"/></svg><figcaption>{words}</figcaption></figure>",
+        points.join(" ")
+    )
+}
+
 /// A complete page around `body` (markup). No inline script or style: the CSP allows neither.
 pub fn document(title: &str, body: &str) -> String {
     format!(
@@ -146,9 +189,12 @@ pub fn dashboard(v: &View, csrf: &str) -> String {
     );
     let _ = write!(
         b,
-        "<p>Library: {} photos, {} files.</p>",
-        v.library.assets, v.library.resources
+        "<p>Library: {} photos, {} files, {}.</p>",
+        v.library.assets,
+        v.library.resources,
+        bytes_text(v.library.bytes)
     );
+    b.push_str(&sparkline(&v.hourly));
     let _ = write!(
         b,
         "<p>Conditions: <span id=\"conditions\">{}</span></p>",
@@ -251,6 +297,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_sparkline_spans_the_day_and_says_it_in_words() {
+        let mut h = [0u64; 24];
+        h[23] = 2000;
+        h[0] = 1000;
+        let svg = sparkline(&h);
+        assert!(svg.contains("points=\"0.0,20.0 "), "{svg}");
+        assert!(svg.contains(" 240.0,2.0\""), "{svg}");
+        assert!(svg.contains("Sent in the last 24 hours: 3.0 KB; busiest hour: 2.0 KB"));
+        assert!(
+            !svg.contains("style"),
+            "no inline style: the CSP forbids it"
+        );
+        let flat = sparkline(&[0; 24]);
+        assert!(flat.contains("0 bytes"), "{flat}");
+    }
+
+    #[test]
     fn markup_characters_are_escaped() {
         assert_eq!(
             esc("<img src=x onerror=alert(1)>.jpg"),
@@ -258,6 +321,9 @@ mod tests {
         );
         assert_eq!(esc("a\"b'c&d"), "a&quot;b&#39;c&amp;d");
         assert_eq!(url_component("01a-b_c.d~"), "01a-b_c.d~");
+        assert_eq!(bytes_text(999), "999 bytes");
+        assert_eq!(bytes_text(4220), "4.2 KB");
+        assert_eq!(bytes_text(3_500_000_000), "3.5 GB");
         assert_eq!(url_component("a b&c\"<"), "a%20b%26c%22%3C");
     }
 }

@@ -83,6 +83,8 @@ pub struct View {
     pub extensions: Vec<Card>,
     /// The newest receipts first.
     pub history: Vec<HistoryRow>,
+    /// Bytes delivered per hour over the last day, oldest first.
+    pub hourly: [u64; 24],
 }
 
 /// A waiting reason's code (as in `ferry status`) in plain words.
@@ -195,6 +197,52 @@ pub fn when(ms: i64) -> String {
         .unwrap_or_else(|_| format!("{ms} ms"))
 }
 
+const HOUR_MS: i64 = 3_600_000;
+/// Receipts read at most for the sparkline (newest first): a bound on the page's cost.
+const THROUGHPUT_RECEIPTS: usize = 10_000;
+
+/// Bytes delivered per hour over the last 24 hours, oldest hour first, from (finished at, bytes)
+/// pairs; older or future points are left out.
+pub fn hourly(points: &[(i64, u64)], now_ms: i64) -> [u64; 24] {
+    let mut out = [0u64; 24];
+    let start = now_ms - 24 * HOUR_MS;
+    for &(t, bytes) in points {
+        if t < start || t > now_ms {
+            continue;
+        }
+        let i = usize::try_from((t - start) / HOUR_MS).unwrap_or(0).min(23);
+        out[i] += bytes;
+    }
+    out
+}
+
+/// What the succeeded receipts of the last day delivered, with each resource's size from the
+/// index (0 for one no longer there).
+fn throughput(store: &Store, now_ms: i64) -> Result<[u64; 24], ReportError> {
+    let since = now_ms - 24 * HOUR_MS;
+    let mut points = Vec::new();
+    let mut offset = 0;
+    'pages: while offset < THROUGHPUT_RECEIPTS {
+        let page = report::history(store, 500, offset)?;
+        if page.is_empty() {
+            break;
+        }
+        offset += page.len();
+        for r in page {
+            // Newest first by when they were let go of, which is after they finished.
+            if r.acknowledged_ms < since {
+                break 'pages;
+            }
+            if r.state != JobState::Succeeded {
+                continue;
+            }
+            let size = store.resource(&r.resource_id)?.map_or(0, |x| x.size);
+            points.push((r.finished_ms.unwrap_or(r.acknowledged_ms), size));
+        }
+    }
+    Ok(hourly(&points, now_ms))
+}
+
 /// How many receipts the page lists.
 const HISTORY_ROWS: usize = 20;
 
@@ -281,6 +329,7 @@ impl View {
             waiting,
             failed,
             extensions: cards(cfg, &store),
+            hourly: throughput(&store, now)?,
             history: report::history(&store, HISTORY_ROWS, 0)?
                 .into_iter()
                 .map(|r| HistoryRow {
@@ -472,6 +521,30 @@ mod tests {
         assert_eq!(
             verdict(&status(0, 0, 0, true), &[], 0, None).0,
             "No photos in the library yet"
+        );
+    }
+
+    #[test]
+    fn deliveries_fall_in_their_hour_of_the_last_day() {
+        let now = 100 * HOUR_MS;
+        let h = hourly(
+            &[
+                (now, 5),
+                (now - 1, 1),
+                (now - HOUR_MS - 1, 7),
+                (now - 24 * HOUR_MS, 3),
+                (now - 24 * HOUR_MS - 1, 1000),
+                (now + 1, 1000),
+            ],
+            now,
+        );
+        assert_eq!(h[23], 6, "the last hour, the present moment included");
+        assert_eq!(h[22], 7);
+        assert_eq!(h[0], 3, "exactly a day ago is the first hour");
+        assert_eq!(
+            h.iter().sum::<u64>(),
+            16,
+            "older and future points left out"
         );
     }
 
