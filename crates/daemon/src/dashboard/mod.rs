@@ -124,6 +124,7 @@ pub struct Dashboard {
     sessions: Mutex<HashMap<String, Session>>,
     /// The cookie's name: per state folder, since cookies are not isolated by port.
     cookie: String,
+    rate: Arc<Mutex<view::RateMeter>>,
 }
 
 /// What `POST /v1/dashboard/login` answers.
@@ -144,6 +145,7 @@ impl Dashboard {
             start: tokio::sync::Mutex::new(()),
             logins: Mutex::default(),
             sessions: Mutex::default(),
+            rate: Arc::default(),
         })
     }
 
@@ -392,7 +394,8 @@ async fn index(State(d): State<Arc<Dashboard>>, headers: HeaderMap) -> Response 
         return no_session();
     };
     let cfg = d.config.clone();
-    match tokio::task::spawn_blocking(move || view::View::load(&cfg)).await {
+    let rate = d.rate.clone();
+    match tokio::task::spawn_blocking(move || view::View::load(&cfg, &rate)).await {
         Ok(Ok(v)) => (StatusCode::OK, Html(html::dashboard(&v, &session.csrf))).into_response(),
         Ok(Err(e)) => page(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -616,8 +619,8 @@ async fn extension_action(
 }
 
 /// What the live region shows, as JSON, or `None` when the state cannot be read.
-fn live_payload(cfg: &DashboardConfig) -> Option<String> {
-    let v = view::View::load(cfg).ok()?;
+fn live_payload(cfg: &DashboardConfig, rate: &Mutex<view::RateMeter>) -> Option<String> {
+    let v = view::View::load(cfg, rate).ok()?;
     serde_json::to_string(&serde_json::json!({
         "verdict": v.verdict,
         "tone": v.tone,
@@ -629,6 +632,7 @@ fn live_payload(cfg: &DashboardConfig) -> Option<String> {
 
 struct EventsState {
     cfg: DashboardConfig,
+    rate: Arc<Mutex<view::RateMeter>>,
     revision: watch::Receiver<u64>,
     stop: watch::Receiver<bool>,
     last: Option<String>,
@@ -647,6 +651,7 @@ async fn events(State(d): State<Arc<Dashboard>>, headers: HeaderMap) -> Response
     revision.borrow_and_update();
     let state = EventsState {
         cfg: d.config.clone(),
+        rate: d.rate.clone(),
         revision,
         stop: d.config.stop.clone(),
         last: None,
@@ -667,7 +672,8 @@ async fn events(State(d): State<Arc<Dashboard>>, headers: HeaderMap) -> Response
                 return None;
             }
             let cfg = st.cfg.clone();
-            let payload = tokio::task::spawn_blocking(move || live_payload(&cfg))
+            let rate = st.rate.clone();
+            let payload = tokio::task::spawn_blocking(move || live_payload(&cfg, &rate))
                 .await
                 .ok()
                 .flatten()

@@ -243,11 +243,74 @@ fn throughput(store: &Store, now_ms: i64) -> Result<[u64; 24], ReportError> {
     Ok(hourly(&points, now_ms))
 }
 
+/// The upload rate over the last minute, from the bytes sent as seen at each look (the
+/// tally counts a file's bytes when it is delivered, so a shorter window would jump).
+#[derive(Debug, Default)]
+pub struct RateMeter {
+    samples: std::collections::VecDeque<(std::time::Instant, u64)>,
+}
+
+impl RateMeter {
+    const WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+
+    /// Notes `bytes_sent` at `now`; the rate in bytes per second once a second or more is seen.
+    pub fn note(&mut self, now: std::time::Instant, bytes_sent: u64) -> Option<f64> {
+        if self.samples.back().is_some_and(|&(_, b)| b > bytes_sent) {
+            self.samples.clear(); // a new run started counting again
+        }
+        self.samples.push_back((now, bytes_sent));
+        while self.samples.len() > 2
+            && self
+                .samples
+                .front()
+                .is_some_and(|&(t, _)| now.duration_since(t) > Self::WINDOW)
+        {
+            self.samples.pop_front();
+        }
+        let (t0, b0) = *self.samples.front()?;
+        let span = now.duration_since(t0).as_secs_f64();
+        (span >= 1.0).then(|| (bytes_sent - b0) as f64 / span)
+    }
+}
+
+/// This session's progress: files and bytes, the rate and the time left when known.
+pub fn progress_text(snap: &crate::backup::Snapshot, rate: Option<f64>) -> String {
+    let mut s = format!(
+        "This session: {} of {} files sent ({} of {}), {} uploading now",
+        snap.sent,
+        snap.to_send,
+        super::html::bytes_text(snap.bytes_sent),
+        super::html::bytes_text(snap.bytes_to_send),
+        snap.in_flight
+    );
+    let left = snap.bytes_to_send.saturating_sub(snap.bytes_sent);
+    if let Some(r) = rate.filter(|r| *r > 0.0)
+        && left > 0
+    {
+        let secs = (left as f64 / r).ceil() as u64;
+        s.push_str(&format!(
+            " · {}/s · about {} left",
+            super::html::bytes_text(r as u64),
+            if secs < 90 {
+                format!("{secs} s")
+            } else if secs < 90 * 60 {
+                format!("{} min", secs.div_ceil(60))
+            } else {
+                format!("{} h", secs.div_ceil(3600))
+            }
+        ));
+    }
+    s
+}
+
 /// How many receipts the page lists.
 const HISTORY_ROWS: usize = 20;
 
 impl View {
-    pub fn load(cfg: &DashboardConfig) -> Result<View, ReportError> {
+    pub fn load(
+        cfg: &DashboardConfig,
+        rate: &std::sync::Mutex<RateMeter>,
+    ) -> Result<View, ReportError> {
         let store = Store::open(&cfg.state_dir.join("ferry.db"))?;
         let decision = cfg.progress.decision();
         let now = crate::backup::now_ms();
@@ -307,10 +370,11 @@ impl View {
         let (verdict, tone) = verdict(&status, &waiting, n_failed, decision.as_ref());
         let snap = cfg.progress.snapshot();
         let progress_line = if snap.to_send > 0 {
-            format!(
-                "This session: {} of {} sent ({} bytes), {} uploading now",
-                snap.sent, snap.to_send, snap.bytes_sent, snap.in_flight
-            )
+            let rate = rate
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .note(std::time::Instant::now(), snap.bytes_sent);
+            progress_text(&snap, rate)
         } else {
             format!(
                 "{} of {} files backed up",
@@ -546,6 +610,27 @@ mod tests {
             16,
             "older and future points left out"
         );
+    }
+
+    #[test]
+    fn the_rate_is_over_the_last_minute_and_gives_the_time_left() {
+        let t0 = std::time::Instant::now();
+        let s = std::time::Duration::from_secs;
+        let mut m = RateMeter::default();
+        assert_eq!(m.note(t0, 0), None, "one look is no rate");
+        assert_eq!(m.note(t0 + s(10), 10_000), Some(1000.0));
+        assert_eq!(m.note(t0 + s(100), 10_000), Some(0.0), "idle for a minute");
+        assert_eq!(m.note(t0 + s(101), 0), None, "counting started again");
+        let mut snap = crate::backup::Progress::default().snapshot();
+        snap.to_send = 10;
+        snap.sent = 4;
+        snap.bytes_to_send = 60_000;
+        snap.bytes_sent = 30_000;
+        assert_eq!(
+            progress_text(&snap, Some(1000.0)),
+            "This session: 4 of 10 files sent (30.0 KB of 60.0 KB), 0 uploading now · 1.0 KB/s · about 30 s left"
+        );
+        assert!(!progress_text(&snap, None).contains("left"));
     }
 
     #[test]
