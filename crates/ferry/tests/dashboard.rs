@@ -268,6 +268,16 @@ fn the_login_link_works_once_and_opens_a_session_on_the_page() {
     let env = Env::new();
     let lib = tempfile::tempdir().unwrap();
     copy_dir(&fixtures().join("plain"), &lib.path().join("plain"));
+    // An installed (not enabled) extension whose name is markup: its card escapes it.
+    let extensions = env.home.path().join("config/ferry/extensions");
+    std::fs::create_dir_all(&extensions).unwrap();
+    std::fs::write(
+        extensions.join("evil.toml"),
+        "id = \"evil\"\nname = \"<script>alert(1)</script>\"\nexec = \"/bin/false\"\n\
+         capabilities = [\"upload\"]\nscope = \"library\"\n\
+         destination_bases = [\"http://127.0.0.1:9/v1/\"]\n",
+    )
+    .unwrap();
     let _daemon = env.daemon(&["--folder", lib.path().to_str().unwrap(), "--now"]);
     wait_for("everything backed up", || {
         env.run(&["status", "--json"]).status.code() == Some(0)
@@ -319,6 +329,12 @@ fn the_login_link_works_once_and_opens_a_session_on_the_page() {
         page.body
     );
     assert!(page.body.contains("aria-live=\"polite\""));
+    assert!(
+        page.body
+            .contains("&lt;script&gt;alert(1)&lt;/script&gt; <span class=\"id\">(evil)</span>"),
+        "the extension's card, its name escaped: {}",
+        page.body
+    );
     assert!(
         page.body.contains("id=\"ext-bundled\""),
         "the bundled extension's card"

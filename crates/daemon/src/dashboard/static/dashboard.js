@@ -11,6 +11,14 @@
   }
   var words = { ok: "Safe:", failed: "Problem:", waiting: "Not yet:" };
   var events = new EventSource("/events");
+  // The browser retries by itself after a cut; it gives up (CLOSED) only when refused, e.g.
+  // after the daemon restarted and forgot the session: say so instead of showing a stale state.
+  events.onerror = function () {
+    if (events.readyState === EventSource.CLOSED && progress) {
+      progress.textContent =
+        "Live updates stopped (the daemon stopped or restarted): run `ferry dashboard` again.";
+    }
+  };
   events.onmessage = function (e) {
     var state;
     try {
