@@ -103,6 +103,7 @@ pub async fn run(
         Some(policy) => Gate::observe(policy.clone(), opts.observer.clone()).await,
         None => Gate::open(),
     };
+    progress.set_conditions(gate.conditions.clone());
 
     progress.set_phase(Phase::Sending);
     let (stop_parts_tx, stop_parts) = watch::channel(false);

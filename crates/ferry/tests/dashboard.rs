@@ -988,6 +988,12 @@ fn on_battery_the_verdict_gives_the_reason_and_turns_live_when_plugged_in() {
     let expected = format!("{files} waiting — waiting for the charger (charging required)");
     assert!(page.body.contains(&expected), "{expected} in {}", page.body);
     assert!(page.body.contains("Not yet:"), "said in words, not colour");
+    assert!(
+        page.body
+            .contains("<dt>power</dt><dd>on battery, battery 80%"),
+        "what is observed: {}",
+        page.body
+    );
 
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_millis(500)))

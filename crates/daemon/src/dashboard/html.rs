@@ -200,6 +200,13 @@ pub fn dashboard(v: &View, csrf: &str) -> String {
         "<p>Conditions: <span id=\"conditions\">{}</span></p>",
         esc(v.conditions.as_deref().unwrap_or("not known yet"))
     );
+    if !v.observed.is_empty() {
+        b.push_str("<dl class=\"observed\" aria-label=\"What Ferry sees\">");
+        for (k, val) in &v.observed {
+            let _ = write!(b, "<dt>{}</dt><dd>{}</dd>", esc(k), esc(val));
+        }
+        b.push_str("</dl>");
+    }
     b.push_str("</section>");
     if !v.failed.is_empty() {
         b.push_str("<section aria-labelledby=\"failed-h\"><h2 id=\"failed-h\">Failed</h2><ul class=\"files\">");

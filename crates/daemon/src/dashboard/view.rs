@@ -78,6 +78,8 @@ pub struct View {
     pub progress_line: String,
     pub library: report::LibraryTotals,
     pub conditions: Option<String>,
+    /// What is observed, one (name, value) a line as `ferry conditions` shows it.
+    pub observed: Vec<(String, String)>,
     pub waiting: Vec<WaitGroup>,
     pub failed: Vec<Failed>,
     pub extensions: Vec<Card>,
@@ -390,6 +392,17 @@ impl View {
                 Decision::Wait(r) => format!("uploads wait: {r}"),
                 allow => allow.to_string(),
             }),
+            observed: cfg
+                .progress
+                .conditions()
+                .map(|c| {
+                    c.to_string()
+                        .lines()
+                        .filter_map(|l| l.split_once(':'))
+                        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                        .collect()
+                })
+                .unwrap_or_default(),
             waiting,
             failed,
             extensions: cards(cfg, &store),
