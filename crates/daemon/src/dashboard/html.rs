@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use super::view::{Card, FileRef, View};
+use super::view::{Card, FileRef, View, thousands};
 use crate::report::Why;
 
 /// A file's path, linked to its `why` page when its asset is known.
@@ -190,8 +190,8 @@ pub fn dashboard(v: &View, csrf: &str) -> String {
     let _ = write!(
         b,
         "<p>Library: {} photos, {} files, {}.</p>",
-        v.library.assets,
-        v.library.resources,
+        thousands(v.library.assets),
+        thousands(v.library.resources),
         bytes_text(v.library.bytes)
     );
     b.push_str(&sparkline(&v.hourly));
@@ -227,7 +227,7 @@ pub fn dashboard(v: &View, csrf: &str) -> String {
             let _ = write!(
                 b,
                 "<h3>{} — {}</h3><ul class=\"files\">",
-                g.count,
+                thousands(g.count),
                 esc(&g.reason)
             );
             for f in &g.files {

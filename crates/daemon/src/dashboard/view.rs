@@ -102,7 +102,20 @@ pub fn reason_words(code: &str) -> String {
 }
 
 fn plural(n: u64, one: &str, many: &str) -> String {
-    format!("{n} {}", if n == 1 { one } else { many })
+    format!("{} {}", thousands(n), if n == 1 { one } else { many })
+}
+
+/// A count as people read large ones: 4,213.
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// The verdict sentence and its tone.
@@ -117,9 +130,9 @@ pub fn verdict(
         return (format!("Not uploading — {why}"), "waiting");
     }
     if failed > 0 {
-        let mut s = format!("{failed} failed");
+        let mut s = format!("{} failed", thousands(failed as u64));
         if n_waiting > 0 {
-            s.push_str(&format!(" · {n_waiting} waiting"));
+            s.push_str(&format!(" · {} waiting", thousands(n_waiting)));
         }
         return (s, "failed");
     }
@@ -133,7 +146,7 @@ pub fn verdict(
         } else {
             status.resources_not_backed_up
         };
-        return (format!("{n} waiting — {r}"), "waiting");
+        return (format!("{} waiting — {r}", thousands(n)), "waiting");
     }
     if n_waiting > 0 {
         let reason = match decision {
@@ -145,8 +158,11 @@ pub fn verdict(
                 .map(|g| g.reason.clone()),
         };
         return match reason {
-            Some(r) => (format!("{n_waiting} waiting — {r}"), "waiting"),
-            None => (format!("Backing up — {n_waiting} to go"), "waiting"),
+            Some(r) => (format!("{} waiting — {r}", thousands(n_waiting)), "waiting"),
+            None => (
+                format!("Backing up — {} to go", thousands(n_waiting)),
+                "waiting",
+            ),
         };
     }
     if status.library.resources == 0 {
@@ -158,7 +174,7 @@ pub fn verdict(
             if n == 1 {
                 "The 1 photo is backed up".to_owned()
             } else {
-                format!("All {n} photos are backed up")
+                format!("All {} photos are backed up", thousands(n))
             },
             "ok",
         );
@@ -568,7 +584,7 @@ mod tests {
     fn the_verdict_says_safe_waiting_with_its_reason_or_failed() {
         assert_eq!(
             verdict(&status(4213, 5000, 5000, true), &[], 0, None).0,
-            "All 4213 photos are backed up"
+            "All 4,213 photos are backed up"
         );
         let on_battery = Decision::Wait(WaitReason::OnBattery);
         let (s, tone) = verdict(
@@ -644,6 +660,14 @@ mod tests {
             "This session: 4 of 10 files sent (30.0 KB of 60.0 KB), 0 uploading now · 1.0 KB/s · about 30 s left"
         );
         assert!(!progress_text(&snap, None).contains("left"));
+    }
+
+    #[test]
+    fn counts_read_in_thousands() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(4213), "4,213");
+        assert_eq!(thousands(1_234_567), "1,234,567");
     }
 
     #[test]
