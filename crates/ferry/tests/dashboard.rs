@@ -71,7 +71,12 @@ impl Env {
     fn consent_and_jobs(&self) -> (Value, Vec<(String, String, bool)>) {
         let consent =
             json(&self.run(&["extensions", "show", "bundled", "--json"]))["consent"].clone();
-        let jobs = json(&self.run(&["jobs", "ls", "--json"]))
+        (consent, self.jobs())
+    }
+
+    /// Every job's id, state and whether it was acknowledged (`ferry jobs ls`).
+    fn jobs(&self) -> Vec<(String, String, bool)> {
+        json(&self.run(&["jobs", "ls", "--json"]))
             .as_array()
             .unwrap()
             .iter()
@@ -82,8 +87,7 @@ impl Env {
                     j["acknowledged"].as_bool().unwrap_or(false),
                 )
             })
-            .collect();
-        (consent, jobs)
+            .collect()
     }
 }
 
@@ -485,8 +489,9 @@ fn refused_requests_change_nothing_and_the_forms_change_consent() {
         &token,
     ]);
     // Settled: every job failed and acknowledged by the extension.
+    // (The bundled extension's manifest and consent are written once the daemon is up.)
     wait_for("every upload failed and acknowledged", || {
-        let (_, jobs) = env.consent_and_jobs();
+        let jobs = env.jobs();
         jobs.len() >= 4 && jobs.iter().all(|(_, s, ack)| s == "failed" && *ack)
     });
     let before = env.consent_and_jobs();
