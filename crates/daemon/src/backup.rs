@@ -95,6 +95,7 @@ pub enum Phase {
 pub struct Progress {
     phase: Mutex<Phase>,
     decision: Mutex<Option<Decision>>,
+    conditions: Mutex<Option<tokio::sync::watch::Receiver<ferry_core::Conditions>>>,
     server_url: Mutex<String>,
     pub index_files_done: AtomicU64,
     pub index_files_total: AtomicU64,
@@ -137,20 +138,45 @@ impl Progress {
     }
 
     pub(crate) fn set_phase(&self, p: Phase) {
-        if let Ok(mut ph) = self.phase.lock() {
+        if let Ok(mut ph) = self.phase.lock()
+            && *ph != p
+        {
             *ph = p;
+            drop(ph);
+            self.tally.bump();
         }
     }
 
     pub(crate) fn set_decision(&self, d: Decision) {
-        if let Ok(mut x) = self.decision.lock() {
+        if let Ok(mut x) = self.decision.lock()
+            && *x != Some(d)
+        {
             *x = Some(d);
+            drop(x);
+            self.tally.bump();
         }
     }
 
     /// The conditions' decision the run obeys now (`None` before sending starts).
     pub fn decision(&self) -> Option<Decision> {
         self.decision.lock().ok().and_then(|d| *d)
+    }
+
+    pub(crate) fn set_conditions(
+        &self,
+        c: Option<tokio::sync::watch::Receiver<ferry_core::Conditions>>,
+    ) {
+        if let Ok(mut x) = self.conditions.lock() {
+            *x = c;
+        }
+    }
+
+    /// What the conditions observer sees now (`None` when conditions are not observed).
+    pub fn conditions(&self) -> Option<ferry_core::Conditions> {
+        self.conditions
+            .lock()
+            .ok()
+            .and_then(|c| c.as_ref().map(|rx| rx.borrow().clone()))
     }
 
     fn waiting_reason(&self) -> Option<WaitReason> {

@@ -139,6 +139,13 @@ pub struct LibrarySection {
     pub folders: Vec<PathBuf>,
 }
 
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DashboardSection {
+    /// The dashboard's port on 127.0.0.1 (default: an ephemeral one, chosen when it starts).
+    pub port: Option<u16>,
+}
+
 /// The configuration file, `config.toml`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -147,6 +154,7 @@ pub struct FileConfig {
     pub transfer: TransferSection,
     pub conditions: ConditionsSection,
     pub library: LibrarySection,
+    pub dashboard: DashboardSection,
     /// The upload policy over its defaults (see `ferry conditions`).
     pub policy: PolicyOverrides,
 }

@@ -38,6 +38,8 @@ pub struct ControlState {
     pub extensions_changed: Arc<tokio::sync::Notify>,
     /// The person's extensions folder (for the extensions' call records in the status).
     pub extensions_dir: PathBuf,
+    /// The web dashboard, started by `POST /v1/dashboard/login`.
+    pub dashboard: Arc<crate::dashboard::Dashboard>,
 }
 
 fn problem(status: StatusCode, message: impl Into<String>) -> Response {
@@ -148,6 +150,14 @@ async fn wake(State(s): State<ControlState>) -> Response {
     axum::Json(serde_json::json!({ "woken": true })).into_response()
 }
 
+/// Starts the dashboard's web listener if it is not running and mints a one-time login URL.
+async fn dashboard_login(State(s): State<ControlState>) -> Response {
+    match s.dashboard.login_url().await {
+        Ok(u) => axum::Json(u).into_response(),
+        Err(e) => problem(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
 async fn stop(State(s): State<ControlState>) -> Response {
     let _ = s.stop.send(true);
     axum::Json(serde_json::json!({ "stopping": true })).into_response()
@@ -161,6 +171,7 @@ pub fn router(state: ControlState) -> Router {
         .route("/v1/history", get(history))
         .route("/v1/stop", post(stop))
         .route("/v1/wake", post(wake))
+        .route("/v1/dashboard/login", post(dashboard_login))
         .with_state(state)
 }
 

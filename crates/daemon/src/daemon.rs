@@ -30,6 +30,8 @@ pub struct DaemonOptions {
     pub policy: Option<ferry_core::Policy>,
     pub observer: ferry_conditions::ObserverConfig,
     pub max_concurrent: usize,
+    /// The dashboard's loopback port; 0: an ephemeral one, chosen when it starts.
+    pub dashboard_port: u16,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -147,6 +149,14 @@ pub async fn run(
         folders: opts.folders.clone(),
         extensions_changed: extensions_changed.clone(),
         extensions_dir: opts.extensions_dir.clone(),
+        dashboard: crate::dashboard::Dashboard::new(crate::dashboard::DashboardConfig {
+            state_dir: opts.state_dir.clone(),
+            extensions_dir: opts.extensions_dir.clone(),
+            progress: progress.clone(),
+            extensions_changed: extensions_changed.clone(),
+            stop: stop.subscribe(),
+            port: opts.dashboard_port,
+        }),
     };
     let mut serve_stop = stop.subscribe();
     let server = tokio::spawn(async move {

@@ -15,6 +15,8 @@ use tokio::sync::watch;
 #[derive(Debug)]
 pub struct Gate {
     pub decisions: watch::Receiver<Decision>,
+    /// What is observed, when it is (displays show it beside the decision).
+    pub conditions: Option<watch::Receiver<ferry_core::Conditions>>,
     _observer: Option<Observer>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -37,6 +39,7 @@ impl Gate {
         // The sender is dropped: the value never changes, `changed()` reports closed.
         Gate {
             decisions: rx,
+            conditions: None,
             _observer: None,
             task: None,
         }
@@ -67,6 +70,7 @@ impl Gate {
         });
         Gate {
             decisions: rx,
+            conditions: Some(observer.subscribe()),
             _observer: Some(observer),
             task: Some(task),
         }

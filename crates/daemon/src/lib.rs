@@ -12,6 +12,7 @@ pub mod backup;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod dashboard;
 pub mod extension;
 pub mod gate;
 pub mod migrate;

@@ -99,7 +99,7 @@ pub fn all_jobs(store: &Store) -> Result<Vec<Job>, JobStoreError> {
 }
 
 /// Retry not-before times of jobs between attempts, from their upload sessions.
-fn backoff_until(store: &Store) -> Result<HashMap<Uuid, i64>, StoreError> {
+pub(crate) fn backoff_until(store: &Store) -> Result<HashMap<Uuid, i64>, StoreError> {
     #[derive(serde::Deserialize)]
     struct S {
         #[serde(default)]
@@ -116,7 +116,7 @@ fn backoff_until(store: &Store) -> Result<HashMap<Uuid, i64>, StoreError> {
         .collect())
 }
 
-fn waiting_reason(
+pub(crate) fn waiting_reason(
     job: &Job,
     decision: Option<&Decision>,
     backoff: &HashMap<Uuid, i64>,

@@ -102,6 +102,7 @@ pub async fn run(
         Some(policy) => Gate::observe(policy.clone(), opts.observer.clone()).await,
         None => Gate::open(),
     };
+    progress.set_conditions(gate.conditions.clone());
 
     progress.set_phase(Phase::Sending);
     let (stop_parts_tx, stop_parts) = watch::channel(false);
@@ -438,9 +439,11 @@ fn wire(
     {
         let mut jobs = host.jobs_changed();
         let engine = engine.clone();
+        let tally = tally.clone();
         tasks.push(tokio::spawn(async move {
             while jobs.changed().await.is_ok() {
                 engine.wake();
+                tally.bump();
             }
         }));
     }

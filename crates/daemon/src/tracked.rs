@@ -25,9 +25,18 @@ pub struct Tally {
     /// Signalled after every recorded batch of transfer events (one consumer: a stored permit
     /// means no event is lost between a check and the wait).
     pub changed: Notify,
+    /// Bumped whenever what a display shows may have changed (transfer events, phase and
+    /// decision changes, jobs created): any number of watchers, e.g. the dashboard's live
+    /// updates, wait on it instead of polling.
+    pub revision: tokio::sync::watch::Sender<u64>,
 }
 
 impl Tally {
+    /// Tells every watcher of [`Tally::revision`] that something changed.
+    pub fn bump(&self) {
+        self.revision.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
     }
@@ -107,6 +116,7 @@ impl JobStore for Tracked {
             }
         }
         self.tally.changed.notify_one();
+        self.tally.bump();
         Ok(results)
     }
     fn job(&self, id: Uuid) -> Result<Option<Job>, JobStoreError> {

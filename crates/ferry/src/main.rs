@@ -1,6 +1,7 @@
 //! `ferry`: the command line. Argument parsing and output; the work lives in the libraries.
 
 mod backup_cmd;
+mod dashboard_cmd;
 mod extensions_cmd;
 mod library_cmd;
 mod linger;
@@ -62,6 +63,9 @@ enum Command {
     /// Run Ferry as a systemd user service.
     #[command(subcommand)]
     Service(state_cmd::ServiceCommand),
+    /// Open the dashboard in a browser: the running daemon starts its web page on loopback and
+    /// gives a one-time login link (valid 60 s).
+    Dashboard(dashboard_cmd::DashboardArgs),
     /// Run the daemon: watch the configured folders and back them up, serve the control API.
     Daemon(state_cmd::DaemonArgs),
     /// Index a folder of photos and videos, and query the index.
@@ -148,6 +152,7 @@ fn main() -> ExitCode {
         Command::Config(cmd) => state_cmd::config(cmd),
         Command::Service(cmd) => state_cmd::service(&state_dir, cmd),
         Command::Daemon(args) => state_cmd::daemon(&state_dir, &config, args),
+        Command::Dashboard(args) => dashboard_cmd::run(&state_dir, args),
         Command::Backup(args) => backup_cmd::run(&state_dir, &config, args),
         Command::Restore(args) => restore_cmd::run(&state_dir, &config, args),
         Command::Library(cmd) => library_cmd::run(&state_dir, cmd),

@@ -574,6 +574,7 @@ pub fn daemon(state_dir: &Path, config: &FileConfig, args: DaemonArgs) -> anyhow
         policy: (!args.now && config.observe_conditions()).then(|| config.policy()),
         observer: config.observer(),
         max_concurrent: config.max_concurrent(),
+        dashboard_port: config.dashboard.port.unwrap_or(0),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
