@@ -16,7 +16,16 @@ if ! command -v chromium >/dev/null 2>&1; then
 fi
 if ! "$dir/bin/python" -c "import playwright, sys; from importlib.metadata import version; sys.exit(version('playwright') != '$PLAYWRIGHT')" 2>/dev/null; then
     mkdir -p .tools
-    python3 -m venv "$dir"
+    rm -rf "$dir/bin" "$dir/lib" "$dir/pyvenv.cfg"
+    # A minimal Debian has python3 without its venv module (ensurepip): add it when missing.
+    if ! python3 -m venv "$dir" >/dev/null 2>&1; then
+        rm -rf "$dir/bin" "$dir/lib" "$dir/pyvenv.cfg"
+        SUDO=""
+        if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+        $SUDO apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+        python3 -m venv "$dir"
+    fi
     "$dir/bin/pip" install -q "playwright==$PLAYWRIGHT"
 fi
 if [ "$(node -p "require('./$dir/node_modules/axe-core/package.json').version" 2>/dev/null)" != "$AXE" ]; then

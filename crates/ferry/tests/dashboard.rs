@@ -1191,12 +1191,22 @@ fn waiting_files_are_listed_under_their_reason() {
         "the waiting uploads were cancelled: {jobs:?}"
     );
 
-    // Granted again from the page: consent as before. (That the bundled extension then makes
-    // no new jobs for the cancelled files until the library changes is ferry-backup's doing,
-    // the same after `ferry extensions disable` + `enable`.)
+    // Granted again from the page: consent as before, and the files whose uploads the revoke
+    // cancelled get jobs again (the extension's change token expired with the new consent, so
+    // it went over the library once more), though the library did not change.
+    let count = |jobs: &[(String, String, bool)], states: &[&str]| {
+        jobs.iter()
+            .filter(|(_, s, _)| states.contains(&s.as_str()))
+            .count()
+    };
+    let cancelled = count(&jobs, &["cancelled"]);
+    let done_before = count(&jobs, &["succeeded"]);
     let a = http(port, "POST", "/extensions/grant", &ours, &form);
     assert_eq!(a.code, 303, "{a:?}");
     let (consent, _) = env.consent_and_jobs();
     assert!(consent["disabled_at_ms"].is_null(), "{consent}");
     assert_eq!(consent["scope"]["kind"], "library");
+    wait_for("jobs again for the files the revoke cancelled", || {
+        count(&env.jobs(), &["registered", "pending", "succeeded"]) >= done_before + cancelled
+    });
 }

@@ -328,7 +328,10 @@ fn visible_job(ctx: &Context, store: &Store, job: &Job) -> Result<bool, StoreErr
 fn changes(ctx: &Context, q: ChangesParams) -> Result<serde_json::Value, RpcError> {
     let limit = q.limit.unwrap_or(1000).clamp(1, p::MAX_CHANGES_PAGE_ITEMS) as usize;
     let store = lock(ctx)?;
-    let (until, all) = match store.merged_changes(&q.since, q.until.as_deref()) {
+    let checked = store.check_extension_token(&ctx.extension, &q.since);
+    let (until, all) = match checked
+        .and_then(|()| store.merged_changes(&q.since, q.until.as_deref()))
+    {
         Ok(r) => r,
         Err(ChangesError::ChangeTokenExpired { oldest_kept }) => {
             let mut data = serde_json::Map::new();

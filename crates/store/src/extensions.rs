@@ -101,6 +101,10 @@ pub struct ImportStatus {
     pub updated_ms: i64,
 }
 
+/// The `meta` key (followed by the extension's id) of the change sequence number before which
+/// an extension's change tokens expire (see `Store::grant_consent`).
+pub(crate) const CHANGES_FLOOR_KEY: &str = "changes_floor/";
+
 const CONSENT_SELECT: &str =
     "SELECT id, folders, bases, job_limit, enabled_at_ms, disabled_at_ms FROM extension_consent";
 
@@ -119,6 +123,42 @@ impl Store {
             .map_err(|e| JobStoreError::Corrupt(e.to_string()))?;
         let bases = serde_json::to_string(&consent.bases)
             .map_err(|e| JobStoreError::Corrupt(e.to_string()))?;
+        // Enabled again after a disable (which cancelled its waiting jobs), or its folders
+        // changed (assets came into scope): what the extension saw through its change token
+        // no longer covers what it must now do. A new, empty change set marks the moment;
+        // tokens from before it answer `change_token_expired`, so the extension goes over the
+        // library again (see `Store::check_extension_token`). Granting the same consent again
+        // (every `ferry backup` does) changes nothing.
+        let before: Option<(Option<String>, Option<i64>)> = tx
+            .query_row(
+                "SELECT folders, disabled_at_ms FROM extension_consent WHERE id = ?1",
+                [&consent.id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let resync = consent.is_enabled()
+            && before.is_some_and(|(old_folders, disabled_at)| {
+                disabled_at.is_some() || old_folders != folders
+            });
+        if resync {
+            let seq: i64 = tx.query_row(
+                "SELECT COALESCE(MAX(token), 0) + 1 FROM change_sets",
+                [],
+                |r| r.get(0),
+            )?;
+            tx.execute(
+                "INSERT INTO change_sets (token, committed_ms) VALUES (?1, ?2)",
+                params![seq, consent.enabled_at_ms],
+            )?;
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = ?2",
+                params![
+                    format!("{CHANGES_FLOOR_KEY}{}", consent.id),
+                    seq.to_string()
+                ],
+            )?;
+        }
         tx.execute(
             "INSERT INTO extension_consent
                  (id, folders, bases, job_limit, enabled_at_ms, disabled_at_ms)

@@ -251,6 +251,31 @@ impl Store {
         Ok(self.token_string(self.current_seq()?))
     }
 
+    /// Whether extension `extension` may still read changes since `token`: not when the token
+    /// is older than the extension's last consent change that needs a new pass over the library
+    /// (enabled again after a disable, other folders: see `Store::grant_consent`).
+    pub fn check_extension_token(&self, extension: &str, token: &str) -> Result<(), ChangesError> {
+        let since = self.parse_token(token)?;
+        let floor: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = ?1",
+                [format!(
+                    "{}{extension}",
+                    crate::extensions::CHANGES_FLOOR_KEY
+                )],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(StoreError::from)?;
+        match floor.and_then(|f| f.parse::<i64>().ok()) {
+            Some(floor) if since < floor => Err(ChangesError::ChangeTokenExpired {
+                oldest_kept: self.token_string(floor),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// Change sets committed after `token`, oldest first.
     pub fn changes_since(&self, token: &str) -> Result<Vec<ChangeSet>, ChangesError> {
         let since = self.parse_token(token)?;
