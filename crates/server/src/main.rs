@@ -93,7 +93,9 @@ enum Command {
         /// With an S3 store: how long an upload's lease holds without renewal, in
         /// milliseconds (default 30000); another instance takes over an upload whose holder
         /// stopped after this long.
-        #[arg(long, env = "FERRY_SERVER_LEASE_TTL_MS")]
+        /// At least 1000: a holder renews every third of it and stops writing after three
+        /// quarters since its last renewal.
+        #[arg(long, env = "FERRY_SERVER_LEASE_TTL_MS", value_parser = clap::value_parser!(u64).range(1000..))]
         lease_ttl_ms: Option<u64>,
         /// Serve https: PEM certificate chain (needs --tls-key).
         #[arg(long, requires = "tls_key", value_name = "PEM")]
@@ -234,7 +236,7 @@ async fn main() -> anyhow::Result<()> {
                 config.limits.body_idle_timeout = Duration::from_secs(v);
             }
             if let Some(v) = lease_ttl_ms {
-                config.limits.lease_ttl = Duration::from_millis(v.max(1));
+                config.limits.lease_ttl = Duration::from_millis(v);
             }
             if let Some(v) = header_read_timeout_secs {
                 config.header_read_timeout = Duration::from_secs(v);

@@ -208,6 +208,10 @@ pub struct Meta {
     /// The task listening for stop requests (see [`Meta::listen_for_stops`]): it holds a
     /// connection of the pool, so closing ends it first.
     stop_listener: std::sync::Arc<std::sync::Mutex<Option<tokio::task::AbortHandle>>>,
+    /// The server process of the session that last took the instance lock (0: none yet).
+    lock_backend_pid: std::sync::Arc<std::sync::atomic::AtomicI32>,
+    /// Set by [`Meta::close`]: the instance lock is not taken again after it.
+    closed: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Which database a [`Meta`] reads from (its writer task holds its own pool of the same kind).
@@ -428,7 +432,7 @@ macro_rules! backend {
                         // The lease must not have run out either: a holder whose renewals
                         // stalled may have had its uncommitted objects collected.
                         let r = sqlx::query(concat!(
-                            "UPDATE uploads SET offset_bytes = $1, length_bytes = $2, expires_unix_ms = $3, multipart_id = $4, parts_json = $5, tail_json = $6 WHERE id = $7 AND object_id IS NULL AND offset_bytes = $8 AND lease_epoch = $9 AND lease_until_ms >= ",
+                            "UPDATE uploads SET offset_bytes = $1, length_bytes = $2, expires_unix_ms = $3, multipart_id = $4, parts_json = $5, tail_json = $6 WHERE id = $7 AND object_id IS NULL AND offset_bytes = $8 AND lease_epoch = $9 AND lease_until_ms > ",
                             $now_ms
                         ))
                         .bind(db_int(*offset_bytes))
@@ -475,7 +479,7 @@ macro_rules! backend {
                     Op::RenewLease { id, epoch, ttl_ms } => sqlx::query(concat!(
                         "UPDATE uploads SET lease_until_ms = ",
                         $now_ms,
-                        " + $1 WHERE id = $2 AND lease_epoch = $3 AND lease_owner IS NOT NULL AND lease_until_ms >= ",
+                        " + $1 WHERE id = $2 AND lease_epoch = $3 AND lease_owner IS NOT NULL AND lease_until_ms > ",
                         $now_ms
                     ))
                     .bind(ttl_ms)
@@ -1323,10 +1327,10 @@ macro_rules! read {
     };
 }
 
-/// How long a request waits for a database connection before it fails (retryable).
 /// The PostgreSQL notification channel of stop requests (see [`Meta::notify_stop`]).
 const STOP_CHANNEL: &str = "ferry_stop_append";
 
+/// How long a request waits for a database connection before it fails (retryable).
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest one group commit may take before its writes fail as unreachable (503).
 const BATCH_TIMEOUT: Duration = Duration::from_secs(60);
@@ -1381,6 +1385,8 @@ impl Meta {
             instance_lock: Default::default(),
             lock_generation: Default::default(),
             stop_listener: Default::default(),
+            lock_backend_pid: Default::default(),
+            closed: Default::default(),
         })
     }
 
@@ -1426,6 +1432,8 @@ impl Meta {
             instance_lock: Default::default(),
             lock_generation: Default::default(),
             stop_listener: Default::default(),
+            lock_backend_pid: Default::default(),
+            closed: Default::default(),
         })
     }
 
@@ -1460,6 +1468,7 @@ impl Meta {
 
     pub async fn close(&self) {
         // This instance's leases count as dead from now on (see `hold_instance_lock`).
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
         let listener = self
             .stop_listener
             .lock()
@@ -1720,7 +1729,20 @@ impl Meta {
         let Some(opts) = &self.pg_options else {
             return Ok(0);
         };
-        let mut held = self.instance_lock.lock().await;
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(sqlx::Error::PoolClosed);
+        }
+        let unreachable = |what: &str| {
+            sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                what.to_string(),
+            ))
+        };
+        // Bounded as a whole: callers queue here (renewals, part writes) and each must know in
+        // time whether the lock is still held.
+        let mut held = tokio::time::timeout(wait, self.instance_lock.lock())
+            .await
+            .map_err(|_| unreachable("checking the instance lock is taking too long"))?;
         if held.as_ref().is_some_and(|(k, _)| *k != key) {
             // Another identity (tests give one `Meta` several): its lock goes with it.
             *held = None;
@@ -1736,22 +1758,32 @@ impl Meta {
             *held = None;
             self.lock_generation.fetch_add(1, Ordering::SeqCst);
         }
-        let unreachable = |what: &str| {
-            sqlx::Error::Io(std::io::Error::new(
-                std::io::ErrorKind::ConnectionAborted,
-                what.to_string(),
-            ))
-        };
+        let earlier_pid = self.lock_backend_pid.load(Ordering::SeqCst);
         let take = async {
             let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect_with(opts).await?;
-            let (got,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock($1)")
+            let try_lock = "SELECT pg_try_advisory_lock($1), pg_backend_pid()";
+            let (mut got, pid): (bool, i32) = sqlx::query_as(try_lock)
                 .bind(key)
                 .fetch_one(&mut conn)
                 .await?;
-            Ok::<_, sqlx::Error>(got.then_some(conn))
+            if !got && earlier_pid != 0 {
+                // Our earlier session still holds it on the server (a partition: the server
+                // has not noticed the connection is gone). It is ours to end.
+                sqlx::query("SELECT pg_terminate_backend($1)")
+                    .bind(earlier_pid)
+                    .execute(&mut conn)
+                    .await?;
+                let again: (bool, i32) = sqlx::query_as(try_lock)
+                    .bind(key)
+                    .fetch_one(&mut conn)
+                    .await?;
+                got = again.0;
+            }
+            Ok::<_, sqlx::Error>(got.then_some((conn, pid)))
         };
         match tokio::time::timeout(wait, take).await {
-            Ok(Ok(Some(conn))) => {
+            Ok(Ok(Some((conn, pid)))) => {
+                self.lock_backend_pid.store(pid, Ordering::SeqCst);
                 *held = Some((key, conn));
                 Ok(self.lock_generation.load(Ordering::SeqCst))
             }
@@ -1764,7 +1796,7 @@ impl Meta {
     }
 
     /// Asks whichever instance runs an append on upload `id` to stop it (PostgreSQL: a
-    /// notification every instance listens for, see [`Meta::stop_listener`]). On SQLite, one
+    /// notification every instance listens for, see [`Meta::listen_for_stops`]). On SQLite, one
     /// instance: nothing to send.
     pub async fn notify_stop(&self, id: &str) -> Result<(), sqlx::Error> {
         if let Backend::Postgres(pool) = &self.reads {

@@ -264,6 +264,8 @@ impl Drop for InFlight<'_> {
 /// How long a request for an upload another request is appending to waits for that one to
 /// stop (it was asked to) before it is answered busy.
 const STOP_WAIT: Duration = Duration::from_secs(5);
+/// How often a waiting request asks again (see [`STOP_WAIT`]).
+const STOP_RETRY: Duration = Duration::from_millis(100);
 
 pub fn now_unix_ms() -> i64 {
     SystemTime::now()
@@ -611,22 +613,24 @@ impl Engine {
         // store) on another instance, is asked to stop — it keeps what it received, as if its
         // client had gone: mostly it has, with a connection that would take minutes to time
         // out — and this one waits for it, a few seconds at most, before it is answered busy.
+        let waited_until = tokio::time::Instant::now() + STOP_WAIT;
         let slot = self.slot(id);
-        let slot = match slot.clone().try_lock_owned() {
-            Ok(slot) => slot,
-            Err(_) => {
-                request_stop(&self.in_flight, id);
-                tokio::time::timeout(STOP_WAIT, slot.lock_owned())
-                    .await
-                    .map_err(|_| ApiError::Locked { ietf: req.ietf })?
+        let slot = loop {
+            match slot.clone().try_lock_owned() {
+                Ok(slot) => break slot,
+                // Asked again while waiting: the running append may not have been listening
+                // yet (it registers once it holds the lease).
+                Err(_) if tokio::time::Instant::now() < waited_until => {
+                    request_stop(&self.in_flight, id);
+                    let _ = tokio::time::timeout(STOP_RETRY, slot.clone().lock_owned()).await;
+                }
+                Err(_) => return Err(ApiError::Locked { ietf: req.ietf }),
             }
         };
         if self.remote.is_none() {
             return self.append_locked(id, req, body, slot, None).await;
         }
         // One writer across instances: the upload's lease, held until this request ends.
-        let waited_until = tokio::time::Instant::now() + STOP_WAIT;
-        let mut asked = false;
         let lease = loop {
             if let Some(lease) = self.take_lease(id).await? {
                 break lease;
@@ -642,13 +646,12 @@ impl Engine {
                 }
                 Some(_) => {}
             }
-            if !asked {
-                asked = true;
-                if let Err(e) = self.meta.notify_stop(id).await {
-                    tracing::warn!(upload = %id, error = %e, "cannot ask another instance to stop");
-                }
+            // Asked again each round: a request sent while the holder was not yet listening
+            // (or its listener was reconnecting) is lost.
+            if let Err(e) = self.meta.notify_stop(id).await {
+                tracing::warn!(upload = %id, error = %e, "cannot ask another instance to stop");
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(STOP_RETRY).await;
         };
         let r = self.append_locked(id, req, body, slot, Some(&lease)).await;
         self.release_lease(id, lease).await;

@@ -615,7 +615,9 @@ impl Engine {
     /// last part written under a number and completes whatever list it is given, so a stale
     /// holder's write could spoil a part or a completion another instance committed. (A write
     /// whose every byte had reached the store before it was given up may still land; the
-    /// margin of a quarter of the time to live is what covers it.)
+    /// margin of a quarter of the time to live is what covers it. One not yet whole when its
+    /// holder's lock connection broke may land after another instance took over at once: S3
+    /// offers no condition on a part to prevent it.)
     async fn fenced<T, E: Into<ApiError>>(
         &self,
         lease: &Lease,
@@ -626,10 +628,23 @@ impl Engine {
             return Err(lost());
         }
         let margin = self.remote_config()?.lease_ttl / 8;
-        tokio::time::timeout(lease.remaining() + margin, write)
-            .await
-            .map_err(|_| lost())?
-            .map_err(Into::into)
+        let mut write = std::pin::pin!(write);
+        loop {
+            let deadline = tokio::time::Instant::now() + lease.remaining() + margin;
+            tokio::select! {
+                // The deadline first: a process that was stopped mid-write must not send the
+                // rest of a part once it runs again.
+                biased;
+                () = tokio::time::sleep_until(deadline) => {
+                    // A renewal meanwhile moves the deadline on: a slow write keeps going for
+                    // as long as the lease is surely still held.
+                    if lease.lost(&self.meta) || lease.remaining().is_zero() {
+                        return Err(lost());
+                    }
+                }
+                r = &mut write => return r.map_err(Into::into),
+            }
+        }
     }
 
     /// Makes a remote upload whose every byte is committed (or, with `in_memory`, whose every
