@@ -3,6 +3,7 @@
 //! server's own digests. The command line's one long-running operation, as a library call
 //! with a live [`Progress`] for displays.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -90,6 +91,27 @@ pub enum Phase {
     Done,
 }
 
+impl Phase {
+    /// The phase's name as JSON spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Starting => "starting",
+            Phase::Indexing => "indexing",
+            Phase::Checking => "checking",
+            Phase::Sending => "sending",
+            Phase::Verifying => "verifying",
+            Phase::Watching => "watching",
+            Phase::Done => "done",
+        }
+    }
+}
+
+/// Milliseconds spent in each finished phase, and the running phase with when it began.
+type PhaseTimes = (
+    BTreeMap<&'static str, u64>,
+    Option<(Phase, std::time::Instant)>,
+);
+
 /// Live counters of one backup; cheap to read from another thread.
 #[derive(Debug, Default)]
 pub struct Progress {
@@ -108,6 +130,9 @@ pub struct Progress {
     pub to_send: AtomicU64,
     pub bytes_to_send: AtomicU64,
     pub tally: Arc<Tally>,
+    /// Where the time went: milliseconds spent in each phase so far, and the phase running
+    /// now with when it began.
+    phase_times: Mutex<PhaseTimes>,
 }
 
 /// A consistent-enough copy of [`Progress`] for one display frame or JSON event.
@@ -143,8 +168,29 @@ impl Progress {
         {
             *ph = p;
             drop(ph);
+            if let Ok(mut t) = self.phase_times.lock() {
+                let (spent, current) = &mut *t;
+                if let Some((was, since)) = current.take() {
+                    *spent.entry(was.name()).or_default() += since.elapsed().as_millis() as u64;
+                }
+                *current = Some((p, std::time::Instant::now()));
+            }
             self.tally.bump();
         }
+    }
+
+    /// Milliseconds spent in each phase so far (the running one up to now).
+    pub fn phase_ms(&self) -> BTreeMap<String, u64> {
+        let Ok(t) = self.phase_times.lock() else {
+            return BTreeMap::new();
+        };
+        let (spent, current) = &*t;
+        let mut out: BTreeMap<String, u64> =
+            spent.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect();
+        if let Some((p, since)) = current {
+            *out.entry(p.name().to_owned()).or_default() += since.elapsed().as_millis() as u64;
+        }
+        out
     }
 
     pub(crate) fn set_decision(&self, d: Decision) {
@@ -266,6 +312,9 @@ pub struct BackupSummary {
     pub missing: Vec<Missing>,
     pub index_issues: u64,
     pub elapsed_ms: u64,
+    /// Milliseconds spent in each phase (`indexing`, `checking` what the server holds,
+    /// `sending` while the extension creates jobs, `verifying`): where the time went.
+    pub phase_ms: BTreeMap<String, u64>,
 }
 
 /// How many missing resources a summary lists by name: enough to act on, and a library that

@@ -164,6 +164,7 @@ pub async fn run(
             dirs: roots,
             index_issues,
             elapsed_ms: started.elapsed().as_millis() as u64,
+            phase_ms: progress.phase_ms(),
             ..BackupSummary::default()
         },
     };
@@ -621,5 +622,6 @@ async fn verify(
         missing,
         index_issues,
         elapsed_ms: started.elapsed().as_millis() as u64,
+        phase_ms: progress.phase_ms(),
     })
 }

@@ -245,6 +245,18 @@ fn report(s: &BackupSummary, json: bool) -> ExitCode {
             s.verified, s.resources
         ),
     ];
+    // Where the time went, in the order the phases run.
+    let timed: Vec<String> = ["indexing", "checking", "sending", "verifying"]
+        .iter()
+        .filter_map(|p| {
+            s.phase_ms
+                .get(*p)
+                .map(|ms| format!("{p} {:.1} s", *ms as f64 / 1000.0))
+        })
+        .collect();
+    if !timed.is_empty() {
+        lines.push(format!("  time: {}", timed.join(" · ")));
+    }
     match &s.embedded_server_dir {
         Some(dir) => lines.push(format!(
             "  server {} (built in, storing in {})",

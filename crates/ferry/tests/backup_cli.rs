@@ -74,6 +74,17 @@ fn backup_to_the_builtin_server_stores_every_resource_and_a_rerun_sends_nothing(
     );
     assert_eq!(first["summary"]["resources"], resources.len() as u64);
     assert_eq!(first["summary"]["verified"], resources.len() as u64);
+    // Where the time went: every phase of the run, together within its whole time.
+    let phases = first["summary"]["phase_ms"].as_object().unwrap();
+    for p in ["indexing", "checking", "sending", "verifying"] {
+        assert!(phases.contains_key(p), "phase {p} timed: {phases:?}");
+    }
+    let spent: u64 = phases.values().map(|v| v.as_u64().unwrap()).sum();
+    assert!(
+        spent <= first["summary"]["elapsed_ms"].as_u64().unwrap() + 50,
+        "{phases:?} within the run's {}",
+        first["summary"]["elapsed_ms"]
+    );
     assert_eq!(
         first["summary"]["sent"].as_u64().unwrap()
             + first["summary"]["already_stored"].as_u64().unwrap(),
