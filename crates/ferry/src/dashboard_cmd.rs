@@ -39,17 +39,22 @@ pub fn run(state_dir: &Path, args: DashboardArgs) -> anyhow::Result<ExitCode> {
     let opened = if args.no_open {
         None
     } else {
-        // A browser that outlives us: spawn and do not wait for it.
+        // xdg-open may run as long as the browser it starts (some desktops' openers do): spawn
+        // it and do not wait, so the command returns at once. A thread reaps it should it end
+        // while we still run; once we exit, init does.
         Some(
             std::process::Command::new("xdg-open")
                 .arg(&login.url)
                 .stdin(std::process::Stdio::null())
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
-                .status(),
+                .spawn()
+                .map(|mut child| {
+                    std::thread::spawn(move || child.wait());
+                }),
         )
     };
-    let opened_ok = matches!(opened, Some(Ok(s)) if s.success());
+    let opened_ok = matches!(opened, Some(Ok(())));
     if args.json {
         json_line(&serde_json::json!({
             "url": login.url,
@@ -61,17 +66,13 @@ pub fn run(state_dir: &Path, args: DashboardArgs) -> anyhow::Result<ExitCode> {
     }
     match opened {
         None => {}
-        Some(Ok(s)) if s.success() => {
-            println!("Opened the dashboard in your browser.");
+        Some(Ok(())) => {
+            println!("Asked your browser to open the dashboard.");
             println!(
                 "If it did not open, this link works once in the next {} s:",
                 login.expires_in_s
             );
         }
-        Some(Ok(s)) => println!(
-            "xdg-open failed ({s}); open this link yourself (it works once, in the next {} s):",
-            login.expires_in_s
-        ),
         Some(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => println!(
             "xdg-open is not installed; open this link yourself (it works once, in the next {} s):",
             login.expires_in_s

@@ -305,7 +305,8 @@ fn the_login_link_works_once_and_opens_a_session_on_the_page() {
     assert_eq!(a.header("location"), Some("/"));
     a.assert_hardened();
     let set_cookie = a.header("set-cookie").unwrap();
-    for attr in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+    // Max-Age: the browser forgets it when the session would end anyway (7 days).
+    for attr in ["HttpOnly", "SameSite=Strict", "Path=/", "Max-Age=604800"] {
         assert!(set_cookie.contains(attr), "{attr} in {set_cookie}");
     }
     let cookie = set_cookie.split(';').next().unwrap().to_owned();
@@ -423,7 +424,12 @@ fn ferry_dashboard_opens_the_link_with_xdg_open_or_prints_it_without_one() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let url = std::fs::read_to_string(&opened).unwrap();
+    // The opener runs on its own after `ferry dashboard` returned.
+    let mut url = String::new();
+    wait_for("the opener to write the link", || {
+        url = std::fs::read_to_string(&opened).unwrap_or_default();
+        url.contains("token=") && url.len() > url.find("token=").unwrap() + 6 + 63
+    });
     let rest = url.strip_prefix("http://127.0.0.1:").unwrap();
     let (port, path) = rest.split_once('/').unwrap();
     let a = http(port.parse().unwrap(), "GET", &format!("/{path}"), &[], "");
@@ -735,6 +741,43 @@ fn refused_requests_change_nothing_and_the_forms_change_consent() {
     assert!(consent["disabled_at_ms"].is_i64(), "revoked: {consent}");
     let page = http(port, "GET", "/", &[("Cookie", cookie.as_str())], "");
     assert!(page.body.contains("Not enabled"), "{}", page.body);
+    // A disabled card offers Grant (optionally to some folders), never Limit: limiting would
+    // grant. It still says where uploads would go and the job limit, as the CLI does.
+    assert!(
+        page.body.contains("Grant only these folders")
+            && !page.body.contains("Limit to these folders"),
+        "{}",
+        page.body
+    );
+    assert!(
+        page.body.contains(&format!(
+            "<dt>Would send to</dt><dd class=\"destinations\">{url}"
+        )),
+        "{}",
+        page.body
+    );
+    assert!(
+        page.body
+            .contains("<dt>Job limit</dt><dd class=\"job-limit\">"),
+        "{}",
+        page.body
+    );
+    // A limit posted all the same while it is disabled does not grant.
+    let revoked = env.consent_and_jobs();
+    let a = http(
+        port,
+        "POST",
+        "/extensions/limit",
+        &ours,
+        &format!("{form}&folders=plain"),
+    );
+    assert_eq!(a.code, 400, "{a:?}");
+    assert!(a.body.contains("is not enabled"), "{a:?}");
+    assert_eq!(
+        env.consent_and_jobs(),
+        revoked,
+        "a limit while disabled changed nothing"
+    );
 
     let a = http(port, "POST", "/extensions/grant", &ours, &form);
     assert_eq!(a.code, 303, "{a:?}");
@@ -787,6 +830,29 @@ fn refused_requests_change_nothing_and_the_forms_change_consent() {
     assert_eq!(a.code, 400, "{a:?}");
     assert!(a.body.contains("not a folder of the library"), "{a:?}");
     assert_eq!(env.consent_and_jobs().0, consent);
+    let page = http(port, "GET", "/", &[("Cookie", cookie.as_str())], "");
+    assert!(
+        page.body.contains(&format!(
+            "<dt>Sends to</dt><dd class=\"destinations\">{url}"
+        )) && page.body.contains("Limit to these folders"),
+        "an enabled card: {}",
+        page.body
+    );
+
+    // Revoked, then granted from the disabled card's form with a folder: only that folder.
+    let a = http(port, "POST", "/extensions/revoke", &ours, &form);
+    assert_eq!(a.code, 303, "{a:?}");
+    let a = http(
+        port,
+        "POST",
+        "/extensions/grant",
+        &ours,
+        &format!("{form}&folders=plain"),
+    );
+    assert_eq!(a.code, 303, "{a:?}");
+    let (consent, _) = env.consent_and_jobs();
+    assert!(consent["disabled_at_ms"].is_null(), "granted: {consent}");
+    assert_eq!(consent["scope"]["folders"], serde_json::json!(["plain"]));
 
     drop(daemon);
     runtime.block_on(server.shutdown());
@@ -1116,6 +1182,11 @@ fn in_a_real_chromium() {
     );
     let found = json(&out);
     assert_eq!(found["rebinding_status"], 421);
+    // Forged revokes with the real CSRF token: from another site the strict cookie is not sent
+    // (401); from another port of 127.0.0.1 (same site) it is, and Sec-Fetch-Site / Origin
+    // refuse it (403). The page showed the consent unchanged after each.
+    assert_eq!(found["cross_site_revoke_status"], 401);
+    assert_eq!(found["same_site_revoke_status"], 403);
     // The revoke clicked in the browser is what the CLI sees, and no job waits.
     let (consent, jobs) = env.consent_and_jobs();
     assert!(consent["disabled_at_ms"].is_i64(), "{consent}");
@@ -1209,4 +1280,189 @@ fn waiting_files_are_listed_under_their_reason() {
     wait_for("jobs again for the files the revoke cancelled", || {
         count(&env.jobs(), &["registered", "pending", "succeeded"]) >= done_before + cancelled
     });
+}
+
+/// An opener that does not return while its browser runs (some desktops' xdg-open): `ferry
+/// dashboard` returns at once all the same.
+#[test]
+fn ferry_dashboard_does_not_wait_for_the_browser() {
+    let env = Env::new();
+    let lib = tempfile::tempdir().unwrap();
+    copy_dir(&fixtures().join("plain"), lib.path());
+    let _daemon = env.daemon(&["--folder", lib.path().to_str().unwrap()]);
+    let bin = tempfile::tempdir().unwrap();
+    let opened = bin.path().join("opened");
+    let release = bin.path().join("release");
+    let made = Command::new("mkfifo").arg(&release).status().unwrap();
+    assert!(made.success());
+    // Writes the link down, then blocks until the test writes to the FIFO.
+    let script = bin.path().join("xdg-open");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nprintf '%s' \"$1\" > '{}'\nread line < '{}'\n",
+            opened.display(),
+            release.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut child = env
+        .cmd(&["dashboard"])
+        .env("PATH", bin.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if Instant::now() > deadline {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let ran = wait_until(Duration::from_secs(30), || opened.exists());
+    if ran {
+        // Let the opener go (opening the FIFO meets its reader, which it is or soon will be).
+        std::fs::write(&release, "go\n").unwrap();
+    }
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "`ferry dashboard` waited for the opener"
+    );
+    assert!(ran, "the opener was run");
+}
+
+/// Polls `check` until it holds or `limit` passes: whether it held.
+fn wait_until(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while !check() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    true
+}
+
+/// Signing out ends the live updates of that session: the event stream closes.
+#[test]
+fn signing_out_ends_the_live_updates() {
+    let env = Env::new();
+    let lib = tempfile::tempdir().unwrap();
+    copy_dir(&fixtures().join("plain"), lib.path());
+    let _daemon = env.daemon(&["--folder", lib.path().to_str().unwrap()]);
+    let (port, cookie) = login(&env);
+    let page = http(port, "GET", "/", &[("Cookie", cookie.as_str())], "");
+    assert_eq!(page.code, 200, "{page:?}");
+
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    write!(
+        s,
+        "GET /events HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut reader = BufReader::new(s);
+    let first = read_events(
+        &mut reader,
+        Instant::now() + Duration::from_secs(30),
+        |_| true,
+    );
+    assert!(first[0].1["verdict"].is_string(), "{first:?}");
+
+    let origin = format!("http://127.0.0.1:{port}");
+    let a = http(
+        port,
+        "POST",
+        "/logout",
+        &[("Cookie", cookie.as_str()), ("Origin", origin.as_str())],
+        &format!("csrf={}", csrf_of(&page.body)),
+    );
+    assert_eq!(a.code, 200, "{a:?}");
+
+    // The stream ends (the last chunk, then the connection closes) with nothing more sent.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut after = String::new();
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "the event stream still runs after sign-out: {after:?}"
+        );
+        let mut line = String::new();
+        match reader.read_line(&mut line) {
+            Ok(0) => break,
+            Ok(_) => after.push_str(&line),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(
+        !after.contains("data:"),
+        "no event after sign-out: {after:?}"
+    );
+    let again = http(port, "GET", "/events", &[("Cookie", cookie.as_str())], "");
+    assert_eq!(again.code, 401, "{again:?}");
+}
+
+/// Cookies are shared by every port of 127.0.0.1: a connection from another user's socket is
+/// refused whatever it carries, and the login link it tried still works for us. Needs root (to
+/// connect as `nobody` with setpriv); elsewhere it says so and passes.
+#[test]
+fn another_users_connection_is_refused() {
+    use std::os::unix::fs::MetadataExt;
+    let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+    let have = |p: &str| {
+        std::env::var_os("PATH")
+            .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(p).is_file()))
+    };
+    if !root || !have("setpriv") || !have("curl") {
+        eprintln!("skipped: connecting as another user needs root, setpriv and curl");
+        return;
+    }
+    let env = Env::new();
+    let lib = tempfile::tempdir().unwrap();
+    copy_dir(&fixtures().join("plain"), lib.path());
+    let _daemon = env.daemon(&["--folder", lib.path().to_str().unwrap()]);
+    let (port, cookie) = login(&env);
+    let (_, path) = login_url(&env);
+    let as_nobody = |path: &str, cookie: &str| -> (u16, String) {
+        let out = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "curl"])
+            .args(["-sS", "-w", "\n%{http_code}", "-H"])
+            .arg(format!("Cookie: {cookie}"))
+            .arg(format!("http://127.0.0.1:{port}{path}"))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap();
+        (code.trim().parse().unwrap_or(0), body.to_owned())
+    };
+    let (code, body) = as_nobody(&path, "");
+    assert_eq!(code, 403, "another user's login: {body}");
+    assert!(body.contains("belongs to another user"), "{body}");
+    let (code, body) = as_nobody("/", &cookie);
+    assert_eq!(code, 403, "another user with our cookie: {body}");
+    assert!(!body.contains("bundled"), "nothing of the state: {body}");
+    let (code, _) = as_nobody("/events", &cookie);
+    assert_eq!(code, 403);
+    // We are served as ever, and the refused login link was not used up.
+    assert_eq!(http(port, "GET", &path, &[], "").code, 303);
+    assert_eq!(
+        http(port, "GET", "/", &[("Cookie", cookie.as_str())], "").code,
+        200
+    );
 }

@@ -40,12 +40,16 @@ def plug_in():
 
 
 class Attacker(http.server.BaseHTTPRequestHandler):
-    """Another origin whose page auto-submits a revoke form to the dashboard."""
+    """Another origin whose page auto-submits a revoke form to the dashboard. The form carries
+    the session's real CSRF token (`csrf`, set by the test): as if it had leaked, so that only
+    the cookie's SameSite and the Origin / Sec-Fetch-Site checks stand in the way."""
+
+    csrf = ""
 
     def do_GET(self):
         body = f"""<!doctype html><html><body>
 <form id="f" method="post" action="{ORIGIN}/extensions/revoke">
-<input type="hidden" name="id" value="bundled"><input type="hidden" name="csrf" value="guess">
+<input type="hidden" name="id" value="bundled"><input type="hidden" name="csrf" value="{self.csrf}">
 </form><script>document.getElementById("f").submit();</script></body></html>""".encode()
         self.send_response(200)
         self.send_header("Content-Type", "text/html")
@@ -61,14 +65,31 @@ def verdict(page):
     return page.locator("#verdict-text").inner_text()
 
 
+def consent_shown(page):
+    """What the bundled extension's card says of its consent, as the page shows it now."""
+    page.goto(ORIGIN + "/")
+    return page.locator('article[aria-labelledby="ext-bundled"] dt:text-is("Consent") + dd').inner_text()
+
+
+def forged_revoke(context, page_url):
+    """Opens the attacker's page at `page_url` in a new tab; the status its revoke got."""
+    evil = context.new_page()
+    with evil.expect_response(f"{ORIGIN}/extensions/revoke") as r:
+        evil.goto(page_url)
+    status = r.value.status
+    evil.close()
+    return status
+
+
 with sync_playwright() as p:
     browser = p.chromium.launch(
         executable_path="/usr/bin/chromium",
         args=[
             "--no-sandbox",
             "--disable-gpu",
-            # DNS rebinding: a name of the attacker's that resolves to our loopback address.
-            "--host-resolver-rules=MAP evil.test 127.0.0.1",
+            # DNS rebinding: a name of the attacker's that resolves to our loopback address;
+            # and another site of the attacker's, served from loopback too.
+            "--host-resolver-rules=MAP evil.test 127.0.0.1, MAP attacker.test 127.0.0.1",
         ],
     )
     context = browser.new_context(viewport={"width": 1280, "height": 800})
@@ -126,17 +147,29 @@ with sync_playwright() as p:
     check(not foreign, f"requests elsewhere: {foreign}")
     found["requests"] = sorted(set(requests))
 
-    # Another origin's page auto-submits a revoke form: the strict cookie is not sent.
+    # Other sites' pages auto-submit a revoke form carrying the session's real CSRF token.
+    check(consent_shown(page) == "Enabled", "the extension is enabled before the forgeries")
+    Attacker.csrf = page.locator('input[name="csrf"]').first.get_attribute("value")
+    check(len(Attacker.csrf) == 64, f"the page's CSRF token is {Attacker.csrf!r}")
     server = http.server.HTTPServer(("127.0.0.1", 0), Attacker)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    evil = context.new_page()
-    with evil.expect_response(f"{ORIGIN}/extensions/revoke") as r:
-        evil.goto(f"http://127.0.0.1:{server.server_address[1]}/")
-    found["cross_site_revoke_status"] = r.value.status
-    check(r.value.status in (401, 403), f"a cross-site revoke got {r.value.status}")
+    attacker_port = server.server_address[1]
+    # A cross-site page (attacker.test is not 127.0.0.1's site): Chromium does not send the
+    # SameSite=Strict cookie on the cross-site post, so the dashboard sees no session: 401.
+    status = forged_revoke(context, f"http://attacker.test:{attacker_port}/")
+    found["cross_site_revoke_status"] = status
+    check(status == 401, f"a cross-site revoke got {status}")
+    check(consent_shown(page) == "Enabled", "a cross-site revoke changed the consent")
+    # The same address on another port is the same site, so the cookie goes along, and the
+    # token is right: only Sec-Fetch-Site (same-site, not same-origin) and Origin refuse it.
+    status = forged_revoke(context, f"http://127.0.0.1:{attacker_port}/")
+    found["same_site_revoke_status"] = status
+    check(status == 403, f"a same-site, cross-origin revoke got {status}")
+    check(consent_shown(page) == "Enabled", "a same-site revoke changed the consent")
     server.shutdown()
 
     # DNS rebinding: our address under another name is refused.
+    evil = context.new_page()
     resp = evil.goto(f"http://evil.test:{PORT}/")
     found["rebinding_status"] = resp.status
     check(resp.status == 421, f"evil.test got {resp.status}")

@@ -128,6 +128,23 @@ fn card(out: &mut String, c: &Card, csrf: &str) {
     if let Some(a) = &c.asks {
         let _ = write!(out, "<dt>Asks to see</dt><dd>{}</dd>", esc(a));
     }
+    // Where uploads go and how many it may hold, as `ferry extensions enable` says before
+    // asking: what a grant would give, or what was given.
+    if !c.destinations.is_empty() {
+        let _ = write!(
+            out,
+            "<dt>{}</dt><dd class=\"destinations\">{}</dd>",
+            if c.enabled {
+                "Sends to"
+            } else {
+                "Would send to"
+            },
+            esc(&c.destinations.join(", "))
+        );
+    }
+    if let Some(n) = c.job_limit {
+        let _ = write!(out, "<dt>Job limit</dt><dd class=\"job-limit\">{n}</dd>");
+    }
     if !c.installed {
         out.push_str("<dt>Installed</dt><dd>No (its manifest is gone)</dd>");
     }
@@ -136,20 +153,26 @@ fn card(out: &mut String, c: &Card, csrf: &str) {
         let _ = write!(out, "<dt>Last error</dt><dd>{}</dd>", esc(e));
     }
     out.push_str("</dl><div class=\"actions\">");
-    // Granting again is offered while it is off, or limited to fewer folders than it asks.
-    if c.installed && (!c.enabled || !c.granted_folders.is_empty()) {
+    // Granting is offered while it is off (optionally to some folders only), and again while
+    // it is limited to fewer folders than it asks.
+    if c.installed && !c.enabled {
         let _ = write!(
             out,
-            "<form method=\"post\" action=\"/extensions/grant\">{}<input type=\"hidden\" name=\"id\" value=\"{id}\"><button type=\"submit\">{}</button></form>",
-            csrf_field(csrf),
-            if c.enabled {
-                "Grant everything it asks for"
-            } else {
-                "Grant"
-            }
+            "<form method=\"post\" action=\"/extensions/grant\">{}<input type=\"hidden\" name=\"id\" value=\"{id}\">\
+<label for=\"grant-folders-{id}\">Grant only these folders (optional; one a line, relative to the library folder or a full path; empty: everything it asks for)</label>\
+<textarea id=\"grant-folders-{id}\" name=\"folders\" rows=\"2\"></textarea><button type=\"submit\">Grant</button></form>",
+            csrf_field(csrf)
+        );
+    } else if c.installed && !c.granted_folders.is_empty() {
+        let _ = write!(
+            out,
+            "<form method=\"post\" action=\"/extensions/grant\">{}<input type=\"hidden\" name=\"id\" value=\"{id}\"><button type=\"submit\">Grant everything it asks for</button></form>",
+            csrf_field(csrf)
         );
     }
-    if c.installed {
+    // Limiting narrows a consent already given: offered only while it is enabled, so that it
+    // never grants one.
+    if c.installed && c.enabled {
         let _ = write!(
             out,
             "<form method=\"post\" action=\"/extensions/limit\">{}<input type=\"hidden\" name=\"id\" value=\"{id}\">\
@@ -318,6 +341,80 @@ mod tests {
         );
         let flat = sparkline(&[0; 24]);
         assert!(flat.contains("0 bytes"), "{flat}");
+    }
+
+    fn a_card(enabled: bool) -> Card {
+        Card {
+            id: "bundled".into(),
+            name: "Ferry server".into(),
+            installed: true,
+            enabled,
+            asks: Some("the whole library".into()),
+            granted: enabled.then(|| "the whole library".into()),
+            granted_folders: Vec::new(),
+            destinations: vec!["https://photos.example/v1/".into(), "http://<b>/".into()],
+            job_limit: Some(64),
+            state: "idle".into(),
+            last_error: None,
+        }
+    }
+
+    fn rendered(c: &Card) -> String {
+        let mut out = String::new();
+        card(&mut out, c, "t0k3n");
+        out
+    }
+
+    #[test]
+    fn a_disabled_dashboard_card_offers_grant_and_never_limit() {
+        let off = rendered(&a_card(false));
+        assert!(!off.contains("action=\"/extensions/limit\""), "{off}");
+        assert!(!off.contains("Limit to these folders"), "{off}");
+        assert!(!off.contains("action=\"/extensions/revoke\""), "{off}");
+        assert!(off.contains("action=\"/extensions/grant\""), "{off}");
+        assert!(off.contains(">Grant only these folders"), "{off}");
+        assert!(
+            off.contains("<button type=\"submit\">Grant</button>"),
+            "{off}"
+        );
+    }
+
+    #[test]
+    fn an_enabled_dashboard_card_offers_limit_and_revoke() {
+        let on = rendered(&a_card(true));
+        assert!(on.contains("action=\"/extensions/limit\""), "{on}");
+        assert!(on.contains("Limit to these folders"), "{on}");
+        assert!(on.contains("action=\"/extensions/revoke\""), "{on}");
+        assert!(
+            !on.contains("action=\"/extensions/grant\""),
+            "all granted: {on}"
+        );
+        let mut limited = a_card(true);
+        limited.granted_folders = vec!["Trips".into()];
+        let limited = rendered(&limited);
+        assert!(
+            limited.contains("Grant everything it asks for"),
+            "{limited}"
+        );
+        assert!(!limited.contains("Grant only these folders"), "{limited}");
+    }
+
+    #[test]
+    fn every_dashboard_card_shows_where_uploads_go_and_the_job_limit() {
+        for enabled in [false, true] {
+            let html = rendered(&a_card(enabled));
+            assert!(
+                html.contains(&format!(
+                    "<dt>{}</dt><dd class=\"destinations\">https://photos.example/v1/, http://&lt;b&gt;/</dd>",
+                    if enabled { "Sends to" } else { "Would send to" }
+                )),
+                "{html}"
+            );
+            assert!(
+                html.contains("<dt>Job limit</dt><dd class=\"job-limit\">64</dd>"),
+                "{html}"
+            );
+        }
     }
 
     #[test]

@@ -8,18 +8,24 @@
 //! Origin (or `null` beside `Sec-Fetch-Site: same-origin`, see `extension_action`),
 //! `Sec-Fetch-Site: same-origin` when sent, and the session's CSRF token (else 403);
 //! every response carries a strict Content-Security-Policy; every string from the library or an
-//! extension is HTML-escaped ([`html::esc`]).
+//! extension is HTML-escaped ([`html::esc`]). Cookies are shared by every port of 127.0.0.1, so
+//! another local user's server could be handed our cookie: every request is refused (403) unless
+//! the socket it came from belongs to the daemon's own user ([`peer`]). Sessions end after
+//! [`SESSION_IDLE`] unused or [`SESSION_MAX`] in all, and a live update stream ends with its
+//! session.
 
 pub mod html;
+pub mod peer;
 pub mod view;
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::{Form, Query, Request, State, rejection::FormRejection};
+use axum::extract::{ConnectInfo, Form, Query, Request, State, rejection::FormRejection};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event, Sse};
@@ -38,6 +44,10 @@ const COALESCE: Duration = Duration::from_millis(250);
 const MAX_SESSIONS: usize = 64;
 /// Unused login tokens kept at most.
 const MAX_LOGINS: usize = 64;
+/// A session unused this long ends (a tab left open with live updates does not count as use).
+pub const SESSION_IDLE: Duration = Duration::from_secs(12 * 3600);
+/// A session ends this long after the login, used or not.
+pub const SESSION_MAX: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Every response's security headers.
 pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
@@ -111,6 +121,20 @@ impl Logins {
 struct Session {
     csrf: String,
     created: Instant,
+    /// The last page or form that used it (not live updates: they run unattended).
+    last_used: Instant,
+}
+
+impl Session {
+    /// When it ends unless used again.
+    fn expires(&self) -> Instant {
+        (self.last_used + SESSION_IDLE).min(self.created + SESSION_MAX)
+    }
+
+    /// Whether it is still live at `now`.
+    fn live(&self, now: Instant) -> bool {
+        now < self.expires()
+    }
 }
 
 /// The dashboard's state, shared by the control API (which starts it) and its web handlers.
@@ -122,6 +146,8 @@ pub struct Dashboard {
     start: tokio::sync::Mutex<()>,
     logins: Mutex<Logins>,
     sessions: Mutex<HashMap<String, Session>>,
+    /// Bumped whenever a session is removed, so live update streams look at theirs again.
+    sessions_changed: watch::Sender<u64>,
     /// The cookie's name: per state folder, since cookies are not isolated by port.
     cookie: String,
     rate: Arc<Mutex<view::RateMeter>>,
@@ -145,6 +171,7 @@ impl Dashboard {
             start: tokio::sync::Mutex::new(()),
             logins: Mutex::default(),
             sessions: Mutex::default(),
+            sessions_changed: watch::Sender::new(0),
             rate: Arc::default(),
         })
     }
@@ -186,7 +213,8 @@ impl Dashboard {
             .port();
         let _ = self.port.set(port);
         let mut stop = self.config.stop.clone();
-        let app = router(self.clone());
+        // With each connection's peer address, for the check of whose socket it is (`guard`).
+        let app = router(self.clone()).into_make_service_with_connect_info::<SocketAddr>();
         tokio::spawn(async move {
             let shutdown = async move {
                 let _ = stop.wait_for(|s| *s).await;
@@ -204,11 +232,14 @@ impl Dashboard {
 
     fn new_session(&self) -> Result<(String, Session), DashboardError> {
         let id = random_token()?;
+        let now = Instant::now();
         let s = Session {
             csrf: random_token()?,
-            created: Instant::now(),
+            created: now,
+            last_used: now,
         };
         let mut all = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        all.retain(|_, s| s.live(now));
         if all.len() >= MAX_SESSIONS
             && let Some(oldest) = all
                 .iter()
@@ -221,13 +252,35 @@ impl Dashboard {
         Ok((id, s))
     }
 
+    /// The request's session if it is live, marked as used now.
     fn session(&self, headers: &HeaderMap) -> Option<Session> {
         let id = cookie_value(headers, &self.cookie)?;
+        self.session_by_id(&id, Instant::now(), true)
+    }
+
+    /// Session `id` if live at `now` (an expired one is removed); `touch` marks it used.
+    fn session_by_id(&self, id: &str, now: Instant, touch: bool) -> Option<Session> {
+        let mut all = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        let s = all.get_mut(id)?;
+        if !s.live(now) {
+            all.remove(id);
+            drop(all);
+            self.sessions_changed.send_modify(|n| *n += 1);
+            return None;
+        }
+        if touch {
+            s.last_used = now;
+        }
+        Some(s.clone())
+    }
+
+    fn end_session(&self, id: &str) {
         self.sessions
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(id.as_str())
-            .cloned()
+            .remove(id);
+        // Live update streams of this session end now.
+        self.sessions_changed.send_modify(|n| *n += 1);
     }
 }
 
@@ -272,14 +325,31 @@ fn router(d: Arc<Dashboard>) -> Router {
         .with_state(d)
 }
 
-/// Refuses any Host but ours (DNS rebinding), and puts the security headers on every answer.
+/// Refuses a connection from another user's socket (cookies are shared by every port of
+/// 127.0.0.1) and any Host but ours (DNS rebinding), and puts the security headers on every
+/// answer.
 async fn guard(State(d): State<Arc<Dashboard>>, req: Request, next: Next) -> Response {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    let ours = SocketAddr::from(([127, 0, 0, 1], d.port()));
+    // Fails closed: a peer that cannot be found (no /proc, another network namespace) is refused.
+    let same_user = peer.is_some_and(|p| {
+        peer::socket_uid(p, ours).is_some_and(|uid| Some(uid) == peer::effective_uid())
+    });
     let host_ok = req
         .headers()
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .is_some_and(|h| host_allowed(h, d.port()));
-    let mut resp = if host_ok {
+    let mut resp = if !same_user {
+        page(
+            StatusCode::FORBIDDEN,
+            "Another user's dashboard",
+            "<p>Refused: this dashboard belongs to another user of this computer; only the user who runs the Ferry daemon may open it.</p>",
+        )
+    } else if host_ok {
         next.run(req).await
     } else {
         page(
@@ -381,7 +451,11 @@ async fn login(State(d): State<Arc<Dashboard>>, Query(q): Query<LoginQuery>) -> 
             );
         }
     };
-    let cookie = format!("{}={id}; HttpOnly; SameSite=Strict; Path=/", d.cookie);
+    let cookie = format!(
+        "{}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
+        d.cookie,
+        SESSION_MAX.as_secs()
+    );
     let mut resp = (StatusCode::SEE_OTHER, [(header::LOCATION, "/")]).into_response();
     if let Ok(v) = HeaderValue::from_str(&cookie) {
         resp.headers_mut().insert(header::SET_COOKIE, v);
@@ -498,7 +572,7 @@ fn post_allowed(
     let Some(id) = cookie_value(headers, &d.cookie) else {
         return Err(Refused::NoSession);
     };
-    let Some(session) = d.session(headers) else {
+    let Some(session) = d.session_by_id(&id, Instant::now(), true) else {
         return Err(Refused::NoSession);
     };
     let host = headers
@@ -541,10 +615,7 @@ async fn logout(
         Ok(id) => id,
         Err(refused) => return refused.into_response(),
     };
-    d.sessions
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(&id);
+    d.end_session(&id);
     let mut resp = page(
         StatusCode::OK,
         "Signed out",
@@ -579,17 +650,19 @@ async fn extension_action(
             "<p>The form named no extension.</p>",
         );
     };
+    let folders: Vec<String> = form
+        .folders
+        .unwrap_or_default()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect();
     let act = match action.as_str() {
+        // A disabled card's grant form may name folders: a grant of only those.
+        "grant" if !folders.is_empty() => view::Action::GrantFolders(folders),
         "grant" => view::Action::Grant,
-        "limit" => view::Action::Limit(
-            form.folders
-                .unwrap_or_default()
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .map(str::to_owned)
-                .collect(),
-        ),
+        "limit" => view::Action::Limit(folders),
         "revoke" => view::Action::Revoke,
         _ => return not_found().await,
     };
@@ -631,6 +704,10 @@ fn live_payload(cfg: &DashboardConfig, rate: &Mutex<view::RateMeter>) -> Option<
 }
 
 struct EventsState {
+    d: Arc<Dashboard>,
+    /// The session the stream was opened with: it ends when that session does.
+    session: String,
+    sessions_changed: watch::Receiver<u64>,
     cfg: DashboardConfig,
     rate: Arc<Mutex<view::RateMeter>>,
     revision: watch::Receiver<u64>,
@@ -643,13 +720,23 @@ struct EventsState {
 /// `Last-Event-ID` needs, since each event carries the whole state), then one event per change,
 /// at most one per [`COALESCE`]. Nothing runs while nothing changes: it waits on the daemon's
 /// revision counter.
+///
+/// The session is looked at again on each turn, and a sign-out or an expiry wakes the loop, so
+/// live updates end with the session. Watching does not count as use of the session.
 async fn events(State(d): State<Arc<Dashboard>>, headers: HeaderMap) -> Response {
-    if d.session(&headers).is_none() {
+    let Some(session) = cookie_value(&headers, &d.cookie)
+        .filter(|id| d.session_by_id(id, Instant::now(), false).is_some())
+    else {
         return no_session();
-    }
+    };
     let mut revision = d.config.progress.tally.revision.subscribe();
     revision.borrow_and_update();
+    let mut sessions_changed = d.sessions_changed.subscribe();
+    sessions_changed.borrow_and_update();
     let state = EventsState {
+        d: d.clone(),
+        session,
+        sessions_changed,
         cfg: d.config.clone(),
         rate: d.rate.clone(),
         revision,
@@ -659,14 +746,23 @@ async fn events(State(d): State<Arc<Dashboard>>, headers: HeaderMap) -> Response
     };
     let stream = futures_util::stream::unfold(state, |mut st| async move {
         loop {
+            // Ends with the session (`?`: the stream's end).
+            let session = st.d.session_by_id(&st.session, Instant::now(), false)?;
             if st.last.is_some() {
                 tokio::select! {
                     r = st.revision.changed() => if r.is_err() { return None },
                     _ = st.stop.wait_for(|s| *s) => return None,
+                    // A session was removed: is it ours? (Looked at on the next turn.)
+                    r = st.sessions_changed.changed() => {
+                        if r.is_err() { return None }
+                        continue;
+                    }
+                    _ = tokio::time::sleep_until(session.expires().into()) => continue,
                 }
                 // Let a burst of changes settle into one event.
                 tokio::time::sleep(COALESCE).await;
                 st.revision.borrow_and_update();
+                st.d.session_by_id(&st.session, Instant::now(), false)?;
             }
             if *st.stop.borrow() {
                 return None;
@@ -706,6 +802,69 @@ mod tests {
         assert!(l.redeem("a", t0 + Duration::from_secs(59)));
         assert!(!l.redeem("a", t0 + Duration::from_secs(59)), "used up");
         assert!(!l.redeem("b", t0 + LOGIN_TTL), "expired");
+    }
+
+    #[test]
+    fn a_dashboard_session_ends_when_idle_12_hours_or_7_days_after_login() {
+        let t0 = Instant::now();
+        let h = |n: u64| Duration::from_secs(n * 3600);
+        let mut s = Session {
+            csrf: String::new(),
+            created: t0,
+            last_used: t0,
+        };
+        assert!(s.live(t0));
+        assert!(s.live(t0 + h(12) - Duration::from_secs(1)));
+        assert!(!s.live(t0 + h(12)), "12 hours unused");
+        // Used every 11 hours it lives on, but never past 7 days from the login.
+        let mut t = t0;
+        while t + h(11) < t0 + h(7 * 24) {
+            t += h(11);
+            assert!(s.live(t), "{:?}", t - t0);
+            s.last_used = t;
+        }
+        assert_eq!(s.expires(), t0 + SESSION_MAX);
+        assert!(s.live(t0 + SESSION_MAX - Duration::from_secs(1)));
+        assert!(!s.live(t0 + SESSION_MAX), "7 days after the login");
+    }
+
+    #[test]
+    fn an_expired_dashboard_session_is_removed_and_its_streams_told() {
+        let (_stop_tx, stop) = watch::channel(false);
+        let d = Dashboard::new(DashboardConfig {
+            state_dir: PathBuf::from("/nonexistent"),
+            extensions_dir: PathBuf::from("/nonexistent"),
+            progress: Arc::default(),
+            extensions_changed: Arc::default(),
+            stop,
+            port: 0,
+        });
+        let (id, s) = d.new_session().unwrap();
+        let mut changed = d.sessions_changed.subscribe();
+        let later = s.created + SESSION_IDLE - Duration::from_secs(1);
+        assert!(d.session_by_id(&id, later, false).is_some());
+        assert!(
+            d.session_by_id(&id, s.created + SESSION_IDLE, false)
+                .is_none(),
+            "watching did not count as use"
+        );
+        assert!(changed.has_changed().unwrap(), "streams are woken");
+        changed.borrow_and_update();
+        assert!(
+            d.session_by_id(&id, s.created, true).is_none(),
+            "gone for good"
+        );
+        let (id, s) = d.new_session().unwrap();
+        let used = s.created + SESSION_IDLE - Duration::from_secs(1);
+        assert!(d.session_by_id(&id, used, true).is_some());
+        assert!(
+            d.session_by_id(&id, s.created + SESSION_IDLE, false)
+                .is_some(),
+            "a use moves the idle limit"
+        );
+        d.end_session(&id);
+        assert!(changed.has_changed().unwrap(), "a sign-out wakes streams");
+        assert!(d.session_by_id(&id, s.created, false).is_none());
     }
 
     #[test]

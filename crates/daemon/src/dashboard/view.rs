@@ -64,6 +64,11 @@ pub struct Card {
     pub granted: Option<String>,
     /// Folders granted, one a line (pre-fills the limit form).
     pub granted_folders: Vec<String>,
+    /// Where its uploads may go and how many jobs it may hold: what the consent gave while it
+    /// is enabled, else what a grant would give (its manifest), as `ferry extensions enable`
+    /// shows before asking. Empty / `None` when neither is known.
+    pub destinations: Vec<String>,
+    pub job_limit: Option<u32>,
     pub state: String,
     pub last_error: Option<String>,
 }
@@ -459,6 +464,16 @@ fn cards(cfg: &DashboardConfig, store: &Store) -> Vec<Card> {
                 asks: m.map(|m| scope_text(&m.scope)),
                 granted: c.map(|c| scope_text(&consent::scope_of(c))),
                 granted_folders: c.and_then(|c| c.folders.clone()).unwrap_or_default(),
+                destinations: match (c, m) {
+                    (Some(c), _) => c.bases.iter().map(|b| b.as_str().to_owned()).collect(),
+                    (None, Some(m)) => m
+                        .destination_bases
+                        .iter()
+                        .map(|b| b.as_str().to_owned())
+                        .collect(),
+                    (None, None) => Vec::new(),
+                },
+                job_limit: c.map(|c| c.job_limit).or(m.map(|m| m.job_limit)),
                 state: format!("{:?}", s.state).to_lowercase(),
                 last_error: s.last_error.clone(),
                 id: s.id,
@@ -472,7 +487,11 @@ fn cards(cfg: &DashboardConfig, store: &Store) -> Vec<Card> {
 pub enum Action {
     /// Everything the manifest asks for (`ferry extensions enable ID`).
     Grant,
-    /// Only these folders (`ferry extensions enable ID --folder DIR...`).
+    /// Only these folders, granted while it is not enabled (`ferry extensions enable ID
+    /// --folder DIR...`).
+    GrantFolders(Vec<String>),
+    /// Only these folders, while it is enabled: narrows (or widens back) a consent already
+    /// given, and never gives one (a disabled card offers Grant instead).
     Limit(Vec<String>),
     /// `ferry extensions disable ID`.
     Revoke,
@@ -484,6 +503,10 @@ pub enum ActionError {
     NotInstalled(String),
     #[error("give at least one folder to limit it to")]
     NoFolders,
+    #[error(
+        "{0:?} is not enabled, so there is no consent to limit; grant it (optionally to some folders only) instead"
+    )]
+    NotEnabled(String),
     #[error(
         "{0:?} is not a folder of the library; give a folder inside one of its roots (a path, or relative to the root)"
     )]
@@ -518,6 +541,7 @@ pub fn relative_folder(folder: &str, roots: &[PathBuf]) -> Option<String> {
 pub fn act(cfg: &DashboardConfig, id: &str, action: Action) -> Result<(), ActionError> {
     let mut store = Store::open(&cfg.state_dir.join("ferry.db"))?;
     let now = ferry_host::now_ms();
+    let limiting = matches!(action, Action::Limit(_));
     let find = || -> Result<_, ActionError> {
         let host = HostConfig::new(cfg.extensions_dir.clone(), cfg.state_dir.clone());
         manifest::find_in(&host.manifest_dirs(), id)
@@ -529,7 +553,10 @@ pub fn act(cfg: &DashboardConfig, id: &str, action: Action) -> Result<(), Action
             let m = find()?;
             consent::enable(&mut store, &m, Grant::requested(&m), now)?;
         }
-        Action::Limit(folders) => {
+        Action::Limit(folders) | Action::GrantFolders(folders) => {
+            if limiting && !store.consent(id)?.is_some_and(|c| c.is_enabled()) {
+                return Err(ActionError::NotEnabled(id.to_owned()));
+            }
             let m = find()?;
             if folders.is_empty() {
                 return Err(ActionError::NoFolders);
