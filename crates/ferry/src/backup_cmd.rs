@@ -216,7 +216,12 @@ pub fn run(state_dir: &Path, config: &FileConfig, args: BackupArgs) -> anyhow::R
 fn report(s: &BackupSummary, json: bool) -> ExitCode {
     let code = if s.complete() { 0 } else { EXIT_INCOMPLETE };
     if json {
-        json_out(&serde_json::json!({"event": "summary", "exit_code": code, "summary": s}));
+        json_out(&serde_json::json!({
+            "event": "summary",
+            "exit_code": code,
+            "summary": s,
+            "peak_rss_bytes": crate::output::peak_rss_bytes(),
+        }));
         return ExitCode::from(code);
     }
     let mut lines = vec![

@@ -101,6 +101,7 @@ pub const EXIT_AUTH: u8 = 5;
 pub const EXIT_UNREACHABLE: u8 = 6;
 
 fn main() -> ExitCode {
+    ferry_daemon::limit_malloc_arenas();
     // `ferry extension-run ferry-backup`: the bundled extension, speaking the extension
     // protocol on stdin/stdout (the host runs this binary as the extension's program).
     let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
