@@ -338,7 +338,7 @@ fn changes(ctx: &Context, q: ChangesParams) -> Result<serde_json::Value, RpcErro
             data.insert("oldest_kept".into(), oldest_kept.into());
             return Err(RpcError::with_data(
                 ErrorCode::ChangeTokenExpired,
-                "the change history since this token was pruned; resynchronise with library.list_assets",
+                "this change token expired (the history since it was pruned, or your consent changed since); resynchronise with library.list_assets",
                 data,
             ));
         }

@@ -101,6 +101,20 @@ pub struct ImportStatus {
     pub updated_ms: i64,
 }
 
+/// Whether folders `new` (`None`: the whole library) show assets `old` (stored JSON) did not: a
+/// folder not among the old ones (order aside), or the whole library after some folders. An
+/// unreadable old list counts as a change.
+fn widens(old: Option<&str>, new: Option<&[String]>) -> bool {
+    match (old, new) {
+        (None, _) => false,
+        (Some(_), None) => true,
+        (Some(old), Some(new)) => match serde_json::from_str::<Vec<String>>(old) {
+            Ok(old) => new.iter().any(|f| !old.contains(f)),
+            Err(_) => true,
+        },
+    }
+}
+
 /// The `meta` key (followed by the extension's id) of the change sequence number before which
 /// an extension's change tokens expire (see `Store::grant_consent`).
 pub(crate) const CHANGES_FLOOR_KEY: &str = "changes_floor/";
@@ -124,11 +138,11 @@ impl Store {
         let bases = serde_json::to_string(&consent.bases)
             .map_err(|e| JobStoreError::Corrupt(e.to_string()))?;
         // Enabled again after a disable (which cancelled its waiting jobs), or its folders
-        // changed (assets came into scope): what the extension saw through its change token
+        // now show assets they did not (see `widens`): what the extension saw through its change token
         // no longer covers what it must now do. A new, empty change set marks the moment;
         // tokens from before it answer `change_token_expired`, so the extension goes over the
         // library again (see `Store::check_extension_token`). Granting the same consent again
-        // (every `ferry backup` does) changes nothing.
+        // (every `ferry backup` does), or narrowing it, changes nothing.
         let before: Option<(Option<String>, Option<i64>)> = tx
             .query_row(
                 "SELECT folders, disabled_at_ms FROM extension_consent WHERE id = ?1",
@@ -138,7 +152,7 @@ impl Store {
             .optional()?;
         let resync = consent.is_enabled()
             && before.is_some_and(|(old_folders, disabled_at)| {
-                disabled_at.is_some() || old_folders != folders
+                disabled_at.is_some() || widens(old_folders.as_deref(), consent.folders.as_deref())
             });
         if resync {
             let seq: i64 = tx.query_row(
@@ -609,5 +623,61 @@ mod import_tests {
         assert_eq!(s.wipe_extension_kv("x").unwrap(), 1);
         assert_eq!(s.kv_get("x", "a").unwrap(), None);
         assert_eq!(s.kv_get("y", "a").unwrap().as_deref(), Some("1"));
+    }
+}
+
+#[cfg(test)]
+mod resync_tests {
+    use super::*;
+
+    fn consent(folders: Option<&[&str]>) -> Consent {
+        Consent {
+            id: "x".into(),
+            folders: folders.map(|f| f.iter().map(|s| (*s).to_owned()).collect()),
+            bases: Vec::new(),
+            job_limit: 10,
+            enabled_at_ms: 1,
+            disabled_at_ms: None,
+        }
+    }
+
+    /// Which consent changes expire an extension's change tokens: enabling again after a
+    /// disable and folders that show more; not the same consent again, another order of the
+    /// same folders, or fewer folders.
+    #[test]
+    fn consent_changes_that_show_more_expire_older_change_tokens() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("ferry.db")).unwrap();
+        let expired = |s: &Store, token: &str| {
+            matches!(
+                s.check_extension_token("x", token),
+                Err(ChangesError::ChangeTokenExpired { .. })
+            )
+        };
+        s.grant_consent(&consent(Some(&["a", "b"]))).unwrap();
+        let t0 = s.current_change_token().unwrap();
+        for same in [
+            Some(&["a", "b"][..]),
+            Some(&["b", "a"][..]),
+            Some(&["a"][..]),
+        ] {
+            s.grant_consent(&consent(same)).unwrap();
+            assert!(!expired(&s, &t0), "{same:?} shows nothing new");
+            assert_eq!(s.current_change_token().unwrap(), t0);
+        }
+        s.grant_consent(&consent(Some(&["a", "c"]))).unwrap();
+        assert!(expired(&s, &t0), "folder c came into scope");
+        let t1 = s.current_change_token().unwrap();
+        assert!(!expired(&s, &t1), "a token taken after the change is good");
+        s.grant_consent(&consent(None)).unwrap();
+        assert!(expired(&s, &t1), "the whole library after some folders");
+        let t2 = s.current_change_token().unwrap();
+        s.revoke_consent("x", 2).unwrap();
+        s.grant_consent(&consent(None)).unwrap();
+        assert!(expired(&s, &t2), "enabled again after a disable");
+        assert!(
+            s.check_extension_token("other", &t0).is_ok(),
+            "another extension's tokens stay"
+        );
     }
 }

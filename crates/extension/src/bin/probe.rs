@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use ferry_extension::protocol::{
-    ImportSource, ImportStatus, InitializeParams, MigrationPreflightResult, ProcessJobsParams,
-    ProcessJobsResult, ProcessStatus,
+    ErrorCode, ImportSource, ImportStatus, InitializeParams, MigrationPreflightResult,
+    ProcessJobsParams, ProcessJobsResult, ProcessStatus,
 };
 use ferry_extension::{Archive, ErrorClass, Extension, Host, HostError};
 
@@ -72,8 +72,24 @@ impl Probe {
     /// job limit, and the token saved for next time.
     fn report(&mut self, host: &mut Host) -> Result<serde_json::Value, HostError> {
         let saved = host.kv_get("token")?;
-        let (changes, until) = match &saved {
-            Some(t) => host.changes_all(t)?,
+        // An expired or foreign token means a full pass, as a first run does (section 4).
+        let since = match &saved {
+            Some(t) => match host.changes_all(t) {
+                Ok(r) => Some(r),
+                Err(e)
+                    if matches!(
+                        e.code(),
+                        Some(ErrorCode::ChangeTokenExpired | ErrorCode::InvalidToken)
+                    ) =>
+                {
+                    None
+                }
+                Err(e) => return Err(e),
+            },
+            None => None,
+        };
+        let (changes, until) = match since {
+            Some(r) => r,
             None => {
                 let token = host.current_token()?;
                 let mut n = 0;
