@@ -143,48 +143,80 @@ pub fn status(
         resources: c.resources,
         bytes: c.bytes,
     };
-    let jobs = all_jobs(store)?;
     let backoff = backoff_until(store)?;
     let mut per: BTreeMap<String, ExtensionStatus> = BTreeMap::new();
-    let mut delivered: HashSet<[u8; 32]> = HashSet::new();
-    for j in &jobs {
-        let e = per
-            .entry(j.extension.clone())
-            .or_insert_with(|| ExtensionStatus {
-                extension: j.extension.clone(),
-                ..Default::default()
-            });
-        match j.state {
-            JobState::Succeeded => {
-                e.succeeded += 1;
-                delivered.insert(j.content_hash.0);
-            }
-            JobState::Failed => e.failed += 1,
-            JobState::Cancelled => e.cancelled += 1,
-            JobState::Registered | JobState::Pending => {
-                e.pending += 1;
-                *e.waiting
-                    .entry(waiting_reason(j, decision.as_ref(), &backoff, now_ms))
-                    .or_default() += 1;
+    // Page by page, holding no list of every job nor a set of every delivered hash (a library
+    // of a million): what succeeded and was acknowledged is asked of the receipts' index;
+    // only the few succeeded jobs not yet acknowledged, and the failed ones, are kept.
+    let mut unacknowledged_delivered: HashSet<[u8; 32]> = HashSet::new();
+    let mut failed_hashes: Vec<ferry_core::ContentHash> = Vec::new();
+    let mut after: Option<Uuid> = None;
+    loop {
+        let page = store.jobs(&JobFilter {
+            after,
+            ..JobFilter::default()
+        })?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.id);
+        for j in &page {
+            let e = per
+                .entry(j.extension.clone())
+                .or_insert_with(|| ExtensionStatus {
+                    extension: j.extension.clone(),
+                    ..Default::default()
+                });
+            match j.state {
+                JobState::Succeeded => {
+                    e.succeeded += 1;
+                    if !j.acknowledged {
+                        unacknowledged_delivered.insert(j.content_hash.0);
+                    }
+                }
+                JobState::Failed => {
+                    e.failed += 1;
+                    failed_hashes.push(j.content_hash);
+                }
+                JobState::Cancelled => e.cancelled += 1,
+                JobState::Registered | JobState::Pending => {
+                    e.pending += 1;
+                    *e.waiting
+                        .entry(waiting_reason(j, decision.as_ref(), &backoff, now_ms))
+                        .or_default() += 1;
+                }
             }
         }
     }
+    let delivered = |h: &ferry_core::ContentHash| -> Result<bool, JobStoreError> {
+        Ok(unacknowledged_delivered.contains(&h.0) || store.delivered_with_receipt(h)?)
+    };
     let mut backed_up = 0u64;
     let mut total = 0u64;
     // Every indexed path is absolute: "/" covers the whole index.
-    for r in store.resource_stats_under(std::path::Path::new("/"))? {
-        total += 1;
-        if delivered.contains(&r.blake3) {
-            backed_up += 1;
+    let mut after_path: Option<std::path::PathBuf> = None;
+    loop {
+        let page = store.resource_stats_under_page(
+            std::path::Path::new("/"),
+            after_path.as_deref(),
+            10_000,
+        )?;
+        let Some(last) = page.last() else { break };
+        after_path = Some(last.path.clone());
+        for r in &page {
+            total += 1;
+            if delivered(&ferry_core::ContentHash(r.blake3))? {
+                backed_up += 1;
+            }
         }
     }
     let extensions: Vec<ExtensionStatus> = per.into_values().collect();
     let busy = extensions.iter().any(|e| e.pending > 0);
     // A failed job whose content was delivered later (retry, another job) is no risk.
-    let failed_open = jobs
-        .iter()
-        .filter(|j| j.state == JobState::Failed && !delivered.contains(&j.content_hash.0))
-        .count();
+    let mut failed_open = 0usize;
+    for h in &failed_hashes {
+        if !delivered(h)? {
+            failed_open += 1;
+        }
+    }
     Ok(Status {
         library,
         resources_backed_up: backed_up,

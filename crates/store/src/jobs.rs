@@ -667,6 +667,21 @@ fn to_i64(n: usize) -> i64 {
 }
 
 impl Store {
+    /// Whether content `hash` was delivered by a job that succeeded and was acknowledged (a
+    /// receipt of a succeeded job): one index lookup, so a caller going over a whole library
+    /// holds no set of every delivered hash.
+    pub fn delivered_with_receipt(&self, hash: &ContentHash) -> Result<bool, JobStoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM receipts r JOIN jobs j ON j.id = r.job_id
+             WHERE r.content_hash = ?1 AND j.state = ?2)",
+        )?;
+        Ok(
+            stmt.query_row(params![&hash.0[..], JobState::Succeeded.as_str()], |r| {
+                r.get::<_, bool>(0)
+            })?,
+        )
+    }
+
     /// The extension's unacknowledged jobs by state: one range of the `jobs_by_action` index,
     /// about one job limit long.
     pub fn job_counts(&self, extension: &str) -> Result<JobCounts, JobStoreError> {
