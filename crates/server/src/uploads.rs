@@ -261,6 +261,39 @@ impl Drop for InFlight<'_> {
     }
 }
 
+impl InFlight<'_> {
+    /// The body's next chunk, counted in `received_bytes` (and published); `Ok(None)` at its
+    /// end. An error ends the append as a cut: the client went quiet past `idle`, cut the
+    /// body, or a newer request for this upload asked this append to stop.
+    pub(crate) async fn next_chunk(
+        &self,
+        stream: &mut axum::body::BodyDataStream,
+        idle: Duration,
+        received_bytes: &mut u64,
+    ) -> Result<Option<Bytes>, ApiError> {
+        let next = tokio::select! {
+            () = self.running.stop.notified() => {
+                return Err(ApiError::BodyInterrupted(
+                    "stopped for a newer request for this upload".into(),
+                ));
+            }
+            next = tokio::time::timeout(idle, stream.next()) => next,
+        };
+        match next {
+            Err(_) => Err(ApiError::Timeout),
+            Ok(None) => Ok(None),
+            Ok(Some(Err(e))) => Err(ApiError::BodyInterrupted(e.to_string())),
+            Ok(Some(Ok(c))) => {
+                *received_bytes += c.len() as u64;
+                self.running
+                    .received_bytes
+                    .store(*received_bytes, std::sync::atomic::Ordering::Relaxed);
+                Ok(Some(c))
+            }
+        }
+    }
+}
+
 /// How long a request for an upload another request is appending to waits for that one to
 /// stop (it was asked to) before it is answered busy.
 const STOP_WAIT: Duration = Duration::from_secs(5);
@@ -811,33 +844,18 @@ impl Engine {
         let mut failure: Option<ApiError> = None;
         let in_flight = InFlight::new(self, id);
         loop {
-            let next = tokio::select! {
-                // A newer request for this upload asked this one to stop: it ends as a cut.
-                () = in_flight.running.stop.notified() => {
-                    failure = Some(ApiError::BodyInterrupted(
-                        "stopped for a newer request for this upload".into(),
-                    ));
-                    break;
-                }
-                next = tokio::time::timeout(self.limits.body_idle_timeout, stream.next()) => next,
-            };
-            let chunk = match next {
-                Err(_) => {
-                    failure = Some(ApiError::Timeout);
-                    break;
-                }
+            let idle = self.limits.body_idle_timeout;
+            let chunk = match in_flight
+                .next_chunk(&mut stream, idle, &mut received_bytes)
+                .await
+            {
+                Ok(Some(c)) => c,
                 Ok(None) => break,
-                Ok(Some(Err(e))) => {
-                    failure = Some(ApiError::BodyInterrupted(e.to_string()));
+                Err(e) => {
+                    failure = Some(e);
                     break;
                 }
-                Ok(Some(Ok(c))) => c,
             };
-            received_bytes += chunk.len() as u64;
-            in_flight
-                .running
-                .received_bytes
-                .store(received_bytes, std::sync::atomic::Ordering::Relaxed);
             if received_bytes > room_bytes {
                 failure = Some(if length.is_some_and(|l| start + received_bytes > l) {
                     ApiError::InconsistentLength("body runs past Upload-Length".into())

@@ -398,33 +398,18 @@ impl Engine {
         let mut failure: Option<ApiError> = None;
         let mut store_error: Option<ApiError> = None;
         loop {
-            let next_chunk = tokio::select! {
-                // A newer request for this upload asked this one to stop: it ends as a cut.
-                () = in_flight.running.stop.notified() => {
-                    failure = Some(ApiError::BodyInterrupted(
-                        "stopped for a newer request for this upload".into(),
-                    ));
-                    break;
-                }
-                next = tokio::time::timeout(self.limits.body_idle_timeout, stream.next()) => next,
-            };
-            let c = match next_chunk {
-                Err(_) => {
-                    failure = Some(ApiError::Timeout);
-                    break;
-                }
+            let idle = self.limits.body_idle_timeout;
+            let c = match in_flight
+                .next_chunk(&mut stream, idle, &mut received_bytes)
+                .await
+            {
+                Ok(Some(c)) => c,
                 Ok(None) => break,
-                Ok(Some(Err(e))) => {
-                    failure = Some(ApiError::BodyInterrupted(e.to_string()));
+                Err(e) => {
+                    failure = Some(e);
                     break;
                 }
-                Ok(Some(Ok(c))) => c,
             };
-            received_bytes += c.len() as u64;
-            in_flight
-                .running
-                .received_bytes
-                .store(received_bytes, Ordering::Relaxed);
             if received_bytes > room_bytes {
                 failure = Some(if length.is_some_and(|l| start + received_bytes > l) {
                     ApiError::InconsistentLength("body runs past Upload-Length".into())
