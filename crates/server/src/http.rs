@@ -456,7 +456,7 @@ async fn create(
             };
             let check = tus_checksum(&h)?;
             let (meta_json, meta_raw) = metadata(&h)?;
-            let row = match e
+            let (row, fresh) = match e
                 .create(
                     user,
                     "tus",
@@ -468,7 +468,7 @@ async fn create(
                 )
                 .await?
             {
-                Created::New(row) => row,
+                Created::New(row, fresh) => (row, fresh),
                 Created::Existing(row) => return existing(e, user, Proto::Tus, row, body).await,
             };
             let outcome = if with_body || length == Some(0) {
@@ -480,7 +480,10 @@ async fn create(
                     ietf: false,
                     repr: ReprDigests::default(),
                 };
-                Some(e.append(&row.id, user, append, body).await?)
+                Some(
+                    e.append_created(row.clone(), fresh, user, append, body)
+                        .await?,
+                )
             } else {
                 None
             };
@@ -506,7 +509,7 @@ async fn create(
             let length = sf_u64(&h, "upload-length")?;
             let (meta_json, meta_raw) = metadata(&h)?;
             let check = digest(&h, "content-digest")?.map(ChunkCheck::ContentDigestSha256);
-            let row = match e
+            let (row, fresh) = match e
                 .create(
                     user,
                     "ietf",
@@ -518,7 +521,7 @@ async fn create(
                 )
                 .await?
             {
-                Created::New(row) => row,
+                Created::New(row, fresh) => (row, fresh),
                 Created::Existing(row) => {
                     return existing(e, user, Proto::Ietf(v), row, body).await;
                 }
@@ -531,10 +534,11 @@ async fn create(
                 ietf: true,
                 repr: ReprDigests::default(),
             };
-            let outcome = e.append(&row.id, user, append, body).await?;
+            let id = row.id.clone();
+            let outcome = e.append_created(row, fresh, user, append, body).await?;
             let mut res = StatusCode::CREATED.into_response();
             let hm = res.headers_mut();
-            location(hm, &row.id);
+            location(hm, &id);
             ietf_outcome_headers(hm, e, v, &outcome);
             Ok(res)
         }
@@ -542,7 +546,7 @@ async fn create(
             let (meta_json, meta_raw) = metadata(&h)?;
             let check = digest(&h, "content-digest")?.map(ChunkCheck::ContentDigestSha256);
             let length = tus_u64(&h, "content-length")?;
-            let row = match e
+            let (row, fresh) = match e
                 .create(
                     user,
                     "plain",
@@ -554,7 +558,7 @@ async fn create(
                 )
                 .await?
             {
-                Created::New(row) => row,
+                Created::New(row, fresh) => (row, fresh),
                 Created::Existing(row) => {
                     return existing(e, user, Proto::Plain, row, body).await;
                 }
@@ -567,10 +571,11 @@ async fn create(
                 ietf: true,
                 repr: ReprDigests::default(),
             };
-            let outcome = e.append(&row.id, user, append, body).await?;
+            let id = row.id.clone();
+            let outcome = e.append_created(row, fresh, user, append, body).await?;
             let mut res = StatusCode::CREATED.into_response();
             let hm = res.headers_mut();
-            location(hm, &row.id);
+            location(hm, &id);
             if let Outcome::Complete(_, o) = &outcome {
                 object_headers(hm, o);
             }

@@ -776,6 +776,18 @@ macro_rules! backend {
                 conn: &mut Conn,
                 batch: &[Write],
             ) -> Result<Vec<Result<Applied, sqlx::Error>>, sqlx::Error> {
+                if let [only] = batch {
+                    // A batch of one needs no savepoint: the transaction is the write's own.
+                    let r = apply(conn, &only.op).await;
+                    if r.is_err() {
+                        // (SQLite may have rolled back already; a transaction left open is
+                        // ended by the next batch's `BEGIN` failing.)
+                        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+                    } else {
+                        sqlx::query("COMMIT").execute(&mut *conn).await?;
+                    }
+                    return Ok(vec![r]);
+                }
                 let mut results = Vec::with_capacity(batch.len());
                 for w in batch {
                     sqlx::query("SAVEPOINT ferry_write")
@@ -1357,11 +1369,15 @@ impl Meta {
                 // One writing connection: SQLite admits one writer at a time anyway.
                 let write_pool = SqlitePoolOptions::new()
                     .max_connections(1)
+                    .test_before_acquire(false)
                     .connect_with(opts.clone())
                     .await?;
                 sqlx::migrate!("./migrations").run(&write_pool).await?;
+                // No ping before each read: a local file's connection cannot go stale, and
+                // the ping is one more round trip to the connection's thread per query.
                 let pool = SqlitePoolOptions::new()
                     .max_connections(4)
+                    .test_before_acquire(false)
                     .connect_with(opts)
                     .await?;
                 (pool, write_pool, true)

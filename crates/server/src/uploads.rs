@@ -94,8 +94,19 @@ pub struct Append {
 /// What a creation yields: a new upload, or the one its idempotency key already names.
 #[derive(Debug)]
 pub enum Created {
-    New(UploadRow),
+    /// A new upload, with its slot already held: nobody else can have touched it, so its
+    /// first append ([`Engine::append_created`]) needs no second read of the row.
+    New(UploadRow, Fresh),
     Existing(UploadRow),
+}
+
+/// The slot of an upload this request just created, taken before its row existed.
+#[derive(Debug)]
+pub struct Fresh {
+    slot: tokio::sync::OwnedMutexGuard<Slot>,
+    /// The creation found that its user has no quota: completion need not read the user again
+    /// before it stores the blob (its transaction checks the quota in any case).
+    quota_free: bool,
 }
 
 /// An `Idempotency-Key` as stored: scoped to the request's credentials, so two devices (two
@@ -513,11 +524,18 @@ impl Engine {
                 self.limits.max_size_bytes
             )));
         }
+        let mut quota_free = false;
         if let Some(l) = length_bytes {
             let promised = expected.blake3.map(|d| hex(&d));
-            self.check_quota(user_id, l, promised.as_deref()).await?;
+            quota_free = self.check_quota(user_id, l, promised.as_deref()).await?;
         }
         let id = uuid::Uuid::now_v7().simple().to_string();
+        // Held from before the row exists until the creation's own append ends: a request
+        // that finds the upload by its idempotency key meanwhile waits for it.
+        let fresh = self
+            .slot(&id)
+            .try_lock_owned()
+            .map_err(|_| ApiError::Internal("a new upload id is already in use".into()))?;
         let path = self.partial_path(&id);
         // Not fsynced here: an empty file holds nothing to lose. The first append that leaves
         // bytes behind an answered offset fsyncs the directory (see `append`), and an append
@@ -560,31 +578,38 @@ impl Engine {
             }
             return Err(e.into());
         }
-        Ok(Created::New(row))
+        Ok(Created::New(
+            row,
+            Fresh {
+                slot: fresh,
+                quota_free,
+            },
+        ))
     }
 
     /// Refuses `needed_bytes` more for `user_id` when they do not fit the user's quota
     /// (413, `Ferry-Problem: quota-exceeded`). An object the user already owns (a promised
     /// BLAKE3) adds nothing. Completion checks again, in the transaction that adds the object.
+    /// `true`: the user has no quota at all.
     pub async fn check_quota(
         &self,
         user_id: i64,
         needed_bytes: u64,
         promised_blake3: Option<&str>,
-    ) -> Result<(), ApiError> {
+    ) -> Result<bool, ApiError> {
         let Some(user) = self.meta.user(user_id).await? else {
-            return Ok(());
+            return Ok(true);
         };
         let Some(quota_bytes) = user.quota_bytes else {
-            return Ok(());
+            return Ok(true);
         };
         if user.used_bytes.saturating_add(needed_bytes) <= quota_bytes {
-            return Ok(());
+            return Ok(false);
         }
         if let Some(b) = promised_blake3
             && self.meta.owned_object(user_id, b).await?.is_some()
         {
-            return Ok(());
+            return Ok(false);
         }
         Err(ApiError::QuotaExceeded {
             used_bytes: user.used_bytes,
@@ -691,13 +716,33 @@ impl Engine {
         r
     }
 
+    /// The first append of an upload this request created (its body came with the creation):
+    /// the row is the one just written, under the slot held since before it existed. With a
+    /// remote store the append takes the upload's lease like any other.
+    pub async fn append_created(
+        &self,
+        row: UploadRow,
+        fresh: Fresh,
+        user_id: i64,
+        req: Append,
+        body: Body,
+    ) -> Result<Outcome, ApiError> {
+        if self.remote.is_some() {
+            drop(fresh);
+            return self.append(&row.id, user_id, req, body).await;
+        }
+        let id = row.id.clone();
+        self.append_row(&id, row, req, body, fresh.slot, None, fresh.quota_free)
+            .await
+    }
+
     /// An append under the upload's slot (and, on a remote store, its lease).
     async fn append_locked(
         &self,
         id: &str,
         req: Append,
         body: Body,
-        mut slot: tokio::sync::OwnedMutexGuard<Slot>,
+        slot: tokio::sync::OwnedMutexGuard<Slot>,
         lease: Option<&remote::Lease>,
     ) -> Result<Outcome, ApiError> {
         // Re-read under the lock: another append may have finished in between.
@@ -707,7 +752,23 @@ impl Engine {
             .await?
             .map(Ok)
             .unwrap_or(Err(ApiError::Gone))?;
+        self.append_row(id, row, req, body, slot, lease, false)
+            .await
+    }
 
+    /// An append to `row`, read under the upload's slot (and lease). `quota_free`: this
+    /// request already saw that the user has no quota.
+    #[allow(clippy::too_many_arguments)]
+    async fn append_row(
+        &self,
+        id: &str,
+        row: UploadRow,
+        req: Append,
+        body: Body,
+        mut slot: tokio::sync::OwnedMutexGuard<Slot>,
+        lease: Option<&remote::Lease>,
+        quota_free: bool,
+    ) -> Result<Outcome, ApiError> {
         if let Some(object_id) = &row.object_id {
             // Finishing the same upload twice yields the same object: an empty append at the
             // end is answered as the first completion was.
@@ -983,14 +1044,19 @@ impl Engine {
             Some(hashes) => hashes.await.ok().flatten(),
             None => None,
         };
-        let result = self.finish(&row, running).await;
+        let result = self.finish(&row, running, quota_free).await;
         drop(slot);
         self.forget_slot(id);
         result
     }
 
     /// Hashes (or reuses the running hash), verifies `Repr-Digest`, stores the object, commits.
-    async fn finish(&self, row: &UploadRow, running: Option<Running>) -> Result<Outcome, ApiError> {
+    async fn finish(
+        &self,
+        row: &UploadRow,
+        running: Option<Running>,
+        quota_free: bool,
+    ) -> Result<Outcome, ApiError> {
         let path = self.partial_path(&row.id);
         let (blake3_hex, sha256_hex) = match running {
             Some(r) if Some(r.offset_bytes) == row.length_bytes => (
@@ -1016,10 +1082,13 @@ impl Engine {
         }
         let size_bytes = row.length_bytes.unwrap_or(row.offset_bytes);
         // Checked before the blob is stored (a refused object leaves no blob behind), and
-        // again where it counts: in the transaction that adds the object to the user.
-        if let Err(e) = self
-            .check_quota(row.user_id, size_bytes, Some(&blake3_hex))
-            .await
+        // again where it counts: in the transaction that adds the object to the user. (A quota
+        // set in the milliseconds since this request's creation saw none can only cost a blob
+        // that no object row names.)
+        if !quota_free
+            && let Err(e) = self
+                .check_quota(row.user_id, size_bytes, Some(&blake3_hex))
+                .await
         {
             self.discard(&row.id, &path).await?;
             return Err(e);
