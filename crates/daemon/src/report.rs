@@ -84,6 +84,15 @@ pub fn extension_calls(
 
 /// Every job, all pages.
 pub fn all_jobs(store: &Store) -> Result<Vec<Job>, JobStoreError> {
+    jobs_where(store, |_| true)
+}
+
+/// The jobs `keep` accepts, read page by page: memory holds one page and what is kept, not
+/// every job the store ever had (acknowledged jobs stay, so that is one per upload made).
+pub fn jobs_where(
+    store: &Store,
+    mut keep: impl FnMut(&Job) -> bool,
+) -> Result<Vec<Job>, JobStoreError> {
     let mut out = Vec::new();
     let mut after: Option<Uuid> = None;
     loop {
@@ -93,7 +102,7 @@ pub fn all_jobs(store: &Store) -> Result<Vec<Job>, JobStoreError> {
         })?;
         let Some(last) = page.last() else { break };
         after = Some(last.id);
-        out.extend(page);
+        out.extend(page.into_iter().filter(|j| keep(j)));
     }
     Ok(out)
 }
@@ -273,7 +282,12 @@ pub fn why(
     if resources.is_empty() {
         return Err(ReportError::NoSuchAsset(asset.to_owned()));
     }
-    let jobs = all_jobs(store)?;
+    // Only the jobs of this asset's resources or their content.
+    let jobs = jobs_where(store, |j| {
+        resources
+            .iter()
+            .any(|r| j.resource_id == r.id || j.content_hash.0 == r.blake3)
+    })?;
     let backoff = backoff_until(store)?;
     let roots = store.roots()?;
     let consents: Vec<(Consent, ScopeFilter)> = store
