@@ -50,6 +50,9 @@ fn problem(status: StatusCode, message: impl Into<String>) -> Response {
         .into_response()
 }
 
+/// The page cache of a report's connection.
+const REPORT_PAGE_CACHE_KIB: u32 = 2048;
+
 /// Runs `f` on a fresh read connection off the async threads.
 async fn with_store<T: serde::Serialize + Send + 'static>(
     s: &ControlState,
@@ -58,7 +61,16 @@ async fn with_store<T: serde::Serialize + Send + 'static>(
     let path = s.db_path.clone();
     let r = tokio::task::spawn_blocking(move || {
         let store = Store::open(&path).map_err(report::ReportError::from)?;
-        f(&store)
+        // A report pages through every job and resource: small pages suffice.
+        store
+            .set_page_cache_kib(REPORT_PAGE_CACHE_KIB)
+            .map_err(report::ReportError::from)?;
+        let r = f(&store);
+        drop(store);
+        // What the report read is freed now; give it back rather than keep it resident in an
+        // otherwise idle daemon.
+        crate::release_free_memory();
+        r
     })
     .await;
     match r {

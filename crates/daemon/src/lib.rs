@@ -28,6 +28,18 @@ pub fn limit_malloc_arenas() {
     }
 }
 
+/// Hands the memory glibc keeps free back to the system (`malloc_trim`): after a daemon's
+/// pass over a large library its caches are released, and without this the freed pages would
+/// stay in the process's resident size.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim takes an integer and only returns free pages to the system.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 pub mod backup;
 pub mod config;
 pub mod control;

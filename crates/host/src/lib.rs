@@ -456,6 +456,13 @@ impl Host {
         f(map.entry(id.to_owned()).or_default())
     }
 
+    /// Gives back the memory the host's store connection caches (the daemon went idle).
+    pub fn release_memory(&self) {
+        if let Ok(store) = self.inner.store.lock() {
+            let _ = store.release_memory();
+        }
+    }
+
     /// Status of every installed or consented extension, by id.
     pub fn status(&self) -> Vec<ExtensionStatus> {
         let (manifests, _) = manifest::load_dirs(&self.inner.config.manifest_dirs());

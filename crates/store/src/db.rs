@@ -96,6 +96,21 @@ impl Store {
         Ok(store)
     }
 
+    /// Sets this connection's page cache to at most `kib` KiB (the default is 16 MB, for the
+    /// batches of a first scan): connections that only read and write a little need less.
+    pub fn set_page_cache_kib(&self, kib: u32) -> Result<(), StoreError> {
+        self.conn
+            .pragma_update(None, "cache_size", -i64::from(kib))?;
+        Ok(())
+    }
+
+    /// Gives back the memory this connection's page cache holds (it fills again as needed):
+    /// for a daemon going idle after a pass over a large library.
+    pub fn release_memory(&self) -> Result<(), StoreError> {
+        self.conn.execute_batch("PRAGMA shrink_memory")?;
+        Ok(())
+    }
+
     /// One migration per write transaction, the version read inside it: two processes that
     /// open a new store at once each apply a step only if the other has not (a version read
     /// before the transaction let both run the first one, and the second failed).
