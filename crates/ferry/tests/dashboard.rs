@@ -145,6 +145,8 @@ struct Answer {
     code: u16,
     headers: Vec<(String, String)>,
     body: String,
+    /// The body as sent (a thumbnail is binary).
+    raw: Vec<u8>,
 }
 
 impl Answer {
@@ -230,6 +232,7 @@ fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &st
         code: code.parse().unwrap(),
         headers,
         body: String::from_utf8_lossy(&body).into_owned(),
+        raw: body,
     }
 }
 
@@ -511,7 +514,7 @@ fn refused_requests_change_nothing_and_the_forms_change_consent() {
         "the file is listed, escaped: {}",
         page.body
     );
-    assert!(!page.body.contains("<img"), "{}", page.body);
+    assert!(!page.body.contains("<img src=x"), "{}", page.body);
     assert!(
         page.body.contains(&format!("{} failed", before.1.len())),
         "the verdict: {}",
@@ -523,10 +526,17 @@ fn refused_requests_change_nothing_and_the_forms_change_consent() {
         "the receipts are listed: {}",
         page.body
     );
+    // Its thumbnail's alternative text is the name, escaped too.
+    assert!(
+        page.body
+            .contains("odd/&lt;img src=x onerror=alert(1)&gt;.jpg\" width=\"64\""),
+        "{}",
+        page.body
+    );
     // The markup-named file links to its `why` page, which escapes it too.
     let name_at = page
         .body
-        .find("&lt;img src=x onerror=alert(1)&gt;.jpg")
+        .find("&lt;img src=x onerror=alert(1)&gt;.jpg</a>")
         .unwrap();
     let href_at = page.body[..name_at].rfind("href=\"/why?asset=").unwrap() + 6;
     let href = &page.body[href_at..href_at + page.body[href_at..].find('"').unwrap()];
@@ -1232,7 +1242,7 @@ fn waiting_files_are_listed_under_their_reason() {
         seen.contains("<h2 id=\"waiting-h\">Waiting</h2>")
             && seen.contains("&lt;img src=x onerror=alert(1)&gt;.jpg")
     });
-    assert!(!seen.contains("<img"), "{seen}");
+    assert!(!seen.contains("<img src=x"), "{seen}");
     assert!(
         ["being uploaded now", "queued to upload next"]
             .iter()
@@ -1465,4 +1475,169 @@ fn another_users_connection_is_refused() {
         http(port, "GET", "/", &[("Cookie", cookie.as_str())], "").code,
         200
     );
+}
+
+/// The `<img class="thumb">`s of a page: (alt, src), with `&amp;` in the src undone.
+fn thumbs_of(page: &str) -> Vec<(String, String)> {
+    page.split("<img class=\"thumb\" ")
+        .skip(1)
+        .map(|tag| {
+            let attr = |name: &str| {
+                let at = tag.find(&format!("{name}=\"")).unwrap() + name.len() + 2;
+                tag[at..at + tag[at..].find('"').unwrap()].replace("&amp;", "&")
+            };
+            assert!(
+                tag.contains("width=\"64\" height=\"64\" loading=\"lazy\""),
+                "{tag}"
+            );
+            (attr("alt"), attr("src"))
+        })
+        .collect()
+}
+
+/// A JPEG of `w` × `h` with some detail in it (a flat one would be a few hundred bytes).
+fn a_jpeg(w: u32, h: u32) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(w, h, |x, y| {
+        image::Rgb([(x % 256) as u8, (y % 256) as u8, ((x * y) % 256) as u8])
+    });
+    let mut out = std::io::Cursor::new(Vec::new());
+    image::DynamicImage::ImageRgb8(img)
+        .write_to(&mut out, image::ImageFormat::Jpeg)
+        .unwrap();
+    out.into_inner()
+}
+
+/// Failed uploads are shown with thumbnails, served by resource id from the index: a large
+/// JPEG comes back at most 256 px on its long side and is cached by content hash (the second
+/// answer is the cache file's), garbage gets the placeholder, an HEIC goes through
+/// heif-thumbnailer when it is installed; an unknown or path-like id is 404, no session 401.
+#[test]
+fn failed_photos_show_thumbnails_made_from_the_index() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let token = runtime
+        .block_on(ferry_server::create_token(data.path(), "test"))
+        .unwrap();
+    let mut config = ferry_server::Config::new(data.path(), "127.0.0.1:0".parse().unwrap());
+    config.limits.max_size_bytes = 100;
+    config.limits.max_append_size_bytes = 100;
+    let server = runtime
+        .block_on(ferry_server::Server::start(config))
+        .unwrap();
+    let env = Env::new();
+    let lib = tempfile::tempdir().unwrap();
+    copy_dir(&fixtures().join("plain"), lib.path());
+    let big = a_jpeg(1200, 900);
+    std::fs::write(lib.path().join("big.jpg"), &big).unwrap();
+    let mut garbage = b"\xFF\xD8\xFF".to_vec();
+    garbage.extend((0..2000u32).map(|i| (i * 7919 % 251) as u8));
+    std::fs::write(lib.path().join("garbage.jpg"), &garbage).unwrap();
+    std::fs::copy(
+        fixtures().join("live/IMG_0200.HEIC"),
+        lib.path().join("still.heic"),
+    )
+    .unwrap();
+    let url = server.base_url();
+    let _daemon = env.daemon(&[
+        "--folder",
+        lib.path().to_str().unwrap(),
+        "--now",
+        "--to",
+        &url,
+        "--token",
+        &token,
+    ]);
+    wait_for("every upload failed and acknowledged", || {
+        let jobs = env.jobs();
+        jobs.len() >= 6 && jobs.iter().all(|(_, s, ack)| s == "failed" && *ack)
+    });
+    let (port, cookie) = login(&env);
+    let page = http(port, "GET", "/", &[("Cookie", cookie.as_str())], "");
+    assert_eq!(page.code, 200);
+    let thumbs = thumbs_of(&page.body);
+    let src_of = |name: &str| {
+        thumbs
+            .iter()
+            .find(|(alt, _)| alt.ends_with(&format!("/{name}")))
+            .unwrap_or_else(|| panic!("no thumbnail of {name}: {thumbs:?}"))
+            .1
+            .clone()
+    };
+    let get = |path: &str| http(port, "GET", path, &[("Cookie", cookie.as_str())], "");
+
+    // A large JPEG: at most 256 px, cached privately, the security headers as everywhere.
+    let big_src = src_of("big.jpg");
+    assert!(big_src.starts_with("/thumb/"), "{big_src}");
+    let a = get(&big_src);
+    assert_eq!(a.code, 200, "{a:?}");
+    a.assert_hardened();
+    assert_eq!(a.header("content-type"), Some("image/jpeg"));
+    assert!(
+        a.header("cache-control")
+            .is_some_and(|c| c.starts_with("private, max-age=")),
+        "{a:?}"
+    );
+    let img = image::load_from_memory(&a.raw).unwrap();
+    assert_eq!((img.width(), img.height()), (256, 192));
+    let cached = env
+        .state
+        .path()
+        .join("dashboard/thumbs")
+        .join(format!("{}.jpg", blake3::hash(&big).to_hex()));
+    assert_eq!(
+        std::fs::read(&cached).unwrap(),
+        a.raw,
+        "cached by content hash"
+    );
+    // The second answer comes from the cache: put other bytes there and they are served.
+    let marker = a_jpeg(10, 10);
+    std::fs::write(&cached, &marker).unwrap();
+    assert_eq!(get(&big_src).raw, marker, "served from the cache");
+
+    // A small JPEG keeps its size.
+    let small = image::load_from_memory(&get(&src_of("IMG_0010.JPG")).raw).unwrap();
+    assert_eq!((small.width(), small.height()), (64, 48));
+
+    // Garbage: the placeholder, 200, nothing cached.
+    let g = get(&src_of("garbage.jpg"));
+    assert_eq!(g.code, 200);
+    assert_eq!(g.header("content-type"), Some("image/svg+xml"));
+    assert!(g.body.starts_with("<svg"), "{}", g.body);
+    assert!(
+        !env.state
+            .path()
+            .join("dashboard/thumbs")
+            .join(format!("{}.jpg", blake3::hash(&garbage).to_hex()))
+            .exists()
+    );
+
+    // HEIC through Debian's tool when it is there, else the placeholder.
+    let h = get(&src_of("still.heic"));
+    assert_eq!(h.code, 200);
+    let has_tool = Command::new("heif-thumbnailer")
+        .arg("--help")
+        .output()
+        .is_ok();
+    if has_tool {
+        assert_eq!(h.header("content-type"), Some("image/jpeg"), "{h:?}");
+        let img = image::load_from_memory(&h.raw).unwrap();
+        assert!(img.width().max(img.height()) <= 256);
+    } else {
+        assert_eq!(h.header("content-type"), Some("image/svg+xml"));
+    }
+
+    // By id from the index only: an unknown id or a path is not found, and nothing is read.
+    for bad in [
+        "/thumb/no-such-resource",
+        "/thumb/..%2F..%2Fetc%2Fpasswd",
+        "/thumb/%2Fetc%2Fpasswd",
+        "/thumb/../../etc/passwd",
+    ] {
+        let a = get(bad);
+        assert_eq!(a.code, 404, "{bad}: {a:?}");
+        assert!(!a.body.contains("root:"), "{bad}");
+        a.assert_hardened();
+    }
+    // No session: 401, whatever the id.
+    assert_eq!(http(port, "GET", &big_src, &[], "").code, 401);
 }

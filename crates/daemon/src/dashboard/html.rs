@@ -18,6 +18,20 @@ fn file_link(f: &FileRef) -> String {
     }
 }
 
+/// The file's thumbnail (by resource id, never by path), its name as the alternative text.
+/// Shown at 64 px on the long side; the picture itself is up to 256 px, for sharp screens.
+fn thumb_img(f: &FileRef) -> String {
+    match &f.thumb {
+        Some((id, version)) => format!(
+            "<img class=\"thumb\" src=\"/thumb/{}?v={}\" alt=\"{}\" width=\"64\" height=\"64\" loading=\"lazy\">",
+            esc(&url_component(id)),
+            esc(&url_component(version)),
+            esc(&f.path)
+        ),
+        None => String::new(),
+    }
+}
+
 /// Percent-encodes everything but unreserved characters (RFC 3986).
 fn url_component(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -236,7 +250,8 @@ pub fn dashboard(v: &View, csrf: &str) -> String {
         for f in &v.failed {
             let _ = write!(
                 b,
-                "<li>{} — {} <span class=\"ext\">({})</span></li>",
+                "<li class=\"with-thumb\">{}<span>{} — {} <span class=\"ext\">({})</span></span></li>",
+                thumb_img(&f.file),
                 file_link(&f.file),
                 esc(&f.error),
                 esc(&f.extension)
@@ -254,7 +269,12 @@ pub fn dashboard(v: &View, csrf: &str) -> String {
                 esc(&g.reason)
             );
             for f in &g.files {
-                let _ = write!(b, "<li>{}</li>", file_link(f));
+                let _ = write!(
+                    b,
+                    "<li class=\"with-thumb\">{}<span>{}</span></li>",
+                    thumb_img(f),
+                    file_link(f)
+                );
             }
             if (g.files.len() as u64) < g.count {
                 let _ = write!(b, "<li>and {} more</li>", g.count - g.files.len() as u64);

@@ -31,6 +31,9 @@ pub struct WaitGroup {
 pub struct FileRef {
     pub path: String,
     pub asset_id: Option<String>,
+    /// Its resource id and the start of its content hash, for the thumbnail's URL
+    /// (`/thumb/ID?v=HASH`: a changed file gets a new URL, so browsers may cache thumbnails).
+    pub thumb: Option<(String, String)>,
 }
 
 /// One receipt: what became of an upload that was let go of.
@@ -205,10 +208,12 @@ fn display_path(store: &Store, resource_id: &str) -> FileRef {
         Ok(Some(r)) => FileRef {
             path: ferry_core::path_text::display(&r.path),
             asset_id: Some(r.asset_id),
+            thumb: Some((r.id, ferry_store::library::hex(&r.blake3[..8]))),
         },
         _ => FileRef {
             path: format!("(resource {resource_id}, no longer in the index)"),
             asset_id: None,
+            thumb: None,
         },
     }
 }
