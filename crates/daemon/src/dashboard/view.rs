@@ -244,11 +244,59 @@ pub fn hourly(points: &[(i64, u64)], now_ms: i64) -> [u64; 24] {
     out
 }
 
-/// What the succeeded receipts of the last day delivered, with each resource's size from the
-/// index (0 for one no longer there).
-fn throughput(store: &Store, now_ms: i64) -> Result<[u64; 24], ReportError> {
+/// Uploads that finished but that their extension has not acknowledged yet, as the receipts
+/// they will become (let go of when they finished). Receipts exist only after the
+/// acknowledgement, so without these the history and the sparkline would lag behind the
+/// progress line and the backed-up count, which count a delivery at once.
+pub fn unacknowledged(jobs: &[ferry_core::job::Job]) -> Vec<ferry_core::job::Receipt> {
+    let mut out: Vec<_> = jobs
+        .iter()
+        .filter(|j| {
+            !j.acknowledged
+                && matches!(
+                    j.state,
+                    JobState::Succeeded | JobState::Failed | JobState::Cancelled
+                )
+        })
+        .map(|j| ferry_core::job::Receipt::of(j, j.finished_ms.unwrap_or(j.updated_ms)).redacted())
+        .collect();
+    out.sort_by_key(|r| std::cmp::Reverse(finished_at(r)));
+    out
+}
+
+/// When a receipt's upload finished (when it was let go of, for one that never ran).
+fn finished_at(r: &ferry_core::job::Receipt) -> i64 {
+    r.finished_ms.unwrap_or(r.acknowledged_ms)
+}
+
+/// The `limit` newest of two lists, each newest first, by when they finished.
+pub fn newest_first(
+    a: Vec<ferry_core::job::Receipt>,
+    b: Vec<ferry_core::job::Receipt>,
+    limit: usize,
+) -> Vec<ferry_core::job::Receipt> {
+    let mut all: Vec<_> = a.into_iter().chain(b).collect();
+    all.sort_by_key(|r| std::cmp::Reverse(finished_at(r)));
+    all.truncate(limit);
+    all
+}
+
+/// What the last day delivered: the succeeded receipts and the succeeded uploads not yet
+/// acknowledged (`pending`), with each resource's size from the index (0 for one no longer
+/// there).
+fn throughput(
+    store: &Store,
+    pending: &[ferry_core::job::Receipt],
+    now_ms: i64,
+) -> Result<[u64; 24], ReportError> {
     let since = now_ms - 24 * HOUR_MS;
     let mut points = Vec::new();
+    for r in pending {
+        if r.state == JobState::Succeeded && finished_at(r) >= since {
+            let size = store.resource(&r.resource_id)?.map_or(0, |x| x.size);
+            points.push((finished_at(r), size));
+        }
+    }
     let mut offset = 0;
     'pages: while offset < THROUGHPUT_RECEIPTS {
         let page = report::history(store, 500, offset)?;
@@ -265,7 +313,7 @@ fn throughput(store: &Store, now_ms: i64) -> Result<[u64; 24], ReportError> {
                 continue;
             }
             let size = store.resource(&r.resource_id)?.map_or(0, |x| x.size);
-            points.push((r.finished_ms.unwrap_or(r.acknowledged_ms), size));
+            points.push((finished_at(&r), size));
         }
     }
     Ok(hourly(&points, now_ms))
@@ -409,6 +457,13 @@ impl View {
                 status.resources_backed_up, status.library.resources
             )
         };
+        let pending = unacknowledged(&jobs);
+        let hourly = throughput(&store, &pending, now)?;
+        let history = newest_first(
+            report::history(&store, HISTORY_ROWS, 0)?,
+            pending,
+            HISTORY_ROWS,
+        );
         Ok(View {
             verdict,
             tone,
@@ -432,11 +487,11 @@ impl View {
             waiting,
             failed,
             extensions: cards(cfg, &store),
-            hourly: throughput(&store, now)?,
-            history: report::history(&store, HISTORY_ROWS, 0)?
+            hourly,
+            history: history
                 .into_iter()
                 .map(|r| HistoryRow {
-                    when: when(r.finished_ms.unwrap_or(r.acknowledged_ms)),
+                    when: when(finished_at(&r)),
                     file: display_path(&store, &r.resource_id),
                     extension: r.extension,
                     outcome: match &r.error {
@@ -692,6 +747,88 @@ mod tests {
             "This session: 4 of 10 files sent (30.0 KB of 60.0 KB), 0 uploading now · 1.0 KB/s · about 30 s left"
         );
         assert!(!progress_text(&snap, None).contains("left"));
+    }
+
+    /// Receipts exist only once the extension acknowledges an upload; until then the progress
+    /// line and the backed-up count already count the delivery, and so must the history and
+    /// the sparkline beside them.
+    #[test]
+    fn a_delivery_counts_in_history_and_sparkline_before_it_is_acknowledged() {
+        use ferry_core::{Destination, Method, NewJob, Outcome, TxItem, UrlBase};
+        use ferry_store::JobStore;
+        let state = tempfile::tempdir().unwrap();
+        let now = crate::backup::now_ms();
+        let mut store = Store::open(&state.path().join("ferry.db")).unwrap();
+        let mut w = store.index_writer().unwrap();
+        w.insert_asset("asset-1", Path::new("/lib"), now).unwrap();
+        w.insert_resource(
+            &ferry_store::library::ResourceRecord {
+                id: "res-1".into(),
+                asset_id: "asset-1".into(),
+                resource_type: ferry_core::ResourceType::Photo,
+                path: PathBuf::from("/lib/IMG_0001.JPG"),
+                dev: 1,
+                ino: 1,
+                size: 4321,
+                mtime_ns: 0,
+                content_type: "image/jpeg".into(),
+                blake3: [7; 32],
+                metadata: Default::default(),
+                indexed_ms: now,
+            },
+            now,
+        )
+        .unwrap();
+        w.commit(now, Default::default()).unwrap();
+        store
+            .set_destination_bases("ext", &[UrlBase::parse("https://up.example/u/").unwrap()])
+            .unwrap();
+        let job = ferry_store::new_job_id();
+        store
+            .transaction(
+                "ext",
+                &[TxItem::Create(NewJob {
+                    id: job,
+                    resource_id: "res-1".into(),
+                    content_hash: ferry_core::ContentHash([7; 32]),
+                    destination: Destination::new(Method::Put, "https://up.example/u/1"),
+                    metadata: Default::default(),
+                })],
+                now - 3000,
+            )
+            .unwrap();
+        store.start(job, now - 2000).unwrap();
+        store
+            .finish(
+                job,
+                Outcome::Succeeded {
+                    status: 201,
+                    headers: Vec::new(),
+                },
+                now - 1000,
+            )
+            .unwrap();
+        drop(store);
+        let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+        let cfg = DashboardConfig {
+            state_dir: state.path().to_owned(),
+            extensions_dir: state.path().join("no-extensions"),
+            progress: Default::default(),
+            extensions_changed: Default::default(),
+            stop,
+            port: 0,
+        };
+        let v = View::load(&cfg, &Default::default()).unwrap();
+        assert_eq!(v.progress_line, "1 of 1 files backed up");
+        assert_eq!(v.history.len(), 1, "not acknowledged yet, but delivered");
+        assert_eq!(v.history[0].outcome, "succeeded");
+        assert_eq!(v.history[0].file.path, "/lib/IMG_0001.JPG");
+        assert_eq!(
+            v.hourly.iter().sum::<u64>(),
+            4321,
+            "the sparkline counts it"
+        );
+        assert!(v.failed.is_empty() && v.waiting.is_empty());
     }
 
     #[test]
