@@ -18,7 +18,7 @@ use crate::report::{self, ReportError};
 const MAX_LISTED: usize = 50;
 
 /// Waiting files that share one reason.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct WaitGroup {
     /// The reason in plain words.
     pub reason: String,
@@ -103,6 +103,9 @@ pub fn reason_words(code: &str) -> String {
         "retry_backoff" => "waiting to try again after a failed attempt".to_owned(),
         "in_flight" => "being uploaded now".to_owned(),
         "queued" => "queued to upload next".to_owned(),
+        "outside_scope" => {
+            "outside consent scope: not in the folders any extension may see".to_owned()
+        }
         _ => serde_json::from_value::<WaitReason>(serde_json::Value::String(code.to_owned()))
             .map(|r| r.to_string())
             .unwrap_or_else(|_| code.replace('_', " ")),
@@ -163,7 +166,14 @@ pub fn verdict(
                 .iter()
                 .filter(|g| g.reason == reason_words("retry_backoff"))
                 .max_by_key(|g| g.count)
-                .map(|g| g.reason.clone()),
+                .map(|g| g.reason.clone())
+                // Nothing is on its way, only files no consent covers: say why.
+                .or_else(|| {
+                    waiting
+                        .iter()
+                        .all(|g| g.reason == reason_words("outside_scope"))
+                        .then(|| reason_words("outside_scope"))
+                }),
         };
         return match reason {
             Some(r) => (format!("{} waiting — {r}", thousands(n_waiting)), "waiting"),
@@ -442,9 +452,28 @@ impl View {
             .iter()
             .filter(|j| j.state == JobState::Failed && !delivered.contains(&j.content_hash.0))
             .count();
+        let (outside, outside_bytes) = if status.resources_not_backed_up > 0 {
+            outside_scope(&store, &jobs)?
+        } else {
+            Default::default()
+        };
+        let outside_count = outside.count;
+        if outside_count > 0 {
+            groups.insert(outside.reason.clone(), outside);
+        }
         let waiting: Vec<WaitGroup> = groups.into_values().collect();
         let (verdict, tone) = verdict(&status, &waiting, n_failed, decision.as_ref());
-        let snap = cfg.progress.snapshot();
+        let mut snap = cfg.progress.snapshot();
+        // The run's plan counts every file of the library the server lacks, consent aside;
+        // files no consent covers will not be sent, so "N of M sent" and the time left leave
+        // them out, as the lists put them under their own reason.
+        if outside_count > 0 {
+            snap.to_send = snap.to_send.saturating_sub(outside_count).max(snap.sent);
+            snap.bytes_to_send = snap
+                .bytes_to_send
+                .saturating_sub(outside_bytes)
+                .max(snap.bytes_sent);
+        }
         let progress_line = if snap.to_send > 0 {
             let rate = rate
                 .lock()
@@ -502,6 +531,68 @@ impl View {
                 .collect(),
         })
     }
+}
+
+/// Resources page by page while looking for files outside every consent scope.
+const SCOPE_PAGE: usize = 10_000;
+
+/// Files not backed up that no enabled extension may see, because every consent that could
+/// is limited to other folders: they wait for a wider consent, and no job will be made for
+/// them until then. Empty (and no walk over the library) while some consent covers the whole
+/// library or none is enabled.
+/// Also their bytes.
+fn outside_scope(
+    store: &Store,
+    jobs: &[ferry_core::job::Job],
+) -> Result<(WaitGroup, u64), ReportError> {
+    let mut group = WaitGroup {
+        reason: reason_words("outside_scope"),
+        count: 0,
+        files: Vec::new(),
+    };
+    let mut bytes = 0;
+    let roots = store.roots()?;
+    let scopes: Vec<ferry_host::serve::ScopeFilter> = store
+        .consents()?
+        .iter()
+        .filter(|c| c.is_enabled())
+        .map(|c| ferry_host::serve::ScopeFilter::new(&consent::scope_of(c), &roots))
+        .collect();
+    if scopes.is_empty() || scopes.iter().any(|s| s.is_library()) {
+        return Ok((group, 0));
+    }
+    // A file with a job that is not over, or whose content was delivered, is counted elsewhere.
+    let handled: HashSet<[u8; 32]> = jobs
+        .iter()
+        .filter(|j| {
+            matches!(
+                j.state,
+                JobState::Registered | JobState::Pending | JobState::Succeeded
+            )
+        })
+        .map(|j| j.content_hash.0)
+        .collect();
+    let mut after: Option<PathBuf> = None;
+    loop {
+        let page = store.resource_stats_under_page(Path::new("/"), after.as_deref(), SCOPE_PAGE)?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.path.clone());
+        for r in &page {
+            let dir = r.path.parent().unwrap_or(Path::new("/"));
+            if scopes.iter().any(|s| s.contains(dir))
+                || handled.contains(&r.blake3)
+                || store.delivered_with_receipt(&ferry_core::ContentHash(r.blake3))?
+            {
+                continue;
+            }
+            group.count += 1;
+            bytes += r.size;
+            if group.files.len() < MAX_LISTED {
+                group.files.push(display_path(store, &r.id));
+            }
+        }
+    }
+    Ok((group, bytes))
 }
 
 fn cards(cfg: &DashboardConfig, store: &Store) -> Vec<Card> {
@@ -696,6 +787,27 @@ mod tests {
         assert_eq!(tone, "failed");
         assert_eq!(
             verdict(&status(9, 9, 6, false), &[group("in_flight", 3)], 0, None).0,
+            "Backing up — 3 to go"
+        );
+        assert_eq!(
+            verdict(
+                &status(9, 9, 8, false),
+                &[group("outside_scope", 1)],
+                0,
+                None
+            )
+            .0,
+            "1 waiting — outside consent scope: not in the folders any extension may see",
+            "a file no consent covers, and nothing else on its way"
+        );
+        assert_eq!(
+            verdict(
+                &status(9, 9, 6, false),
+                &[group("outside_scope", 1), group("queued", 2)],
+                0,
+                None
+            )
+            .0,
             "Backing up — 3 to go"
         );
         assert_eq!(
