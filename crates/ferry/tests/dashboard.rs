@@ -988,6 +988,22 @@ fn live_updates_send_the_state_at_once_and_when_a_photo_arrives() {
             .is_some_and(|n| n > assets)
     });
     let elapsed = started.elapsed().as_secs_f64();
+    // The lists, the history and the sparkline come along as markup, so they follow too: the
+    // new photos show in the history and the sparkline counts their bytes.
+    let last = &later.last().unwrap().1;
+    assert!(last["lists"].is_string(), "{last}");
+    assert!(
+        last["history"]
+            .as_str()
+            .is_some_and(|h| h.contains("IMG_0200.HEIC")),
+        "{last}"
+    );
+    assert!(
+        last["sparkline"]
+            .as_str()
+            .is_some_and(|h| !h.contains("Sent in the last 24 hours: 0 bytes")),
+        "{last}"
+    );
     let ids: Vec<u64> = first.iter().chain(&later).map(|(id, _)| *id).collect();
     assert!(ids.windows(2).all(|w| w[1] > w[0]), "ids increase: {ids:?}");
     // Coalesced: at most about four a second (and one for the state at once).
@@ -1137,13 +1153,7 @@ fn a_configured_port_is_used() {
 /// screenshots (desktop and phone, light and dark) to `<target tmp>/dashboard-screenshots`.
 #[test]
 fn in_a_real_chromium() {
-    let tools = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.tools/dashboard-browser");
-    let python = tools.join("bin/python");
-    let axe = tools.join("node_modules/axe-core/axe.min.js");
-    assert!(
-        python.exists() && axe.exists() && Path::new("/usr/bin/chromium").exists(),
-        "Chromium, Playwright or axe-core is not installed: run scripts/setup.d/dashboard-browser.sh"
-    );
+    let (_, axe) = browser_tools();
     let env = Env::new();
     let sys = tempfile::tempdir().unwrap();
     power(sys.path(), false);
@@ -1157,41 +1167,40 @@ fn in_a_real_chromium() {
     .unwrap();
     let lib = tempfile::tempdir().unwrap();
     copy_dir(&fixtures().join("plain"), lib.path());
+    // A folder that consent is later limited to, with a photo of its own.
+    let mut trip = std::fs::read(fixtures().join("plain/IMG_0010.JPG")).unwrap();
+    trip.extend_from_slice(b"a trip");
+    std::fs::create_dir_all(lib.path().join("Trips")).unwrap();
+    std::fs::write(lib.path().join("Trips/IMG_0900.JPG"), trip).unwrap();
     let _daemon = env.daemon(&["--folder", lib.path().to_str().unwrap()]);
     wait_for(
         "the daemon waiting for the charger, the library indexed",
         || {
             let s = json(&env.run(&["status", "--json"]))["status"].clone();
-            s["decision"]["wait"] == "on_battery" && s["library"]["resources"].as_u64() >= Some(3)
+            s["decision"]["wait"] == "on_battery" && s["library"]["resources"].as_u64() >= Some(4)
         },
     );
     let assets = json(&env.run(&["status", "--json"]))["status"]["library"]["assets"]
         .as_u64()
         .unwrap();
-    let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-screenshots");
-    std::fs::create_dir_all(&shots).unwrap();
     let (port, path) = login_url(&env);
-    let args = serde_json::json!({
+    let found = run_browser(serde_json::json!({
         "login_url": format!("http://127.0.0.1:{port}{path}"),
         "port": port,
         "sysfs": sys.path(),
         "assets": assets,
-        "screenshots": shots,
+        "library": lib.path(),
+        "new_photo": fixtures().join("plain/IMG_0011.JPG"),
         "axe": axe,
-    });
-    let out = Command::new(&python)
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/dashboard_browser.py"))
-        .arg(args.to_string())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let found = json(&out);
+    }));
     assert_eq!(found["rebinding_status"], 421);
+    // Limited to Trips, a new photo beside the others waits outside the consent's scope.
+    assert!(
+        found["verdict_outside_scope"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("1 waiting — outside consent scope")),
+        "{found}"
+    );
     // Forged revokes with the real CSRF token: from another site the strict cookie is not sent
     // (401); from another port of 127.0.0.1 (same site) it is, and Sec-Fetch-Site / Origin
     // refuse it (403). The page showed the consent unchanged after each.
@@ -1204,6 +1213,86 @@ fn in_a_real_chromium() {
         jobs.iter()
             .all(|(_, s, _)| s != "pending" && s != "registered"),
         "{jobs:?}"
+    );
+}
+
+/// The browser test's tools (installed by `scripts/setup.d/dashboard-browser.sh`): the venv's
+/// Python with Playwright, and axe-core.
+fn browser_tools() -> (PathBuf, PathBuf) {
+    let tools = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.tools/dashboard-browser");
+    let python = tools.join("bin/python");
+    let axe = tools.join("node_modules/axe-core/axe.min.js");
+    assert!(
+        python.exists() && axe.exists() && Path::new("/usr/bin/chromium").exists(),
+        "Chromium, Playwright or axe-core is not installed: run scripts/setup.d/dashboard-browser.sh"
+    );
+    (python, axe)
+}
+
+/// Runs `dashboard_browser.py` with `args` (the screenshots' folder added): its findings.
+fn run_browser(mut args: Value) -> Value {
+    let (python, _) = browser_tools();
+    let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    args["screenshots"] = serde_json::json!(shots);
+    let out = Command::new(&python)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/dashboard_browser.py"))
+        .arg(args.to_string())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    json(&out)
+}
+
+/// A server that refuses every photo (too large), in Chromium: the verdict says they failed,
+/// and each failed file is listed with a thumbnail that loaded (a real one for the JPEGs).
+/// Screenshots: `failed-desktop-light.png`, `failed-phone-dark.png`.
+#[test]
+fn failed_uploads_in_a_real_chromium() {
+    browser_tools();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let token = runtime
+        .block_on(ferry_server::create_token(data.path(), "test"))
+        .unwrap();
+    let mut config = ferry_server::Config::new(data.path(), "127.0.0.1:0".parse().unwrap());
+    config.limits.max_size_bytes = 100;
+    config.limits.max_append_size_bytes = 100;
+    let server = runtime
+        .block_on(ferry_server::Server::start(config))
+        .unwrap();
+    let env = Env::new();
+    let lib = tempfile::tempdir().unwrap();
+    copy_dir(&fixtures().join("plain"), lib.path());
+    let url = server.base_url();
+    let _daemon = env.daemon(&[
+        "--folder",
+        lib.path().to_str().unwrap(),
+        "--now",
+        "--to",
+        &url,
+        "--token",
+        &token,
+    ]);
+    wait_for("every upload failed and acknowledged", || {
+        let jobs = env.jobs();
+        jobs.len() >= 3 && jobs.iter().all(|(_, s, ack)| s == "failed" && *ack)
+    });
+    let (port, path) = login_url(&env);
+    let found = run_browser(serde_json::json!({
+        "mode": "failed",
+        "login_url": format!("http://127.0.0.1:{port}{path}"),
+        "port": port,
+    }));
+    assert_eq!(
+        found["failed_thumbs"].as_array().map(Vec::len),
+        Some(3),
+        "{found}"
     );
 }
 

@@ -231,7 +231,7 @@ pub fn dashboard(v: &View, csrf: &str) -> String {
         thousands(v.library.resources),
         bytes_text(v.library.bytes)
     );
-    b.push_str(&sparkline(&v.hourly));
+    let _ = write!(b, "<div id=\"sparkline\">{}</div>", sparkline(&v.hourly));
     let _ = write!(
         b,
         "<p>Conditions: <span id=\"conditions\">{}</span></p>",
@@ -245,6 +245,31 @@ pub fn dashboard(v: &View, csrf: &str) -> String {
         b.push_str("</dl>");
     }
     b.push_str("</section>");
+    // Replaced whole by live updates (dashboard.js), as is the history below.
+    let _ = write!(b, "<div id=\"lists\">{}</div>", lists(v));
+    b.push_str("<section aria-labelledby=\"ext-h\"><h2 id=\"ext-h\">Extensions</h2>");
+    if v.extensions.is_empty() {
+        b.push_str("<p>No extension is installed.</p>");
+    }
+    for c in &v.extensions {
+        card(&mut b, c, csrf);
+    }
+    let _ = write!(
+        b,
+        "</section><section aria-labelledby=\"history-h\"><h2 id=\"history-h\">History</h2><div id=\"history\">{}</div>",
+        history(v)
+    );
+    let _ = write!(
+        b,
+        "</section><form method=\"post\" action=\"/logout\" class=\"logout\">{}<button type=\"submit\">Sign out</button></form><script src=\"/static/dashboard.js\"></script>",
+        csrf_field(csrf)
+    );
+    document("Photo backup", &b)
+}
+
+/// The failed and waiting files, with their thumbnails: markup sent again by live updates.
+pub fn lists(v: &View) -> String {
+    let mut b = String::new();
     if !v.failed.is_empty() {
         b.push_str("<section aria-labelledby=\"failed-h\"><h2 id=\"failed-h\">Failed</h2><ul class=\"files\">");
         for f in &v.failed {
@@ -283,16 +308,12 @@ pub fn dashboard(v: &View, csrf: &str) -> String {
         }
         b.push_str("</section>");
     }
-    b.push_str("<section aria-labelledby=\"ext-h\"><h2 id=\"ext-h\">Extensions</h2>");
-    if v.extensions.is_empty() {
-        b.push_str("<p>No extension is installed.</p>");
-    }
-    for c in &v.extensions {
-        card(&mut b, c, csrf);
-    }
-    b.push_str(
-        "</section><section aria-labelledby=\"history-h\"><h2 id=\"history-h\">History</h2>",
-    );
+    b
+}
+
+/// The newest finished uploads: markup sent again by live updates.
+pub fn history(v: &View) -> String {
+    let mut b = String::new();
     if v.history.is_empty() {
         b.push_str("<p>No finished upload recorded yet.</p>");
     } else {
@@ -309,12 +330,7 @@ pub fn dashboard(v: &View, csrf: &str) -> String {
         }
         b.push_str("</tbody></table>");
     }
-    let _ = write!(
-        b,
-        "</section><form method=\"post\" action=\"/logout\" class=\"logout\">{}<button type=\"submit\">Sign out</button></form><script src=\"/static/dashboard.js\"></script>",
-        csrf_field(csrf)
-    );
-    document("Photo backup", &b)
+    b
 }
 
 /// One asset's `why`: each resource, its verdict, and what each extension did with it.

@@ -764,6 +764,11 @@ fn live_payload(cfg: &DashboardConfig, rate: &Mutex<view::RateMeter>) -> Option<
         "tone": v.tone,
         "progress": v.progress_line,
         "conditions": v.conditions,
+        // Markup, escaped as on the page: the lists, the history and the sparkline are
+        // replaced whole, so they never disagree with the verdict above them.
+        "lists": html::lists(&v),
+        "history": html::history(&v),
+        "sparkline": html::sparkline(&v.hourly),
     }))
     .ok()
 }
