@@ -21,6 +21,8 @@ pub const MAX_SIDE: u32 = 256;
 const MAX_DIMENSION: u32 = 12_000;
 /// What one decode may allocate (a 12-megapixel RGB photo needs 36 MB; 48 megapixels, 145 MB).
 const MAX_ALLOC: u64 = 192 * 1024 * 1024;
+/// The largest file decoded here (phone photos are under 20 MB, screenshots under 30 MB).
+const MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
 /// How long `heif-thumbnailer` may take (it takes ~20 ms on a phone photo) before it is killed.
 pub const HEIF_TIMEOUT: Duration = Duration::from_secs(10);
 /// The cache keeps at most this many thumbnails...
@@ -49,6 +51,8 @@ pub enum ThumbError {
     Io(#[from] std::io::Error),
     #[error("cannot decode the picture: {0}")]
     Decode(#[from] image::ImageError),
+    #[error("the file is too large to decode ({0} bytes)")]
+    TooLarge(u64),
     #[error("not a JPEG, PNG or HEIC/HEIF file")]
     UnknownFormat,
     #[error("{HEIF_TOOL} is not installed")]
@@ -265,8 +269,14 @@ impl Thumbs {
         let path = src.path.clone();
         let opened = tokio::task::spawn_blocking(move || -> Result<_, ThumbError> {
             let mut f = std::fs::File::open(&path)?;
-            if !f.metadata()?.is_file() {
+            let meta = f.metadata()?;
+            if !meta.is_file() {
                 return Err(ThumbError::NotAPhoto("not a regular file".into()));
+            }
+            // The JPEG decoder reads the whole file into memory first: a file far larger than
+            // any photo is refused unread.
+            if meta.len() > MAX_FILE_BYTES {
+                return Err(ThumbError::TooLarge(meta.len()));
             }
             let mut head = [0u8; 12];
             let n = read_up_to(&mut f, &mut head)?;
@@ -464,6 +474,15 @@ mod tests {
         std::fs::write(&garbage, b"\xFF\xD8\xFFnot really a jpeg at all").unwrap();
         let good = lib.path().join("good.jpg");
         std::fs::write(&good, jpeg(600, 800)).unwrap();
+        // A good JPEG's bytes, then a hole to 100 MB: too large to be read into memory.
+        let huge = lib.path().join("huge.jpg");
+        std::fs::write(&huge, jpeg(600, 800)).unwrap();
+        std::fs::File::options()
+            .append(true)
+            .open(&huge)
+            .unwrap()
+            .set_len(100 * 1024 * 1024)
+            .unwrap();
         let src = |path: &Path, t: ResourceType, n: u8| Source {
             path: path.to_owned(),
             blake3: [n; 32],
@@ -481,6 +500,10 @@ mod tests {
         );
         assert_eq!(
             thumbs.get(src(&garbage, ResourceType::Photo, 3)).await,
+            Thumb::Placeholder
+        );
+        assert_eq!(
+            thumbs.get(src(&huge, ResourceType::Photo, 5)).await,
             Thumb::Placeholder
         );
         let Thumb::Jpeg(made) = thumbs.get(src(&good, ResourceType::Photo, 4)).await else {
