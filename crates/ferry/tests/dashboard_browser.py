@@ -167,6 +167,12 @@ with sync_playwright() as p:
         "() => document.getElementById('conditions').textContent === 'uploads may run'",
         timeout=30_000,
     )
+    # What is observed follows too: it never says "on battery" beside "uploads may run".
+    page.wait_for_function(
+        "() => document.getElementById('observed').textContent.includes('on mains power')",
+        timeout=30_000,
+    )
+    check(page.evaluate("window.__ferryNoReload === true"), "the page was reloaded")
 
     # Accessibility: axe-core finds nothing serious (evaluated over the DevTools protocol,
     # which the page's CSP does not govern; the page itself still runs no inline script).

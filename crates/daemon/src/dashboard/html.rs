@@ -224,26 +224,14 @@ pub fn dashboard(v: &View, csrf: &str) -> String {
             _ => "Not yet:",
         }
     );
-    let _ = write!(
-        b,
-        "<p>Library: {} photos, {} files, {}.</p>",
-        thousands(v.library.assets),
-        thousands(v.library.resources),
-        bytes_text(v.library.bytes)
-    );
+    let _ = write!(b, "<div id=\"library\">{}</div>", library(v));
     let _ = write!(b, "<div id=\"sparkline\">{}</div>", sparkline(&v.hourly));
     let _ = write!(
         b,
         "<p>Conditions: <span id=\"conditions\">{}</span></p>",
         esc(v.conditions.as_deref().unwrap_or("not known yet"))
     );
-    if !v.observed.is_empty() {
-        b.push_str("<dl class=\"observed\" aria-label=\"What Ferry sees\">");
-        for (k, val) in &v.observed {
-            let _ = write!(b, "<dt>{}</dt><dd>{}</dd>", esc(k), esc(val));
-        }
-        b.push_str("</dl>");
-    }
+    let _ = write!(b, "<div id=\"observed\">{}</div>", observed(v));
     b.push_str("</section>");
     // Replaced whole by live updates (dashboard.js), as is the history below.
     let _ = write!(b, "<div id=\"lists\">{}</div>", lists(v));
@@ -265,6 +253,30 @@ pub fn dashboard(v: &View, csrf: &str) -> String {
         csrf_field(csrf)
     );
     document("Photo backup", &b)
+}
+
+/// The library's size: markup sent again by live updates.
+pub fn library(v: &View) -> String {
+    format!(
+        "<p>Library: {} photos, {} files, {}.</p>",
+        thousands(v.library.assets),
+        thousands(v.library.resources),
+        bytes_text(v.library.bytes)
+    )
+}
+
+/// What is observed (power, network...): markup sent again by live updates, so it never
+/// contradicts the conditions line above it.
+pub fn observed(v: &View) -> String {
+    let mut b = String::new();
+    if !v.observed.is_empty() {
+        b.push_str("<dl class=\"observed\" aria-label=\"What Ferry sees\">");
+        for (k, val) in &v.observed {
+            let _ = write!(b, "<dt>{}</dt><dd>{}</dd>", esc(k), esc(val));
+        }
+        b.push_str("</dl>");
+    }
+    b
 }
 
 /// The failed and waiting files, with their thumbnails: markup sent again by live updates.

@@ -764,8 +764,11 @@ fn live_payload(cfg: &DashboardConfig, rate: &Mutex<view::RateMeter>) -> Option<
         "tone": v.tone,
         "progress": v.progress_line,
         "conditions": v.conditions,
-        // Markup, escaped as on the page: the lists, the history and the sparkline are
-        // replaced whole, so they never disagree with the verdict above them.
+        // Markup, escaped as on the page: the lists, the history, the sparkline, the library's
+        // size and what is observed are replaced whole, so they never disagree with the
+        // verdict above them.
+        "library": html::library(&v),
+        "observed": html::observed(&v),
         "lists": html::lists(&v),
         "history": html::history(&v),
         "sparkline": html::sparkline(&v.hourly),

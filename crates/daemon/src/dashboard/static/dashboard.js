@@ -1,6 +1,7 @@
 // Ferry's dashboard: live updates over Server-Sent Events. The page works without it (forms
-// post and reload); this keeps the verdict, the progress, the conditions, the waiting and
-// failed lists, the sparkline and the history current without a reload.
+// post and reload); this keeps the verdict, the progress, the conditions and what is observed,
+// the library's size, the waiting and failed lists, the sparkline and the history current
+// without a reload.
 "use strict";
 (function () {
   var text = document.getElementById("verdict-text");
@@ -13,7 +14,7 @@
   // Parts sent as markup, replaced whole when they change. The markup is the server's own,
   // every outside string escaped there; parsed inert (DOMParser runs no script, and the page's
   // CSP allows none inline) and moved in node by node.
-  var parts = ["lists", "history", "sparkline"];
+  var parts = ["library", "observed", "lists", "history", "sparkline"];
   var shown = {};
   function replace(id, markup) {
     var el = document.getElementById(id);
