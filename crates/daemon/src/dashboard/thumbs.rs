@@ -57,8 +57,8 @@ pub enum ThumbError {
     UnknownFormat,
     #[error("{HEIF_TOOL} is not installed")]
     NoTool,
-    #[error("{HEIF_TOOL} took longer than {HEIF_TIMEOUT:?} and was stopped")]
-    Timeout,
+    #[error("{HEIF_TOOL} took longer than {0:?} and was stopped")]
+    Timeout(Duration),
     #[error("{HEIF_TOOL} failed: {0}")]
     Tool(String),
 }
@@ -154,15 +154,20 @@ fn temp_name(dir: &Path, suffix: &str) -> PathBuf {
     ))
 }
 
-/// Runs `heif-thumbnailer -s 256 IN OUT.png` (killed after [`HEIF_TIMEOUT`]) and returns its
-/// PNG made into our JPEG thumbnail.
-async fn heif_thumbnail(path: &Path, dir: &Path) -> Result<Vec<u8>, ThumbError> {
+/// Runs `TOOL -s 256 IN OUT.png` (Debian's `heif-thumbnailer`), killed after `timeout`, and
+/// returns its PNG made into our JPEG thumbnail.
+async fn heif_thumbnail(
+    tool: &Path,
+    timeout: Duration,
+    path: &Path,
+    dir: &Path,
+) -> Result<Vec<u8>, ThumbError> {
     // The index holds absolute paths; anything else could read as an option to the tool.
     if !path.is_absolute() {
         return Err(ThumbError::Tool("the path is not absolute".into()));
     }
     let out = temp_name(dir, ".png");
-    let child = tokio::process::Command::new(HEIF_TOOL)
+    let child = tokio::process::Command::new(tool)
         .arg("-s")
         .arg(MAX_SIDE.to_string())
         .arg(path)
@@ -178,9 +183,9 @@ async fn heif_thumbnail(path: &Path, dir: &Path) -> Result<Vec<u8>, ThumbError> 
         Err(e) => return Err(e.into()),
     };
     // On timeout the future is dropped with the child, which kills it (`kill_on_drop`).
-    let result = tokio::time::timeout(HEIF_TIMEOUT, child.wait_with_output()).await;
+    let result = tokio::time::timeout(timeout, child.wait_with_output()).await;
     let made = match result {
-        Err(_) => Err(ThumbError::Timeout),
+        Err(_) => Err(ThumbError::Timeout(timeout)),
         Ok(Err(e)) => Err(e.into()),
         Ok(Ok(o)) if !o.status.success() => Err(ThumbError::Tool(format!(
             "{}: {}",
@@ -205,6 +210,9 @@ pub struct Thumbs {
     /// Decodes at once: one per core at most, and at most two, so a page of thumbnails does
     /// not take over a small machine's daemon.
     decodes: tokio::sync::Semaphore,
+    /// `heif-thumbnailer` from PATH and [`HEIF_TIMEOUT`]; another tool in tests.
+    heif_tool: PathBuf,
+    heif_timeout: Duration,
 }
 
 /// What the index says of a resource, as a thumbnail needs it.
@@ -221,7 +229,16 @@ impl Thumbs {
         Thumbs {
             dir: state_dir.join("dashboard").join("thumbs"),
             decodes: tokio::sync::Semaphore::new(cores.clamp(1, 2)),
+            heif_tool: PathBuf::from(HEIF_TOOL),
+            heif_timeout: HEIF_TIMEOUT,
         }
+    }
+
+    /// The same with another HEIC tool and timeout (tests: a tool that hangs, none at all).
+    pub fn with_heif_tool(mut self, tool: PathBuf, timeout: Duration) -> Thumbs {
+        self.heif_tool = tool;
+        self.heif_timeout = timeout;
+        self
     }
 
     /// Where the thumbnail of content `blake3` is cached.
@@ -297,7 +314,7 @@ impl Thumbs {
             Some(bytes) => Ok(bytes),
             None => {
                 tokio::fs::create_dir_all(&self.dir).await?;
-                heif_thumbnail(&src.path, &self.dir).await
+                heif_thumbnail(&self.heif_tool, self.heif_timeout, &src.path, &self.dir).await
             }
         }
     }
@@ -463,6 +480,65 @@ mod tests {
         assert_eq!(left, ["2.jpg", "3.jpg", "4.jpg"], "the oldest went first");
         prune(dir.path(), 10, 150).unwrap();
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "bytes");
+    }
+
+    /// A HEIC tool that hangs is killed at the timeout and the placeholder shown; a missing
+    /// tool gives the placeholder too. The "tool" is a script that writes its pid and sleeps.
+    #[tokio::test]
+    async fn a_hanging_heic_tool_is_killed_at_the_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let heic = dir.path().join("a.heic");
+        std::fs::write(&heic, b"\0\0\0\x18ftypheic\0\0\0\0mif1heic").unwrap();
+        let pid_file = dir.path().join("pid");
+        let tool = dir.path().join("hang.sh");
+        std::fs::write(
+            &tool,
+            format!(
+                "#!/bin/sh\necho $$ > {}.tmp && mv {}.tmp {}\nexec sleep 120\n",
+                pid_file.display(),
+                pid_file.display(),
+                pid_file.display()
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let src = Source {
+            path: heic.clone(),
+            blake3: [9; 32],
+            resource_type: ResourceType::Photo,
+        };
+        let state = tempfile::tempdir().unwrap();
+        let thumbs = Thumbs::new(state.path()).with_heif_tool(tool, Duration::from_millis(500));
+        let started = std::time::Instant::now();
+        assert_eq!(thumbs.get(src.clone()).await, Thumb::Placeholder);
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "it did not wait for the tool"
+        );
+        let pid = std::fs::read_to_string(&pid_file).unwrap();
+        let proc_dir = PathBuf::from(format!("/proc/{}", pid.trim()));
+        // Killed on drop, then reaped by tokio: gone (or a zombie) shortly after.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let state = std::fs::read_to_string(proc_dir.join("stat")).unwrap_or_default();
+            let zombie_or_gone = state.is_empty()
+                || state
+                    .rsplit(')')
+                    .next()
+                    .is_some_and(|rest| rest.trim_start().starts_with('Z'));
+            if zombie_or_gone {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the tool still runs: {state}"
+            );
+            tokio::task::yield_now().await;
+        }
+        let none = Thumbs::new(state.path())
+            .with_heif_tool(dir.path().join("no-such-tool"), Duration::from_secs(5));
+        assert_eq!(none.get(src).await, Thumb::Placeholder);
     }
 
     #[tokio::test]
