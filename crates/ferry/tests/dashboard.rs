@@ -1148,9 +1148,12 @@ fn a_configured_port_is_used() {
 
 /// The dashboard in Debian's Chromium (Playwright, `dashboard_browser.py`; installed by
 /// `scripts/setup.d/dashboard-browser.sh`): the verdict turns from waiting to backed up with no
-/// reload, axe-core finds nothing serious, every request stays on our origin, another origin's
-/// auto-submitted revoke and DNS rebinding are refused, and the revoke button works. Writes
-/// screenshots (desktop and phone, light and dark) to `<target tmp>/dashboard-screenshots`.
+/// reload (what is observed turning to "on mains power" too), axe-core finds nothing serious,
+/// consent limited to one folder makes a new photo elsewhere wait "outside consent scope" in
+/// the verdict and the waiting list (its thumbnail loaded, the progress line not counting it)
+/// with no reload, every request stays on our origin, another origin's auto-submitted revoke
+/// and DNS rebinding are refused, and the revoke button works. Writes screenshots (desktop and
+/// phone, light and dark, and the outside-scope state) to `<target tmp>/dashboard-screenshots`.
 #[test]
 fn in_a_real_chromium() {
     let (_, axe) = browser_tools();
@@ -1250,11 +1253,12 @@ fn run_browser(mut args: Value) -> Value {
 }
 
 /// A server that refuses every photo (too large), in Chromium: the verdict says they failed,
-/// and each failed file is listed with a thumbnail that loaded (a real one for the JPEGs).
-/// Screenshots: `failed-desktop-light.png`, `failed-phone-dark.png`.
+/// each failed file is listed with a thumbnail that loaded (a real one for the JPEGs), and
+/// axe-core finds nothing serious. Screenshots: `failed-desktop-light.png`,
+/// `failed-phone-dark.png`.
 #[test]
 fn failed_uploads_in_a_real_chromium() {
-    browser_tools();
+    let (_, axe) = browser_tools();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let data = tempfile::tempdir().unwrap();
     let token = runtime
@@ -1288,6 +1292,7 @@ fn failed_uploads_in_a_real_chromium() {
         "mode": "failed",
         "login_url": format!("http://127.0.0.1:{port}{path}"),
         "port": port,
+        "axe": axe,
     }));
     assert_eq!(
         found["failed_thumbs"].as_array().map(Vec::len),

@@ -84,9 +84,24 @@ def thumbs_loaded(page, section):
     return imgs.evaluate_all("l => l.map(i => [i.alt, i.naturalWidth, i.currentSrc])")
 
 
+def axe_check(page):
+    """Accessibility: axe-core finds nothing serious (evaluated over the DevTools protocol,
+    which the page's CSP does not govern; the page itself still runs no inline script). The
+    minor findings."""
+    with open(ARGS["axe"]) as f:
+        page.evaluate(f.read())
+    results = page.evaluate(
+        "async () => { const r = await axe.run(document); "
+        "return r.violations.map(v => ({id: v.id, impact: v.impact, help: v.help})); }"
+    )
+    serious = [v for v in results if v["impact"] in ("serious", "critical")]
+    check(not serious, f"axe-core: {serious}")
+    return results
+
+
 def failed_mode(page, shots):
     """A server that refuses every photo: the verdict says so, each failed file has a card
-    line with its error and a thumbnail that loaded."""
+    line with its error and a thumbnail that loaded, and axe-core finds nothing serious."""
     page.goto(ARGS["login_url"])
     check(page.url == ORIGIN + "/", f"after the login the page is {page.url}")
     v = verdict(page)
@@ -98,6 +113,7 @@ def failed_mode(page, shots):
     # The fixtures are 64 x 48 JPEGs: real thumbnails, not the placeholder (256 wide).
     check(any(w == 64 for _, w, _ in thumbs), f"no JPEG thumbnail among {thumbs}")
     check(all(src.startswith(ORIGIN + "/thumb/") for _, _, src in thumbs), f"{thumbs}")
+    found["axe_minor"] = axe_check(page)
     page.screenshot(path=os.path.join(shots, "failed-desktop-light.png"), full_page=True)
     page.emulate_media(color_scheme="dark")
     page.set_viewport_size({"width": 390, "height": 844})
@@ -174,17 +190,7 @@ with sync_playwright() as p:
     )
     check(page.evaluate("window.__ferryNoReload === true"), "the page was reloaded")
 
-    # Accessibility: axe-core finds nothing serious (evaluated over the DevTools protocol,
-    # which the page's CSP does not govern; the page itself still runs no inline script).
-    with open(ARGS["axe"]) as f:
-        page.evaluate(f.read())
-    results = page.evaluate(
-        "async () => { const r = await axe.run(document); "
-        "return r.violations.map(v => ({id: v.id, impact: v.impact, help: v.help})); }"
-    )
-    serious = [v for v in results if v["impact"] in ("serious", "critical")]
-    check(not serious, f"axe-core: {serious}")
-    found["axe_minor"] = results
+    found["axe_minor"] = axe_check(page)
 
     for scheme in ("light", "dark"):
         page.emulate_media(color_scheme=scheme)
