@@ -1085,6 +1085,16 @@ fn on_battery_the_verdict_gives_the_reason_and_turns_live_when_plugged_in() {
     let expected = format!("{files} waiting — waiting for the charger (charging required)");
     assert!(page.body.contains(&expected), "{expected} in {}", page.body);
     assert!(page.body.contains("Not yet:"), "said in words, not colour");
+    // The waiting list agrees with the verdict: the same files under the same reason (no job
+    // is made for them while the conditions hold uploads back), each with its thumbnail.
+    assert!(
+        page.body.contains(&format!(
+            "<h3>{files} — waiting for the charger (charging required)</h3>"
+        )),
+        "{}",
+        page.body
+    );
+    assert_eq!(thumbs_of(&page.body).len() as u64, files, "{}", page.body);
     assert!(
         page.body
             .contains("<dt>power</dt><dd>on battery, battery 80%"),

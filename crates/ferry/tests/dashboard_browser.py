@@ -165,6 +165,10 @@ with sync_playwright() as p:
     waiting = verdict(page)
     check("waiting for the charger" in waiting, f"on battery the verdict is {waiting!r}")
     found["verdict_on_battery"] = waiting
+    # The waiting list says the same reason, each photo with a thumbnail that loaded.
+    lists = page.locator("#lists").inner_text()
+    check("waiting for the charger" in lists, f"on battery the lists say {lists!r}")
+    found["waiting_thumbs_on_battery"] = thumbs_loaded(page, "waiting-h")
     shots = ARGS["screenshots"]
     page.screenshot(path=os.path.join(shots, "waiting-desktop-light.png"), full_page=True)
 

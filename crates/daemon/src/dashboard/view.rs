@@ -106,6 +106,7 @@ pub fn reason_words(code: &str) -> String {
         "outside_scope" => {
             "outside consent scope: not in the folders any extension may see".to_owned()
         }
+        "no_job" => "not sent yet: no extension has made an upload for it".to_owned(),
         _ => serde_json::from_value::<WaitReason>(serde_json::Value::String(code.to_owned()))
             .map(|r| r.to_string())
             .unwrap_or_else(|_| code.replace('_', " ")),
@@ -175,6 +176,17 @@ pub fn verdict(
                         .then(|| reason_words("outside_scope"))
                 }),
         };
+        // Nothing is on its way, and no extension made an upload for some: say so.
+        let idle = [reason_words("outside_scope"), reason_words("no_job")];
+        if reason.is_none() && waiting.iter().all(|g| idle.contains(&g.reason)) {
+            return (
+                format!(
+                    "{} not backed up yet — no extension has made an upload for them",
+                    plural(n_waiting, "file", "files")
+                ),
+                "waiting",
+            );
+        }
         return match reason {
             Some(r) => (format!("{} waiting — {r}", thousands(n_waiting)), "waiting"),
             None => (
@@ -452,14 +464,28 @@ impl View {
             .iter()
             .filter(|j| j.state == JobState::Failed && !delivered.contains(&j.content_hash.0))
             .count();
-        let (outside, outside_bytes) = if status.resources_not_backed_up > 0 {
-            outside_scope(&store, &jobs)?
+        let (no_job, outside_bytes) = if status.resources_not_backed_up > 0 {
+            without_job(&store, &jobs, decision.as_ref())?
         } else {
             Default::default()
         };
-        let outside_count = outside.count;
-        if outside_count > 0 {
-            groups.insert(outside.reason.clone(), outside);
+        let outside_count = no_job
+            .iter()
+            .filter(|g| g.reason == reason_words("outside_scope"))
+            .map(|g| g.count)
+            .sum::<u64>();
+        for g in no_job {
+            // Under the conditions' reason, beside the jobs that wait for it too.
+            let e = groups.entry(g.reason.clone()).or_insert(WaitGroup {
+                reason: g.reason,
+                ..WaitGroup::default()
+            });
+            e.count += g.count;
+            for f in g.files {
+                if e.files.len() < MAX_LISTED {
+                    e.files.push(f);
+                }
+            }
         }
         let waiting: Vec<WaitGroup> = groups.into_values().collect();
         let (verdict, tone) = verdict(&status, &waiting, n_failed, decision.as_ref());
@@ -533,24 +559,32 @@ impl View {
     }
 }
 
-/// Resources page by page while looking for files outside every consent scope.
+/// Resources page by page while looking for files no job stands for.
 const SCOPE_PAGE: usize = 10_000;
 
-/// Files not backed up that no enabled extension may see, because every consent that could
-/// is limited to other folders: they wait for a wider consent, and no job will be made for
-/// them until then. Empty (and no walk over the library) while some consent covers the whole
-/// library or none is enabled.
-/// Also their bytes.
-fn outside_scope(
+/// Files not backed up that no job stands for (none open, none failed), grouped by why: while
+/// the conditions hold uploads back, their reason (extensions are not called then, so no job
+/// is made); files that no enabled extension may see, because every consent is limited to
+/// other folders, "outside consent scope"; else "no upload made yet". Without these the
+/// verdict could say "40 waiting" above a list of none. Also the bytes outside the scopes.
+fn without_job(
     store: &Store,
     jobs: &[ferry_core::job::Job],
-) -> Result<(WaitGroup, u64), ReportError> {
-    let mut group = WaitGroup {
-        reason: reason_words("outside_scope"),
-        count: 0,
-        files: Vec::new(),
+    decision: Option<&Decision>,
+) -> Result<(Vec<WaitGroup>, u64), ReportError> {
+    let group = |code: &str| WaitGroup {
+        reason: reason_words(code),
+        ..WaitGroup::default()
     };
-    let mut bytes = 0;
+    let mut outside = group("outside_scope");
+    let mut held = WaitGroup {
+        reason: match decision {
+            Some(Decision::Wait(r)) => r.to_string(),
+            _ => reason_words("no_job"),
+        },
+        ..WaitGroup::default()
+    };
+    let mut outside_bytes = 0;
     let roots = store.roots()?;
     let scopes: Vec<ferry_host::serve::ScopeFilter> = store
         .consents()?
@@ -558,18 +592,13 @@ fn outside_scope(
         .filter(|c| c.is_enabled())
         .map(|c| ferry_host::serve::ScopeFilter::new(&consent::scope_of(c), &roots))
         .collect();
-    if scopes.is_empty() || scopes.iter().any(|s| s.is_library()) {
-        return Ok((group, 0));
-    }
-    // A file with a job that is not over, or whose content was delivered, is counted elsewhere.
+    // Only while every enabled consent is limited to folders can a file be outside them all.
+    let limited = !scopes.is_empty() && scopes.iter().all(|s| !s.is_library());
+    // A file whose content has a job that is not over, that failed (listed as failed) or that
+    // was delivered is counted elsewhere.
     let handled: HashSet<[u8; 32]> = jobs
         .iter()
-        .filter(|j| {
-            matches!(
-                j.state,
-                JobState::Registered | JobState::Pending | JobState::Succeeded
-            )
-        })
+        .filter(|j| j.state != JobState::Cancelled)
         .map(|j| j.content_hash.0)
         .collect();
     let mut after: Option<PathBuf> = None;
@@ -578,21 +607,31 @@ fn outside_scope(
         let Some(last) = page.last() else { break };
         after = Some(last.path.clone());
         for r in &page {
-            let dir = r.path.parent().unwrap_or(Path::new("/"));
-            if scopes.iter().any(|s| s.contains(dir))
-                || handled.contains(&r.blake3)
+            if handled.contains(&r.blake3)
                 || store.delivered_with_receipt(&ferry_core::ContentHash(r.blake3))?
             {
                 continue;
             }
-            group.count += 1;
-            bytes += r.size;
-            if group.files.len() < MAX_LISTED {
-                group.files.push(display_path(store, &r.id));
+            let dir = r.path.parent().unwrap_or(Path::new("/"));
+            let g = if limited && !scopes.iter().any(|s| s.contains(dir)) {
+                outside_bytes += r.size;
+                &mut outside
+            } else {
+                &mut held
+            };
+            g.count += 1;
+            if g.files.len() < MAX_LISTED {
+                g.files.push(display_path(store, &r.id));
             }
         }
     }
-    Ok((group, bytes))
+    Ok((
+        [outside, held]
+            .into_iter()
+            .filter(|g| g.count > 0)
+            .collect(),
+        outside_bytes,
+    ))
 }
 
 fn cards(cfg: &DashboardConfig, store: &Store) -> Vec<Card> {
@@ -799,6 +838,17 @@ mod tests {
             .0,
             "1 waiting — outside consent scope: not in the folders any extension may see",
             "a file no consent covers, and nothing else on its way"
+        );
+        assert_eq!(
+            verdict(
+                &status(9, 9, 6, false),
+                &[group("outside_scope", 1), group("no_job", 2)],
+                0,
+                None
+            )
+            .0,
+            "3 files not backed up yet — no extension has made an upload for them",
+            "no job for them, nothing on its way"
         );
         assert_eq!(
             verdict(
