@@ -584,6 +584,9 @@ async fn wait(
                 if let Some(b) = bundled {
                     plan(shared, &b.client, roots, progress).await?;
                 }
+                // The index changed: live pages look again even when no job comes of it (a
+                // file outside every consent's folders).
+                progress.tally.bump();
             }
             r = stop.changed() => if r.is_err() || *stop.borrow() { return Ok(()) },
         }

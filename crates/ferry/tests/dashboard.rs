@@ -145,6 +145,8 @@ struct Answer {
     code: u16,
     headers: Vec<(String, String)>,
     body: String,
+    /// The body as sent (a thumbnail is binary).
+    raw: Vec<u8>,
 }
 
 impl Answer {
@@ -230,6 +232,7 @@ fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &st
         code: code.parse().unwrap(),
         headers,
         body: String::from_utf8_lossy(&body).into_owned(),
+        raw: body,
     }
 }
 
@@ -511,7 +514,7 @@ fn refused_requests_change_nothing_and_the_forms_change_consent() {
         "the file is listed, escaped: {}",
         page.body
     );
-    assert!(!page.body.contains("<img"), "{}", page.body);
+    assert!(!page.body.contains("<img src=x"), "{}", page.body);
     assert!(
         page.body.contains(&format!("{} failed", before.1.len())),
         "the verdict: {}",
@@ -523,10 +526,17 @@ fn refused_requests_change_nothing_and_the_forms_change_consent() {
         "the receipts are listed: {}",
         page.body
     );
+    // Its thumbnail's alternative text is the name, escaped too.
+    assert!(
+        page.body
+            .contains("odd/&lt;img src=x onerror=alert(1)&gt;.jpg\" width=\"64\""),
+        "{}",
+        page.body
+    );
     // The markup-named file links to its `why` page, which escapes it too.
     let name_at = page
         .body
-        .find("&lt;img src=x onerror=alert(1)&gt;.jpg")
+        .find("&lt;img src=x onerror=alert(1)&gt;.jpg</a>")
         .unwrap();
     let href_at = page.body[..name_at].rfind("href=\"/why?asset=").unwrap() + 6;
     let href = &page.body[href_at..href_at + page.body[href_at..].find('"').unwrap()];
@@ -978,6 +988,22 @@ fn live_updates_send_the_state_at_once_and_when_a_photo_arrives() {
             .is_some_and(|n| n > assets)
     });
     let elapsed = started.elapsed().as_secs_f64();
+    // The lists, the history and the sparkline come along as markup, so they follow too: the
+    // new photos show in the history and the sparkline counts their bytes.
+    let last = &later.last().unwrap().1;
+    assert!(last["lists"].is_string(), "{last}");
+    assert!(
+        last["history"]
+            .as_str()
+            .is_some_and(|h| h.contains("IMG_0200.HEIC")),
+        "{last}"
+    );
+    assert!(
+        last["sparkline"]
+            .as_str()
+            .is_some_and(|h| !h.contains("Sent in the last 24 hours: 0 bytes")),
+        "{last}"
+    );
     let ids: Vec<u64> = first.iter().chain(&later).map(|(id, _)| *id).collect();
     assert!(ids.windows(2).all(|w| w[1] > w[0]), "ids increase: {ids:?}");
     // Coalesced: at most about four a second (and one for the state at once).
@@ -1059,6 +1085,16 @@ fn on_battery_the_verdict_gives_the_reason_and_turns_live_when_plugged_in() {
     let expected = format!("{files} waiting — waiting for the charger (charging required)");
     assert!(page.body.contains(&expected), "{expected} in {}", page.body);
     assert!(page.body.contains("Not yet:"), "said in words, not colour");
+    // The waiting list agrees with the verdict: the same files under the same reason (no job
+    // is made for them while the conditions hold uploads back), each with its thumbnail.
+    assert!(
+        page.body.contains(&format!(
+            "<h3>{files} — waiting for the charger (charging required)</h3>"
+        )),
+        "{}",
+        page.body
+    );
+    assert_eq!(thumbs_of(&page.body).len() as u64, files, "{}", page.body);
     assert!(
         page.body
             .contains("<dt>power</dt><dd>on battery, battery 80%"),
@@ -1122,18 +1158,15 @@ fn a_configured_port_is_used() {
 
 /// The dashboard in Debian's Chromium (Playwright, `dashboard_browser.py`; installed by
 /// `scripts/setup.d/dashboard-browser.sh`): the verdict turns from waiting to backed up with no
-/// reload, axe-core finds nothing serious, every request stays on our origin, another origin's
-/// auto-submitted revoke and DNS rebinding are refused, and the revoke button works. Writes
-/// screenshots (desktop and phone, light and dark) to `<target tmp>/dashboard-screenshots`.
+/// reload (what is observed turning to "on mains power" too), axe-core finds nothing serious,
+/// consent limited to one folder makes a new photo elsewhere wait "outside consent scope" in
+/// the verdict and the waiting list (its thumbnail loaded, the progress line not counting it)
+/// with no reload, every request stays on our origin, another origin's auto-submitted revoke
+/// and DNS rebinding are refused, and the revoke button works. Writes screenshots (desktop and
+/// phone, light and dark, and the outside-scope state) to `<target tmp>/dashboard-screenshots`.
 #[test]
 fn in_a_real_chromium() {
-    let tools = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.tools/dashboard-browser");
-    let python = tools.join("bin/python");
-    let axe = tools.join("node_modules/axe-core/axe.min.js");
-    assert!(
-        python.exists() && axe.exists() && Path::new("/usr/bin/chromium").exists(),
-        "Chromium, Playwright or axe-core is not installed: run scripts/setup.d/dashboard-browser.sh"
-    );
+    let (_, axe) = browser_tools();
     let env = Env::new();
     let sys = tempfile::tempdir().unwrap();
     power(sys.path(), false);
@@ -1147,41 +1180,40 @@ fn in_a_real_chromium() {
     .unwrap();
     let lib = tempfile::tempdir().unwrap();
     copy_dir(&fixtures().join("plain"), lib.path());
+    // A folder that consent is later limited to, with a photo of its own.
+    let mut trip = std::fs::read(fixtures().join("plain/IMG_0010.JPG")).unwrap();
+    trip.extend_from_slice(b"a trip");
+    std::fs::create_dir_all(lib.path().join("Trips")).unwrap();
+    std::fs::write(lib.path().join("Trips/IMG_0900.JPG"), trip).unwrap();
     let _daemon = env.daemon(&["--folder", lib.path().to_str().unwrap()]);
     wait_for(
         "the daemon waiting for the charger, the library indexed",
         || {
             let s = json(&env.run(&["status", "--json"]))["status"].clone();
-            s["decision"]["wait"] == "on_battery" && s["library"]["resources"].as_u64() >= Some(3)
+            s["decision"]["wait"] == "on_battery" && s["library"]["resources"].as_u64() >= Some(4)
         },
     );
     let assets = json(&env.run(&["status", "--json"]))["status"]["library"]["assets"]
         .as_u64()
         .unwrap();
-    let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-screenshots");
-    std::fs::create_dir_all(&shots).unwrap();
     let (port, path) = login_url(&env);
-    let args = serde_json::json!({
+    let found = run_browser(serde_json::json!({
         "login_url": format!("http://127.0.0.1:{port}{path}"),
         "port": port,
         "sysfs": sys.path(),
         "assets": assets,
-        "screenshots": shots,
+        "library": lib.path(),
+        "new_photo": fixtures().join("plain/IMG_0011.JPG"),
         "axe": axe,
-    });
-    let out = Command::new(&python)
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/dashboard_browser.py"))
-        .arg(args.to_string())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let found = json(&out);
+    }));
     assert_eq!(found["rebinding_status"], 421);
+    // Limited to Trips, a new photo beside the others waits outside the consent's scope.
+    assert!(
+        found["verdict_outside_scope"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("1 waiting — outside consent scope")),
+        "{found}"
+    );
     // Forged revokes with the real CSRF token: from another site the strict cookie is not sent
     // (401); from another port of 127.0.0.1 (same site) it is, and Sec-Fetch-Site / Origin
     // refuse it (403). The page showed the consent unchanged after each.
@@ -1194,6 +1226,88 @@ fn in_a_real_chromium() {
         jobs.iter()
             .all(|(_, s, _)| s != "pending" && s != "registered"),
         "{jobs:?}"
+    );
+}
+
+/// The browser test's tools (installed by `scripts/setup.d/dashboard-browser.sh`): the venv's
+/// Python with Playwright, and axe-core.
+fn browser_tools() -> (PathBuf, PathBuf) {
+    let tools = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.tools/dashboard-browser");
+    let python = tools.join("bin/python");
+    let axe = tools.join("node_modules/axe-core/axe.min.js");
+    assert!(
+        python.exists() && axe.exists() && Path::new("/usr/bin/chromium").exists(),
+        "Chromium, Playwright or axe-core is not installed: run scripts/setup.d/dashboard-browser.sh"
+    );
+    (python, axe)
+}
+
+/// Runs `dashboard_browser.py` with `args` (the screenshots' folder added): its findings.
+fn run_browser(mut args: Value) -> Value {
+    let (python, _) = browser_tools();
+    let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    args["screenshots"] = serde_json::json!(shots);
+    let out = Command::new(&python)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/dashboard_browser.py"))
+        .arg(args.to_string())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    json(&out)
+}
+
+/// A server that refuses every photo (too large), in Chromium: the verdict says they failed,
+/// each failed file is listed with a thumbnail that loaded (a real one for the JPEGs), and
+/// axe-core finds nothing serious. Screenshots: `failed-desktop-light.png`,
+/// `failed-phone-dark.png`.
+#[test]
+fn failed_uploads_in_a_real_chromium() {
+    let (_, axe) = browser_tools();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let token = runtime
+        .block_on(ferry_server::create_token(data.path(), "test"))
+        .unwrap();
+    let mut config = ferry_server::Config::new(data.path(), "127.0.0.1:0".parse().unwrap());
+    config.limits.max_size_bytes = 100;
+    config.limits.max_append_size_bytes = 100;
+    let server = runtime
+        .block_on(ferry_server::Server::start(config))
+        .unwrap();
+    let env = Env::new();
+    let lib = tempfile::tempdir().unwrap();
+    copy_dir(&fixtures().join("plain"), lib.path());
+    let url = server.base_url();
+    let _daemon = env.daemon(&[
+        "--folder",
+        lib.path().to_str().unwrap(),
+        "--now",
+        "--to",
+        &url,
+        "--token",
+        &token,
+    ]);
+    wait_for("every upload failed and acknowledged", || {
+        let jobs = env.jobs();
+        jobs.len() >= 3 && jobs.iter().all(|(_, s, ack)| s == "failed" && *ack)
+    });
+    let (port, path) = login_url(&env);
+    let found = run_browser(serde_json::json!({
+        "mode": "failed",
+        "login_url": format!("http://127.0.0.1:{port}{path}"),
+        "port": port,
+        "axe": axe,
+    }));
+    assert_eq!(
+        found["failed_thumbs"].as_array().map(Vec::len),
+        Some(3),
+        "{found}"
     );
 }
 
@@ -1232,7 +1346,7 @@ fn waiting_files_are_listed_under_their_reason() {
         seen.contains("<h2 id=\"waiting-h\">Waiting</h2>")
             && seen.contains("&lt;img src=x onerror=alert(1)&gt;.jpg")
     });
-    assert!(!seen.contains("<img"), "{seen}");
+    assert!(!seen.contains("<img src=x"), "{seen}");
     assert!(
         ["being uploaded now", "queued to upload next"]
             .iter()
@@ -1465,4 +1579,169 @@ fn another_users_connection_is_refused() {
         http(port, "GET", "/", &[("Cookie", cookie.as_str())], "").code,
         200
     );
+}
+
+/// The `<img class="thumb">`s of a page: (alt, src), with `&amp;` in the src undone.
+fn thumbs_of(page: &str) -> Vec<(String, String)> {
+    page.split("<img class=\"thumb\" ")
+        .skip(1)
+        .map(|tag| {
+            let attr = |name: &str| {
+                let at = tag.find(&format!("{name}=\"")).unwrap() + name.len() + 2;
+                tag[at..at + tag[at..].find('"').unwrap()].replace("&amp;", "&")
+            };
+            assert!(
+                tag.contains("width=\"64\" height=\"64\" loading=\"lazy\""),
+                "{tag}"
+            );
+            (attr("alt"), attr("src"))
+        })
+        .collect()
+}
+
+/// A JPEG of `w` × `h` with some detail in it (a flat one would be a few hundred bytes).
+fn a_jpeg(w: u32, h: u32) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(w, h, |x, y| {
+        image::Rgb([(x % 256) as u8, (y % 256) as u8, ((x * y) % 256) as u8])
+    });
+    let mut out = std::io::Cursor::new(Vec::new());
+    image::DynamicImage::ImageRgb8(img)
+        .write_to(&mut out, image::ImageFormat::Jpeg)
+        .unwrap();
+    out.into_inner()
+}
+
+/// Failed uploads are shown with thumbnails, served by resource id from the index: a large
+/// JPEG comes back at most 256 px on its long side and is cached by content hash (the second
+/// answer is the cache file's), garbage gets the placeholder, an HEIC goes through
+/// heif-thumbnailer when it is installed; an unknown or path-like id is 404, no session 401.
+#[test]
+fn failed_photos_show_thumbnails_made_from_the_index() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let token = runtime
+        .block_on(ferry_server::create_token(data.path(), "test"))
+        .unwrap();
+    let mut config = ferry_server::Config::new(data.path(), "127.0.0.1:0".parse().unwrap());
+    config.limits.max_size_bytes = 100;
+    config.limits.max_append_size_bytes = 100;
+    let server = runtime
+        .block_on(ferry_server::Server::start(config))
+        .unwrap();
+    let env = Env::new();
+    let lib = tempfile::tempdir().unwrap();
+    copy_dir(&fixtures().join("plain"), lib.path());
+    let big = a_jpeg(1200, 900);
+    std::fs::write(lib.path().join("big.jpg"), &big).unwrap();
+    let mut garbage = b"\xFF\xD8\xFF".to_vec();
+    garbage.extend((0..2000u32).map(|i| (i * 7919 % 251) as u8));
+    std::fs::write(lib.path().join("garbage.jpg"), &garbage).unwrap();
+    std::fs::copy(
+        fixtures().join("live/IMG_0200.HEIC"),
+        lib.path().join("still.heic"),
+    )
+    .unwrap();
+    let url = server.base_url();
+    let _daemon = env.daemon(&[
+        "--folder",
+        lib.path().to_str().unwrap(),
+        "--now",
+        "--to",
+        &url,
+        "--token",
+        &token,
+    ]);
+    wait_for("every upload failed and acknowledged", || {
+        let jobs = env.jobs();
+        jobs.len() >= 6 && jobs.iter().all(|(_, s, ack)| s == "failed" && *ack)
+    });
+    let (port, cookie) = login(&env);
+    let page = http(port, "GET", "/", &[("Cookie", cookie.as_str())], "");
+    assert_eq!(page.code, 200);
+    let thumbs = thumbs_of(&page.body);
+    let src_of = |name: &str| {
+        thumbs
+            .iter()
+            .find(|(alt, _)| alt.ends_with(&format!("/{name}")))
+            .unwrap_or_else(|| panic!("no thumbnail of {name}: {thumbs:?}"))
+            .1
+            .clone()
+    };
+    let get = |path: &str| http(port, "GET", path, &[("Cookie", cookie.as_str())], "");
+
+    // A large JPEG: at most 256 px, cached privately, the security headers as everywhere.
+    let big_src = src_of("big.jpg");
+    assert!(big_src.starts_with("/thumb/"), "{big_src}");
+    let a = get(&big_src);
+    assert_eq!(a.code, 200, "{a:?}");
+    a.assert_hardened();
+    assert_eq!(a.header("content-type"), Some("image/jpeg"));
+    assert!(
+        a.header("cache-control")
+            .is_some_and(|c| c.starts_with("private, max-age=")),
+        "{a:?}"
+    );
+    let img = image::load_from_memory(&a.raw).unwrap();
+    assert_eq!((img.width(), img.height()), (256, 192));
+    let cached = env
+        .state
+        .path()
+        .join("dashboard/thumbs")
+        .join(format!("{}.jpg", blake3::hash(&big).to_hex()));
+    assert_eq!(
+        std::fs::read(&cached).unwrap(),
+        a.raw,
+        "cached by content hash"
+    );
+    // The second answer comes from the cache: put other bytes there and they are served.
+    let marker = a_jpeg(10, 10);
+    std::fs::write(&cached, &marker).unwrap();
+    assert_eq!(get(&big_src).raw, marker, "served from the cache");
+
+    // A small JPEG keeps its size.
+    let small = image::load_from_memory(&get(&src_of("IMG_0010.JPG")).raw).unwrap();
+    assert_eq!((small.width(), small.height()), (64, 48));
+
+    // Garbage: the placeholder, 200, nothing cached.
+    let g = get(&src_of("garbage.jpg"));
+    assert_eq!(g.code, 200);
+    assert_eq!(g.header("content-type"), Some("image/svg+xml"));
+    assert!(g.body.starts_with("<svg"), "{}", g.body);
+    assert!(
+        !env.state
+            .path()
+            .join("dashboard/thumbs")
+            .join(format!("{}.jpg", blake3::hash(&garbage).to_hex()))
+            .exists()
+    );
+
+    // HEIC through Debian's tool when it is there, else the placeholder.
+    let h = get(&src_of("still.heic"));
+    assert_eq!(h.code, 200);
+    let has_tool = Command::new("heif-thumbnailer")
+        .arg("--help")
+        .output()
+        .is_ok();
+    if has_tool {
+        assert_eq!(h.header("content-type"), Some("image/jpeg"), "{h:?}");
+        let img = image::load_from_memory(&h.raw).unwrap();
+        assert!(img.width().max(img.height()) <= 256);
+    } else {
+        assert_eq!(h.header("content-type"), Some("image/svg+xml"));
+    }
+
+    // By id from the index only: an unknown id or a path is not found, and nothing is read.
+    for bad in [
+        "/thumb/no-such-resource",
+        "/thumb/..%2F..%2Fetc%2Fpasswd",
+        "/thumb/%2Fetc%2Fpasswd",
+        "/thumb/../../etc/passwd",
+    ] {
+        let a = get(bad);
+        assert_eq!(a.code, 404, "{bad}: {a:?}");
+        assert!(!a.body.contains("root:"), "{bad}");
+        a.assert_hardened();
+    }
+    // No session: 401, whatever the id.
+    assert_eq!(http(port, "GET", &big_src, &[], "").code, 401);
 }

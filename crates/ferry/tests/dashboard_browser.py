@@ -3,7 +3,10 @@ scripts/setup.d/dashboard-browser.sh); run by the `in_a_real_chromium` test in d
 which starts the daemon and checks consent and jobs through the CLI around this.
 
 Argument: one JSON object with login_url, port, sysfs (the fake power supply's root),
-assets (photos in the library), screenshots (a folder) and axe (axe.min.js).
+assets (photos in the library), library (its folder), new_photo (a JPEG to add outside the
+folder consent is limited to), screenshots (a folder) and axe (axe.min.js). With
+"mode": "failed" (the `failed_uploads_in_a_real_chromium` test, a server that refuses every
+photo) it checks the failed cards and their thumbnails instead.
 Prints one JSON line of findings; exits non-zero with the reason on the first failed check.
 """
 
@@ -65,6 +68,58 @@ def verdict(page):
     return page.locator("#verdict-text").inner_text()
 
 
+def thumbs_loaded(page, section):
+    """Scrolls each thumbnail of `section` (a heading id) into view (they load lazily) and
+    waits until every one has loaded; their natural widths."""
+    imgs = page.locator(f'section[aria-labelledby="{section}"] img.thumb')
+    check(imgs.count() > 0, f"no thumbnail under #{section}")
+    for i in range(imgs.count()):
+        imgs.nth(i).scroll_into_view_if_needed()
+    page.wait_for_function(
+        "s => [...document.querySelectorAll(`section[aria-labelledby=\"${s}\"] img.thumb`)]"
+        ".every(i => i.complete && i.naturalWidth > 0)",
+        arg=section,
+        timeout=30_000,
+    )
+    return imgs.evaluate_all("l => l.map(i => [i.alt, i.naturalWidth, i.currentSrc])")
+
+
+def axe_check(page):
+    """Accessibility: axe-core finds nothing serious (evaluated over the DevTools protocol,
+    which the page's CSP does not govern; the page itself still runs no inline script). The
+    minor findings."""
+    with open(ARGS["axe"]) as f:
+        page.evaluate(f.read())
+    results = page.evaluate(
+        "async () => { const r = await axe.run(document); "
+        "return r.violations.map(v => ({id: v.id, impact: v.impact, help: v.help})); }"
+    )
+    serious = [v for v in results if v["impact"] in ("serious", "critical")]
+    check(not serious, f"axe-core: {serious}")
+    return results
+
+
+def failed_mode(page, shots):
+    """A server that refuses every photo: the verdict says so, each failed file has a card
+    line with its error and a thumbnail that loaded, and axe-core finds nothing serious."""
+    page.goto(ARGS["login_url"])
+    check(page.url == ORIGIN + "/", f"after the login the page is {page.url}")
+    v = verdict(page)
+    check("failed" in v, f"the verdict is {v!r}")
+    found["verdict"] = v
+    check(page.locator("#failed-h").count() == 1, "no Failed section")
+    thumbs = thumbs_loaded(page, "failed-h")
+    found["failed_thumbs"] = thumbs
+    # The fixtures are 64 x 48 JPEGs: real thumbnails, not the placeholder (256 wide).
+    check(any(w == 64 for _, w, _ in thumbs), f"no JPEG thumbnail among {thumbs}")
+    check(all(src.startswith(ORIGIN + "/thumb/") for _, _, src in thumbs), f"{thumbs}")
+    found["axe_minor"] = axe_check(page)
+    page.screenshot(path=os.path.join(shots, "failed-desktop-light.png"), full_page=True)
+    page.emulate_media(color_scheme="dark")
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.screenshot(path=os.path.join(shots, "failed-phone-dark.png"), full_page=True)
+
+
 def consent_shown(page):
     """What the bundled extension's card says of its consent, as the page shows it now."""
     page.goto(ORIGIN + "/")
@@ -96,6 +151,13 @@ with sync_playwright() as p:
     page = context.new_page()
     requests = []
     page.on("request", lambda r: requests.append(r.url))
+    if ARGS.get("mode") == "failed":
+        failed_mode(page, ARGS["screenshots"])
+        foreign = [u for u in requests if not u.startswith(ORIGIN + "/")]
+        check(not foreign, f"requests elsewhere: {foreign}")
+        browser.close()
+        print(json.dumps(found))
+        sys.exit(0)
 
     # The one-time link logs in and leaves no token in the address bar.
     page.goto(ARGS["login_url"])
@@ -103,6 +165,10 @@ with sync_playwright() as p:
     waiting = verdict(page)
     check("waiting for the charger" in waiting, f"on battery the verdict is {waiting!r}")
     found["verdict_on_battery"] = waiting
+    # The waiting list says the same reason, each photo with a thumbnail that loaded.
+    lists = page.locator("#lists").inner_text()
+    check("waiting for the charger" in lists, f"on battery the lists say {lists!r}")
+    found["waiting_thumbs_on_battery"] = thumbs_loaded(page, "waiting-h")
     shots = ARGS["screenshots"]
     page.screenshot(path=os.path.join(shots, "waiting-desktop-light.png"), full_page=True)
 
@@ -121,18 +187,14 @@ with sync_playwright() as p:
         "() => document.getElementById('conditions').textContent === 'uploads may run'",
         timeout=30_000,
     )
-
-    # Accessibility: axe-core finds nothing serious (evaluated over the DevTools protocol,
-    # which the page's CSP does not govern; the page itself still runs no inline script).
-    with open(ARGS["axe"]) as f:
-        page.evaluate(f.read())
-    results = page.evaluate(
-        "async () => { const r = await axe.run(document); "
-        "return r.violations.map(v => ({id: v.id, impact: v.impact, help: v.help})); }"
+    # What is observed follows too: it never says "on battery" beside "uploads may run".
+    page.wait_for_function(
+        "() => document.getElementById('observed').textContent.includes('on mains power')",
+        timeout=30_000,
     )
-    serious = [v for v in results if v["impact"] in ("serious", "critical")]
-    check(not serious, f"axe-core: {serious}")
-    found["axe_minor"] = results
+    check(page.evaluate("window.__ferryNoReload === true"), "the page was reloaded")
+
+    found["axe_minor"] = axe_check(page)
 
     for scheme in ("light", "dark"):
         page.emulate_media(color_scheme=scheme)
@@ -141,6 +203,49 @@ with sync_playwright() as p:
             page.screenshot(path=os.path.join(shots, f"safe-{name}-{scheme}.png"), full_page=True)
     page.emulate_media(color_scheme="light")
     page.set_viewport_size({"width": 1280, "height": 800})
+
+    # Consent limited to one folder (the card's form): a new photo elsewhere waits "outside
+    # consent scope", said by the verdict and listed with its thumbnail, with no reload.
+    page.goto(ORIGIN + "/")
+    page.fill("#folders-bundled", "Trips")
+    with page.expect_response(f"{ORIGIN}/extensions/limit") as r:
+        page.get_by_role("button", name="Limit to these folders").click()
+    check(r.value.status == 303, f"the limit got {r.value.status}")
+    page.wait_for_load_state()
+    check("only these folders: Trips" in page.content(), "the card does not show the limit")
+    page.evaluate("window.__ferryNoReload = true")
+    with open(ARGS["new_photo"], "rb") as f:
+        photo = f.read() + b"a new photo"
+    tmp = os.path.join(os.path.dirname(ARGS["library"]), "new-elsewhere.jpg.tmp")
+    with open(tmp, "wb") as f:
+        f.write(photo)
+    os.replace(tmp, os.path.join(ARGS["library"], "new-elsewhere.jpg"))
+    try:
+        page.wait_for_function(
+            "() => document.getElementById('verdict-text').textContent.includes('outside consent scope')",
+            timeout=90_000,
+        )
+    except Exception as e:
+        check(False, f"no 'outside consent scope' ({e}); the page shows: {verdict(page)!r}, "
+              f"{page.locator('#progress').inner_text()!r}, {page.locator('#lists').inner_text()!r}")
+    found["verdict_outside_scope"] = verdict(page)
+    # The progress line agrees: the photo no consent covers is not counted as one to send.
+    page.wait_for_function(
+        "() => { const m = document.getElementById('progress').textContent"
+        ".match(/(\\d+) of (\\d+) files sent/); return !m || m[1] === m[2]; }",
+        timeout=30_000,
+    )
+    found["progress_outside_scope"] = page.locator("#progress").inner_text()
+    # The waiting list follows live too, the new photo's thumbnail in it.
+    page.wait_for_function(
+        "() => (document.getElementById('lists').textContent || '').includes('new-elsewhere.jpg')",
+        timeout=30_000,
+    )
+    check(page.evaluate("window.__ferryNoReload === true"), "the page was reloaded")
+    waiting = page.locator('section[aria-labelledby="waiting-h"]').inner_text()
+    check("outside consent scope" in waiting and "new-elsewhere.jpg" in waiting, waiting)
+    found["waiting_thumbs"] = thumbs_loaded(page, "waiting-h")
+    page.screenshot(path=os.path.join(shots, "outside-scope-desktop-light.png"), full_page=True)
 
     # Every request the page made went to its own origin.
     foreign = [u for u in requests if not u.startswith(ORIGIN + "/")]

@@ -18,6 +18,20 @@ fn file_link(f: &FileRef) -> String {
     }
 }
 
+/// The file's thumbnail (by resource id, never by path), its name as the alternative text.
+/// Shown at 64 px on the long side; the picture itself is up to 256 px, for sharp screens.
+fn thumb_img(f: &FileRef) -> String {
+    match &f.thumb {
+        Some((id, version)) => format!(
+            "<img class=\"thumb\" src=\"/thumb/{}?v={}\" alt=\"{}\" width=\"64\" height=\"64\" loading=\"lazy\">",
+            esc(&url_component(id)),
+            esc(&url_component(version)),
+            esc(&f.path)
+        ),
+        None => String::new(),
+    }
+}
+
 /// Percent-encodes everything but unreserved characters (RFC 3986).
 fn url_component(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -210,19 +224,51 @@ pub fn dashboard(v: &View, csrf: &str) -> String {
             _ => "Not yet:",
         }
     );
-    let _ = write!(
-        b,
-        "<p>Library: {} photos, {} files, {}.</p>",
-        thousands(v.library.assets),
-        thousands(v.library.resources),
-        bytes_text(v.library.bytes)
-    );
-    b.push_str(&sparkline(&v.hourly));
+    let _ = write!(b, "<div id=\"library\">{}</div>", library(v));
+    let _ = write!(b, "<div id=\"sparkline\">{}</div>", sparkline(&v.hourly));
     let _ = write!(
         b,
         "<p>Conditions: <span id=\"conditions\">{}</span></p>",
         esc(v.conditions.as_deref().unwrap_or("not known yet"))
     );
+    let _ = write!(b, "<div id=\"observed\">{}</div>", observed(v));
+    b.push_str("</section>");
+    // Replaced whole by live updates (dashboard.js), as is the history below.
+    let _ = write!(b, "<div id=\"lists\">{}</div>", lists(v));
+    b.push_str("<section aria-labelledby=\"ext-h\"><h2 id=\"ext-h\">Extensions</h2>");
+    if v.extensions.is_empty() {
+        b.push_str("<p>No extension is installed.</p>");
+    }
+    for c in &v.extensions {
+        card(&mut b, c, csrf);
+    }
+    let _ = write!(
+        b,
+        "</section><section aria-labelledby=\"history-h\"><h2 id=\"history-h\">History</h2><div id=\"history\">{}</div>",
+        history(v)
+    );
+    let _ = write!(
+        b,
+        "</section><form method=\"post\" action=\"/logout\" class=\"logout\">{}<button type=\"submit\">Sign out</button></form><script src=\"/static/dashboard.js\"></script>",
+        csrf_field(csrf)
+    );
+    document("Photo backup", &b)
+}
+
+/// The library's size: markup sent again by live updates.
+pub fn library(v: &View) -> String {
+    format!(
+        "<p>Library: {} photos, {} files, {}.</p>",
+        thousands(v.library.assets),
+        thousands(v.library.resources),
+        bytes_text(v.library.bytes)
+    )
+}
+
+/// What is observed (power, network...): markup sent again by live updates, so it never
+/// contradicts the conditions line above it.
+pub fn observed(v: &View) -> String {
+    let mut b = String::new();
     if !v.observed.is_empty() {
         b.push_str("<dl class=\"observed\" aria-label=\"What Ferry sees\">");
         for (k, val) in &v.observed {
@@ -230,13 +276,19 @@ pub fn dashboard(v: &View, csrf: &str) -> String {
         }
         b.push_str("</dl>");
     }
-    b.push_str("</section>");
+    b
+}
+
+/// The failed and waiting files, with their thumbnails: markup sent again by live updates.
+pub fn lists(v: &View) -> String {
+    let mut b = String::new();
     if !v.failed.is_empty() {
         b.push_str("<section aria-labelledby=\"failed-h\"><h2 id=\"failed-h\">Failed</h2><ul class=\"files\">");
         for f in &v.failed {
             let _ = write!(
                 b,
-                "<li>{} — {} <span class=\"ext\">({})</span></li>",
+                "<li class=\"with-thumb\">{}<span>{} — {} <span class=\"ext\">({})</span></span></li>",
+                thumb_img(&f.file),
                 file_link(&f.file),
                 esc(&f.error),
                 esc(&f.extension)
@@ -254,7 +306,12 @@ pub fn dashboard(v: &View, csrf: &str) -> String {
                 esc(&g.reason)
             );
             for f in &g.files {
-                let _ = write!(b, "<li>{}</li>", file_link(f));
+                let _ = write!(
+                    b,
+                    "<li class=\"with-thumb\">{}<span>{}</span></li>",
+                    thumb_img(f),
+                    file_link(f)
+                );
             }
             if (g.files.len() as u64) < g.count {
                 let _ = write!(b, "<li>and {} more</li>", g.count - g.files.len() as u64);
@@ -263,16 +320,12 @@ pub fn dashboard(v: &View, csrf: &str) -> String {
         }
         b.push_str("</section>");
     }
-    b.push_str("<section aria-labelledby=\"ext-h\"><h2 id=\"ext-h\">Extensions</h2>");
-    if v.extensions.is_empty() {
-        b.push_str("<p>No extension is installed.</p>");
-    }
-    for c in &v.extensions {
-        card(&mut b, c, csrf);
-    }
-    b.push_str(
-        "</section><section aria-labelledby=\"history-h\"><h2 id=\"history-h\">History</h2>",
-    );
+    b
+}
+
+/// The newest finished uploads: markup sent again by live updates.
+pub fn history(v: &View) -> String {
+    let mut b = String::new();
     if v.history.is_empty() {
         b.push_str("<p>No finished upload recorded yet.</p>");
     } else {
@@ -289,12 +342,7 @@ pub fn dashboard(v: &View, csrf: &str) -> String {
         }
         b.push_str("</tbody></table>");
     }
-    let _ = write!(
-        b,
-        "</section><form method=\"post\" action=\"/logout\" class=\"logout\">{}<button type=\"submit\">Sign out</button></form><script src=\"/static/dashboard.js\"></script>",
-        csrf_field(csrf)
-    );
-    document("Photo backup", &b)
+    b
 }
 
 /// One asset's `why`: each resource, its verdict, and what each extension did with it.

@@ -16,6 +16,7 @@
 
 pub mod html;
 pub mod peer;
+pub mod thumbs;
 pub mod view;
 
 use std::collections::HashMap;
@@ -151,6 +152,7 @@ pub struct Dashboard {
     /// The cookie's name: per state folder, since cookies are not isolated by port.
     cookie: String,
     rate: Arc<Mutex<view::RateMeter>>,
+    thumbs: thumbs::Thumbs,
 }
 
 /// What `POST /v1/dashboard/login` answers.
@@ -166,6 +168,7 @@ impl Dashboard {
         let id = blake3::hash(config.state_dir.as_os_str().as_encoded_bytes()).to_hex();
         Arc::new(Dashboard {
             cookie: format!("ferry_session_{}", &id[..12]),
+            thumbs: thumbs::Thumbs::new(&config.state_dir),
             config,
             port: OnceLock::new(),
             start: tokio::sync::Mutex::new(()),
@@ -316,6 +319,7 @@ fn router(d: Arc<Dashboard>) -> Router {
         .route("/login", get(login))
         .route("/events", get(events))
         .route("/why", get(why))
+        .route("/thumb/{id}", get(thumb))
         .route("/extensions/{action}", post(extension_action))
         .route("/logout", post(logout))
         .route("/static/dashboard.css", get(css))
@@ -538,6 +542,67 @@ async fn why(
     }
 }
 
+/// How long a browser may keep a thumbnail: its URL names the content hash (`?v=`), so a
+/// changed file gets a new URL.
+const THUMB_MAX_AGE: &str = "private, max-age=86400";
+/// The placeholder may become a thumbnail (a tool installed, a file back): kept briefly.
+const PLACEHOLDER_MAX_AGE: &str = "private, max-age=60";
+
+/// A small picture of resource `id`, found in the index (never a path from the request):
+/// JPEG, or the SVG placeholder where none can be made. 404 for an id the index does not hold.
+async fn thumb(
+    State(d): State<Arc<Dashboard>>,
+    headers: HeaderMap,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    if d.session(&headers).is_none() {
+        return no_session();
+    }
+    let db = d.config.state_dir.join("ferry.db");
+    let found =
+        tokio::task::spawn_blocking(move || ferry_store::Store::open(&db)?.resource(&id)).await;
+    let src = match found {
+        Ok(Ok(Some(r))) => thumbs::Source {
+            path: r.path,
+            blake3: r.blake3,
+            resource_type: r.resource_type,
+        },
+        Ok(Ok(None)) => return not_found().await,
+        Ok(Err(e)) => {
+            return page(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Error",
+                &format!("<p>{}</p>", html::esc(&e.to_string())),
+            );
+        }
+        Err(e) => {
+            return page(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Error",
+                &format!("<p>{}</p>", html::esc(&e.to_string())),
+            );
+        }
+    };
+    match d.thumbs.get(src).await {
+        thumbs::Thumb::Jpeg(bytes) => (
+            [
+                (header::CONTENT_TYPE, "image/jpeg"),
+                (header::CACHE_CONTROL, THUMB_MAX_AGE),
+            ],
+            bytes,
+        )
+            .into_response(),
+        thumbs::Thumb::Placeholder => (
+            [
+                (header::CONTENT_TYPE, "image/svg+xml"),
+                (header::CACHE_CONTROL, PLACEHOLDER_MAX_AGE),
+            ],
+            thumbs::PLACEHOLDER_SVG,
+        )
+            .into_response(),
+    }
+}
+
 #[derive(Debug, Deserialize)]
 struct ActionForm {
     csrf: Option<String>,
@@ -699,6 +764,14 @@ fn live_payload(cfg: &DashboardConfig, rate: &Mutex<view::RateMeter>) -> Option<
         "tone": v.tone,
         "progress": v.progress_line,
         "conditions": v.conditions,
+        // Markup, escaped as on the page: the lists, the history, the sparkline, the library's
+        // size and what is observed are replaced whole, so they never disagree with the
+        // verdict above them.
+        "library": html::library(&v),
+        "observed": html::observed(&v),
+        "lists": html::lists(&v),
+        "history": html::history(&v),
+        "sparkline": html::sparkline(&v.hourly),
     }))
     .ok()
 }

@@ -18,7 +18,7 @@ use crate::report::{self, ReportError};
 const MAX_LISTED: usize = 50;
 
 /// Waiting files that share one reason.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct WaitGroup {
     /// The reason in plain words.
     pub reason: String,
@@ -31,6 +31,9 @@ pub struct WaitGroup {
 pub struct FileRef {
     pub path: String,
     pub asset_id: Option<String>,
+    /// Its resource id and the start of its content hash, for the thumbnail's URL
+    /// (`/thumb/ID?v=HASH`: a changed file gets a new URL, so browsers may cache thumbnails).
+    pub thumb: Option<(String, String)>,
 }
 
 /// One receipt: what became of an upload that was let go of.
@@ -100,6 +103,10 @@ pub fn reason_words(code: &str) -> String {
         "retry_backoff" => "waiting to try again after a failed attempt".to_owned(),
         "in_flight" => "being uploaded now".to_owned(),
         "queued" => "queued to upload next".to_owned(),
+        "outside_scope" => {
+            "outside consent scope: not in the folders any extension may see".to_owned()
+        }
+        "no_job" => "not sent yet: no extension has made an upload for it".to_owned(),
         _ => serde_json::from_value::<WaitReason>(serde_json::Value::String(code.to_owned()))
             .map(|r| r.to_string())
             .unwrap_or_else(|_| code.replace('_', " ")),
@@ -160,8 +167,26 @@ pub fn verdict(
                 .iter()
                 .filter(|g| g.reason == reason_words("retry_backoff"))
                 .max_by_key(|g| g.count)
-                .map(|g| g.reason.clone()),
+                .map(|g| g.reason.clone())
+                // Nothing is on its way, only files no consent covers: say why.
+                .or_else(|| {
+                    waiting
+                        .iter()
+                        .all(|g| g.reason == reason_words("outside_scope"))
+                        .then(|| reason_words("outside_scope"))
+                }),
         };
+        // Nothing is on its way, and no extension made an upload for some: say so.
+        let idle = [reason_words("outside_scope"), reason_words("no_job")];
+        if reason.is_none() && waiting.iter().all(|g| idle.contains(&g.reason)) {
+            return (
+                format!(
+                    "{} not backed up yet — no extension has made an upload for them",
+                    plural(n_waiting, "file", "files")
+                ),
+                "waiting",
+            );
+        }
         return match reason {
             Some(r) => (format!("{} waiting — {r}", thousands(n_waiting)), "waiting"),
             None => (
@@ -205,10 +230,12 @@ fn display_path(store: &Store, resource_id: &str) -> FileRef {
         Ok(Some(r)) => FileRef {
             path: ferry_core::path_text::display(&r.path),
             asset_id: Some(r.asset_id),
+            thumb: Some((r.id, ferry_store::library::hex(&r.blake3[..8]))),
         },
         _ => FileRef {
             path: format!("(resource {resource_id}, no longer in the index)"),
             asset_id: None,
+            thumb: None,
         },
     }
 }
@@ -239,11 +266,59 @@ pub fn hourly(points: &[(i64, u64)], now_ms: i64) -> [u64; 24] {
     out
 }
 
-/// What the succeeded receipts of the last day delivered, with each resource's size from the
-/// index (0 for one no longer there).
-fn throughput(store: &Store, now_ms: i64) -> Result<[u64; 24], ReportError> {
+/// Uploads that finished but that their extension has not acknowledged yet, as the receipts
+/// they will become (let go of when they finished). Receipts exist only after the
+/// acknowledgement, so without these the history and the sparkline would lag behind the
+/// progress line and the backed-up count, which count a delivery at once.
+pub fn unacknowledged(jobs: &[ferry_core::job::Job]) -> Vec<ferry_core::job::Receipt> {
+    let mut out: Vec<_> = jobs
+        .iter()
+        .filter(|j| {
+            !j.acknowledged
+                && matches!(
+                    j.state,
+                    JobState::Succeeded | JobState::Failed | JobState::Cancelled
+                )
+        })
+        .map(|j| ferry_core::job::Receipt::of(j, j.finished_ms.unwrap_or(j.updated_ms)).redacted())
+        .collect();
+    out.sort_by_key(|r| std::cmp::Reverse(finished_at(r)));
+    out
+}
+
+/// When a receipt's upload finished (when it was let go of, for one that never ran).
+fn finished_at(r: &ferry_core::job::Receipt) -> i64 {
+    r.finished_ms.unwrap_or(r.acknowledged_ms)
+}
+
+/// The `limit` newest of two lists, each newest first, by when they finished.
+pub fn newest_first(
+    a: Vec<ferry_core::job::Receipt>,
+    b: Vec<ferry_core::job::Receipt>,
+    limit: usize,
+) -> Vec<ferry_core::job::Receipt> {
+    let mut all: Vec<_> = a.into_iter().chain(b).collect();
+    all.sort_by_key(|r| std::cmp::Reverse(finished_at(r)));
+    all.truncate(limit);
+    all
+}
+
+/// What the last day delivered: the succeeded receipts and the succeeded uploads not yet
+/// acknowledged (`pending`), with each resource's size from the index (0 for one no longer
+/// there).
+fn throughput(
+    store: &Store,
+    pending: &[ferry_core::job::Receipt],
+    now_ms: i64,
+) -> Result<[u64; 24], ReportError> {
     let since = now_ms - 24 * HOUR_MS;
     let mut points = Vec::new();
+    for r in pending {
+        if r.state == JobState::Succeeded && finished_at(r) >= since {
+            let size = store.resource(&r.resource_id)?.map_or(0, |x| x.size);
+            points.push((finished_at(r), size));
+        }
+    }
     let mut offset = 0;
     'pages: while offset < THROUGHPUT_RECEIPTS {
         let page = report::history(store, 500, offset)?;
@@ -260,7 +335,7 @@ fn throughput(store: &Store, now_ms: i64) -> Result<[u64; 24], ReportError> {
                 continue;
             }
             let size = store.resource(&r.resource_id)?.map_or(0, |x| x.size);
-            points.push((r.finished_ms.unwrap_or(r.acknowledged_ms), size));
+            points.push((finished_at(&r), size));
         }
     }
     Ok(hourly(&points, now_ms))
@@ -389,9 +464,42 @@ impl View {
             .iter()
             .filter(|j| j.state == JobState::Failed && !delivered.contains(&j.content_hash.0))
             .count();
+        let (no_job, outside_bytes) = if status.resources_not_backed_up > 0 {
+            without_job(&store, &jobs, decision.as_ref())?
+        } else {
+            Default::default()
+        };
+        let outside_count = no_job
+            .iter()
+            .filter(|g| g.reason == reason_words("outside_scope"))
+            .map(|g| g.count)
+            .sum::<u64>();
+        for g in no_job {
+            // Under the conditions' reason, beside the jobs that wait for it too.
+            let e = groups.entry(g.reason.clone()).or_insert(WaitGroup {
+                reason: g.reason,
+                ..WaitGroup::default()
+            });
+            e.count += g.count;
+            for f in g.files {
+                if e.files.len() < MAX_LISTED {
+                    e.files.push(f);
+                }
+            }
+        }
         let waiting: Vec<WaitGroup> = groups.into_values().collect();
         let (verdict, tone) = verdict(&status, &waiting, n_failed, decision.as_ref());
-        let snap = cfg.progress.snapshot();
+        let mut snap = cfg.progress.snapshot();
+        // The run's plan counts every file of the library the server lacks, consent aside;
+        // files no consent covers will not be sent, so "N of M sent" and the time left leave
+        // them out, as the lists put them under their own reason.
+        if outside_count > 0 {
+            snap.to_send = snap.to_send.saturating_sub(outside_count).max(snap.sent);
+            snap.bytes_to_send = snap
+                .bytes_to_send
+                .saturating_sub(outside_bytes)
+                .max(snap.bytes_sent);
+        }
         let progress_line = if snap.to_send > 0 {
             let rate = rate
                 .lock()
@@ -404,6 +512,13 @@ impl View {
                 status.resources_backed_up, status.library.resources
             )
         };
+        let pending = unacknowledged(&jobs);
+        let hourly = throughput(&store, &pending, now)?;
+        let history = newest_first(
+            report::history(&store, HISTORY_ROWS, 0)?,
+            pending,
+            HISTORY_ROWS,
+        );
         Ok(View {
             verdict,
             tone,
@@ -427,11 +542,11 @@ impl View {
             waiting,
             failed,
             extensions: cards(cfg, &store),
-            hourly: throughput(&store, now)?,
-            history: report::history(&store, HISTORY_ROWS, 0)?
+            hourly,
+            history: history
                 .into_iter()
                 .map(|r| HistoryRow {
-                    when: when(r.finished_ms.unwrap_or(r.acknowledged_ms)),
+                    when: when(finished_at(&r)),
                     file: display_path(&store, &r.resource_id),
                     extension: r.extension,
                     outcome: match &r.error {
@@ -442,6 +557,81 @@ impl View {
                 .collect(),
         })
     }
+}
+
+/// Resources page by page while looking for files no job stands for.
+const SCOPE_PAGE: usize = 10_000;
+
+/// Files not backed up that no job stands for (none open, none failed), grouped by why: while
+/// the conditions hold uploads back, their reason (extensions are not called then, so no job
+/// is made); files that no enabled extension may see, because every consent is limited to
+/// other folders, "outside consent scope"; else "no upload made yet". Without these the
+/// verdict could say "40 waiting" above a list of none. Also the bytes outside the scopes.
+fn without_job(
+    store: &Store,
+    jobs: &[ferry_core::job::Job],
+    decision: Option<&Decision>,
+) -> Result<(Vec<WaitGroup>, u64), ReportError> {
+    let group = |code: &str| WaitGroup {
+        reason: reason_words(code),
+        ..WaitGroup::default()
+    };
+    let mut outside = group("outside_scope");
+    let mut held = WaitGroup {
+        reason: match decision {
+            Some(Decision::Wait(r)) => r.to_string(),
+            _ => reason_words("no_job"),
+        },
+        ..WaitGroup::default()
+    };
+    let mut outside_bytes = 0;
+    let roots = store.roots()?;
+    let scopes: Vec<ferry_host::serve::ScopeFilter> = store
+        .consents()?
+        .iter()
+        .filter(|c| c.is_enabled())
+        .map(|c| ferry_host::serve::ScopeFilter::new(&consent::scope_of(c), &roots))
+        .collect();
+    // Only while every enabled consent is limited to folders can a file be outside them all.
+    let limited = !scopes.is_empty() && scopes.iter().all(|s| !s.is_library());
+    // A file whose content has a job that is not over, that failed (listed as failed) or that
+    // was delivered is counted elsewhere.
+    let handled: HashSet<[u8; 32]> = jobs
+        .iter()
+        .filter(|j| j.state != JobState::Cancelled)
+        .map(|j| j.content_hash.0)
+        .collect();
+    let mut after: Option<PathBuf> = None;
+    loop {
+        let page = store.resource_stats_under_page(Path::new("/"), after.as_deref(), SCOPE_PAGE)?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.path.clone());
+        for r in &page {
+            if handled.contains(&r.blake3)
+                || store.delivered_with_receipt(&ferry_core::ContentHash(r.blake3))?
+            {
+                continue;
+            }
+            let dir = r.path.parent().unwrap_or(Path::new("/"));
+            let g = if limited && !scopes.iter().any(|s| s.contains(dir)) {
+                outside_bytes += r.size;
+                &mut outside
+            } else {
+                &mut held
+            };
+            g.count += 1;
+            if g.files.len() < MAX_LISTED {
+                g.files.push(display_path(store, &r.id));
+            }
+        }
+    }
+    Ok((
+        [outside, held]
+            .into_iter()
+            .filter(|g| g.count > 0)
+            .collect(),
+        outside_bytes,
+    ))
 }
 
 fn cards(cfg: &DashboardConfig, store: &Store) -> Vec<Card> {
@@ -639,6 +829,38 @@ mod tests {
             "Backing up — 3 to go"
         );
         assert_eq!(
+            verdict(
+                &status(9, 9, 8, false),
+                &[group("outside_scope", 1)],
+                0,
+                None
+            )
+            .0,
+            "1 waiting — outside consent scope: not in the folders any extension may see",
+            "a file no consent covers, and nothing else on its way"
+        );
+        assert_eq!(
+            verdict(
+                &status(9, 9, 6, false),
+                &[group("outside_scope", 1), group("no_job", 2)],
+                0,
+                None
+            )
+            .0,
+            "3 files not backed up yet — no extension has made an upload for them",
+            "no job for them, nothing on its way"
+        );
+        assert_eq!(
+            verdict(
+                &status(9, 9, 6, false),
+                &[group("outside_scope", 1), group("queued", 2)],
+                0,
+                None
+            )
+            .0,
+            "Backing up — 3 to go"
+        );
+        assert_eq!(
             verdict(&status(0, 0, 0, true), &[], 0, None).0,
             "No photos in the library yet"
         );
@@ -687,6 +909,88 @@ mod tests {
             "This session: 4 of 10 files sent (30.0 KB of 60.0 KB), 0 uploading now · 1.0 KB/s · about 30 s left"
         );
         assert!(!progress_text(&snap, None).contains("left"));
+    }
+
+    /// Receipts exist only once the extension acknowledges an upload; until then the progress
+    /// line and the backed-up count already count the delivery, and so must the history and
+    /// the sparkline beside them.
+    #[test]
+    fn a_delivery_counts_in_history_and_sparkline_before_it_is_acknowledged() {
+        use ferry_core::{Destination, Method, NewJob, Outcome, TxItem, UrlBase};
+        use ferry_store::JobStore;
+        let state = tempfile::tempdir().unwrap();
+        let now = crate::backup::now_ms();
+        let mut store = Store::open(&state.path().join("ferry.db")).unwrap();
+        let mut w = store.index_writer().unwrap();
+        w.insert_asset("asset-1", Path::new("/lib"), now).unwrap();
+        w.insert_resource(
+            &ferry_store::library::ResourceRecord {
+                id: "res-1".into(),
+                asset_id: "asset-1".into(),
+                resource_type: ferry_core::ResourceType::Photo,
+                path: PathBuf::from("/lib/IMG_0001.JPG"),
+                dev: 1,
+                ino: 1,
+                size: 4321,
+                mtime_ns: 0,
+                content_type: "image/jpeg".into(),
+                blake3: [7; 32],
+                metadata: Default::default(),
+                indexed_ms: now,
+            },
+            now,
+        )
+        .unwrap();
+        w.commit(now, Default::default()).unwrap();
+        store
+            .set_destination_bases("ext", &[UrlBase::parse("https://up.example/u/").unwrap()])
+            .unwrap();
+        let job = ferry_store::new_job_id();
+        store
+            .transaction(
+                "ext",
+                &[TxItem::Create(NewJob {
+                    id: job,
+                    resource_id: "res-1".into(),
+                    content_hash: ferry_core::ContentHash([7; 32]),
+                    destination: Destination::new(Method::Put, "https://up.example/u/1"),
+                    metadata: Default::default(),
+                })],
+                now - 3000,
+            )
+            .unwrap();
+        store.start(job, now - 2000).unwrap();
+        store
+            .finish(
+                job,
+                Outcome::Succeeded {
+                    status: 201,
+                    headers: Vec::new(),
+                },
+                now - 1000,
+            )
+            .unwrap();
+        drop(store);
+        let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+        let cfg = DashboardConfig {
+            state_dir: state.path().to_owned(),
+            extensions_dir: state.path().join("no-extensions"),
+            progress: Default::default(),
+            extensions_changed: Default::default(),
+            stop,
+            port: 0,
+        };
+        let v = View::load(&cfg, &Default::default()).unwrap();
+        assert_eq!(v.progress_line, "1 of 1 files backed up");
+        assert_eq!(v.history.len(), 1, "not acknowledged yet, but delivered");
+        assert_eq!(v.history[0].outcome, "succeeded");
+        assert_eq!(v.history[0].file.path, "/lib/IMG_0001.JPG");
+        assert_eq!(
+            v.hourly.iter().sum::<u64>(),
+            4321,
+            "the sparkline counts it"
+        );
+        assert!(v.failed.is_empty() && v.waiting.is_empty());
     }
 
     #[test]

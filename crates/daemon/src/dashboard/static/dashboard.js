@@ -1,5 +1,7 @@
-// Ferry's dashboard: live updates of the verdict over Server-Sent Events. The page works
-// without it (forms post and reload); this only keeps the verdict current without a reload.
+// Ferry's dashboard: live updates over Server-Sent Events. The page works without it (forms
+// post and reload); this keeps the verdict, the progress, the conditions and what is observed,
+// the library's size, the waiting and failed lists, the sparkline and the history current
+// without a reload.
 "use strict";
 (function () {
   var text = document.getElementById("verdict-text");
@@ -8,6 +10,20 @@
   var conditions = document.getElementById("conditions");
   if (!text || !box || !window.EventSource) {
     return;
+  }
+  // Parts sent as markup, replaced whole when they change. The markup is the server's own,
+  // every outside string escaped there; parsed inert (DOMParser runs no script, and the page's
+  // CSP allows none inline) and moved in node by node.
+  var parts = ["library", "observed", "lists", "history", "sparkline"];
+  var shown = {};
+  function replace(id, markup) {
+    var el = document.getElementById(id);
+    if (!el || shown[id] === markup) {
+      return;
+    }
+    shown[id] = markup;
+    var doc = new DOMParser().parseFromString(markup, "text/html");
+    el.replaceChildren.apply(el, Array.prototype.slice.call(doc.body.childNodes));
   }
   var words = { ok: "Safe:", failed: "Problem:", waiting: "Not yet:" };
   var events = new EventSource("/events");
@@ -39,5 +55,10 @@
     if (conditions && typeof state.conditions === "string") {
       conditions.textContent = state.conditions;
     }
+    parts.forEach(function (id) {
+      if (typeof state[id] === "string") {
+        replace(id, state[id]);
+      }
+    });
   };
 })();
