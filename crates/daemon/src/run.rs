@@ -426,8 +426,13 @@ fn watch_library(opts: &RunOptions) -> Result<(Rescans, Arc<AtomicBool>), Backup
             },
             ..Default::default()
         };
-        let mut on_scan = |_cause, _r: &ferry_library::ScanReport| {
-            if stop_flag.load(Ordering::Relaxed) || tx.send(()).is_err() {
+        let mut on_scan = |_cause, r: &ferry_library::ScanReport| {
+            // A scan that changed nothing (a touched sidecar, a periodic rescan) wakes no one:
+            // no extension call, no plan, no live page.
+            let changed =
+                r.new_resources + r.modified_resources + r.moved_resources + r.deleted_resources
+                    > 0;
+            if stop_flag.load(Ordering::Relaxed) || changed && tx.send(()).is_err() {
                 std::ops::ControlFlow::Break(())
             } else {
                 std::ops::ControlFlow::Continue(())

@@ -115,6 +115,14 @@ impl Store {
     /// open a new store at once each apply a step only if the other has not (a version read
     /// before the transaction let both run the first one, and the second failed).
     fn migrate(&mut self, path: &Path) -> Result<(), StoreError> {
+        // Up to date (every open but the first of a new Ferry): no write lock taken, so a
+        // reader opening beside a busy writer does not wait for it.
+        let current: i64 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if usize::try_from(current).is_ok_and(|v| v == MIGRATIONS.len()) {
+            return Ok(());
+        }
         loop {
             let tx = self
                 .conn
@@ -140,6 +148,16 @@ impl Store {
     }
 
     fn ensure_library_id(&mut self) -> Result<String, StoreError> {
+        // There already (every open but a new store's first): read without the write lock.
+        if let Some(id) = self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'library_id'", [], |r| {
+                r.get::<_, String>(0)
+            })
+            .optional()?
+        {
+            return Ok(id);
+        }
         // Immediate, as above: two first opens must agree on one id.
         let tx = self
             .conn

@@ -53,6 +53,8 @@ pub enum ThumbError {
     Decode(#[from] image::ImageError),
     #[error("the file is too large to decode ({0} bytes)")]
     TooLarge(u64),
+    #[error("the picture would need {0} bytes to decode")]
+    TooManyPixels(u64),
     #[error("not a JPEG, PNG or HEIC/HEIF file")]
     UnknownFormat,
     #[error("{HEIF_TOOL} is not installed")]
@@ -131,6 +133,18 @@ pub fn thumbnail_of<R: Read + Seek>(reader: R) -> Result<Vec<u8>, ThumbError> {
     reader.limits(limits());
     let mut decoder = reader.into_decoder()?;
     let orientation = decoder.orientation()?;
+    // The decoders check only the dimensions against the limits, and `from_decoder` allocates
+    // the whole picture unchecked: the allocation is bounded here, twice over for a picture
+    // that is turned (a second full-size copy).
+    let copies = if orientation == image::metadata::Orientation::NoTransforms {
+        1
+    } else {
+        2
+    };
+    let needed = decoder.total_bytes().saturating_mul(copies);
+    if needed > MAX_ALLOC {
+        return Err(ThumbError::TooManyPixels(needed));
+    }
     let mut img = DynamicImage::from_decoder(decoder)?;
     img.apply_orientation(orientation);
     if img.width() > MAX_SIDE || img.height() > MAX_SIDE {
@@ -174,7 +188,7 @@ async fn heif_thumbnail(
         .arg(&out)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn();
     let child = match child {
@@ -187,11 +201,7 @@ async fn heif_thumbnail(
     let made = match result {
         Err(_) => Err(ThumbError::Timeout(timeout)),
         Ok(Err(e)) => Err(e.into()),
-        Ok(Ok(o)) if !o.status.success() => Err(ThumbError::Tool(format!(
-            "{}: {}",
-            o.status,
-            String::from_utf8_lossy(&o.stderr).trim()
-        ))),
+        Ok(Ok(o)) if !o.status.success() => Err(ThumbError::Tool(o.status.to_string())),
         Ok(Ok(_)) => {
             let png = out.clone();
             tokio::task::spawn_blocking(move || thumbnail_of(std::fs::File::open(&png)?))
@@ -209,7 +219,7 @@ pub struct Thumbs {
     dir: PathBuf,
     /// Decodes at once: one per core at most, and at most two, so a page of thumbnails does
     /// not take over a small machine's daemon.
-    decodes: tokio::sync::Semaphore,
+    decodes: std::sync::Arc<tokio::sync::Semaphore>,
     /// `heif-thumbnailer` from PATH and [`HEIF_TIMEOUT`]; another tool in tests.
     heif_tool: PathBuf,
     heif_timeout: Duration,
@@ -228,7 +238,7 @@ impl Thumbs {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Thumbs {
             dir: state_dir.join("dashboard").join("thumbs"),
-            decodes: tokio::sync::Semaphore::new(cores.clamp(1, 2)),
+            decodes: std::sync::Arc::new(tokio::sync::Semaphore::new(cores.clamp(1, 2))),
             heif_tool: PathBuf::from(HEIF_TOOL),
             heif_timeout: HEIF_TIMEOUT,
         }
@@ -258,10 +268,12 @@ impl Thumbs {
                 .and_then(|f| f.set_modified(SystemTime::now()));
             return Thumb::Jpeg(bytes);
         }
-        let Ok(_permit) = self.decodes.acquire().await else {
+        // Owned, and handed to the blocking decode: a request the browser gave up on keeps
+        // its permit until its decode really ends, so no more than the limit ever run.
+        let Ok(permit) = self.decodes.clone().acquire_owned().await else {
             return Thumb::Placeholder;
         };
-        match self.make(&src).await {
+        match self.make(&src, permit).await {
             Ok(bytes) => {
                 let dir = self.dir.clone();
                 let to_cache = bytes.clone();
@@ -279,12 +291,20 @@ impl Thumbs {
         }
     }
 
-    async fn make(&self, src: &Source) -> Result<Vec<u8>, ThumbError> {
+    async fn make(
+        &self,
+        src: &Source,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) -> Result<Vec<u8>, ThumbError> {
         if !is_picture(&src.resource_type) {
             return Err(ThumbError::NotAPhoto(format!("{:?}", src.resource_type)));
         }
         let path = src.path.clone();
         let opened = tokio::task::spawn_blocking(move || -> Result<_, ThumbError> {
+            // Checked before opening: opening a FIFO put where a photo was would block.
+            if !std::fs::metadata(&path)?.is_file() {
+                return Err(ThumbError::NotAPhoto("not a regular file".into()));
+            }
             let mut f = std::fs::File::open(&path)?;
             let meta = f.metadata()?;
             if !meta.is_file() {
@@ -300,10 +320,15 @@ impl Thumbs {
             let format = sniff(&head[..n]);
             if matches!(format, Format::Jpeg | Format::Png) {
                 f.rewind()?;
-                return thumbnail_of(f).map(Some);
+                let made = thumbnail_of(f);
+                drop(permit);
+                // The decode freed up to MAX_ALLOC: give it back rather than keep it resident.
+                crate::release_free_memory();
+                return made.map(Ok);
             }
             if format == Format::Heif {
-                return Ok(None);
+                // The tool runs under the same permit.
+                return Ok(Err(permit));
             }
             Err(ThumbError::UnknownFormat)
         })
@@ -311,8 +336,8 @@ impl Thumbs {
         // A decoder that panicked on a hostile file: a placeholder, the daemon goes on.
         .map_err(|e| ThumbError::Tool(e.to_string()))??;
         match opened {
-            Some(bytes) => Ok(bytes),
-            None => {
+            Ok(bytes) => Ok(bytes),
+            Err(_permit) => {
                 tokio::fs::create_dir_all(&self.dir).await?;
                 heif_thumbnail(&self.heif_tool, self.heif_timeout, &src.path, &self.dir).await
             }
@@ -440,6 +465,35 @@ mod tests {
         png.extend_from_slice(&crc32(&ihdr).to_be_bytes());
         let err = thumbnail_of(std::io::Cursor::new(png)).unwrap_err();
         assert!(matches!(err, ThumbError::Decode(_)), "{err}");
+    }
+
+    /// Within the dimensions, but more pixels than one decode may hold: refused from the
+    /// header, before anything is allocated (the decoders check only width and height, so
+    /// without the check this 12000×12000 16-bit picture takes over 800 MB to decode).
+    #[test]
+    fn a_picture_within_the_dimensions_but_too_many_bytes_is_refused_unread() {
+        let mut png = Vec::new();
+        png.extend_from_slice(b"\x89PNG\r\n\x1a\n");
+        let mut ihdr = Vec::new();
+        ihdr.extend_from_slice(b"IHDR");
+        ihdr.extend_from_slice(&12_000u32.to_be_bytes());
+        ihdr.extend_from_slice(&12_000u32.to_be_bytes());
+        // 16 bits per sample, RGB.
+        ihdr.extend_from_slice(&[16, 2, 0, 0, 0]);
+        png.extend_from_slice(&13u32.to_be_bytes());
+        png.extend_from_slice(&ihdr);
+        png.extend_from_slice(&crc32(&ihdr).to_be_bytes());
+        // The decoder reads up to the first image data: an empty one, then the end.
+        for name in [&b"IDAT"[..], &b"IEND"[..]] {
+            png.extend_from_slice(&0u32.to_be_bytes());
+            png.extend_from_slice(name);
+            png.extend_from_slice(&crc32(name).to_be_bytes());
+        }
+        let err = thumbnail_of(std::io::Cursor::new(png)).unwrap_err();
+        assert!(
+            matches!(err, ThumbError::TooManyPixels(n) if n == 12_000 * 12_000 * 6),
+            "{err}"
+        );
     }
 
     fn crc32(data: &[u8]) -> u32 {

@@ -299,6 +299,9 @@ pub fn newest_first(
 ) -> Vec<ferry_core::job::Receipt> {
     let mut all: Vec<_> = a.into_iter().chain(b).collect();
     all.sort_by_key(|r| std::cmp::Reverse(finished_at(r)));
+    // A job acknowledged between the two reads is in both: once.
+    let mut seen = HashSet::new();
+    all.retain(|r| seen.insert(r.job_id));
     all.truncate(limit);
     all
 }
@@ -313,10 +316,13 @@ fn throughput(
 ) -> Result<[u64; 24], ReportError> {
     let since = now_ms - 24 * HOUR_MS;
     let mut points = Vec::new();
+    // A job acknowledged between the two reads is in both: counted once.
+    let mut counted = HashSet::new();
     for r in pending {
         if r.state == JobState::Succeeded && finished_at(r) >= since {
             let size = store.resource(&r.resource_id)?.map_or(0, |x| x.size);
             points.push((finished_at(r), size));
+            counted.insert(r.job_id);
         }
     }
     let mut offset = 0;
@@ -331,7 +337,7 @@ fn throughput(
             if r.acknowledged_ms < since {
                 break 'pages;
             }
-            if r.state != JobState::Succeeded {
+            if r.state != JobState::Succeeded || counted.contains(&r.job_id) {
                 continue;
             }
             let size = store.resource(&r.resource_id)?.map_or(0, |x| x.size);
