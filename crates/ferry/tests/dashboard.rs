@@ -1341,10 +1341,14 @@ fn waiting_files_are_listed_under_their_reason() {
     let _daemon = env.daemon(&["--folder", lib.path().to_str().unwrap()]);
     let (port, cookie) = login(&env);
     let mut seen = String::new();
-    wait_for("the waiting files listed", || {
+    // Listed first as not sent yet (no job made yet), then under the job's reason.
+    wait_for("the waiting files listed under their jobs' reason", || {
         seen = http(port, "GET", "/", &[("Cookie", cookie.as_str())], "").body;
         seen.contains("<h2 id=\"waiting-h\">Waiting</h2>")
             && seen.contains("&lt;img src=x onerror=alert(1)&gt;.jpg")
+            && ["being uploaded now", "queued to upload next"]
+                .iter()
+                .any(|r| seen.contains(r))
     });
     assert!(!seen.contains("<img src=x"), "{seen}");
     assert!(
