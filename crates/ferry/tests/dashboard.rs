@@ -461,22 +461,73 @@ fn ferry_dashboard_opens_the_link_with_xdg_open_or_prints_it_without_one() {
     );
 }
 
+/// A ferry-server on loopback that refuses every photo (anything over 100 bytes is too large).
+struct RefusingServer {
+    server: ferry_server::ServerHandle,
+    token: String,
+    _data: tempfile::TempDir,
+    // Last: the server's tasks run on it.
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl RefusingServer {
+    fn start() -> RefusingServer {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let data = tempfile::tempdir().unwrap();
+        let token = runtime
+            .block_on(ferry_server::create_token(data.path(), "test"))
+            .unwrap();
+        let mut config = ferry_server::Config::new(data.path(), "127.0.0.1:0".parse().unwrap());
+        config.limits.max_size_bytes = 100;
+        config.limits.max_append_size_bytes = 100;
+        let server = runtime
+            .block_on(ferry_server::Server::start(config))
+            .unwrap();
+        RefusingServer {
+            server,
+            token,
+            _data: data,
+            _runtime: runtime,
+        }
+    }
+
+    /// A daemon backing `lib` up to this server at once (the bundled extension's manifest and
+    /// consent are written once it is up), returned when at least `n` uploads failed and the
+    /// extension acknowledged them.
+    fn url(&self) -> String {
+        self.server.base_url()
+    }
+
+    fn shutdown(self) {
+        self._runtime.block_on(self.server.shutdown());
+    }
+
+    fn daemon_failing_all(&self, env: &Env, lib: &Path, n: usize) -> Daemon {
+        let url = self.url();
+        let daemon = env.daemon(&[
+            "--folder",
+            lib.to_str().unwrap(),
+            "--now",
+            "--to",
+            &url,
+            "--token",
+            &self.token,
+        ]);
+        wait_for("every upload failed and acknowledged", || {
+            let jobs = env.jobs();
+            jobs.len() >= n && jobs.iter().all(|(_, s, ack)| s == "failed" && *ack)
+        });
+        daemon
+    }
+}
+
 /// A server that refuses every photo (too large): failed jobs with an error, one of them a
 /// file whose name is markup. Every refused request leaves consent and jobs as they were; the
 /// forms then revoke, grant and limit as the CLI does.
 #[test]
 fn refused_requests_change_nothing_and_the_forms_change_consent() {
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let data = tempfile::tempdir().unwrap();
-    let token = runtime
-        .block_on(ferry_server::create_token(data.path(), "test"))
-        .unwrap();
-    let mut config = ferry_server::Config::new(data.path(), "127.0.0.1:0".parse().unwrap());
-    config.limits.max_size_bytes = 100;
-    config.limits.max_append_size_bytes = 100;
-    let server = runtime
-        .block_on(ferry_server::Server::start(config))
-        .unwrap();
+    let server = RefusingServer::start();
+    let url = server.url();
     let env = Env::new();
     let lib = tempfile::tempdir().unwrap();
     copy_dir(&fixtures().join("plain"), &lib.path().join("plain"));
@@ -487,22 +538,9 @@ fn refused_requests_change_nothing_and_the_forms_change_consent() {
         .find(|p| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("jpg")))
         .unwrap();
     std::fs::copy(&a_jpeg, lib.path().join("odd").join(XSS_NAME)).unwrap();
-    let url = server.base_url();
-    let daemon = env.daemon(&[
-        "--folder",
-        lib.path().to_str().unwrap(),
-        "--now",
-        "--to",
-        &url,
-        "--token",
-        &token,
-    ]);
     // Settled: every job failed and acknowledged by the extension.
     // (The bundled extension's manifest and consent are written once the daemon is up.)
-    wait_for("every upload failed and acknowledged", || {
-        let jobs = env.jobs();
-        jobs.len() >= 4 && jobs.iter().all(|(_, s, ack)| s == "failed" && *ack)
-    });
+    let daemon = server.daemon_failing_all(&env, lib.path(), 4);
     let before = env.consent_and_jobs();
     assert!(before.0["disabled_at_ms"].is_null(), "enabled: {before:?}");
 
@@ -865,7 +903,7 @@ fn refused_requests_change_nothing_and_the_forms_change_consent() {
     assert_eq!(consent["scope"]["folders"], serde_json::json!(["plain"]));
 
     drop(daemon);
-    runtime.block_on(server.shutdown());
+    server.shutdown();
 }
 
 /// A request that must be refused: what it is, the status expected, its headers and body.
@@ -1269,34 +1307,11 @@ fn run_browser(mut args: Value) -> Value {
 #[test]
 fn failed_uploads_in_a_real_chromium() {
     let (_, axe) = browser_tools();
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let data = tempfile::tempdir().unwrap();
-    let token = runtime
-        .block_on(ferry_server::create_token(data.path(), "test"))
-        .unwrap();
-    let mut config = ferry_server::Config::new(data.path(), "127.0.0.1:0".parse().unwrap());
-    config.limits.max_size_bytes = 100;
-    config.limits.max_append_size_bytes = 100;
-    let server = runtime
-        .block_on(ferry_server::Server::start(config))
-        .unwrap();
+    let server = RefusingServer::start();
     let env = Env::new();
     let lib = tempfile::tempdir().unwrap();
     copy_dir(&fixtures().join("plain"), lib.path());
-    let url = server.base_url();
-    let _daemon = env.daemon(&[
-        "--folder",
-        lib.path().to_str().unwrap(),
-        "--now",
-        "--to",
-        &url,
-        "--token",
-        &token,
-    ]);
-    wait_for("every upload failed and acknowledged", || {
-        let jobs = env.jobs();
-        jobs.len() >= 3 && jobs.iter().all(|(_, s, ack)| s == "failed" && *ack)
-    });
+    let _daemon = server.daemon_failing_all(&env, lib.path(), 3);
     let (port, path) = login_url(&env);
     let found = run_browser(serde_json::json!({
         "mode": "failed",
@@ -1621,17 +1636,7 @@ fn a_jpeg(w: u32, h: u32) -> Vec<u8> {
 /// heif-thumbnailer when it is installed; an unknown or path-like id is 404, no session 401.
 #[test]
 fn failed_photos_show_thumbnails_made_from_the_index() {
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let data = tempfile::tempdir().unwrap();
-    let token = runtime
-        .block_on(ferry_server::create_token(data.path(), "test"))
-        .unwrap();
-    let mut config = ferry_server::Config::new(data.path(), "127.0.0.1:0".parse().unwrap());
-    config.limits.max_size_bytes = 100;
-    config.limits.max_append_size_bytes = 100;
-    let server = runtime
-        .block_on(ferry_server::Server::start(config))
-        .unwrap();
+    let server = RefusingServer::start();
     let env = Env::new();
     let lib = tempfile::tempdir().unwrap();
     copy_dir(&fixtures().join("plain"), lib.path());
@@ -1645,20 +1650,7 @@ fn failed_photos_show_thumbnails_made_from_the_index() {
         lib.path().join("still.heic"),
     )
     .unwrap();
-    let url = server.base_url();
-    let _daemon = env.daemon(&[
-        "--folder",
-        lib.path().to_str().unwrap(),
-        "--now",
-        "--to",
-        &url,
-        "--token",
-        &token,
-    ]);
-    wait_for("every upload failed and acknowledged", || {
-        let jobs = env.jobs();
-        jobs.len() >= 6 && jobs.iter().all(|(_, s, ack)| s == "failed" && *ack)
-    });
+    let _daemon = server.daemon_failing_all(&env, lib.path(), 6);
     let (port, cookie) = login(&env);
     let page = http(port, "GET", "/", &[("Cookie", cookie.as_str())], "");
     assert_eq!(page.code, 200);

@@ -453,17 +453,7 @@ mod tests {
     fn a_picture_larger_than_the_limits_is_refused_before_it_is_decoded() {
         // A PNG header that claims 60,000 × 60,000 pixels (10 GB of RGB): refused from the
         // header alone, so nothing near that is allocated.
-        let mut png = Vec::new();
-        png.extend_from_slice(b"\x89PNG\r\n\x1a\n");
-        let mut ihdr = Vec::new();
-        ihdr.extend_from_slice(b"IHDR");
-        ihdr.extend_from_slice(&60_000u32.to_be_bytes());
-        ihdr.extend_from_slice(&60_000u32.to_be_bytes());
-        ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
-        png.extend_from_slice(&13u32.to_be_bytes());
-        png.extend_from_slice(&ihdr);
-        png.extend_from_slice(&crc32(&ihdr).to_be_bytes());
-        let err = thumbnail_of(std::io::Cursor::new(png)).unwrap_err();
+        let err = thumbnail_of(std::io::Cursor::new(png_header(60_000, 8))).unwrap_err();
         assert!(matches!(err, ThumbError::Decode(_)), "{err}");
     }
 
@@ -472,28 +462,29 @@ mod tests {
     /// without the check this 12000×12000 16-bit picture takes over 800 MB to decode).
     #[test]
     fn a_picture_within_the_dimensions_but_too_many_bytes_is_refused_unread() {
-        let mut png = Vec::new();
-        png.extend_from_slice(b"\x89PNG\r\n\x1a\n");
-        let mut ihdr = Vec::new();
-        ihdr.extend_from_slice(b"IHDR");
-        ihdr.extend_from_slice(&12_000u32.to_be_bytes());
-        ihdr.extend_from_slice(&12_000u32.to_be_bytes());
         // 16 bits per sample, RGB.
-        ihdr.extend_from_slice(&[16, 2, 0, 0, 0]);
-        png.extend_from_slice(&13u32.to_be_bytes());
-        png.extend_from_slice(&ihdr);
-        png.extend_from_slice(&crc32(&ihdr).to_be_bytes());
-        // The decoder reads up to the first image data: an empty one, then the end.
-        for name in [&b"IDAT"[..], &b"IEND"[..]] {
-            png.extend_from_slice(&0u32.to_be_bytes());
-            png.extend_from_slice(name);
-            png.extend_from_slice(&crc32(name).to_be_bytes());
-        }
-        let err = thumbnail_of(std::io::Cursor::new(png)).unwrap_err();
+        let err = thumbnail_of(std::io::Cursor::new(png_header(12_000, 16))).unwrap_err();
         assert!(
             matches!(err, ThumbError::TooManyPixels(n) if n == 12_000 * 12_000 * 6),
             "{err}"
         );
+    }
+
+    /// A PNG of `side` × `side` RGB pixels of `bits` per sample with no pixel data: a
+    /// signature, its header, an empty image data chunk (the decoder reads up to the first),
+    /// the end.
+    fn png_header(side: u32, bits: u8) -> Vec<u8> {
+        let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+        let mut ihdr = b"IHDR".to_vec();
+        ihdr.extend_from_slice(&side.to_be_bytes());
+        ihdr.extend_from_slice(&side.to_be_bytes());
+        ihdr.extend_from_slice(&[bits, 2, 0, 0, 0]);
+        for chunk in [&ihdr[..], b"IDAT", b"IEND"] {
+            png.extend_from_slice(&(chunk.len() as u32 - 4).to_be_bytes());
+            png.extend_from_slice(chunk);
+            png.extend_from_slice(&crc32(chunk).to_be_bytes());
+        }
+        png
     }
 
     fn crc32(data: &[u8]) -> u32 {
