@@ -94,6 +94,16 @@ pub fn jobs_where(
     mut keep: impl FnMut(&Job) -> bool,
 ) -> Result<Vec<Job>, JobStoreError> {
     let mut out = Vec::new();
+    for_each_job(store, |j| {
+        if keep(&j) {
+            out.push(j);
+        }
+    })?;
+    Ok(out)
+}
+
+/// Every job, in id order, one page in memory at a time.
+pub fn for_each_job(store: &Store, mut visit: impl FnMut(Job)) -> Result<(), JobStoreError> {
     let mut after: Option<Uuid> = None;
     loop {
         let page = store.jobs(&JobFilter {
@@ -102,9 +112,9 @@ pub fn jobs_where(
         })?;
         let Some(last) = page.last() else { break };
         after = Some(last.id);
-        out.extend(page.into_iter().filter(|j| keep(j)));
+        page.into_iter().for_each(&mut visit);
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Retry not-before times of jobs between attempts, from their upload sessions.
@@ -159,42 +169,33 @@ pub fn status(
     // only the few succeeded jobs not yet acknowledged, and the failed ones, are kept.
     let mut unacknowledged_delivered: HashSet<[u8; 32]> = HashSet::new();
     let mut failed_hashes: Vec<ferry_core::ContentHash> = Vec::new();
-    let mut after: Option<Uuid> = None;
-    loop {
-        let page = store.jobs(&JobFilter {
-            after,
-            ..JobFilter::default()
-        })?;
-        let Some(last) = page.last() else { break };
-        after = Some(last.id);
-        for j in &page {
-            let e = per
-                .entry(j.extension.clone())
-                .or_insert_with(|| ExtensionStatus {
-                    extension: j.extension.clone(),
-                    ..Default::default()
-                });
-            match j.state {
-                JobState::Succeeded => {
-                    e.succeeded += 1;
-                    if !j.acknowledged {
-                        unacknowledged_delivered.insert(j.content_hash.0);
-                    }
-                }
-                JobState::Failed => {
-                    e.failed += 1;
-                    failed_hashes.push(j.content_hash);
-                }
-                JobState::Cancelled => e.cancelled += 1,
-                JobState::Registered | JobState::Pending => {
-                    e.pending += 1;
-                    *e.waiting
-                        .entry(waiting_reason(j, decision.as_ref(), &backoff, now_ms))
-                        .or_default() += 1;
+    for_each_job(store, |j| {
+        let e = per
+            .entry(j.extension.clone())
+            .or_insert_with(|| ExtensionStatus {
+                extension: j.extension.clone(),
+                ..Default::default()
+            });
+        match j.state {
+            JobState::Succeeded => {
+                e.succeeded += 1;
+                if !j.acknowledged {
+                    unacknowledged_delivered.insert(j.content_hash.0);
                 }
             }
+            JobState::Failed => {
+                e.failed += 1;
+                failed_hashes.push(j.content_hash);
+            }
+            JobState::Cancelled => e.cancelled += 1,
+            JobState::Registered | JobState::Pending => {
+                e.pending += 1;
+                *e.waiting
+                    .entry(waiting_reason(&j, decision.as_ref(), &backoff, now_ms))
+                    .or_default() += 1;
+            }
         }
-    }
+    })?;
     let delivered = |h: &ferry_core::ContentHash| -> Result<bool, JobStoreError> {
         Ok(unacknowledged_delivered.contains(&h.0) || store.delivered_with_receipt(h)?)
     };
