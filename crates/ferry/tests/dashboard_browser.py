@@ -73,11 +73,14 @@ def thumbs_loaded(page, section):
     waits until every one has loaded; their natural widths."""
     imgs = page.locator(f'section[aria-labelledby="{section}"] img.thumb')
     check(imgs.count() > 0, f"no thumbnail under #{section}")
-    for i in range(imgs.count()):
-        imgs.nth(i).scroll_into_view_if_needed()
+    # Live updates may replace the list (and its images) at any moment: each poll brings the
+    # images not loaded yet, whichever elements they are now, into view.
     page.wait_for_function(
-        "s => [...document.querySelectorAll(`section[aria-labelledby=\"${s}\"] img.thumb`)]"
-        ".every(i => i.complete && i.naturalWidth > 0)",
+        "s => { const l = [...document.querySelectorAll("
+        "`section[aria-labelledby=\"${s}\"] img.thumb`)];"
+        " const todo = l.filter(i => !(i.complete && i.naturalWidth > 0));"
+        " todo.forEach(i => i.scrollIntoView({block: 'center'}));"
+        " return l.length > 0 && todo.length === 0; }",
         arg=section,
         timeout=30_000,
     )
